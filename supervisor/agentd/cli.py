@@ -15,6 +15,10 @@ import click
 _LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "policy": ("agentd.cli_policy", "policy"),
     "audit": ("agentd.cli_audit", "audit"),
+    "run": ("agentd.cli_run", "run"),
+    "ps": ("agentd.cli_run", "ps"),
+    "resume": ("agentd.cli_run", "resume"),
+    "kill": ("agentd.cli_run", "kill"),
 }
 
 
@@ -35,6 +39,8 @@ def main() -> None:
     """agentd: put an AI agent under a policy it cannot talk its way out of.
 
     \b
+    agentd run [OPTIONS] -- CMD [ARGS...]       run an agent under a policy
+    agentd ps | resume | kill                   act on running agents
     agentd policy validate|show|explain|test   work with policies
     agentd audit show|verify                    read and verify the FlightRecorder log
     """
