@@ -26,7 +26,7 @@ import signal as _signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ __all__ = [
     "default_audit_log_path",
     "format_time",
     "head_path_for",
+    "json_safe",
     "parse_time",
     "query_file",
     "read_records",
