@@ -365,7 +365,11 @@ class _DocumentReader:
         if isinstance(value, bool) and bool not in types:
             value = _WRONG
         if value is _WRONG or not isinstance(value, types):
-            self.report(node, pattern_id, f"{prefix}{what} must be {expected}, got {_kind(node)}")
+            hint = None
+            if isinstance(node, ScalarNode) and str in types and node.style is None:
+                hint = f"quote it: {what}: \"{node.value}\""  # YAML 1.1 reads off/yes/1.0 as non-strings
+            self.report(node, pattern_id, f"{prefix}{what} must be {expected}, got {_kind(node)}",
+                        hint)
             return _INVALID
         return value
 
@@ -463,10 +467,10 @@ class _DocumentReader:
         if is_merge:
             strategy, parts, parents_ok = self.read_merge(top["merge"][1])
 
-        patterns = []
+        patterns: list[tuple[str, Pattern]] = []
+        known_ids: set[str] = set()
         if "patterns" in top and not _is_null(top["patterns"][1]):
-            patterns = self.read_patterns(top["patterns"][1])
-        known_ids = {pid for pid, _ in patterns}
+            patterns, known_ids = self.read_patterns(top["patterns"][1])
         known_ids.update(p.id for parent in parents + parts for p in parent.patterns)
         exceptions = []
         if "exceptions" in top and not _is_null(top["exceptions"][1]):
@@ -589,11 +593,13 @@ class _DocumentReader:
                 ok = False
         return strategy, parts, ok and strategy is not None
 
-    def read_patterns(self, node: Node) -> list[tuple[str, Pattern]]:
+    def read_patterns(self, node: Node) -> tuple[list[tuple[str, Pattern]], set[str]]:
+        """The patterns built, and every id the document defines (also of invalid patterns,
+        so that exceptions naming them are not reported twice)."""
         if not isinstance(node, SequenceNode):
             self.report(node, None, f"patterns must be a list, got {_kind(node)}",
                         "each pattern is a list item starting with '- '")
-            return []
+            return [], set()
         built: list[tuple[str, Pattern]] = []
         seen: dict[str, int] = {}
         for index, item in enumerate(node.value):
@@ -614,7 +620,7 @@ class _DocumentReader:
                 continue
             seen[pattern.id] = _line(item)
             built.append((pattern.id, pattern))
-        return built
+        return built, set(seen)
 
     def read_pattern(self, node: Node, index: int) -> Pattern | None:
         explicit = _explicit_id(node) if isinstance(node, MappingNode) else None
