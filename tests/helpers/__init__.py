@@ -1,0 +1,1 @@
+"""Shared test helpers: small C programs built by the test session (see cbuild.py)."""
