@@ -1,0 +1,160 @@
+"""Decide on one decoded syscall: every ``Action`` to the policy, plus the supervisor's own
+containment checks, combined into one ``Verdict``.
+
+Owns the *decide* step of stop -> decode -> decide -> enforce. The policy engine answers per
+action (``policy.evaluate(action_type, target, context) -> EvaluationResult``); a syscall with
+several actions (rename: file_move, file_delete, file_write) gets the most restrictive answer:
+kill > stop > block > warn > allow. Containment is not policy and cannot be configured away: a
+signal aimed outside the agent tree, or a write to ``/proc/PID/*`` (or any access to
+``/proc/PID/mem``) of a process outside it, is blocked. An exception while evaluating denies
+(fail closed). Plain data in, plain data out; the agent tree is passed in.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from .decode import Action, DecodedSyscall, SignalTarget
+
+__all__ = ["Evaluation", "Verdict", "decide", "fail_closed", "OUTCOME_RANK", "AgentTree"]
+
+OUTCOME_RANK = {"allow": 0, "warn": 1, "block": 2, "stop": 3, "kill": 4}
+_PROC_PID = re.compile(r"/proc/(\d+)(?:/(.*))?\Z", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One action and what was decided about it, with the reasons for the audit record."""
+
+    action_type: str
+    target: str
+    decision: str                 # allow | deny | warn
+    outcome: str                  # allow | warn | block | stop | kill
+    reason: str
+    pattern_ids: tuple[str, ...] = ()
+    severity: Any = None
+    signal: Any = None
+    violation_mode: Any = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with the stopped syscall, and every evaluation that led there."""
+
+    outcome: str
+    reason: str
+    evaluations: tuple[Evaluation, ...] = field(default_factory=tuple)
+
+    @property
+    def deciding(self) -> Evaluation | None:
+        for evaluation in self.evaluations:
+            if evaluation.outcome == self.outcome and self.outcome != "allow":
+                return evaluation
+        return None
+
+
+class AgentTree:
+    """Membership test for the agent's processes and threads (a view of the tracer's tasks)."""
+
+    def __init__(self, contains: Callable[[int], bool], members: Callable[[], Iterable[int]]):
+        self.contains = contains
+        self.members = members
+
+
+def _outcome(result) -> str:
+    mode = getattr(result.violation_mode, "name", None)
+    if not result.allowed:
+        return {"SIGKILL": "kill", "SIGSTOP": "stop"}.get(mode, "block")
+    return "warn" if mode == "SIGWARN" else "allow"
+
+
+def _pattern_ids(result) -> tuple[str, ...]:
+    ids = [result.pattern_id] if result.pattern_id else []
+    ids += [pid for pid in (result.matched or ()) if pid not in ids]
+    return tuple(ids)
+
+
+def _evaluate(policy, action: Action, context: dict) -> Evaluation:
+    try:
+        result = policy.evaluate(action.action_type, action.target, context)
+        outcome = _outcome(result)
+    except Exception as exc:  # INVARIANT: an error while deciding denies (fail closed)
+        return Evaluation(action.action_type, action.target, "deny", "block",
+                          f"error while evaluating: {exc!r}")
+    return Evaluation(action.action_type, action.target, result.action, outcome, result.reason,
+                      _pattern_ids(result), result.severity, result.signal,
+                      result.violation_mode, getattr(result, "message", "") or "")
+
+
+def _containment_of_signal(target: SignalTarget, tree: AgentTree) -> Evaluation:
+    what = {"pid": f"pid {target.ident}", "pgrp": f"process group {target.ident}",
+            "all": "every process (kill -1)"}[target.kind]
+    if target.kind == "pid":
+        inside = tree.contains(target.ident)
+    elif target.kind == "pgrp":
+        inside = _pgrp_inside(target.ident, tree)
+    else:
+        inside = False
+    if inside:
+        return Evaluation("process_signal", what, "allow", "allow", "target is inside the agent tree")
+    return Evaluation("process_signal", what, "deny", "block",
+                      "containment: the agent may only signal its own processes",
+                      ("agentd:containment",))
+
+
+def _pgrp_inside(pgid: int, tree: AgentTree) -> bool:
+    """True when every process of group ``pgid`` belongs to the agent (and the group exists)."""
+    import os
+
+    found = False
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if int(fields[2]) == pgid:
+            found = True
+            if not tree.contains(int(entry)):
+                return False
+    return found
+
+
+def _containment_of_path(action: Action, tree: AgentTree) -> Evaluation | None:
+    """Another process's /proc entries are out of bounds for writing (and mem for reading)."""
+    match = _PROC_PID.match(action.target)
+    if not match or tree.contains(int(match.group(1))):
+        return None
+    rest = match.group(2) or ""
+    if action.action_type == "file_read" and rest.split("/", 1)[0] not in ("mem",):
+        return None
+    return Evaluation(action.action_type, action.target, "deny", "block",
+                      "containment: the agent may not change or read the memory of processes "
+                      "outside its tree", ("agentd:containment",))
+
+
+def decide(decoded: DecodedSyscall, policy, context: dict, tree: AgentTree) -> Verdict:
+    """The verdict on ``decoded``: the most restrictive outcome over all its evaluations."""
+    evaluations: list[Evaluation] = []
+    for target in decoded.signal_targets:
+        evaluations.append(_containment_of_signal(target, tree))
+    for action in decoded.actions:
+        contained = _containment_of_path(action, tree)
+        evaluations.append(contained or _evaluate(policy, action, context))
+    if not evaluations:
+        return Verdict("allow", "nothing to decide", ())
+    worst = max(evaluations, key=lambda e: OUTCOME_RANK[e.outcome])
+    return Verdict(worst.outcome, worst.reason, tuple(evaluations))
+
+
+def fail_closed(syscall: str, reason: str) -> Verdict:
+    """The verdict when decoding failed: refuse the syscall and say why."""
+    return Verdict("block", reason,
+                   (Evaluation("", "", "deny", "block", f"fail closed: {reason}",
+                               ("agentd:fail_closed",)),))

@@ -1,0 +1,367 @@
+"""Decode one stopped syscall into plain data: registers + tracee memory -> ``Action`` records.
+
+Owns the *decode* step of stop -> decode -> decide -> enforce. ``decode_syscall`` looks the
+syscall up in ``syscall_table.TABLE``, reads its operands from the registers and the tracee's
+memory (bounded reads, ``tracee_memory``), resolves paths the way the kernel will (``paths``) and
+returns a ``DecodedSyscall``: the actions to put to the policy (``Action(action_type, target)``,
+targets in the formats of docs/dev/contracts.md) and the signal targets the supervisor checks
+itself (containment). Anything it cannot read completely raises ``DecodeError``, which the caller
+turns into a denial. Knows nothing about policies; no state.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from . import paths as _paths
+from . import tracee_memory as _mem
+from . import syscall_table as T
+
+__all__ = ["Action", "SignalTarget", "DecodedSyscall", "DecodeError", "decode_syscall",
+           "syscall_args", "format_sockaddr"]
+
+SyscallSpec_ = T.SyscallSpec
+
+MAX_ARGV_ITEMS = 65536
+MAX_ARGV_BYTES = 2 * 1024 * 1024  # the kernel's default ARG_MAX region
+MAX_ARG_BYTES = 128 * 1024 + 1    # MAX_ARG_STRLEN
+SOCKADDR_MAX = 128                # sizeof(struct sockaddr_storage)
+MSGHDR_SIZE = 56
+MMSGHDR_SIZE = 64
+MAX_MMSG = 1024                   # UIO_MAXIOV: the kernel caps vlen here too
+
+AF_UNSPEC, AF_UNIX, AF_INET, AF_INET6 = 0, 1, 2, 10
+_FAMILY_NAMES = {16: "netlink", 17: "packet", 4: "ipx", 5: "appletalk", 9: "x25", 40: "vsock",
+                 38: "alg", 31: "bluetooth", 29: "can", 44: "xdp"}
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing a syscall would do, in the policy's terms."""
+
+    action_type: str
+    target: str
+
+
+@dataclass(frozen=True)
+class SignalTarget:
+    """Whom a signal-sending syscall aims at: ``kind`` is "pid" (a process or thread id),
+    "pgrp" (a process group id) or "all" (kill(-1): every process the caller may signal)."""
+
+    kind: str
+    ident: int
+
+
+@dataclass(frozen=True)
+class DecodedSyscall:
+    syscall: str
+    nr: int
+    args: tuple[int, ...]
+    actions: tuple[Action, ...] = ()
+    signal_targets: tuple[SignalTarget, ...] = ()
+
+
+class DecodeError(Exception):
+    """The syscall's operands could not be read or resolved completely; deny it."""
+
+
+def syscall_args(regs) -> tuple[int, ...]:
+    """The six x86_64 syscall arguments (rdi, rsi, rdx, r10, r8, r9), as unsigned 64-bit ints."""
+    return (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)
+
+
+def _s32(value: int) -> int:
+    """The low 32 bits as a signed int: how the kernel reads an `int` argument (fds, pids)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _read_path(pid: int, addr: int) -> str:
+    try:
+        data, truncated = _mem.read_cstring(pid, addr, _mem.MAX_PATH_BYTES)
+    except _mem.MemoryReadError as exc:
+        raise DecodeError(f"cannot read path argument: {exc.strerror}") from None
+    if truncated:
+        raise DecodeError(f"path argument at {addr:#x} is longer than {_mem.MAX_PATH_BYTES} bytes")
+    return os.fsdecode(data)
+
+
+def _resolve(pid: int, dirfd: int, path: str, follow_last: bool, empty_ok: bool = False) -> str:
+    try:
+        return _paths.resolve_tracee_path(pid, dirfd, path, follow_last=follow_last,
+                                          empty_ok=empty_ok)
+    except _paths.PathResolutionError as exc:
+        raise DecodeError(f"cannot resolve {path!r}: {exc.strerror}") from None
+
+
+def _dirfd(args: tuple[int, ...], index: int | None) -> int:
+    return _paths.AT_FDCWD if index is None else _s32(args[index])
+
+
+def _flags(spec: SyscallSpec_, args: tuple[int, ...]) -> int:
+    return 0 if spec.flags is None else args[spec.flags] & 0xFFFFFFFF
+
+
+def _follow(spec: SyscallSpec_, flags: int) -> bool:
+    follow = spec.follow_last
+    if spec.nofollow_mask and flags & spec.nofollow_mask:
+        follow = False
+    if spec.follow_mask and flags & spec.follow_mask:
+        follow = True
+    return follow
+
+
+def _named_path(pid: int, spec: SyscallSpec_, args: tuple[int, ...], path_index: int | None,
+                dirfd_index: int | None, follow: bool, flags: int) -> str:
+    """The resolved path of a (dirfd, path) or fd operand."""
+    if spec.fd is not None and path_index is None:
+        return _fd_path(pid, _s32(args[spec.fd]))
+    assert path_index is not None
+    dirfd = _dirfd(args, dirfd_index)
+    address = args[path_index]
+    empty_ok = bool(spec.empty_path_mask and flags & spec.empty_path_mask)
+    if address == 0 and spec.decoder == "path" and dirfd_index is not None:
+        # utimensat(fd, NULL, ...): the descriptor itself
+        return _fd_path(pid, dirfd)
+    return _resolve(pid, dirfd, _read_path(pid, address), follow, empty_ok)
+
+
+def _fd_path(pid: int, fd: int) -> str:
+    try:
+        return _paths.fd_target(pid, fd)
+    except _paths.PathResolutionError as exc:
+        raise DecodeError(str(exc)) from None
+
+
+def _shm_action(path: str) -> tuple[Action, ...]:
+    if path.startswith("/dev/shm/") and len(path) > len("/dev/shm/"):
+        return (Action("memory_access", "shm://" + path[len("/dev/shm/"):]),)
+    return ()
+
+
+# --- decoders: (pid, spec, args) -> (actions, signal targets) ------------------------------------
+
+def _decode_open(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+    if spec.how is not None:
+        try:
+            raw = _mem.read_bytes(pid, args[spec.how], 8)  # struct open_how { u64 flags; ...}
+        except _mem.MemoryReadError as exc:
+            raise DecodeError(f"cannot read struct open_how: {exc.strerror}") from None
+        flags = int.from_bytes(raw, "little")
+    elif spec.flags is not None:
+        flags = args[spec.flags] & 0xFFFFFFFF
+    else:
+        flags = spec.fixed_flags
+    follow = not flags & T.O_NOFOLLOW
+    path = _resolve(pid, _dirfd(args, spec.dirfd), _read_path(pid, args[spec.path]),
+                    follow_last=follow and not (flags & T.O_CREAT and flags & T.O_EXCL))
+    writes = (flags & T.O_ACCMODE) in (T.O_WRONLY, T.O_RDWR) or flags & T.WRITE_FLAGS
+    action = Action("file_write" if writes else "file_read", path)
+    return (action,) + _shm_action(path), ()
+
+
+def _decode_path(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+    flags = _flags(spec, args)
+    path = _named_path(pid, spec, args, spec.path, spec.dirfd, _follow(spec, flags), flags)
+    return (Action(spec.action_type, path),), ()
+
+
+def _decode_chmod(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+    flags = _flags(spec, args)
+    path = _named_path(pid, spec, args, spec.path, spec.dirfd, _follow(spec, flags), flags)
+    mode = args[spec.mode] & 0o7777
+    return (Action("file_chmod", f"{path}:{mode:04o}"),), ()
+
+
+def _decode_move(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+    src = _resolve(pid, _dirfd(args, spec.dirfd), _read_path(pid, args[spec.path]), False)
+    dst = _resolve(pid, _dirfd(args, spec.dirfd2), _read_path(pid, args[spec.path2]), False)
+    return (Action("file_move", f"{src} -> {dst}"), Action("file_delete", src),
+            Action("file_write", dst)), ()
+
+
+def _decode_link(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+    flags = _flags(spec, args)
+    empty_ok = bool(spec.empty_path_mask and flags & spec.empty_path_mask)
+    old = _resolve(pid, _dirfd(args, spec.dirfd), _read_path(pid, args[spec.path]),
+                   _follow(spec, flags), empty_ok)
+    new = _resolve(pid, _dirfd(args, spec.dirfd2), _read_path(pid, args[spec.path2]), False)
+    return (Action("file_write", new), Action("file_read", old)), ()
+
+
+def _read_argv(pid: int, address: int) -> list[str]:
+    try:
+        pointers, truncated = _mem.read_pointer_array(pid, address, MAX_ARGV_ITEMS)
+    except _mem.MemoryReadError as exc:
+        raise DecodeError(f"cannot read argv: {exc.strerror}") from None
+    if truncated:
+        raise DecodeError(f"argv has more than {MAX_ARGV_ITEMS} entries")
+    argv: list[str] = []
+    total = 0
+    for pointer in pointers:
+        try:
+            data, cut = _mem.read_cstring(pid, pointer, MAX_ARG_BYTES)
+        except _mem.MemoryReadError as exc:
+            raise DecodeError(f"cannot read argv[{len(argv)}]: {exc.strerror}") from None
+        total += len(data) + 1
+        if cut or total > MAX_ARGV_BYTES:
+            raise DecodeError("argv is larger than the kernel accepts")
+        argv.append(os.fsdecode(data))
+    return argv
+
+
+def _decode_exec(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+    flags = _flags(spec, args)
+    path = _named_path(pid, spec, args, spec.path, spec.dirfd, _follow(spec, flags), flags)
+    argv = _read_argv(pid, args[spec.argv])
+    # argv[0] is chosen by the caller: replace it with what really runs, so a renamed copy
+    # cannot pose as `ls`.
+    words = [os.path.basename(path)] + argv[1:]
+    return (Action("shell_execute", " ".join(words)), Action("process_spawn", path)), ()
+
+
+def _printable(data: bytes) -> str:
+    return re.sub(r"[^\x21-\x7e]", lambda m: f"\\x{ord(m.group()):02x}",
+                  data.decode("latin-1"))
+
+
+def format_sockaddr(pid: int, raw: bytes) -> str | None:
+    """The network_connect target for a sockaddr, or None for AF_UNSPEC (disconnect)."""
+    if len(raw) < 2:
+        raise DecodeError(f"sockaddr of {len(raw)} bytes")
+    family = int.from_bytes(raw[:2], "little")
+    if family == AF_UNSPEC:
+        return None
+    if family == AF_INET:
+        if len(raw) < 8:
+            raise DecodeError("short sockaddr_in")
+        port = int.from_bytes(raw[2:4], "big")
+        return f"{ipaddress.IPv4Address(raw[4:8])}:{port}"
+    if family == AF_INET6:
+        if len(raw) < 24:
+            raise DecodeError("short sockaddr_in6")
+        port = int.from_bytes(raw[2:4], "big")
+        address = ipaddress.IPv6Address(raw[8:24])
+        if address.ipv4_mapped is not None:
+            # ::ffff:127.0.0.1 reaches 127.0.0.1: judge it as that
+            return f"{address.ipv4_mapped}:{port}"
+        return f"[{address}]:{port}"
+    if family == AF_UNIX:
+        sun_path = raw[2:]
+        if not sun_path:
+            return "unix:"  # autobind
+        if sun_path[0] == 0:
+            return "unix:@" + _printable(sun_path[1:])
+        name = sun_path.split(b"\0", 1)[0]
+        resolved = _resolve(pid, _paths.AT_FDCWD, os.fsdecode(name), True)
+        return "unix:" + resolved
+    return f"{_FAMILY_NAMES.get(family, f'af{family}')}:{raw[2:].hex()}"
+
+
+def _read_sockaddr(pid: int, address: int, length: int) -> bytes:
+    if length > SOCKADDR_MAX:
+        length = SOCKADDR_MAX  # the kernel refuses longer ones with EINVAL anyway
+    try:
+        return _mem.read_bytes(pid, address, length)
+    except _mem.MemoryReadError as exc:
+        raise DecodeError(f"cannot read sockaddr: {exc.strerror}") from None
+
+
+def _decode_sockaddr(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+    address, length = args[spec.addr], args[spec.addrlen] & 0xFFFFFFFF
+    if address == 0 or length == 0:
+        return (), ()  # sendto on a connected socket: judged at connect()
+    target = format_sockaddr(pid, _read_sockaddr(pid, address, length))
+    return ((Action("network_connect", target),) if target else ()), ()
+
+
+def _decode_bind(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+    address, length = args[spec.addr], args[spec.addrlen] & 0xFFFFFFFF
+    if address == 0 or length < 3:
+        return (), ()
+    raw = _read_sockaddr(pid, address, length)
+    if int.from_bytes(raw[:2], "little") != AF_UNIX or raw[2] == 0:
+        return (), ()  # binding a port or an abstract name creates no file
+    name = raw[2:].split(b"\0", 1)[0]
+    return (Action("file_write", _resolve(pid, _paths.AT_FDCWD, os.fsdecode(name), False)),), ()
+
+
+def _decode_sendmsg(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+    count = 1 if spec.vlen is None else min(args[spec.vlen] & 0xFFFFFFFF, MAX_MMSG)
+    stride = MSGHDR_SIZE if spec.vlen is None else MMSGHDR_SIZE
+    actions: list[Action] = []
+    for i in range(count):
+        try:
+            header = _mem.read_bytes(pid, args[spec.msg] + i * stride, 16)
+        except _mem.MemoryReadError as exc:
+            raise DecodeError(f"cannot read struct msghdr: {exc.strerror}") from None
+        name = int.from_bytes(header[0:8], "little")
+        namelen = int.from_bytes(header[8:12], "little")
+        if name == 0 or namelen == 0:
+            continue
+        target = format_sockaddr(pid, _read_sockaddr(pid, name, namelen))
+        if target and Action("network_connect", target) not in actions:
+            actions.append(Action("network_connect", target))
+    return tuple(actions), ()
+
+
+def _decode_signal(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+    # kill(pid, sig), tkill(tid, sig), tgkill(tgid, tid, sig), rt_sigqueueinfo(tgid, sig, ..),
+    # rt_tgsigqueueinfo(tgid, tid, sig, ..), pidfd_open(pid, flags)
+    target = _s32(args[spec.pid])
+    if target > 0:
+        return (), (SignalTarget("pid", target),)
+    if target == 0:
+        return (), (SignalTarget("pgrp", os.getpgid(pid)),)
+    if target == -1:
+        return (), (SignalTarget("all", -1),)
+    return (), (SignalTarget("pgrp", -target),)
+
+
+def _decode_pidfd_signal(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+    fd = _s32(args[spec.fd])
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Pid:"):
+                    return (), (SignalTarget("pid", int(line.split()[1])),)
+    except OSError as exc:
+        raise DecodeError(f"descriptor {fd} is not open: {exc.strerror}") from None
+    # a /proc/PID directory descriptor is accepted as a pidfd too
+    target = _fd_path(pid, fd)
+    match = re.fullmatch(r"/proc/(\d+)", target)
+    if match:
+        return (), (SignalTarget("pid", int(match.group(1))),)
+    raise DecodeError(f"descriptor {fd} ({target}) is not a pidfd")
+
+
+_DECODERS: dict[str, Callable] = {
+    "open": _decode_open,
+    "path": _decode_path,
+    "chmod": _decode_chmod,
+    "move": _decode_move,
+    "link": _decode_link,
+    "exec": _decode_exec,
+    "sockaddr": _decode_sockaddr,
+    "bind": _decode_bind,
+    "sendmsg": _decode_sendmsg,
+    "signal": _decode_signal,
+    "pidfd_signal": _decode_pidfd_signal,
+}
+# INVARIANT: every decoder the table names exists.
+assert {spec.decoder for spec in T.TABLE.values()} <= set(_DECODERS)
+
+
+def decode_syscall(pid: int, name: str, nr: int, args: tuple[int, ...]) -> DecodedSyscall:
+    """Decode syscall ``name`` (number ``nr``, register ``args``) stopped in task ``pid``."""
+    spec = T.TABLE.get(name)
+    if spec is None:
+        raise DecodeError(f"syscall {name} ({nr}) stopped but is not in the syscall table")
+    if name == "kill" and _s32(args[1]) == 0:
+        return DecodedSyscall(name, nr, args)  # kill(pid, 0): an existence check, sends nothing
+    actions, signal_targets = _DECODERS[spec.decoder](pid, spec, args)
+    return DecodedSyscall(name, nr, args, tuple(actions), tuple(signal_targets))

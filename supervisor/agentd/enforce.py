@@ -1,0 +1,65 @@
+"""Carry out a verdict on a syscall stopped at its seccomp stop.
+
+Owns the *enforce* step of stop -> decode -> decide -> enforce, and nothing else: how a syscall
+is refused (orig_rax = -1 makes the kernel skip it, rax = -EACCES is what the agent sees), how it
+is held for later (skipped, with rip moved back over the 2-byte ``syscall`` instruction and rax
+set to its number, so that the thread issues it again when it runs next), how the agent tree is
+killed (a real SIGKILL to every process), and the warning line on the agent's stderr (fd 2 of the
+supervisor, which the agent shares). Audit records are written by the caller (``session``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+from . import ptrace_api as P
+
+__all__ = ["allow", "refuse", "rewind", "kill_all", "warn_line", "SYSCALL_INSN"]
+
+SYSCALL_INSN = b"\x0f\x05"
+_U64 = (1 << 64) - 1
+
+
+def allow(tid: int) -> None:
+    """Let the syscall run."""
+    P.cont(tid)
+
+
+def refuse(tid: int, regs: P.Registers, error: int = errno.EACCES) -> None:
+    """Skip the syscall; the agent sees -1 with ``errno = error``."""
+    regs.orig_rax = _U64            # -1: no syscall
+    regs.rax = (-error) & _U64
+    P.setregs(tid, regs)
+    P.cont(tid)
+
+
+def rewind(tid: int, regs: P.Registers, nr: int) -> None:
+    """Skip the syscall now so that the thread re-issues it when it next runs.
+
+    The registers that carry the arguments (rdi, rsi, rdx, r10, r8, r9) are untouched by a
+    skipped syscall; rcx and r11 are clobbered by ``syscall`` itself, as on any syscall.
+    The caller checks that the two bytes before rip are ``syscall`` (tracee_memory).
+    """
+    regs.orig_rax = _U64
+    regs.rax = nr
+    regs.rip = (regs.rip - len(SYSCALL_INSN)) & _U64
+    P.setregs(tid, regs)
+
+
+def kill_all(pids) -> None:
+    """A real SIGKILL to every process of the agent (thread groups die whole)."""
+    for pid in list(pids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def warn_line(text: str) -> None:
+    """One line on fd 2, which the agent shares: it sees the warning where it logs."""
+    try:
+        os.write(2, f"agentd: warning: {text}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass

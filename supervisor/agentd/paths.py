@@ -1,0 +1,159 @@
+"""Resolve a path the way the kernel will, as seen by a tracee.
+
+Owns the one function every path-taking syscall decoder uses: ``resolve_tracee_path(pid, dirfd,
+path, follow_last)``. A relative path starts at the tracee's cwd (``/proc/PID/cwd``) or at the
+directory behind ``dirfd`` (``/proc/PID/fd/N``); components are walked one by one, ``..``
+normalised against what has been resolved so far, and every symlink met is followed as the kernel
+would (up to 40), except the last component when ``follow_last`` is False (O_NOFOLLOW,
+AT_SYMLINK_NOFOLLOW, unlink, rename, creation of a new name). ``/proc/self`` and
+``/proc/thread-self`` are rewritten to the tracee's own pid (the supervisor would otherwise see
+itself), so ``/proc/self/root``, ``/proc/self/cwd``, ``/proc/self/fd/N``, ``/dev/fd/N`` and
+``/dev/std*`` all end at their real targets. A descriptor that is not a file (``pipe:[..]``,
+``socket:[..]``) resolves to that text. Missing components are kept lexically (a file about to be
+created). Errors raise ``PathResolutionError``; callers deny on it. Stateless.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+__all__ = ["PathResolutionError", "resolve_tracee_path", "AT_FDCWD", "MAX_SYMLINKS"]
+
+AT_FDCWD = -100
+MAX_SYMLINKS = 40  # the kernel's MAXSYMLINKS: ELOOP beyond this
+PATH_MAX = 4096
+
+
+class PathResolutionError(OSError):
+    """The path could not be resolved the way the kernel would resolve it."""
+
+
+def _tgid_of(pid: int) -> int:
+    """The thread group id of task ``pid`` (a thread's /proc/self is its process)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return pid
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError as exc:
+        raise PathResolutionError(exc.errno, f"cannot read link {path}: {exc.strerror}") from None
+
+
+def _start_dir(pid: int, dirfd: int) -> str:
+    """The absolute directory a relative path starts from."""
+    if dirfd == AT_FDCWD:
+        return _readlink(f"/proc/{pid}/cwd")
+    if dirfd < 0:
+        raise PathResolutionError(errno.EBADF, f"pid {pid}: bad directory descriptor {dirfd}")
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{dirfd}")
+    except OSError as exc:
+        raise PathResolutionError(exc.errno, f"pid {pid}: descriptor {dirfd} is not open: "
+                                             f"{exc.strerror}") from None
+
+
+def fd_target(pid: int, fd: int) -> str:
+    """What descriptor ``fd`` of ``pid`` refers to: a path, or ``pipe:[..]``-like text."""
+    if fd < 0:
+        raise PathResolutionError(errno.EBADF, f"pid {pid}: bad descriptor {fd}")
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError as exc:
+        raise PathResolutionError(exc.errno, f"pid {pid}: descriptor {fd} is not open: "
+                                             f"{exc.strerror}") from None
+
+
+def resolve_tracee_path(pid: int, dirfd: int, path: str | bytes, follow_last: bool = True,
+                        empty_ok: bool = False) -> str:
+    """The absolute, normalised, symlink-resolved path ``path`` names for task ``pid``.
+
+    ``dirfd`` is AT_FDCWD or a descriptor number of the tracee. ``empty_ok`` (AT_EMPTY_PATH)
+    makes an empty path mean the descriptor itself.
+    """
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if "\0" in path:
+        raise PathResolutionError(errno.EINVAL, "path contains a NUL byte")
+    if path == "":
+        if empty_ok:
+            return fd_target(pid, dirfd) if dirfd != AT_FDCWD else _readlink(f"/proc/{pid}/cwd")
+        raise PathResolutionError(errno.ENOENT, "empty path")
+    if len(path) >= PATH_MAX:
+        raise PathResolutionError(errno.ENAMETOOLONG, f"path of {len(path)} bytes")
+    tgid = _tgid_of(pid)
+    if path.startswith("/"):
+        resolved: list[str] = []
+    else:
+        start = _start_dir(pid, dirfd)
+        if not start.startswith("/"):
+            # the dirfd is a pipe/socket/anon inode: the kernel says ENOTDIR
+            raise PathResolutionError(errno.ENOTDIR, f"pid {pid}: descriptor {dirfd} is {start}")
+        resolved = [c for c in start.split("/") if c]
+    pending = [c for c in path.split("/") if c]
+    must_be_dir = path.endswith("/")
+    links = 0
+    # Components are consumed from the front of `pending`; a symlink's target is pushed back
+    # onto the front (and restarts at / when absolute), exactly the kernel's walk.
+    pending.reverse()
+    while pending:
+        component = pending.pop()
+        if component == ".":
+            continue
+        if component == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        resolved.append(component)
+        is_last = not pending
+        current = "/" + "/".join(resolved)
+        # /proc/self and /proc/thread-self name the *caller*: substitute the tracee.
+        if len(resolved) == 2 and resolved[0] == "proc":
+            if component == "self":
+                resolved[1] = str(tgid)
+                continue
+            if component == "thread-self":
+                resolved[1:] = [str(tgid), "task", str(pid)]
+                continue
+        if is_last and not follow_last and not must_be_dir:
+            break
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            continue  # created by this call, or ENOENT: either way the name is what it is
+        except NotADirectoryError:
+            continue
+        except OSError as exc:
+            raise PathResolutionError(exc.errno, f"cannot inspect {current}: {exc.strerror}") from None
+        if not stat.S_ISLNK(st.st_mode):
+            continue
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise PathResolutionError(errno.ELOOP, f"too many levels of symbolic links at {current}")
+        target = _readlink(current)
+        resolved.pop()
+        if not target.startswith("/"):
+            if _is_magic_target(current, target):
+                # /proc/PID/fd/N naming a pipe or socket: nothing further to walk
+                if pending:
+                    raise PathResolutionError(errno.ENOTDIR, f"{current} is {target}")
+                return target
+        else:
+            resolved = []
+        pending.extend(reversed([c for c in target.split("/") if c]))
+    result = "/" + "/".join(resolved)
+    return result
+
+
+def _is_magic_target(link: str, target: str) -> bool:
+    """A /proc magic link whose target is not a path (``pipe:[123]``, ``anon_inode:[..]``)."""
+    return link.startswith("/proc/") and (":" in target.split("/", 1)[0])

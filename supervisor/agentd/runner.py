@@ -1,0 +1,202 @@
+"""Start the agent under the tracer: compile in the parent, fork, apply in the child, trace.
+
+Owns process creation for ``agentd run``. Before ``fork()`` everything is compiled: the policy
+(loaded by the caller), the seccomp program (``seccomp.build_filter`` over the traced names of
+``syscall_table`` plus the profile's denials, laid out by ``seccomp.prepare``), the executable's
+path and the environment (variables whose ``env_read`` decision is deny are removed, and each
+removal is recorded). The child only stops itself (SIGSTOP), waits to be seized, installs the
+filter (no_new_privs + seccomp) and execs. The parent seizes it with the trace options, lets it go
+and runs the tracer loop until the last task is gone. ``check_host`` explains, with the fix, what
+stops ptrace or seccomp on this host.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from typing import Any, Mapping
+
+from . import ptrace_api as P
+
+__all__ = ["HostError", "check_host", "prepare_filter", "filter_environment", "spawn_traced",
+           "exit_code", "DEFAULT_PROFILE", "supervise"]
+
+DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "seccomp_profiles", "default.json")
+
+
+class HostError(RuntimeError):
+    """The host does not let agentd trace or filter: the message says why and how to fix it."""
+
+
+def check_host() -> None:
+    """Refuse early, with the fix, when tracing cannot work here."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as handle:
+            status = dict(line.split(":", 1) for line in handle if ":" in line)
+    except OSError:
+        status = {}
+    tracer = status.get("TracerPid", "0").strip()
+    if tracer not in ("", "0"):
+        raise HostError(
+            f"agentd is itself being traced (TracerPid {tracer}: a debugger, strace, or another "
+            "agentd). A process can have only one tracer, so agentd's children could not be "
+            "traced. Fix: run agentd outside the debugger/strace, or stop nesting agentd runs.")
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope", encoding="ascii") as handle:
+            scope = handle.read().strip()
+    except OSError:
+        scope = None
+    if scope == "3":
+        raise HostError(
+            "ptrace is disabled on this host (kernel.yama.ptrace_scope = 3, which cannot be "
+            "lowered without a reboot). Fix: boot with ptrace_scope <= 2, e.g. set "
+            "kernel.yama.ptrace_scope=1 in /etc/sysctl.d/ and reboot.")
+    if scope == "2" and os.geteuid() != 0:
+        raise HostError(
+            "ptrace is limited to root on this host (kernel.yama.ptrace_scope = 2). Fix: run "
+            "agentd as root, or `sysctl kernel.yama.ptrace_scope=1`.")
+    mode = status.get("Seccomp", "").strip()
+    if status and not mode:
+        raise HostError("the kernel has no seccomp (CONFIG_SECCOMP is off): agentd needs "
+                        "seccomp-bpf. Fix: use a kernel built with CONFIG_SECCOMP_FILTER.")
+
+
+def prepare_filter(profile_path: str | None, traced: frozenset[str]):
+    """The seccomp program, compiled and laid out in memory, ready for ``install()``."""
+    from . import seccomp
+
+    path = profile_path or (DEFAULT_PROFILE if os.path.exists(DEFAULT_PROFILE) else None)
+    if path is not None:
+        spec = seccomp.load_profile(path).spec(traced)
+    else:
+        spec = seccomp.FilterSpec(traced=traced)
+    return seccomp.prepare(seccomp.build_filter(spec))
+
+
+def filter_environment(env: Mapping[str, str], policy, context: dict,
+                       on_removed=None) -> dict[str, str]:
+    """``env`` without the variables the policy denies reading (``env_read``).
+
+    ``on_removed(name, result)`` is called for each removal (the caller records it). An error
+    while evaluating removes the variable (fail closed).
+    """
+    kept: dict[str, str] = {}
+    for name, value in env.items():
+        try:
+            result = policy.evaluate("env_read", name, context)
+            allowed = bool(result.allowed)
+        except Exception as exc:  # INVARIANT: fail closed
+            result, allowed = exc, False
+        if allowed:
+            kept[name] = value
+        elif on_removed is not None:
+            on_removed(name, result)
+    return kept
+
+
+def resolve_executable(command: str, env: Mapping[str, str]) -> str:
+    """The path execve will get, found on the agent's PATH now (in the parent)."""
+    if "/" in command:
+        return command
+    found = shutil.which(command, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(f"{command}: command not found")
+    return found
+
+
+def spawn_traced(executable: str, argv: list[str], env: Mapping[str, str], prepared) -> int:
+    """Fork the agent, seize it before its first instruction under the filter; return its pid.
+
+    The child runs only async-signal-safe-ish code: raise SIGSTOP, two syscalls of
+    ``prepared.install()``, execve. Errors are reported on fd 2 and exit 126/127.
+    """
+    env_list = dict(env)
+    argv = list(argv)
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 126
+        try:
+            # Python ignores SIGPIPE; an ignored signal survives exec: give the agent defaults.
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGSTOP)   # the parent seizes us while we are stopped
+            prepared.install()
+            code = 127
+            os.execve(executable, argv, env_list)
+        except BaseException as exc:  # noqa: BLE001 - the child must never return
+            try:
+                os.write(2, f"agentd: cannot start {argv[0]}: {exc}\n".encode())
+            finally:
+                os._exit(code)
+    # the parent
+    while True:
+        _, status = os.waitpid(pid, os.WUNTRACED)
+        if os.WIFSTOPPED(status):
+            break
+        raise HostError(f"the agent process exited before it could be traced: status {status}")
+    try:
+        P.seize(pid, P.TRACE_OPTIONS)
+    except P.PtraceError as exc:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise HostError(
+            f"cannot trace the agent (ptrace(PTRACE_SEIZE) failed: {os.strerror(exc.errno or 1)}). "
+            "In a container, ptrace needs CAP_SYS_PTRACE or a seccomp profile that allows it "
+            "(docker run --cap-add SYS_PTRACE --security-opt seccomp=unconfined); with Yama, "
+            "set kernel.yama.ptrace_scope to 0 or 1.") from None
+    os.kill(pid, signal.SIGCONT)
+    return pid
+
+
+def exit_code(status: int) -> int:
+    """The shell's convention: the exit status, or 128+N for death by signal N."""
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return 1
+
+
+def supervise(argv: list[str], policy, session, *, profile: str | None = None,
+              env: Mapping[str, str] | None = None, on_started=None) -> int:
+    """Run ``argv`` under ``policy`` with ``session`` handling the stops; return the wait status.
+
+    Compiles the filter and the environment before forking (nothing is compiled in the child).
+    """
+    from .syscall_table import traced_syscalls
+    from .tracer import Tracer
+
+    check_host()
+    prepared = prepare_filter(profile, traced_syscalls())
+    context = {"agent_id": session.agent_id, "pid": os.getpid(), "syscall": "execve"}
+
+    def removed(name: str, result: Any) -> None:
+        from .decide import Evaluation
+        reason = getattr(result, "reason", None) or f"error while evaluating: {result!r}"
+        session.record(None, "execve", Evaluation(
+            "env_read", name, "deny", "block", f"removed from the environment: {reason}",
+            tuple(x for x in (getattr(result, "pattern_id", None),) if x),
+            getattr(result, "severity", None), getattr(result, "signal", None)),
+            enforced="removed")
+
+    agent_env = filter_environment(os.environ if env is None else env, policy, context, removed)
+    executable = resolve_executable(argv[0], agent_env)
+    pid = spawn_traced(executable, argv, agent_env, prepared)
+    # The terminal's ^C and ^\ are for the agent: the supervisor lives until the agent is gone.
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGQUIT)}
+    try:
+        tracer = Tracer(pid, session.on_syscall)
+        tracer.tasks[pid].resuming = True   # its first stop is the seize of a stopped child
+        if on_started is not None:
+            on_started(pid, tracer)
+        try:
+            return tracer.run()
+        except BaseException:
+            tracer.kill_tree()
+            while tracer.tasks and tracer.step():
+                pass
+            raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,186 @@
+"""One supervised run: wires stop -> decode -> decide -> enforce and writes the audit record.
+
+Owns the handling of one seccomp stop end to end (``Session.on_syscall``, called by the tracer):
+read the registers, name the syscall, ``decode.decode_syscall``, ``decide.decide`` against the
+policy, one FlightRecorder record per evaluation, then ``enforce`` — or, in audit mode, let it run
+and remember the would-be denial. A SIGSTOP verdict is handed to ``hold`` (``control.py`` waits
+for the operator). Any exception on this path refuses the syscall with EACCES and is recorded
+(fail closed). Per-run state lives on the Session object.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import decide as D
+from . import enforce as E
+from . import ptrace_api as P
+from .decode import DecodeError, decode_syscall, syscall_args
+from .syscall_numbers import SYSCALL_NAMES
+from .tracer import Task, Tracer
+
+__all__ = ["Session", "WouldDeny"]
+
+log = logging.getLogger("agentd.session")
+
+
+@dataclass(frozen=True)
+class WouldDeny:
+    """A denial that audit mode let through (for the end-of-run summary)."""
+
+    pid: int
+    syscall: str
+    action_type: str
+    target: str
+    outcome: str
+    pattern_ids: tuple[str, ...]
+
+
+@dataclass
+class Session:
+    policy: Any
+    run_id: str
+    agent_id: str
+    recorder: Any = None                       # FlightRecorder or None
+    audit_only: bool = False                   # --mode audit
+    protected_paths: tuple[str, ...] = ()      # the audit log, the run's control files
+    hold: Callable[["Session", Tracer, Task, D.Verdict], str] | None = None
+    would_deny: list[WouldDeny] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+    killed: bool = False
+
+    # --- called by the tracer at every seccomp stop --------------------------------------
+    def on_syscall(self, tracer: Tracer, task: Task) -> None:
+        regs = P.getregs(task.tid)
+        nr = regs.orig_rax
+        name = SYSCALL_NAMES.get(nr, f"syscall_{nr}")
+        args = syscall_args(regs)
+        if task.approval is not None:
+            approved_nr, approved_args, outcome = task.approval
+            task.approval = None
+            if (approved_nr, approved_args) == (nr, args):
+                self._finish_operator(tracer, task, regs, name, outcome)
+                return
+        try:
+            decoded = decode_syscall(task.tid, name, nr, args)
+        except DecodeError as exc:
+            verdict = D.fail_closed(name, f"cannot decode {name}: {exc}")
+        except Exception as exc:  # INVARIANT: an error while decoding denies (fail closed)
+            log.exception("pid %d: error decoding %s", task.tid, name)
+            verdict = D.fail_closed(name, f"error decoding {name}: {exc!r}")
+        else:
+            try:
+                verdict = D.decide(decoded, self.policy, self._context(task, name),
+                                   D.AgentTree(tracer.contains, tracer.thread_groups))
+                verdict = self._protect(verdict)
+            except Exception as exc:  # INVARIANT: fail closed
+                log.exception("pid %d: error deciding %s", task.tid, name)
+                verdict = D.fail_closed(name, f"error deciding {name}: {exc!r}")
+        if not self._record(task, name, verdict):
+            verdict = D.fail_closed(name, "the audit record could not be written")
+        self._enforce(tracer, task, regs, name, nr, verdict)
+
+    def _context(self, task: Task, name: str) -> dict:
+        return {"agent_id": self.agent_id, "pid": task.tgid, "syscall": name}
+
+    def _protect(self, verdict: D.Verdict) -> D.Verdict:
+        """The supervisor's own files (audit log, control socket) are not the agent's to touch."""
+        if not self.protected_paths:
+            return verdict
+        changed = list(verdict.evaluations)
+        hit = False
+        for i, evaluation in enumerate(changed):
+            if evaluation.action_type in ("file_write", "file_delete", "file_move", "file_chmod") \
+                    and any(evaluation.target.startswith(p) for p in self.protected_paths):
+                changed[i] = D.Evaluation(evaluation.action_type, evaluation.target, "deny",
+                                          "block", "containment: the supervisor's own files",
+                                          ("agentd:containment",))
+                hit = True
+        if not hit:
+            return verdict
+        worst = max(changed, key=lambda e: D.OUTCOME_RANK[e.outcome])
+        return D.Verdict(worst.outcome, worst.reason, tuple(changed))
+
+    def _enforce(self, tracer: Tracer, task: Task, regs, name: str, nr: int,
+                 verdict: D.Verdict) -> None:
+        outcome = verdict.outcome
+        self.stats[outcome] = self.stats.get(outcome, 0) + 1
+        if self.audit_only and outcome in ("block", "kill", "stop"):
+            for evaluation in verdict.evaluations:
+                if evaluation.outcome in ("block", "kill", "stop"):
+                    self.would_deny.append(WouldDeny(task.tgid, name, evaluation.action_type,
+                                                     evaluation.target, evaluation.outcome,
+                                                     evaluation.pattern_ids))
+            outcome = "allow"
+        if outcome == "allow":
+            E.allow(task.tid)
+        elif outcome == "warn":
+            deciding = verdict.deciding
+            what = f"{deciding.action_type} {deciding.target}" if deciding else name
+            E.warn_line(f"{what}: {verdict.reason} (pid {task.tgid}, {name})")
+            E.allow(task.tid)
+        elif outcome == "block":
+            E.refuse(task.tid, regs, errno.EACCES)
+        elif outcome == "kill":
+            self.killed = True
+            # The syscall must not run even for an instant: skip it, then kill every process.
+            regs.orig_rax = (1 << 64) - 1
+            regs.rax = (-errno.EACCES) & ((1 << 64) - 1)
+            P.setregs(task.tid, regs)
+            tracer.kill_tree()
+            E.allow(task.tid)
+        elif outcome == "stop":
+            if self.hold is None:
+                E.refuse(task.tid, regs, errno.EACCES)
+            else:
+                self.hold(self, tracer, task, verdict)
+        else:  # pragma: no cover - OUTCOME_RANK has no other names
+            E.refuse(task.tid, regs, errno.EACCES)
+
+    def _finish_operator(self, tracer: Tracer, task: Task, regs, name: str, outcome: str) -> None:
+        """The re-issued syscall after an operator's decision on a held one."""
+        if outcome == "allow":
+            E.allow(task.tid)
+        elif outcome == "kill":
+            self.killed = True
+            tracer.kill_tree()
+            E.refuse(task.tid, regs, errno.EACCES)
+        else:
+            E.refuse(task.tid, regs, errno.EACCES)
+
+    # --- the audit record ------------------------------------------------------------------
+    def _record(self, task: Task, name: str, verdict: D.Verdict, **extra: Any) -> bool:
+        """One record per evaluation; False when any could not be written."""
+        if self.recorder is None:
+            return True
+        enforced = "allow (audit mode)" if self.audit_only and verdict.outcome != "allow" \
+            else verdict.outcome
+        ok = True
+        for evaluation in verdict.evaluations:
+            ok = self.record(task, name, evaluation, enforced=enforced, **extra) and ok
+        return ok
+
+    def record(self, task: Task | None, name: str, evaluation: D.Evaluation, **extra: Any) -> bool:
+        if self.recorder is None:
+            return True
+        try:
+            self.recorder.record(
+                decision=evaluation.decision, agent_id=self.agent_id,
+                action_type=evaluation.action_type or None, target=evaluation.target or None,
+                pattern_ids=list(evaluation.pattern_ids), severity=evaluation.severity,
+                signal=evaluation.signal, run_id=self.run_id,
+                pid=task.tgid if task else os.getpid(), tid=task.tid if task else None,
+                ppid=task.ppid if task else None, exe=task.exe if task else None,
+                syscall=name, reason=evaluation.reason,
+                violation_mode=getattr(evaluation.violation_mode, "name", None),
+                **extra)
+        except Exception:
+            # INVARIANT: nothing is allowed unrecorded; the caller refuses the syscall.
+            log.exception("cannot write the audit record for %s %s", evaluation.action_type,
+                          evaluation.target)
+            return False
+        return True

@@ -1,0 +1,173 @@
+"""The one table that says which syscalls the tracer stops for and what each one means.
+
+Owns the mapping *syscall name -> decoder and argument layout -> action type(s)*. It is data: a
+``SyscallSpec`` names the decoder in ``decode.py`` that turns the registers into ``Action``s and
+which argument holds the path, the dirfd, the flags, the mode, the argv or the sockaddr. The
+names in ``TABLE`` are exactly the syscalls the seccomp filter returns SECCOMP_RET_TRACE for
+(``traced_syscalls()``); every other syscall runs without a stop. Flag values are the x86_64
+ones from ``<fcntl.h>`` / ``<linux/fcntl.h>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+__all__ = ["SyscallSpec", "TABLE", "traced_syscalls", "spec_for",
+           "O_ACCMODE", "O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "O_NOFOLLOW",
+           "O_TMPFILE", "O_PATH", "AT_SYMLINK_NOFOLLOW", "AT_SYMLINK_FOLLOW", "AT_EMPTY_PATH",
+           "AT_REMOVEDIR"]
+
+O_ACCMODE = 0o3
+O_WRONLY = 0o1
+O_RDWR = 0o2
+O_CREAT = 0o100
+O_EXCL = 0o200
+O_TRUNC = 0o1000
+O_APPEND = 0o2000
+O_DIRECTORY = 0o200000
+O_NOFOLLOW = 0o400000
+O_PATH = 0o10000000
+O_TMPFILE = 0o20000000 | O_DIRECTORY
+# open flags that make an open a write, whatever the access mode says
+WRITE_FLAGS = O_CREAT | O_TRUNC | O_APPEND | (O_TMPFILE & ~O_DIRECTORY)
+
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_REMOVEDIR = 0x200
+AT_SYMLINK_FOLLOW = 0x400
+AT_EMPTY_PATH = 0x1000
+# openat2 RESOLVE_* flags need no special handling: they only make the kernel stricter.
+
+
+@dataclass(frozen=True)
+class SyscallSpec:
+    """Where one syscall's operands are and which decoder reads them.
+
+    Argument fields are register indexes (0..5 = rdi, rsi, rdx, r10, r8, r9) or None.
+    ``follow_last``: whether the kernel follows a symlink in the last component by default;
+    ``nofollow_mask`` / ``follow_mask`` / ``empty_path_mask``: bits of the ``flags`` argument
+    that change that (AT_SYMLINK_NOFOLLOW, AT_SYMLINK_FOLLOW) or make an empty path mean the
+    descriptor itself (AT_EMPTY_PATH).
+    """
+
+    decoder: str                      # "open" | "path" | "move" | "link" | "chmod" | "exec" | ...
+    action_types: tuple[str, ...]     # what it can produce (documentation and tests)
+    path: int | None = None
+    dirfd: int | None = None
+    fd: int | None = None             # f*-variants: the descriptor names the file
+    flags: int | None = None
+    fixed_flags: int = 0              # creat(): flags implied by the syscall
+    how: int | None = None            # openat2: struct open_how *
+    follow_last: bool = True
+    nofollow_mask: int = 0
+    follow_mask: int = 0
+    empty_path_mask: int = 0
+    path2: int | None = None          # rename/link destination
+    dirfd2: int | None = None
+    mode: int | None = None
+    argv: int | None = None
+    addr: int | None = None
+    addrlen: int | None = None
+    msg: int | None = None            # sendmsg: struct msghdr *; sendmmsg: struct mmsghdr *
+    vlen: int | None = None
+    action_type: str = ""             # the one type a "path" decoder produces
+    pid: int | None = None            # signal decoders: the target pid / tgid / pidfd
+
+
+_FILE_RW = ("file_read", "file_write", "memory_access")
+_W = ("file_write",)
+
+
+def _path(action_type: str, path: int | None = None, dirfd: int | None = None,
+          **more) -> SyscallSpec:
+    return SyscallSpec("path", (action_type,), path=path, dirfd=dirfd, action_type=action_type,
+                       **more)
+
+
+_NOFOLLOW_AT = dict(nofollow_mask=AT_SYMLINK_NOFOLLOW, empty_path_mask=AT_EMPTY_PATH)
+
+TABLE: Mapping[str, SyscallSpec] = MappingProxyType({
+    # --- opening: flags decide read or write; /dev/shm/* is also memory_access -------------
+    "open": SyscallSpec("open", _FILE_RW, path=0, flags=1),
+    "openat": SyscallSpec("open", _FILE_RW, dirfd=0, path=1, flags=2),
+    "openat2": SyscallSpec("open", _FILE_RW, dirfd=0, path=1, how=2),
+    "creat": SyscallSpec("open", _FILE_RW, path=0, fixed_flags=O_CREAT | O_WRONLY | O_TRUNC),
+    # --- changing content or metadata in place ------------------------------------------------
+    "truncate": _path("file_write", path=0),
+    "chown": _path("file_write", path=0),
+    "lchown": _path("file_write", path=0, follow_last=False),
+    "fchown": _path("file_write", fd=0),
+    "fchownat": _path("file_write", path=1, dirfd=0, flags=4, **_NOFOLLOW_AT),
+    "setxattr": _path("file_write", path=0),
+    "lsetxattr": _path("file_write", path=0, follow_last=False),
+    "fsetxattr": _path("file_write", fd=0),
+    "removexattr": _path("file_write", path=0),
+    "lremovexattr": _path("file_write", path=0, follow_last=False),
+    "fremovexattr": _path("file_write", fd=0),
+    "setxattrat": _path("file_write", path=1, dirfd=0, flags=2, **_NOFOLLOW_AT),
+    "removexattrat": _path("file_write", path=1, dirfd=0, flags=2, **_NOFOLLOW_AT),
+    "utime": _path("file_write", path=0),
+    "utimes": _path("file_write", path=0),
+    "futimesat": _path("file_write", path=1, dirfd=0),
+    # utimensat(dirfd, NULL, ...) changes the descriptor itself: the decoder treats a NULL
+    # path as "the dirfd" for this decoder.
+    "utimensat": _path("file_write", path=1, dirfd=0, flags=3, **_NOFOLLOW_AT),
+    "file_setattr": _path("file_write", path=1, dirfd=0, flags=4, **_NOFOLLOW_AT),
+    "chmod": SyscallSpec("chmod", ("file_chmod",), path=0, mode=1),
+    "fchmod": SyscallSpec("chmod", ("file_chmod",), fd=0, mode=1),
+    "fchmodat": SyscallSpec("chmod", ("file_chmod",), dirfd=0, path=1, mode=2),
+    "fchmodat2": SyscallSpec("chmod", ("file_chmod",), dirfd=0, path=1, mode=2, flags=3,
+                             **_NOFOLLOW_AT),
+    # --- removing: never follows the last component ---------------------------------------------
+    "unlink": _path("file_delete", path=0, follow_last=False),
+    "unlinkat": _path("file_delete", path=1, dirfd=0, follow_last=False),
+    "rmdir": _path("file_delete", path=0, follow_last=False),
+    # --- creating a new name (never follows the new name) ---------------------------------------
+    "mkdir": _path("file_write", path=0, follow_last=False),
+    "mkdirat": _path("file_write", path=1, dirfd=0, follow_last=False),
+    "mknod": _path("file_write", path=0, follow_last=False),
+    "mknodat": _path("file_write", path=1, dirfd=0, follow_last=False),
+    "symlink": _path("file_write", path=1, follow_last=False),
+    "symlinkat": _path("file_write", path=2, dirfd=1, follow_last=False),
+    # link(old, new): file_write of the new name, and file_read of the old one (a hard link of
+    # a file the agent may not read would otherwise be readable under the new, allowed name).
+    "link": SyscallSpec("link", ("file_write", "file_read"), path=0, path2=1, follow_last=False),
+    "linkat": SyscallSpec("link", ("file_write", "file_read"), dirfd=0, path=1, dirfd2=2, path2=3,
+                          flags=4, follow_last=False, follow_mask=AT_SYMLINK_FOLLOW,
+                          empty_path_mask=AT_EMPTY_PATH),
+    # --- moving: file_move "src -> dst", plus file_delete src and file_write dst ---------------
+    "rename": SyscallSpec("move", ("file_move", "file_delete", "file_write"), path=0, path2=1),
+    "renameat": SyscallSpec("move", ("file_move", "file_delete", "file_write"),
+                            dirfd=0, path=1, dirfd2=2, path2=3),
+    "renameat2": SyscallSpec("move", ("file_move", "file_delete", "file_write"),
+                             dirfd=0, path=1, dirfd2=2, path2=3),
+    # --- running programs -----------------------------------------------------------------------
+    "execve": SyscallSpec("exec", ("shell_execute", "process_spawn"), path=0, argv=1),
+    "execveat": SyscallSpec("exec", ("shell_execute", "process_spawn"), dirfd=0, path=1, argv=2,
+                            flags=4, **_NOFOLLOW_AT),
+    # --- network --------------------------------------------------------------------------------
+    "connect": SyscallSpec("sockaddr", ("network_connect",), addr=1, addrlen=2),
+    "sendto": SyscallSpec("sockaddr", ("network_connect",), addr=4, addrlen=5),
+    "sendmsg": SyscallSpec("sendmsg", ("network_connect",), msg=1),
+    "sendmmsg": SyscallSpec("sendmsg", ("network_connect",), msg=1, vlen=2),
+    # bind() of a unix socket path creates a file: file_write of that path.
+    "bind": SyscallSpec("bind", ("file_write",), addr=1, addrlen=2),
+    # --- signals: containment, not policy: a target outside the agent tree is refused ----------
+    "kill": SyscallSpec("signal", (), pid=0),
+    "tkill": SyscallSpec("signal", (), pid=0),
+    "tgkill": SyscallSpec("signal", (), pid=0),
+    "rt_sigqueueinfo": SyscallSpec("signal", (), pid=0),
+    "rt_tgsigqueueinfo": SyscallSpec("signal", (), pid=0),
+    "pidfd_open": SyscallSpec("signal", (), pid=0),
+    "pidfd_send_signal": SyscallSpec("pidfd_signal", (), fd=0),
+})
+
+
+def traced_syscalls() -> frozenset[str]:
+    """The names the seccomp filter must return SECCOMP_RET_TRACE for."""
+    return frozenset(TABLE)
+
+
+def spec_for(name: str) -> SyscallSpec | None:
+    return TABLE.get(name)

@@ -1,0 +1,134 @@
+"""Bounded reads of a tracee's memory.
+
+Owns how the supervisor copies syscall arguments (paths, argv arrays, sockaddrs, msghdrs) out of a
+stopped tracee: ``process_vm_readv(2)`` page by page, so that a string ending just before an
+unmapped page is still read, with ``/proc/PID/mem`` as the fallback when the syscall is refused.
+Every read has an upper bound; ``read_cstring`` says whether it stopped at the bound
+(``truncated``) so the caller can deny what it could not read completely. Stateless.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+__all__ = ["MemoryReadError", "read_bytes", "read_cstring", "read_pointer_array", "PAGE_SIZE"]
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+MAX_PATH_BYTES = 4096  # PATH_MAX, including the terminating NUL
+
+
+class MemoryReadError(OSError):
+    """The tracee's memory at an address could not be read."""
+
+
+class _iovec(ctypes.Structure):
+    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
+
+
+class _Libc:
+    """process_vm_readv bound lazily, once per process (a cache, not decision state)."""
+
+    func = None
+
+    @classmethod
+    def readv(cls):
+        if cls.func is None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            f = libc.process_vm_readv
+            f.argtypes = (ctypes.c_int, ctypes.POINTER(_iovec), ctypes.c_ulong,
+                          ctypes.POINTER(_iovec), ctypes.c_ulong, ctypes.c_ulong)
+            f.restype = ctypes.c_ssize_t
+            cls.func = f
+        return cls.func
+
+
+def _readv_once(pid: int, addr: int, length: int) -> bytes:
+    buf = ctypes.create_string_buffer(length)
+    local = _iovec(ctypes.cast(buf, ctypes.c_void_p), length)
+    remote = _iovec(addr, length)
+    n = _Libc.readv()(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if n < 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EPERM):
+            return _read_proc_mem(pid, addr, length)
+        raise MemoryReadError(err, f"pid {pid}: cannot read {length} bytes at {addr:#x}: "
+                                   f"{os.strerror(err)}")
+    return buf.raw[:n]
+
+
+def _read_proc_mem(pid: int, addr: int, length: int) -> bytes:
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise MemoryReadError(exc.errno, f"pid {pid}: cannot open /proc/{pid}/mem: {exc.strerror}")
+    try:
+        return os.pread(fd, length, addr)
+    except OSError as exc:
+        raise MemoryReadError(exc.errno, f"pid {pid}: cannot read {length} bytes at {addr:#x}: "
+                                         f"{exc.strerror}")
+    finally:
+        os.close(fd)
+
+
+def read_bytes(pid: int, addr: int, length: int) -> bytes:
+    """Exactly ``length`` bytes at ``addr``; MemoryReadError when any of them is unreadable."""
+    if length == 0:
+        return b""
+    if addr == 0:
+        raise MemoryReadError(errno.EFAULT, f"pid {pid}: NULL pointer")
+    data = _readv_once(pid, addr, length)
+    if len(data) != length:
+        raise MemoryReadError(errno.EFAULT, f"pid {pid}: only {len(data)} of {length} bytes "
+                                            f"readable at {addr:#x}")
+    return data
+
+
+def read_cstring(pid: int, addr: int, max_bytes: int = MAX_PATH_BYTES) -> tuple[bytes, bool]:
+    """The NUL-terminated string at ``addr``, without the NUL, read in page-bounded chunks.
+
+    Returns ``(data, truncated)``: ``truncated`` is True when no NUL was found within
+    ``max_bytes`` bytes. Raises MemoryReadError for NULL or unreadable memory before the NUL.
+    """
+    if addr == 0:
+        raise MemoryReadError(errno.EFAULT, f"pid {pid}: NULL string pointer")
+    chunks: list[bytes] = []
+    total = 0
+    cursor = addr
+    while total < max_bytes:
+        # Never cross a page boundary in one read: the next page may be unmapped.
+        want = min(PAGE_SIZE - (cursor % PAGE_SIZE), max_bytes - total)
+        data = _readv_once(pid, cursor, want)
+        if not data:
+            raise MemoryReadError(errno.EFAULT, f"pid {pid}: string at {addr:#x} runs into "
+                                                f"unreadable memory at {cursor:#x}")
+        nul = data.find(b"\0")
+        if nul >= 0:
+            chunks.append(data[:nul])
+            return b"".join(chunks), False
+        chunks.append(data)
+        total += len(data)
+        cursor += len(data)
+    return b"".join(chunks), True
+
+
+def read_pointer_array(pid: int, addr: int, max_items: int) -> tuple[list[int], bool]:
+    """The NULL-terminated array of pointers at ``addr`` (argv, envp): ``(pointers, truncated)``."""
+    if addr == 0:
+        return [], False
+    pointers: list[int] = []
+    cursor = addr
+    while len(pointers) < max_items:
+        want = min(PAGE_SIZE - (cursor % PAGE_SIZE), (max_items - len(pointers)) * 8)
+        want -= want % 8 or 0
+        if want == 0:
+            want = 8
+        data = read_bytes(pid, cursor, want)
+        for i in range(0, len(data), 8):
+            ptr = int.from_bytes(data[i:i + 8], "little")
+            if ptr == 0:
+                return pointers, False
+            pointers.append(ptr)
+        cursor += len(data)
+    return pointers, True

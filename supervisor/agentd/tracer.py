@@ -1,0 +1,236 @@
+"""The tracer: one blocking ``waitpid(-1, __WALL)`` loop over every task of the agent.
+
+Owns the *stop* step of stop -> decode -> decide -> enforce and the per-thread bookkeeping. Every
+task is seized (PTRACE_SEIZE, so group-stops are reported as PTRACE_EVENT_STOP and can be left
+stopped with PTRACE_LISTEN) with TRACESECCOMP | TRACEFORK | TRACEVFORK | TRACECLONE | TRACEEXEC |
+EXITKILL, so every descendant is traced from its first instruction and dies with the supervisor.
+Only the syscalls the seccomp filter returns SECCOMP_RET_TRACE for ever stop (no PTRACE_SYSCALL).
+A seccomp stop goes to the handler (``session.Session.on_syscall``), which resumes the task or
+holds it; fork/clone/exec events update the task table; signal-delivery-stops re-inject the
+signal; group-stops stay stopped (PTRACE_LISTEN) until SIGCONT; anything else is logged with pid
+and status. No polling, no sleeps; EINTR is retried.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import kernel_consts as K
+from . import ptrace_api as P
+
+__all__ = ["Task", "Tracer"]
+
+log = logging.getLogger("agentd.tracer")
+
+_STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+_NEW_TASK_EVENTS = frozenset({K.PTRACE_EVENT_FORK, K.PTRACE_EVENT_VFORK, K.PTRACE_EVENT_CLONE})
+
+
+@dataclass
+class Task:
+    """One traced thread. ``exe`` and ``ppid`` are read from /proc on first use and forgotten
+    at exec (they describe the thread group)."""
+
+    tid: int
+    tgid: int
+    parent: int = 0                # tid of the task whose fork/clone created it (0: the root)
+    listening: bool = False        # in group-stop, left there with PTRACE_LISTEN
+    resuming: bool = False         # re-seized after a SIGSTOP verdict: run on its next stop
+    parked: bool = False           # stopped for a SIGSTOP verdict, waiting to be detached
+    approval: tuple | None = None  # (nr, args, outcome): a one-shot operator decision
+    _exe: str | None = None
+    _ppid: int | None = None
+
+    @property
+    def exe(self) -> str:
+        if self._exe is None:
+            try:
+                self._exe = os.readlink(f"/proc/{self.tid}/exe")
+            except OSError:
+                self._exe = ""
+        return self._exe
+
+    @property
+    def ppid(self) -> int:
+        if self._ppid is None:
+            self._ppid = _read_ppid(self.tgid)
+        return self._ppid
+
+    def forget_process_facts(self) -> None:
+        self._exe = None
+        self._ppid = None
+
+
+def _read_ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+        return int(stat[stat.rfind(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _read_tgid(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return tid
+
+
+def describe_status(status: int) -> str:
+    if os.WIFEXITED(status):
+        return f"exited {os.WEXITSTATUS(status)}"
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    if os.WIFSTOPPED(status):
+        return f"stopped sig={os.WSTOPSIG(status)} event={status >> 16} (status {status:#x})"
+    return f"status {status:#x}"
+
+
+class Tracer:
+    """The loop. ``on_seccomp(tracer, task)`` must resume the task (or hold it) and return."""
+
+    def __init__(self, root_pid: int, on_seccomp: Callable[["Tracer", Task], None],
+                 on_exit: Callable[["Tracer", Task, int], None] | None = None):
+        self.root_pid = root_pid
+        self.on_seccomp = on_seccomp
+        self.on_exit = on_exit
+        self.tasks: dict[int, Task] = {root_pid: Task(root_pid, root_pid)}
+        self.root_status: int | None = None
+        self.killing = False      # a SIGKILL verdict: everything that reports is killed
+        self.stopping = False     # a SIGSTOP verdict: everything that reports is parked
+
+    # --- the agent tree --------------------------------------------------------------------
+    def contains(self, pid: int) -> bool:
+        """Is ``pid`` (a thread or process id) one of the agent's tasks?"""
+        return pid in self.tasks
+
+    def thread_groups(self) -> set[int]:
+        return {task.tgid for task in self.tasks.values()}
+
+    def kill_tree(self) -> None:
+        """SIGKILL every process of the agent, now and whatever reports later."""
+        self.killing = True
+        for tgid in self.thread_groups():
+            try:
+                os.kill(tgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self) -> int:
+        """Trace until no task is left; return the root's wait status."""
+        while self.tasks:
+            if not self.step():
+                break
+        return self.root_status if self.root_status is not None else 0
+
+    def step(self, pid: int = -1) -> bool:
+        """Handle one wait status; False when no traced child is left."""
+        try:
+            tid, status = os.waitpid(pid, K.WALL)
+        except ChildProcessError:
+            self.tasks.clear()
+            return False
+        # (InterruptedError cannot happen: Python retries waitpid on EINTR, PEP 475)
+        self.handle(tid, status)
+        return True
+
+    def handle(self, tid: int, status: int) -> None:
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self._gone(tid, status)
+            return
+        if not os.WIFSTOPPED(status):
+            log.warning("pid %d: unexpected wait status: %s", tid, describe_status(status))
+            return
+        task = self.tasks.get(tid)
+        if task is None:
+            # A new task can report its first stop before its parent's fork event.
+            task = self._adopt(tid, parent=0)
+        sig = os.WSTOPSIG(status)
+        event = status >> 16
+        try:
+            if self.killing:
+                os.kill(tid, signal.SIGKILL)
+                self._resume(tid)
+            elif event == K.PTRACE_EVENT_SECCOMP:
+                self.on_seccomp(self, task)
+            elif event in _NEW_TASK_EVENTS:
+                new_tid = P.geteventmsg(tid)
+                if new_tid not in self.tasks:
+                    # fork/vfork make a process; clone may make either: ask /proc
+                    self._adopt(new_tid, parent=tid,
+                                tgid=None if event == K.PTRACE_EVENT_CLONE else new_tid)
+                else:
+                    self.tasks[new_tid].parent = tid
+                self._resume(tid)
+            elif event == K.PTRACE_EVENT_EXEC:
+                former = P.geteventmsg(tid)
+                if former != tid:
+                    self.tasks.pop(former, None)  # a non-leader thread exec'd: it is now `tid`
+                task.forget_process_facts()
+                self._resume(tid)
+            elif event == K.PTRACE_EVENT_STOP:
+                self._event_stop(task, sig)
+            elif event == 0:
+                self._signal_delivery(task, sig)
+            else:
+                log.warning("pid %d: unexpected stop: %s", tid, describe_status(status))
+                self._resume(tid)
+        except P.PtraceError as exc:
+            if exc.errno == errno.ESRCH:
+                return  # killed under our feet; its exit is reported next
+            raise
+
+    def _resume(self, tid: int, sig: int = 0) -> None:
+        try:
+            P.cont(tid, sig)
+        except P.PtraceError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+
+    def _adopt(self, tid: int, parent: int, tgid: int | None = None) -> Task:
+        task = Task(tid, tgid if tgid is not None else _read_tgid(tid), parent)
+        self.tasks[tid] = task
+        if self.killing:
+            try:
+                os.kill(tid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return task
+
+    def _event_stop(self, task: Task, sig: int) -> None:
+        if self.stopping and sig in _STOP_SIGNALS:
+            task.parked = True  # group-stop reached: stays in this ptrace-stop until detached
+            return
+        if task.resuming or sig not in _STOP_SIGNALS:
+            # PTRACE_INTERRUPT, a new task's first stop, the wake-up after SIGCONT, or a task
+            # re-seized after a SIGSTOP verdict
+            task.resuming = False
+            task.listening = False
+            self._resume(task.tid)
+            return
+        # A group-stop of the agent's own making (SIGSTOP, ^Z): leave it stopped, but let the
+        # kernel tell us about SIGCONT.
+        task.listening = True
+        P.listen(task.tid)
+
+    def _signal_delivery(self, task: Task, sig: int) -> None:
+        # Re-inject the signal: the tracer is not the agent's signal filter.
+        self._resume(task.tid, sig)
+
+    def _gone(self, tid: int, status: int) -> None:
+        task = self.tasks.pop(tid, None)
+        if tid == self.root_pid:
+            self.root_status = status
+        if task is not None and self.on_exit is not None:
+            self.on_exit(self, task, status)
