@@ -356,3 +356,21 @@ def test_unrepresentable_metadata_is_an_error_not_a_silent_loss():
     policy = Policy(name="odd", metadata={"when": object()})
     with pytest.raises(PolicyError, match="cannot write policy.metadata.when"):
         policy_to_yaml(policy)
+
+
+def test_dollar_brace_in_a_python_regex_survives_the_round_trip():
+    # From Python, "${" is an end anchor and a literal brace, not a variable reference.
+    policy = Policy(name="d", default_action="allow", patterns=[
+        Pattern(id="brace", action_type="env_read", pattern=r"[${]HOME", action="deny")])
+    again = policy_from_yaml_string(policy_to_yaml(policy))
+    probes = [("env_read", "{HOME", {}), ("env_read", "$HOME", {}), ("env_read", "HOME", {})]
+    assert decisions(again, probes) == decisions(policy, probes)
+    assert [r[0] for r in decisions(again, probes)] == ["deny", "deny", "allow"]
+
+
+def test_only_plain_descriptive_metadata_is_lifted_to_the_top_level():
+    policy = Policy(name="m", metadata={"author": {"team": "sec"}, "created": "2024-01-01"})
+    document = yaml.safe_load(policy_to_yaml(policy))
+    assert document["created"] == "2024-01-01"
+    assert document["metadata"] == {"author": {"team": "sec"}}
+    assert policy_from_yaml_string(policy_to_yaml(policy)).metadata == policy.metadata

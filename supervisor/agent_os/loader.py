@@ -937,34 +937,47 @@ def policy_to_yaml(policy: Policy) -> str:
 
 
 def _lift_descriptive(document: dict[str, Any]) -> dict[str, Any]:
-    metadata = document.get("metadata")
-    if isinstance(metadata, dict):
-        document = _lift_descriptive_merge(document)
-        lifted = {k: metadata[k] for k in DESCRIPTIVE_KEYS if k in metadata}
-        if lifted:
-            rest = {k: v for k, v in metadata.items() if k not in lifted}
-            out: dict[str, Any] = {}
-            for key, value in document.items():
-                if key == "metadata":
-                    if rest:
-                        out["metadata"] = rest
-                    continue
-                out[key] = value
-                if key == "version":
-                    out.update(lifted)
-            for key, value in lifted.items():
-                out.setdefault(key, value)
-            return out
-    return _lift_descriptive_merge(document)
-
-
-def _lift_descriptive_merge(document: dict[str, Any]) -> dict[str, Any]:
+    """Move author/created/updated from metadata back to the top level (as the YAML had them),
+    and make ``${`` in regexes literal, in this document and in the parts of a merge."""
+    document = dict(document)
     merge = document.get("merge")
     if isinstance(merge, dict) and isinstance(merge.get("policies"), list):
-        merge = {**merge, "policies": [_lift_descriptive(part) if isinstance(part, dict) else part
-                                       for part in merge["policies"]]}
-        document = {**document, "merge": merge}
-    return document
+        document["merge"] = {**merge, "policies": [
+            _lift_descriptive(part) if isinstance(part, dict) else part
+            for part in merge["policies"]]}
+    if isinstance(document.get("patterns"), list):
+        document["patterns"] = [_literal_dollar_brace(p) for p in document["patterns"]]
+    metadata = document.get("metadata")
+    if not isinstance(metadata, dict):
+        return document
+    lifted = {k: metadata[k] for k in DESCRIPTIVE_KEYS
+              if isinstance(metadata.get(k), (str, _dt.date))}
+    if not lifted:
+        return document
+    rest = {k: v for k, v in metadata.items() if k not in lifted}
+    out: dict[str, Any] = {}
+    for key, value in document.items():
+        if key == "metadata":
+            if rest:
+                out["metadata"] = rest
+            continue
+        out[key] = value
+        if key == "version":
+            out.update(lifted)
+    for key, value in lifted.items():
+        out.setdefault(key, value)
+    return out
+
+
+def _literal_dollar_brace(pattern: Any) -> Any:
+    r"""A regex written from Python may contain ``${`` (end anchor, literal brace); written as is,
+    loading would read it as a variable. ``$\{`` means the same to ``re`` (``${n}`` is never
+    valid there) and is not a variable reference. Loaded regexes never contain ``${``: it was
+    expanded, and ``re.escape`` writes ``\$\{``."""
+    if isinstance(pattern, dict) and isinstance(pattern.get("pattern"), str) \
+            and "${" in pattern["pattern"]:
+        return {**pattern, "pattern": pattern["pattern"].replace("${", "$\\{")}
+    return pattern
 
 
 def _plain(value: Any, where: str) -> Any:
