@@ -390,3 +390,29 @@ def test_policy_validate_yaml_returns_printable_issues(tmp_path):
 def test_from_yaml_string_raises_on_invalid_input():
     with pytest.raises(PolicyValidationError, match="<string>:1: unknown key"):
         policy_from_yaml_string("nmae: x\n")
+
+
+def test_yaml_merge_keys_may_be_overridden_but_plain_duplicates_may_not():
+    text = """
+        patterns:
+          - &deny_read {id: a, action_type: file_read, pattern: "^/a", action: deny}
+          - <<: *deny_read
+            id: b
+            pattern: "^/b"
+        """
+    assert issues_of(text) == []
+    policy = policy_from_yaml_string(textwrap.dedent(text))
+    assert [(p.id, p.pattern, p.action) for p in policy.patterns] == [
+        ("a", "^/a", "deny"), ("b", "^/b", "deny")]
+
+
+def test_unsafe_tags_are_refused_on_one_line():
+    issue = only(issues_of("name: !!python/object:os.system x\n"))
+    assert issue.line == 1 and "could not determine a constructor" in issue.message
+    assert "\n" not in str(issue)
+
+
+def test_a_policy_file_is_one_mapping_document():
+    assert only(issues_of("- a\n- b\n")).message == "policy must be a mapping, got a list"
+    issue = only(issues_of("name: a\n---\nname: b\n"))
+    assert issue.line == 2 and "expected a single document" in issue.message

@@ -39,7 +39,7 @@ class ValidationIssue:
         text = " ".join(parts)
         if self.hint:
             text += f" (hint: {self.hint})"
-        return text
+        return " ".join(text.split("\n"))  # INVARIANT: one issue, one line
 
 
 class PolicyValidationError(PolicyError, ValueError):

@@ -326,7 +326,9 @@ class _DocumentReader:
         try:
             return self.loader.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, TypeError) as exc:
-            self.report(node, pattern_id, f"{what}: cannot read value: {exc}")
+            detail = (" ".join(p for p in (exc.context, exc.problem) if p)
+                      if isinstance(exc, yaml.MarkedYAMLError) else str(exc))
+            self.report(node, pattern_id, f"{what}: cannot read value: {detail}")
             return _INVALID
 
     def mapping(self, node: Node, what: str, allowed: Sequence[str] | None,
@@ -335,9 +337,12 @@ class _DocumentReader:
         if not isinstance(node, MappingNode):
             self.report(node, pattern_id, f"{prefix}{what} must be a mapping, got {_kind(node)}")
             return None
-        self.loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
+        own = sum(1 for key_node, _ in node.value if key_node.tag != _TAG + "merge")
+        self.loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor) go first, may be overridden
+        merged = len(node.value) - own
         items: dict[str, tuple[Node, Node]] = {}
-        for key_node, value_node in node.value:
+        from_merge: set[str] = set()
+        for index, (key_node, value_node) in enumerate(node.value):
             key = self.value(key_node, pattern_id, f"{prefix}key")
             if key is _INVALID:
                 continue
@@ -345,10 +350,14 @@ class _DocumentReader:
                 self.report(key_node, pattern_id,
                             f"{prefix}{what}: key {key!r} is {_kind(key_node)}, not a string")
                 continue
-            if key in items:
+            if key in items and key not in from_merge:
                 self.report(key_node, pattern_id, f"{prefix}{what}: duplicate key {key!r}",
                             f"first given at line {_line(items[key][0])}")
                 continue
+            if index < merged:
+                from_merge.add(key)
+            else:
+                from_merge.discard(key)
             if allowed is not None and key not in allowed:
                 hint = _did_you_mean(key, allowed) or f"allowed keys: {', '.join(allowed)}"
                 self.report(key_node, pattern_id, f"{prefix}unknown key {key!r} in {what}", hint)
@@ -848,13 +857,17 @@ def _is_null(node: Node) -> bool:
 
 
 def _explicit_id(node: MappingNode) -> str | None:
-    """The pattern's ``id`` if it is written as a plain string (used to label its problems)."""
+    """The pattern's ``id`` if it is written as a plain string (used to label its problems).
+
+    The last one counts: after YAML merge keys are flattened, an explicit key follows merged ones.
+    """
+    found = None
     for key_node, value_node in node.value:
         if (isinstance(key_node, ScalarNode) and key_node.value == "id"
                 and isinstance(value_node, ScalarNode) and value_node.tag == _TAG + "str"
                 and value_node.value.strip()):
-            return value_node.value
-    return None
+            found = value_node.value
+    return found
 
 
 # --- the public API ----------------------------------------------------------------------------
