@@ -24,6 +24,7 @@ from agentd.seccomp import (
     ENOSYS,
     EPERM,
     KILL_PROCESS,
+    UNTRACED,
     ArgCondition,
     ArgRule,
     Denial,
@@ -99,9 +100,11 @@ def reference(spec: FilterSpec, data: SeccompData) -> int:
         return ALLOW
     if name in full.denied:
         return full.denied[name].action
-    for rule in full.arg_rules:
-        if rule.syscall == name and all(holds(c, data.args[c.index]) for c in rule.when):
-            return rule.denial.action
+    denying = [rule for rule in full.arg_rules if rule.syscall == name and isinstance(rule.outcome, Denial)]
+    untraced = [rule for rule in full.arg_rules if rule.syscall == name and rule.outcome is UNTRACED]
+    for rule in denying + (untraced if name in full.traced else []):
+        if all(holds(c, data.args[c.index]) for c in rule.when):
+            return rule.outcome.action
     return TRACE if name in full.traced else ALLOW
 
 
@@ -228,8 +231,8 @@ def test_random_specs_match_the_reference():
                                         generator.choice([0, 1, 0x8000, 1 << 40, 0xFFFFFFFF]),
                                         mask=generator.choice([0xFF, 0xFFFFFFFF, seccomp.U64_MASK, 1 << 40]),
                                         width=generator.choice([32, 64])),),
-                    generator.choice([EPERM, KILL_PROCESS]))
-            for name in picked[95:120])
+                    generator.choice([EPERM, KILL_PROCESS, UNTRACED]))
+            for name in picked[95:120] + picked[:10])
         spec = FilterSpec(traced=traced, denied=denied, arg_rules=rules)
         program = build_filter(spec)
         for number in range(MAX_SYSCALL_NR + 3):
@@ -254,6 +257,21 @@ def test_invariants_hold_without_a_profile():
     assert bpf.run(program, call("ioctl", 0, kc.TIOCSTI)) == errno_action(errno.EPERM)
     assert bpf.run(program, call("personality", 8)) == errno_action(errno.EPERM)
     assert bpf.run(program, call("mount")) == ALLOW  # the profile's, not an invariant
+
+
+def test_untraced_rules_skip_the_stop_only_when_they_hold():
+    no_destination = ArgRule("sendto", (ArgCondition(4, "eq", 0),), UNTRACED)
+    program = build_filter(FilterSpec(traced={"sendto", "connect"}, arg_rules=(
+        no_destination,
+        ArgRule("connect", (ArgCondition(2, "eq", 0),), UNTRACED),
+        ArgRule("connect", (ArgCondition(0, "eq", 99),), EPERM))))
+    assert bpf.run(program, call("sendto", 3, 0x1000, 10, 0, 0, 0)) == ALLOW
+    assert bpf.run(program, call("sendto", 3, 0x1000, 10, 0, 0x7FFF0000, 16)) == TRACE
+    assert bpf.run(program, call("sendto", 3, 0x1000, 10, 0, 1 << 32, 16)) == TRACE  # a pointer's high word
+    assert bpf.run(program, call("connect", 99, 0x1000, 0)) == errno_action(errno.EPERM)  # denial first
+    assert bpf.run(program, call("connect", 3, 0x1000, 0)) == ALLOW
+    # An UNTRACED rule for a syscall nobody traces changes nothing.
+    assert build_filter(FilterSpec(arg_rules=(no_destination,))) == build_filter(FilterSpec())
 
 
 def test_an_unconditional_denial_beats_tracing():
@@ -520,6 +538,18 @@ def test_traced_syscall_without_a_tracer_fails_with_enosys(try_syscall):
     assert exit_code(status) == errno.ENOSYS  # the kernel's answer to RET_TRACE with no tracer
     status, _ = run_child(prepared, [str(try_syscall), str(nr("getpid"))])
     assert exit_code(status) == 0
+
+
+@needs_seccomp
+def test_untraced_rule_in_the_kernel(try_syscall):
+    spec = FilterSpec(traced={"sendto"}, arg_rules=(ArgRule("sendto", (ArgCondition(4, "eq", 0),), UNTRACED),))
+    prepared = seccomp.prepare(build_filter(spec))
+    # No destination: runs without a stop and reaches the kernel, which says EBADF for fd -1.
+    status, _ = run_child(prepared, [str(try_syscall), str(nr("sendto")), "-1", "0", "0", "0", "0", "0"])
+    assert exit_code(status) == errno.EBADF
+    # A destination: TRACE, and with no tracer attached the kernel answers ENOSYS.
+    status, _ = run_child(prepared, [str(try_syscall), str(nr("sendto")), "-1", "0", "0", "0", "buf:16", "16"])
+    assert exit_code(status) == errno.ENOSYS
 
 
 @needs_seccomp

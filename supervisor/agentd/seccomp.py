@@ -78,6 +78,22 @@ KILL_PROCESS = Denial(None)
 EPERM = Denial(errno_codes.EPERM)
 ENOSYS = Denial(errno_codes.ENOSYS)
 
+
+@dataclass(frozen=True, slots=True)
+class Untraced:
+    """The outcome of an argument rule that lets a traced syscall run without a tracer stop, e.g.
+    ``sendto`` with no destination address (a connected socket: its connect was already checked)."""
+
+    @property
+    def action(self) -> int:
+        return SECCOMP_RET_ALLOW
+
+    def __str__(self) -> str:
+        return "ALLOW (untraced)"
+
+
+UNTRACED = Untraced()
+
 ARG_OPS = frozenset({"eq", "ne", "masked_eq", "any_bits"})
 
 
@@ -110,11 +126,12 @@ class ArgCondition:
 
 @dataclass(frozen=True, slots=True)
 class ArgRule:
-    """Refuse ``syscall`` with ``denial`` when every condition in ``when`` holds."""
+    """When every condition in ``when`` holds, ``syscall`` gets ``outcome``: a Denial (refused in
+    the kernel), or UNTRACED (allowed without a tracer stop, for a syscall the tracer traces)."""
 
     syscall: str
     when: tuple[ArgCondition, ...]
-    denial: Denial
+    outcome: Denial | Untraced
     reason: str = ""
 
 
@@ -126,8 +143,9 @@ def _frozen_mapping(mapping: Mapping[str, Denial]) -> Mapping[str, Denial]:
 class FilterSpec:
     """What the filter does, as data.
 
-    Precedence per syscall: an entry in ``denied`` wins; then ``arg_rules`` in order (the first
-    rule whose conditions all hold refuses); then TRACE if the name is in ``traced``; else ALLOW.
+    Precedence per syscall: an entry in ``denied`` wins; then the denying ``arg_rules`` in order
+    (the first whose conditions all hold refuses); then the UNTRACED rules (the first that holds
+    allows without a stop); then TRACE if the name is in ``traced``; else ALLOW.
     """
 
     traced: frozenset[str] = frozenset()
@@ -240,20 +258,20 @@ def _normalise_rules(rules: Sequence[ArgRule]) -> list[ArgRule]:
     seen: set[tuple] = set()
     for rule in rules:
         when = tuple(_canonical(condition) for condition in rule.when)
-        if (when, rule.denial) not in seen:
-            seen.add((when, rule.denial))
-            unique.append(ArgRule(rule.syscall, when, rule.denial, rule.reason))
+        if (when, rule.outcome) not in seen:
+            seen.add((when, rule.outcome))
+            unique.append(ArgRule(rule.syscall, when, rule.outcome, rule.reason))
     merged: list[ArgRule] = []
     for rule in unique:
         single = _as_bit_test(rule)
         previous = _as_bit_test(merged[-1]) if merged else None
-        if (single is not None and previous is not None and merged[-1].denial == rule.denial
+        if (single is not None and previous is not None and merged[-1].outcome == rule.outcome
                 and (single.index, single.width) == (previous.index, previous.width)):
             bits = previous.value | single.value
             reason = "; ".join(filter(None, (merged[-1].reason, rule.reason)))
             merged[-1] = ArgRule(rule.syscall, (ArgCondition(single.index, "any_bits", bits,
                                                              width=single.width),),
-                                 rule.denial, reason)
+                                 rule.outcome, reason)
         else:
             merged.append(rule)
     return merged
@@ -349,7 +367,7 @@ class _FilterAssembler:
                 left_behind.add(holding)
             # At next_rule the accumulator holds what any one of the conditions left in it.
             holding = left_behind.pop() if len(left_behind) == 1 else None
-            self.asm.ja(self.ret_label(rule.denial.action))
+            self.asm.ja(self.ret_label(rule.outcome.action))
             self.asm.label(next_rule)
         self.asm.ja(self.ret_label(otherwise))
 
@@ -370,9 +388,15 @@ def build_filter(spec: FilterSpec) -> list[bpf.Instruction]:
     _check_names((rule.syscall for rule in full.arg_rules), "argument rules")
 
     rules_by_name: dict[str, list[ArgRule]] = {}
-    for rule in full.arg_rules:
-        if rule.syscall not in full.denied:  # an unconditional denial makes its rules moot
-            rules_by_name.setdefault(rule.syscall, []).append(rule)
+    # Denying rules first, then UNTRACED ones (which only matter for a traced syscall); an
+    # unconditional denial makes a syscall's rules moot.
+    ordered = sorted(full.arg_rules, key=lambda rule: isinstance(rule.outcome, Untraced))
+    for rule in ordered:
+        if rule.syscall in full.denied:
+            continue
+        if isinstance(rule.outcome, Untraced) and rule.syscall not in full.traced:
+            continue
+        rules_by_name.setdefault(rule.syscall, []).append(rule)
 
     def outcome(nr: int) -> tuple[str, object]:
         name = SYSCALL_NAMES.get(nr)
@@ -731,7 +755,7 @@ def probe_kernel(actions_avail: str = "/proc/sys/kernel/seccomp/actions_avail",
 
 __all__ = [
     "ArgCondition", "ArgRule", "Denial", "ENOSYS", "EPERM", "FilterCost", "FilterSpec",
-    "KILL_PROCESS", "PreparedFilter", "ProfileDenials", "SeccompProfileError",
+    "KILL_PROCESS", "UNTRACED", "Untraced", "PreparedFilter", "ProfileDenials", "SeccompProfileError",
     "TRACER_INVARIANTS", "build_filter", "load_profile", "measure_cost", "parse_profile",
     "prepare", "probe_kernel",
 ]
