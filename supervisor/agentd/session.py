@@ -59,6 +59,11 @@ class Session:
         nr = regs.orig_rax
         name = SYSCALL_NAMES.get(nr, f"syscall_{nr}")
         args = syscall_args(regs)
+        if tracer.stopping:
+            # The agent is being parked for a review: issue this syscall again after it.
+            E.rewind(task.tid, regs, nr)
+            E.allow(task.tid)
+            return
         if task.approval is not None:
             approved_nr, approved_args, outcome = task.approval
             task.approval = None

@@ -163,7 +163,7 @@ class Tracer:
                 os.kill(tid, signal.SIGKILL)
                 self._resume(tid)
             elif event == K.PTRACE_EVENT_SECCOMP:
-                self.on_seccomp(self, task)
+                self._seccomp_stop(task)
             elif event in _NEW_TASK_EVENTS:
                 new_tid = P.geteventmsg(tid)
                 if new_tid not in self.tasks:
@@ -191,6 +191,19 @@ class Tracer:
                 return  # killed under our feet; its exit is reported next
             raise
 
+    def _seccomp_stop(self, task: Task) -> None:
+        try:
+            self.on_seccomp(self, task)
+        except P.PtraceError:
+            raise
+        except Exception:  # INVARIANT: a bug in the handler refuses the syscall (fail closed)
+            log.exception("pid %d: error handling a seccomp stop; refusing the syscall", task.tid)
+            regs = P.getregs(task.tid)
+            regs.orig_rax = (1 << 64) - 1
+            regs.rax = (-errno.EACCES) & ((1 << 64) - 1)
+            P.setregs(task.tid, regs)
+            self._resume(task.tid)
+
     def _resume(self, tid: int, sig: int = 0) -> None:
         try:
             P.cont(tid, sig)
@@ -201,9 +214,9 @@ class Tracer:
     def _adopt(self, tid: int, parent: int, tgid: int | None = None) -> Task:
         task = Task(tid, tgid if tgid is not None else _read_tgid(tid), parent)
         self.tasks[tid] = task
-        if self.killing:
+        if self.killing or self.stopping:
             try:
-                os.kill(tid, signal.SIGKILL)
+                os.kill(tid, signal.SIGKILL if self.killing else signal.SIGSTOP)
             except ProcessLookupError:
                 pass
         return task

@@ -1,0 +1,280 @@
+"""Runs and their control: the runs directory, the SIGSTOP hold, and the operator's decision.
+
+Owns what other terminals see of a run and how they act on it. Each run registers
+``<runs>/<run_id>.json`` (supervisor pid, agent pid, command, policy, state) next to a unix
+socket ``<runs>/<run_id>.sock`` (mode 0600); ``<runs>`` is ``$AGENTD_RUNS_DIR``, else
+``/run/agentd/runs`` for root, else ``$XDG_RUNTIME_DIR/agentd/runs`` (``/tmp/agentd-UID/runs``).
+A SIGSTOP verdict calls ``hold``: the held syscall is rewound (it is issued again later), every
+agent process gets a real SIGSTOP, the tracer collects the stops and detaches, so the processes
+sit in state ``T``; then the supervisor waits, blocking in ``select`` on the socket and (on a
+terminal) stdin, for allow / deny / kill. Allow or deny re-seizes every task, sends SIGCONT and
+answers the re-issued syscall once; kill kills the tree. ``agentd kill`` signals the supervisor
+with SIGTERM, which kills the tree whatever state it is in.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import enforce as E
+from . import ptrace_api as P
+from . import tracee_memory as M
+
+__all__ = ["runs_dir", "RunRegistration", "list_runs", "send_decision", "Holder", "DECISIONS"]
+
+DECISIONS = ("allow", "deny", "kill")
+
+
+def runs_dir() -> str:
+    explicit = os.environ.get("AGENTD_RUNS_DIR")
+    if explicit:
+        return explicit
+    if os.geteuid() == 0:
+        return "/run/agentd/runs"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "agentd", "runs")
+    return f"/tmp/agentd-{os.geteuid()}/runs"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class RunRegistration:
+    """This run's entry in the runs directory, and its control socket."""
+
+    run_id: str
+    info: dict[str, Any]
+    directory: str = field(default_factory=runs_dir)
+    sock: socket.socket | None = None
+
+    @property
+    def info_path(self) -> str:
+        return os.path.join(self.directory, f"{self.run_id}.json")
+
+    @property
+    def sock_path(self) -> str:
+        return os.path.join(self.directory, f"{self.run_id}.sock")
+
+    def create(self) -> None:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            self.sock.bind(self.sock_path)
+        finally:
+            os.umask(old_umask)
+        self.sock.listen(4)
+        self.update(state="running")
+
+    def update(self, **changes: Any) -> None:
+        self.info.update(changes)
+        tmp = self.info_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(self.info, handle)
+        os.replace(tmp, self.info_path)
+
+    def remove(self) -> None:
+        for path in (self.info_path, self.sock_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def wait_for_decision(self, prompt: str | None) -> tuple[str, str]:
+        """Block until an operator decides: ``(decision, who)``. No polling: one select()."""
+        assert self.sock is not None
+        watch: list[Any] = [self.sock]
+        tty = prompt is not None and sys.stdin is not None and os.isatty(0)
+        if tty:
+            os.write(2, prompt.encode("utf-8", "replace"))
+            watch.append(0)
+        while True:
+            ready, _, _ = select.select(watch, [], [])
+            if 0 in ready:
+                line = os.read(0, 256).decode("utf-8", "replace").strip().lower()
+                choice = {"a": "allow", "allow": "allow", "d": "deny", "deny": "deny",
+                          "k": "kill", "kill": "kill"}.get(line)
+                if choice:
+                    return choice, "terminal"
+                os.write(2, b"agentd: answer a(llow), d(eny) or k(ill): ")
+            if self.sock in ready:
+                conn, _ = self.sock.accept()
+                with conn:
+                    conn.settimeout(5)
+                    try:
+                        request = json.loads(conn.makefile("r").readline() or "{}")
+                    except (ValueError, OSError):
+                        request = {}
+                    decision = request.get("decision")
+                    if decision in DECISIONS:
+                        conn.sendall(json.dumps({"ok": True, "decision": decision}).encode() + b"\n")
+                        return decision, "control socket"
+                    conn.sendall(json.dumps({"ok": False, "error": "decision must be one of "
+                                             + ", ".join(DECISIONS)}).encode() + b"\n")
+
+
+def list_runs(directory: str | None = None) -> list[dict[str, Any]]:
+    """Every live run in the runs directory (stale entries of dead supervisors are removed)."""
+    directory = directory or runs_dir()
+    runs = []
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                info = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        if not _alive(int(info.get("supervisor_pid", 0))):
+            for stale in (path, path[:-5] + ".sock"):
+                try:
+                    os.unlink(stale)
+                except OSError:
+                    pass
+            continue
+        runs.append(info)
+    return runs
+
+
+def find_run(run_id: str, directory: str | None = None) -> dict[str, Any]:
+    for info in list_runs(directory):
+        if info.get("run_id") == run_id:
+            return info
+    raise LookupError(f"no running agentd run {run_id!r} in {directory or runs_dir()} "
+                      "(see `agentd ps`)")
+
+
+def send_decision(run_id: str, decision: str, directory: str | None = None) -> dict[str, Any]:
+    """Tell a held run's supervisor to allow, deny or kill; returns its answer."""
+    info = find_run(run_id, directory)
+    if info.get("state") != "held":
+        raise RuntimeError(f"run {run_id} is not held (state: {info.get('state')})")
+    path = os.path.join(directory or runs_dir(), f"{run_id}.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10)
+        conn.connect(path)
+        conn.sendall(json.dumps({"decision": decision}).encode() + b"\n")
+        return json.loads(conn.makefile("r").readline() or "{}")
+
+
+def kill_run(run_id: str, directory: str | None = None) -> int:
+    """SIGTERM the run's supervisor, which kills the whole agent tree; returns its pid."""
+    info = find_run(run_id, directory)
+    pid = int(info["supervisor_pid"])
+    os.kill(pid, signal.SIGTERM)
+    return pid
+
+
+class Holder:
+    """The SIGSTOP verdict: park the agent for review, then carry out the operator's decision."""
+
+    def __init__(self, registration: RunRegistration):
+        self.registration = registration
+
+    def __call__(self, session, tracer, task, verdict) -> None:
+        regs = P.getregs(task.tid)
+        nr = regs.orig_rax
+        args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)
+        try:
+            insn = M.read_bytes(task.tid, regs.rip - 2, 2)
+        except OSError:
+            insn = b""
+        if insn != E.SYSCALL_INSN:
+            # Not entered through `syscall` (cannot be re-issued): refuse instead of holding.
+            E.refuse(task.tid, regs)
+            return
+        E.rewind(task.tid, regs, nr)
+        deciding = verdict.deciding
+        what = f"{deciding.action_type} {deciding.target}" if deciding else f"syscall {nr}"
+        self._park(tracer, task)
+        self.registration.update(state="held", held={
+            "pid": task.tgid, "what": what, "reason": verdict.reason,
+            "pattern_ids": list(deciding.pattern_ids) if deciding else [], "since": time.time()})
+        prompt = (f"\nagentd: run {self.registration.run_id} HELD: pid {task.tgid} wants {what}\n"
+                  f"agentd: {verdict.reason}\n"
+                  f"agentd: [a]llow once, [d]eny, [k]ill the agent? ")
+        decision, who = self.registration.wait_for_decision(prompt)
+        from .decide import Evaluation
+        session.record(task, "operator", Evaluation(
+            deciding.action_type if deciding else "", deciding.target if deciding else "",
+            "allow" if decision == "allow" else "deny", decision,
+            f"operator decision via {who} on a held syscall"), enforced=decision)
+        self.registration.update(state="running", held=None)
+        if decision == "kill":
+            session.killed = True
+            tracer.kill_tree()
+            # Detached tasks are not reported to us any more: only our own child is reaped.
+            tracer.tasks = {tracer.root_pid: tracer.tasks[tracer.root_pid]} \
+                if tracer.root_pid in tracer.tasks else {}
+            return
+        self._unpark(tracer)
+        task.approval = (nr, args, decision)
+
+    def _park(self, tracer, held_task) -> None:
+        """Every task to a real group-stop, then detached: state T in /proc/PID/stat."""
+        tracer.stopping = True
+        for task in tracer.tasks.values():
+            task.parked = False
+            if task.listening:
+                task.listening = False
+                try:
+                    P.interrupt(task.tid)
+                except P.PtraceError:
+                    pass
+        for tgid in tracer.thread_groups():
+            try:
+                os.kill(tgid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        P.cont(held_task.tid)  # back to user space, where the pending SIGSTOP is taken
+        while tracer.tasks and any(not t.parked for t in tracer.tasks.values()):
+            if not tracer.step():
+                break
+        for task in list(tracer.tasks.values()):
+            try:
+                P.detach(task.tid, 0)
+            except P.PtraceError as exc:
+                if exc.errno != errno.ESRCH:
+                    raise
+        tracer.stopping = False
+
+    def _unpark(self, tracer) -> None:
+        for task in tracer.tasks.values():
+            task.parked = False
+            task.resuming = True
+            try:
+                P.seize(task.tid, P.TRACE_OPTIONS)
+            except P.PtraceError as exc:
+                if exc.errno != errno.ESRCH:
+                    raise
+        for tgid in tracer.thread_groups():
+            try:
+                os.kill(tgid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
