@@ -35,7 +35,7 @@ from agentd.seccomp import (
     parse_profile,
 )
 from agentd.syscall_numbers import MAX_SYSCALL_NR, SYSCALL_NAMES, SYSCALL_NUMBERS, syscall_number
-from helpers.cbuild import build_c_helper, try_syscall  # noqa: F401  (pytest fixture)
+from helpers.cbuild import try_syscall  # noqa: F401  (a pytest fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PROFILE = REPO / "seccomp_profiles" / "default.json"
@@ -358,6 +358,13 @@ def test_profile_errors_name_file_and_entry(tmp_path, document, message):
         load_profile(path)
     assert str(caught.value).startswith(str(path))
     assert re.search(message, str(caught.value)), str(caught.value)
+
+
+def test_parse_profile_takes_a_document():
+    loaded = parse_profile(deny_list({"names": ["mount"], "action": "SCMP_ACT_KILL_PROCESS"}), "inline")
+    assert loaded.source == "inline" and loaded.denied == {"mount": KILL_PROCESS}
+    with pytest.raises(SeccompProfileError, match=r"^inline: top level: a seccomp profile is a JSON object"):
+        parse_profile([], "inline")
 
 
 def test_profile_actions(tmp_path):

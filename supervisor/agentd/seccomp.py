@@ -25,7 +25,6 @@ from types import MappingProxyType
 from agentd import bpf
 from agentd.kernel_consts import (
     AUDIT_ARCH_X86_64,
-    CLONE_NAMESPACE_FLAGS,
     CLONE_UNTRACED,
     PERSONALITY_QUERY,
     PER_LINUX,
