@@ -374,3 +374,23 @@ def test_only_plain_descriptive_metadata_is_lifted_to_the_top_level():
     assert document["created"] == "2024-01-01"
     assert document["metadata"] == {"author": {"team": "sec"}}
     assert policy_from_yaml_string(policy_to_yaml(policy)).metadata == policy.metadata
+
+
+SHIPPED = sorted(BUILTIN_POLICY_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED or [None], ids=[p.name for p in SHIPPED] or ["none"])
+def test_every_shipped_policy_validates_and_round_trips(path):
+    if path is None:
+        pytest.skip(f"no policies in {BUILTIN_POLICY_DIR} yet")
+    variables = {"WORKSPACE": "/home/agent/ws", "HOME": "/home/agent", "TMPDIR": "/tmp"}
+    assert [str(i) for i in validate_yaml_file_with(path, variables)] == []
+    policy = load_policy(path, variables=variables)
+    again = policy_from_yaml_string(policy_to_yaml(policy))
+    assert [p.id for p in again.patterns] == [p.id for p in policy.patterns]
+    assert (again.default_action, again.violation_mode) == (policy.default_action, policy.violation_mode)
+
+
+def validate_yaml_file_with(path, variables):
+    from agent_os.loader import validate_yaml_file
+    return validate_yaml_file(path, variables=variables)
