@@ -14,7 +14,8 @@ import yaml
 from agent_os import MergedPolicy, Pattern, Policy
 from agent_os.errors import PolicyNotFoundError
 from agent_os.loader import (BUILTIN_POLICY_DIR, bind_variables, load_policy,
-                             policy_from_yaml_string, policy_search_path, policy_to_yaml)
+                             policy_from_yaml_string, policy_search_path, policy_to_yaml,
+                             validate_yaml_file)
 from agent_os.policy import Severity, ViolationMode
 
 DATA = Path(__file__).parent / "data"
@@ -384,13 +385,8 @@ def test_every_shipped_policy_validates_and_round_trips(path):
     if path is None:
         pytest.skip(f"no policies in {BUILTIN_POLICY_DIR} yet")
     variables = {"WORKSPACE": "/home/agent/ws", "HOME": "/home/agent", "TMPDIR": "/tmp"}
-    assert [str(i) for i in validate_yaml_file_with(path, variables)] == []
+    assert [str(i) for i in validate_yaml_file(path, variables=variables)] == []
     policy = load_policy(path, variables=variables)
     again = policy_from_yaml_string(policy_to_yaml(policy))
     assert [p.id for p in again.patterns] == [p.id for p in policy.patterns]
     assert (again.default_action, again.violation_mode) == (policy.default_action, policy.violation_mode)
-
-
-def validate_yaml_file_with(path, variables):
-    from agent_os.loader import validate_yaml_file
-    return validate_yaml_file(path, variables=variables)
