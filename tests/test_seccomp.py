@@ -288,6 +288,39 @@ def test_filter_cost(default_program):
     assert cost.mean_executed <= 12.5
 
 
+def is_const_allow(program, number: int) -> bool:
+    """The kernel's seccomp_is_const_allow(): emulate with only nr and arch known; any other
+    load means the result depends on arguments and the number is not cached."""
+    accumulator, pc = 0, 0
+    while True:
+        instruction = program[pc]
+        code, k = instruction.code, instruction.k
+        if code == bpf.LD_W_ABS:
+            if k not in (kc.SECCOMP_DATA_NR_OFFSET, kc.SECCOMP_DATA_ARCH_OFFSET):
+                return False
+            accumulator = number if k == kc.SECCOMP_DATA_NR_OFFSET else X86_64
+            pc += 1
+        elif code == bpf.RET_K:
+            return k == ALLOW
+        elif code == bpf.JMP_JA:
+            pc += 1 + k
+        elif code == bpf.ALU_AND_K:
+            accumulator &= k
+            pc += 1
+        else:
+            taken = {bpf.JMP_JEQ_K: accumulator == k, bpf.JMP_JGE_K: accumulator >= k,
+                     bpf.JMP_JGT_K: accumulator > k, bpf.JMP_JSET_K: bool(accumulator & k)}[code]
+            pc += 1 + (instruction.jt if taken else instruction.jf)
+
+
+def test_allowed_syscalls_stay_in_the_kernels_action_cache(default_program, profile):
+    spec = profile.spec(TRACED)
+    for number, name in SYSCALL_NAMES.items():
+        argument_free_allow = reference(spec, SeccompData(number, X86_64)) == ALLOW and not any(
+            rule.syscall == name for rule in seccomp.TRACER_INVARIANTS.merged(spec).arg_rules)
+        assert is_const_allow(default_program, number) == argument_free_allow, name
+
+
 def test_build_is_byte_for_byte_reproducible(tmp_path):
     script = ("import hashlib; from agentd import bpf, seccomp\n"
               f"p = seccomp.load_profile({str(DEFAULT_PROFILE)!r})\n"
