@@ -197,8 +197,9 @@ TRACER_INVARIANTS = FilterSpec(
         ArgRule("personality",
                 (ArgCondition(0, "ne", PER_LINUX, width=32),
                  ArgCondition(0, "ne", PERSONALITY_QUERY, width=32)), EPERM,
-                "only PER_LINUX and the query are allowed: other personas change the ABI the "
-                "tracer decodes (READ_IMPLIES_EXEC, STICKY_TIMEOUTS, ADDR_LIMIT_32BIT)"),
+                "only PER_LINUX and the query are allowed: other personas change how the kernel "
+                "treats the process behind the tracer's back (READ_IMPLIES_EXEC makes data "
+                "executable, ADDR_NO_RANDOMIZE drops ASLR, MMAP_PAGE_ZERO, STICKY_TIMEOUTS)"),
         ArgRule("ioctl", (ArgCondition(1, "eq", TIOCSTI, width=32),), EPERM,
                 "TIOCSTI types into the user's terminal: commands that run outside the sandbox"),
         ArgRule("ioctl", (ArgCondition(1, "eq", TIOCLINUX, width=32),), EPERM,
