@@ -1,0 +1,110 @@
+"""`agentd run` end to end: exit statuses, stdio, a blocked read, audit mode, env_read, records."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from helpers.agentd_run import PYTHON, deny, needs_tracing, run_agentd, write_policy
+
+pytestmark = [needs_tracing, pytest.mark.needs_ptrace]
+
+
+@pytest.fixture
+def ws(tmp_path):
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (tmp_path / "secret.txt").write_text("TOP-SECRET-CONTENT\n")
+    return workspace
+
+
+@pytest.fixture
+def policy(tmp_path):
+    return write_policy(tmp_path, [
+        deny("no_secret", "file_read", r".*/secret\.txt$"),
+        {"id": "hide_token", "action_type": "env_read", "pattern": r"^AGENTD_TEST_TOKEN$",
+         "action": "deny"},
+    ])
+
+
+def test_exit_status_is_the_agents(ws, policy):
+    assert run_agentd(policy, ["sh", "-c", "exit 7"], cwd=ws).returncode == 7
+    assert run_agentd(policy, ["/bin/true"], cwd=ws).returncode == 0
+
+
+def test_death_by_signal_is_128_plus_n(ws, policy):
+    result = run_agentd(policy, ["sh", "-c", "kill -TERM $$"], cwd=ws)
+    assert result.returncode == 128 + 15
+
+
+def test_missing_command_is_127(ws, policy):
+    result = run_agentd(policy, ["no-such-command-xyz"], cwd=ws)
+    assert result.returncode == 127
+    assert "command not found" in result.stderr
+
+
+def test_stdio_passes_through(ws, policy):
+    result = run_agentd(policy, ["sh", "-c", "cat; echo to-stderr >&2"], cwd=ws, input="hello\n")
+    assert result.returncode == 0
+    assert result.stdout == "hello\n"
+    assert "to-stderr" in result.stderr
+
+
+def test_denied_read_is_refused_and_recorded(ws, policy, tmp_path):
+    result = run_agentd(policy, ["cat", str(tmp_path / "secret.txt")], cwd=ws)
+    assert result.returncode == 1
+    assert "Permission denied" in result.stderr
+    assert "TOP-SECRET" not in result.stdout
+    denials = [r for r in result.records if r["decision"] == "deny"]
+    assert len(denials) == 1
+    record = denials[0]
+    assert record["target"] == str(tmp_path / "secret.txt")
+    assert record["action_type"] == "file_read"
+    assert record["pattern_ids"] == ["no_secret"]
+    assert record["syscall"] in ("openat", "open")
+    assert record["exe"].endswith("/cat")
+    assert record["run_id"] and record["pid"] > 0 and record["ppid"] > 0
+    assert record["enforced"] == "block"
+    # allowed decisions are recorded too
+    assert any(r["decision"] == "allow" for r in result.records)
+
+
+def test_audit_mode_blocks_nothing_and_summarises(ws, policy, tmp_path):
+    result = run_agentd(policy, ["cat", str(tmp_path / "secret.txt")], cwd=ws,
+                        options=("--mode", "audit"))
+    assert result.returncode == 0
+    assert "TOP-SECRET-CONTENT" in result.stdout
+    assert "would have been denied" in result.stderr
+    assert str(tmp_path / "secret.txt") in result.stderr
+    denials = [r for r in result.records if r["decision"] == "deny"]
+    assert denials and denials[0]["enforced"].startswith("allow")
+
+
+def test_env_read_denied_variables_are_removed_and_recorded(ws, policy):
+    env = dict(os.environ, AGENTD_TEST_TOKEN="sk-123", AGENTD_TEST_OTHER="fine")
+    code = "import os; print(os.environ.get('AGENTD_TEST_TOKEN'), os.environ.get('AGENTD_TEST_OTHER'))"
+    result = run_agentd(policy, [PYTHON, "-c", code], cwd=ws, env=env)
+    assert result.stdout.split() == ["None", "fine"]
+    removed = [r for r in result.records if r["action_type"] == "env_read"]
+    assert [r["target"] for r in removed] == ["AGENTD_TEST_TOKEN"]
+    assert removed[0]["decision"] == "deny" and removed[0]["pattern_ids"] == ["hide_token"]
+
+
+def test_bad_policy_is_a_clear_error(ws, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\npatterns:\n  - action_type: file_read\n    pattern: '('\n")
+    result = run_agentd(bad, ["/bin/true"], cwd=ws)
+    assert result.returncode == 2
+    assert "bad.yaml" in result.stderr
+
+
+def test_the_agent_cannot_signal_the_supervisor(ws, policy):
+    code = ("import os, signal\n"
+            "try:\n    os.kill(os.getppid(), signal.SIGKILL); print('SENT')\n"
+            "except PermissionError: print('REFUSED')\n")
+    result = run_agentd(policy, [PYTHON, "-c", code], cwd=ws)
+    assert result.stdout.strip() == "REFUSED"
+    assert result.returncode == 0
+    assert any(r["action_type"] == "process_signal" and r["decision"] == "deny"
+               for r in result.records)
