@@ -115,7 +115,7 @@ def test_sigstop_holds_until_the_operator_decides(env, decision):
     full_env = dict(os.environ, AGENTD_RUNS_DIR=str(runs))
     proc = subprocess.Popen(
         [AGENTD, "run", "--policy", str(policy), "--audit-log", str(base / "a.jsonl"), "--",
-         PYTHON, "-c", HOLD_AGENT + "os.kill(0, 0)\n"],
+         PYTHON, "-c", HOLD_AGENT],
         cwd=ws, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:
