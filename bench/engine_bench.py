@@ -42,7 +42,7 @@ from agent_os.matcher import ActionTypeMatcher, is_catch_all
 ACTION_TYPE = "file_read"
 CONTEXT = {"agent_id": "bench-agent"}  # what the supervisor passes; no condition reads it here
 SIZES = (10, 100, 1000)
-CROSSOVER_SIZES = (8, 16, 24, 32, 64)
+CROSSOVER_SIZES = (8, 12, 16, 24, 32, 64)
 TARGETS = {"uncached_p99_us": {10: 5.0, 1000: 20.0}, "cached_per_second": 1_000_000}
 _RANK = {"allow": 0, "warn": 1, "deny": 2}
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "engine.json"
