@@ -17,9 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import select
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -63,7 +61,7 @@ class RunRegistration:
     run_id: str
     info: dict[str, Any]
     directory: str = field(default_factory=runs_dir)
-    sock: socket.socket | None = None
+    sock: Any = None  # the listening control socket, opened only while the run is held
 
     @property
     def info_path(self) -> str:
@@ -75,14 +73,27 @@ class RunRegistration:
 
     def create(self) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.update(state="running")
+
+    def open_socket(self) -> None:
+        """Listen on ``<run_id>.sock`` (mode 0600). Only a held run needs it, so it is made
+        then: ``agentd run`` without a SIGSTOP verdict never imports ``socket``."""
+        import socket
+
+        if self.sock is not None:
+            return
+        try:
+            os.unlink(self.sock_path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
-            self.sock.bind(self.sock_path)
+            sock.bind(self.sock_path)
         finally:
             os.umask(old_umask)
-        self.sock.listen(4)
-        self.update(state="running")
+        sock.listen(4)
+        self.sock = sock
 
     def update(self, **changes: Any) -> None:
         self.info.update(changes)
@@ -103,7 +114,9 @@ class RunRegistration:
 
     def wait_for_decision(self, prompt: str | None) -> tuple[str, str]:
         """Block until an operator decides: ``(decision, who)``. No polling: one select()."""
-        assert self.sock is not None
+        import select
+
+        self.open_socket()
         watch: list[Any] = [self.sock]
         tty = prompt is not None and sys.stdin is not None and os.isatty(0)
         if tty:
@@ -175,6 +188,8 @@ def send_decision(run_id: str, decision: str, directory: str | None = None) -> d
     info = find_run(run_id, directory)
     if info.get("state") != "held":
         raise RuntimeError(f"run {run_id} is not held (state: {info.get('state')})")
+    import socket
+
     path = os.path.join(directory or runs_dir(), f"{run_id}.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(10)
@@ -210,6 +225,7 @@ class Holder:
             E.refuse(task.tid, regs)
             return
         E.rewind(task.tid, regs, nr)
+        self.registration.open_socket()
         deciding = verdict.deciding
         what = f"{deciding.action_type} {deciding.target}" if deciding else f"syscall {nr}"
         self._park(tracer, task)

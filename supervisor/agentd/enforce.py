@@ -16,7 +16,7 @@ import signal
 
 from . import ptrace_api as P
 
-__all__ = ["allow", "refuse", "rewind", "kill_all", "warn_line", "SYSCALL_INSN"]
+__all__ = ["allow", "refuse", "rewind", "kill_all", "warn_line", "notice_line", "SYSCALL_INSN"]
 
 SYSCALL_INSN = b"\x0f\x05"
 _U64 = (1 << 64) - 1
@@ -59,7 +59,11 @@ def kill_all(pids) -> None:
 
 def warn_line(text: str) -> None:
     """One line on fd 2, which the agent shares: it sees the warning where it logs."""
+    notice_line(f"warning: {text}")
+
+
+def notice_line(text: str) -> None:
     try:
-        os.write(2, f"agentd: warning: {text}\n".encode("utf-8", "replace"))
+        os.write(2, f"agentd: {text}\n".encode("utf-8", "replace"))
     except OSError:
         pass

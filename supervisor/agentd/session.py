@@ -132,6 +132,9 @@ class Session:
             E.refuse(task.tid, regs, errno.EACCES)
         elif outcome == "kill":
             self.killed = True
+            deciding = verdict.deciding
+            what = f"{deciding.action_type} {deciding.target}" if deciding else name
+            E.notice_line(f"killing the agent: {what}: {verdict.reason} (pid {task.tgid}, {name})")
             # The syscall must not run even for an instant: skip it, then kill every process.
             regs.orig_rax = (1 << 64) - 1
             regs.rax = (-errno.EACCES) & ((1 << 64) - 1)
