@@ -26,8 +26,9 @@ try:  # optional accelerator; the engine is correct without it
 except ImportError:  # pragma: no cover - exercised where google-re2 is absent
     _re2 = None
 
-# Below this many patterns the plain loop beats the RE2 set's fixed cost (measured in bench/).
-RE2_SET_THRESHOLD = 24
+# Below this many patterns the plain loop beats the RE2 set's fixed cost: they break even at 8-10
+# patterns on the 2-core dev VM (bench/engine_bench.py, crossover in bench/README.md).
+RE2_SET_THRESHOLD = 12
 REGEX_FLAGS = re.DOTALL
 _RE2_SAFE_TARGET = re.compile(r"[\x20-\x7e\t\n\r\f]*\Z")
 
