@@ -1,0 +1,270 @@
+"""The escape suite's harness: an arena of victims, the sandboxed and bare runs, outside checks.
+
+Owns how one escape probe is judged. ``Arena.layout(label)`` builds a fresh test-owned tree (the
+workspace, a read-protected ``victim/`` holding a random marker, a write-protected ``keep/``, a
+spawn-protected ``nox/``, a ``sock/`` directory for unix listeners) whose root is bound to
+``${TMPDIR}`` so that the static policies in ``tests/escapes/policies/`` can name it.
+``judge(arena, probe)`` runs a ``Probe`` twice: once bare (no sandbox, under a stand-in parent
+process so that probes aimed at "the supervisor" hit the stand-in), where the deed must happen or
+the probe proves nothing and the test fails with ``ProbeProvedNothing``; then under ``agentd run``,
+where the deed must not happen (``AssertionError`` naming the probe and what happened). The
+deed is always observed from outside the agent: the marker reaching the agent's stdout, a change
+anywhere in the arena outside the workspace (``snapshot``), a listener that received something, a
+process that died.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+POLICY_DIR = HERE / "policies"
+PROBE_DIR = HERE / "probes"
+DEFAULT_POLICY = POLICY_DIR / "escape.yaml"
+AGENTD = str(Path(sys.executable).with_name("agentd"))
+# The interpreter the probes run on: the real one behind the venv (probes need only the stdlib).
+PYTHON = os.path.realpath(sys.executable)
+# The bare run's parent: stands in for the supervisor (probes that attack their parent hit it).
+STAND_IN = ("import subprocess, sys\n"
+            "code = subprocess.call(sys.argv[1:])\n"
+            "sys.exit(code if code >= 0 else 128 - code)\n")
+RUN_TIMEOUT = 240.0
+
+
+class ProbeProvedNothing(AssertionError):
+    """Without the sandbox the probe's deed did not happen: the probe tests nothing."""
+
+
+class ProbeEscaped(AssertionError):
+    """Under ``agentd run`` the probe's deed happened: a containment failure."""
+
+
+@dataclass
+class Layout:
+    """One fresh arena tree. ``root`` is ``${TMPDIR}`` for the policy, ``ws`` is ``${WORKSPACE}``."""
+
+    root: Path
+    marker: str
+    sandboxed: bool
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ws(self) -> Path:
+        return self.root / "ws"
+
+    @property
+    def victim(self) -> Path:
+        return self.root / "victim"
+
+    @property
+    def secret(self) -> Path:
+        return self.root / "victim" / "secret"
+
+    @property
+    def keep(self) -> Path:
+        return self.root / "keep"
+
+    @property
+    def nox(self) -> Path:
+        return self.root / "nox"
+
+    @property
+    def sock(self) -> Path:
+        return self.root / "sock"
+
+    def fmt(self, text: str) -> str:
+        """Fill ``{root} {ws} {victim} {secret} {keep} {nox} {sock} {marker}`` and extras."""
+        return text.format(root=self.root, ws=self.ws, victim=self.victim, secret=self.secret,
+                           keep=self.keep, nox=self.nox, sock=self.sock, marker=self.marker,
+                           **self.extra)
+
+
+def build_tree(root: Path) -> Layout:
+    root.mkdir(parents=True)
+    root = root.resolve()
+    layout = Layout(root=root, marker="AGENTD-ESCAPE-" + secrets.token_hex(8), sandboxed=False)
+    for d in ("ws", "victim", "victim/sub", "keep", "keep/dir", "keep/empty", "nox", "sock"):
+        (root / d).mkdir()
+    layout.secret.write_text(layout.marker + "\n")
+    (layout.victim / "sub" / "note").write_text("nothing here\n")
+    (layout.keep / "file.txt").write_text("original content\n")
+    (layout.keep / "dir" / "inner.txt").write_text("inner\n")
+    os.utime(layout.keep / "file.txt", (1_000_000_000, 1_000_000_000))
+    (layout.ws / "allowed.txt").write_text("ALLOWED\n")
+    shutil.copy2("/bin/true", layout.nox / "forbidden")
+    return layout
+
+
+def snapshot(root: Path, skip: Callable[[Path], bool],
+             no_mtime: frozenset[Path] = frozenset()) -> dict[str, tuple]:
+    """Everything observable about the files under ``root`` (not following symlinks); the
+    directories in ``no_mtime`` (the workspace) may change their mtime."""
+    state: dict[str, tuple] = {}
+
+    def walk(directory: Path) -> None:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError as exc:
+            state[str(directory) + "/"] = ("unlistable", exc.errno)
+            return
+        for name in names:
+            path = directory / name
+            if skip(path):
+                continue
+            st = os.lstat(path)
+            try:
+                xattrs = tuple(sorted((k, os.getxattr(path, k, follow_symlinks=False))
+                                      for k in os.listxattr(path, follow_symlinks=False)))
+            except OSError:
+                xattrs = ()
+            entry = [stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                     st.st_nlink if not stat.S_ISDIR(st.st_mode) else 0,
+                     None if path in no_mtime else st.st_mtime_ns, xattrs]
+            if stat.S_ISREG(st.st_mode):
+                entry += [st.st_size, hashlib.sha256(path.read_bytes()).hexdigest()]
+            elif stat.S_ISLNK(st.st_mode):
+                entry.append(os.readlink(path))
+            state[str(path)] = tuple(entry)
+            if stat.S_ISDIR(st.st_mode):
+                walk(path)
+
+    walk(root)
+    return state
+
+
+def describe_changes(before: dict, after: dict) -> list[str]:
+    changes = [f"created {p}" for p in sorted(set(after) - set(before))]
+    changes += [f"removed {p}" for p in sorted(set(before) - set(after))]
+    changes += [f"changed {p}: {before[p]} -> {after[p]}"
+                for p in sorted(set(before) & set(after)) if before[p] != after[p]]
+    return changes
+
+
+@dataclass
+class RunResult:
+    returncode: int          # the supervisor's (sandboxed) or the stand-in's (bare) status
+    stdout: str
+    stderr: str
+    layout: Layout
+    argv: list[str]
+
+    def tail(self) -> str:
+        return (f"argv: {self.argv}\nexit: {self.returncode}\n"
+                f"stdout: {self.stdout[-1500:]!r}\nstderr: {self.stderr[-1500:]!r}")
+
+
+class Arena:
+    """Fresh layouts under one test's tmp dir, and the two ways to run a probe in them."""
+
+    def __init__(self, base: Path, agentd_argv: list[str]):
+        self.base = base
+        self.agentd_argv = agentd_argv
+        self.count = 0
+
+    def layout(self, label: str) -> Layout:
+        self.count += 1
+        return build_tree(self.base / f"{label}{self.count}")
+
+    def env(self, layout: Layout, more: dict | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"TMPDIR": str(layout.root), "PYTHONDONTWRITEBYTECODE": "1",
+                    "AGENTD_RUNS_DIR": str(self.base / "runs"), "LC_ALL": "C"})
+        env.pop("PYTHONPATH", None)
+        env.update(more or {})
+        return env
+
+    def run(self, layout: Layout, argv: list[str], *, policy: Path = DEFAULT_POLICY,
+            cwd: Path | None = None, env: dict | None = None, timeout: float = RUN_TIMEOUT,
+            input: bytes | None = None) -> RunResult:
+        if layout.sandboxed:
+            audit = self.base / f"audit-{layout.root.name}.jsonl"
+            full = [*self.agentd_argv, "run", "--policy", str(policy), "--workspace",
+                    str(layout.ws), "--audit-log", str(audit), "--agent-id", "escape-probe",
+                    "--", *argv]
+        else:
+            full = [PYTHON, "-c", STAND_IN, *argv]
+        # A new session: probes that signal their process group or parent cannot reach pytest.
+        proc = subprocess.Popen(full, cwd=cwd or layout.ws, env=self.env(layout, env),
+                                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            err += b"\n[escape harness: timed out]"
+        return RunResult(proc.returncode, out.decode(errors="replace"),
+                         err.decode(errors="replace"), layout, full)
+
+
+@dataclass
+class Probe:
+    """One way out. ``argv(layout)`` is the command; ``setup(layout)`` prepares the arena (as the
+    test, before the agent starts) and may return a context kept in ``layout.extra``;
+    ``deed(result)`` returns a description of the forbidden effect if it happened, else None.
+    ``default_deeds`` adds the two universal outside checks: the marker in the agent's output,
+    and any change in the arena outside the workspace (plus ``watch``ed workspace paths)."""
+
+    name: str
+    argv: Callable[[Layout], list[str]]
+    setup: Callable[[Layout], None] | None = None
+    deed: Callable[[RunResult], str | None] | None = None
+    default_deeds: bool = True
+    watch: tuple[str, ...] = ()          # workspace-relative paths to include in the snapshot
+    policy: Path = DEFAULT_POLICY
+    cleanup: Callable[[Layout], None] | None = None
+    env: dict | None = None
+
+
+def judge(arena: Arena, probe: Probe) -> RunResult:
+    """Bare run (the deed must happen), then sandboxed run (it must not)."""
+    results = []
+    for sandboxed in (False, True):
+        layout = arena.layout("boxed" if sandboxed else "bare")
+        layout.sandboxed = sandboxed
+        try:
+            if probe.setup:
+                probe.setup(layout)
+            watched = {layout.ws / w for w in probe.watch}
+
+            def skip(path: Path) -> bool:
+                """Inside the workspace the agent may do anything, except to watched paths."""
+                if layout.ws not in path.parents:
+                    return False
+                return not any(path == w or w in path.parents or path in w.parents
+                               for w in watched)
+
+            before = snapshot(layout.root, skip, frozenset({layout.ws}))
+            result = arena.run(layout, probe.argv(layout), policy=probe.policy, env=probe.env)
+            deeds = []
+            if probe.default_deeds:
+                if layout.marker in result.stdout or layout.marker in result.stderr:
+                    deeds.append("the protected marker reached the agent's output")
+                deeds += describe_changes(before, snapshot(layout.root, skip, frozenset({layout.ws})))
+            if probe.deed:
+                extra = probe.deed(result)
+                if extra:
+                    deeds.append(extra)
+        finally:
+            if probe.cleanup:
+                probe.cleanup(layout)
+        if not sandboxed and not deeds:
+            raise ProbeProvedNothing(
+                f"probe {probe.name}: without the sandbox the deed did not happen, so the "
+                f"probe proves nothing\n{result.tail()}")
+        if sandboxed and deeds:
+            raise ProbeEscaped(f"ESCAPE: probe {probe.name} under agentd run: "
+                               + "; ".join(deeds[:6]) + f"\n{result.tail()}")
+        results.append(result)
+    return results[-1]

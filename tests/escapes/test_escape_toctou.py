@@ -1,0 +1,102 @@
+"""TOCTOU: the path the sandbox checked is not the path the kernel uses.
+
+Each probe (probes/toctou.c) races one syscall's path argument: a thread, a second process made by
+clone(CLONE_VM), or a forked process writing a MAP_SHARED buffer flips it between an allowed and a
+denied path while the syscall runs; the symlink probe re-points a symlink in the workspace
+instead (a race in the file system, not in memory). The outside checks: the marker of the
+read-protected victim never reaches the agent's output; nothing appears outside the workspace;
+the forbidden program never leaves its trace. Without the sandbox the same probe must see the
+deed (there, the "denied" path is simply opened), so a probe that cannot detect a win fails.
+
+The attempt budget (``--escape-attempts``, default 100,000) is shared by the probes by weight.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from escape_harness import Probe, judge
+
+pytestmark = pytest.mark.escape_probe
+
+# Without the sandbox a win is near certain; these only show that a win is detected.
+BARE_ATTEMPTS = 20_000
+BARE_EXEC_ATTEMPTS = 300
+
+# probe name -> (share of the budget, argv builder given (layout, probe_bin, attempts))
+WEIGHTS = {"open-thread": 30, "open-clonevm": 15, "open-shared": 15, "symlink-swap": 15,
+           "creat-thread": 10, "rename-thread": 10, "exec-shared": 5}
+
+
+def attempts_for(name: str, budget: int) -> int:
+    return max(1, budget * WEIGHTS[name] // sum(WEIGHTS.values()))
+
+
+def _count(result) -> str | None:
+    found = re.search(r"successes=(\d+) attempts=(\d+)", result.stdout)
+    if found and int(found.group(1)) > 0:
+        return f"the race was won {found.group(1)} times in {found.group(2)} attempts"
+    return None
+
+
+def _attempts(layout, budget, name):
+    if layout.sandboxed:
+        return str(attempts_for(name, budget))
+    return str(BARE_EXEC_ATTEMPTS if name.startswith("exec") else BARE_ATTEMPTS)
+
+
+@pytest.mark.parametrize("flipper", ["open-thread", "open-clonevm", "open-shared"])
+def test_read_race(arena, probe_bin, escape_attempts, flipper):
+    judge(arena, Probe(
+        f"toctou-{flipper}",
+        lambda lay: [str(probe_bin / "toctou"), flipper, str(lay.ws / "allowed.txt"),
+                     str(lay.secret), _attempts(lay, escape_attempts, flipper)],
+        deed=_count))
+
+
+def test_symlink_swap_race(arena, probe_bin, escape_attempts):
+    judge(arena, Probe(
+        "toctou-symlink-swap",
+        lambda lay: [str(probe_bin / "toctou"), "symlink-swap", str(lay.ws / "link"),
+                     str(lay.ws / "allowed.txt"), str(lay.secret),
+                     _attempts(lay, escape_attempts, "symlink-swap")],
+        deed=_count))
+
+
+def test_create_race(arena, probe_bin, escape_attempts):
+    judge(arena, Probe(
+        "toctou-creat-thread",
+        lambda lay: [str(probe_bin / "toctou"), "creat-thread", str(lay.ws / "new.txt"),
+                     str(lay.keep / "created.txt"),
+                     _attempts(lay, escape_attempts, "creat-thread")],
+        deed=_count))
+
+
+def test_rename_race(arena, probe_bin, escape_attempts):
+    def setup(lay):
+        (lay.ws / "src.txt").write_text("moving\n")
+    judge(arena, Probe(
+        "toctou-rename-thread",
+        lambda lay: [str(probe_bin / "toctou"), "rename-thread", str(lay.ws / "src.txt"),
+                     str(lay.ws / "dst.txt"), str(lay.keep / "moved.txt"),
+                     _attempts(lay, escape_attempts, "rename-thread")],
+        setup=setup, deed=_count))
+
+
+def test_exec_race(arena, probe_bin, escape_attempts):
+    """The forbidden program (in nox/, process_spawn denied) exits 42 and leaves a trace."""
+    def setup(lay):
+        forbidden = lay.nox / "forbidden"
+        forbidden.unlink()
+        forbidden.write_text(f"#!/bin/sh\n: > {lay.ws}/exec_escaped\nexit 42\n")
+        forbidden.chmod(0o755)
+        allowed = lay.ws / "allowed_prog"
+        allowed.write_bytes(open("/bin/true", "rb").read())
+        allowed.chmod(0o755)
+    judge(arena, Probe(
+        "toctou-exec-shared",
+        lambda lay: [str(probe_bin / "toctou"), "exec-shared", str(lay.ws / "allowed_prog"),
+                     str(lay.nox / "forbidden"), _attempts(lay, escape_attempts, "exec-shared")],
+        setup=setup, deed=_count, watch=("exec_escaped",)))
