@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
 import signal
 import socket
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from agentd import landlock as ll
+from helpers.landlock_child import attempt, run_in_child, write_file
 
 SUPPORT = ll.probe()
 needs_landlock = pytest.mark.skipif(not SUPPORT.available, reason=SUPPORT.describe())
@@ -34,51 +34,6 @@ WRITE_ALL = (ll.fs_rights(ll.LATEST_ABI) & ~(ll.LANDLOCK_ACCESS_FS_EXECUTE
                                              | ll.LANDLOCK_ACCESS_FS_READ_FILE
                                              | ll.LANDLOCK_ACCESS_FS_READ_DIR
                                              | ll.LANDLOCK_ACCESS_FS_IOCTL_DEV))
-
-
-def attempt(action) -> int:
-    """0 if ``action()`` worked, else its errno."""
-    try:
-        action()
-        return 0
-    except OSError as error:
-        return error.errno or -1
-
-
-def run_in_child(prepared: ll.PreparedRuleset | None, probe) -> dict:
-    """Fork; the child applies ``prepared`` (if any), runs ``probe()`` and sends back its dict."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        status = 0
-        try:
-            os.close(read_end)
-            if prepared is not None:
-                prepared.apply()
-            result = probe()
-        except BaseException as error:  # report everything: the parent asserts
-            result, status = {"error": repr(error)}, 1
-        os.write(write_end, json.dumps(result).encode())
-        os._exit(status)
-    os.close(write_end)
-    if prepared is not None:
-        prepared.close()
-    chunks = []
-    while chunk := os.read(read_end, 65536):
-        chunks.append(chunk)
-    os.close(read_end)
-    os.waitpid(pid, 0)
-    result = json.loads(b"".join(chunks) or b"{}")
-    assert "error" not in result, result["error"]
-    return result
-
-
-def write_file(path: Path, data: bytes = b"x") -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
 
 
 # --- pure: rights per ABI, fitting, probing errors ----------------------------------------------------
