@@ -21,7 +21,7 @@ from . import paths as _paths
 from . import tracee_memory as _mem
 from . import syscall_table as T
 
-__all__ = ["Action", "SignalTarget", "DecodedSyscall", "DecodeError", "decode_syscall",
+__all__ = ["Action", "SignalTarget", "Tracee", "DecodedSyscall", "DecodeError", "decode_syscall",
            "syscall_args", "format_sockaddr"]
 
 SyscallSpec_ = T.SyscallSpec
@@ -57,6 +57,15 @@ class SignalTarget:
 
 
 @dataclass(frozen=True)
+class Tracee:
+    """The stopped task a syscall is decoded for: its tid, thread group and memory reader."""
+
+    tid: int
+    tgid: int | None
+    memory: _mem.TraceeMemory
+
+
+@dataclass(frozen=True)
 class DecodedSyscall:
     syscall: str
     nr: int
@@ -80,9 +89,9 @@ def _s32(value: int) -> int:
     return value - (1 << 32) if value & 0x80000000 else value
 
 
-def _read_path(pid: int, addr: int) -> str:
+def _read_path(t: Tracee, addr: int) -> str:
     try:
-        data, truncated = _mem.read_cstring(pid, addr, _mem.MAX_PATH_BYTES)
+        data, truncated = t.memory.read_cstring(addr, _mem.MAX_PATH_BYTES)
     except _mem.MemoryReadError as exc:
         raise DecodeError(f"cannot read path argument: {exc.strerror}") from None
     if truncated:
@@ -90,10 +99,10 @@ def _read_path(pid: int, addr: int) -> str:
     return os.fsdecode(data)
 
 
-def _resolve(pid: int, dirfd: int, path: str, follow_last: bool, empty_ok: bool = False) -> str:
+def _resolve(t: Tracee, dirfd: int, path: str, follow_last: bool, empty_ok: bool = False) -> str:
     try:
-        return _paths.resolve_tracee_path(pid, dirfd, path, follow_last=follow_last,
-                                          empty_ok=empty_ok)
+        return _paths.resolve_tracee_path(t.tid, dirfd, path, follow_last=follow_last,
+                                          empty_ok=empty_ok, tgid=t.tgid)
     except _paths.PathResolutionError as exc:
         raise DecodeError(f"cannot resolve {path!r}: {exc.strerror}") from None
 
@@ -115,24 +124,24 @@ def _follow(spec: SyscallSpec_, flags: int) -> bool:
     return follow
 
 
-def _named_path(pid: int, spec: SyscallSpec_, args: tuple[int, ...], path_index: int | None,
+def _named_path(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...], path_index: int | None,
                 dirfd_index: int | None, follow: bool, flags: int) -> str:
     """The resolved path of a (dirfd, path) or fd operand."""
     if spec.fd is not None and path_index is None:
-        return _fd_path(pid, _s32(args[spec.fd]))
+        return _fd_path(t, _s32(args[spec.fd]))
     assert path_index is not None
     dirfd = _dirfd(args, dirfd_index)
     address = args[path_index]
     empty_ok = bool(spec.empty_path_mask and flags & spec.empty_path_mask)
     if address == 0 and spec.decoder == "path" and dirfd_index is not None:
         # utimensat(fd, NULL, ...): the descriptor itself
-        return _fd_path(pid, dirfd)
-    return _resolve(pid, dirfd, _read_path(pid, address), follow, empty_ok)
+        return _fd_path(t, dirfd)
+    return _resolve(t, dirfd, _read_path(t, address), follow, empty_ok)
 
 
-def _fd_path(pid: int, fd: int) -> str:
+def _fd_path(t: Tracee, fd: int) -> str:
     try:
-        return _paths.fd_target(pid, fd)
+        return _paths.fd_target(t.tid, fd)
     except _paths.PathResolutionError as exc:
         raise DecodeError(str(exc)) from None
 
@@ -145,10 +154,10 @@ def _shm_action(path: str) -> tuple[Action, ...]:
 
 # --- decoders: (pid, spec, args) -> (actions, signal targets) ------------------------------------
 
-def _decode_open(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+def _decode_open(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     if spec.how is not None:
         try:
-            raw = _mem.read_bytes(pid, args[spec.how], 8)  # struct open_how { u64 flags; ...}
+            raw = t.memory.read_bytes(args[spec.how], 8)  # struct open_how { u64 flags; ...}
         except _mem.MemoryReadError as exc:
             raise DecodeError(f"cannot read struct open_how: {exc.strerror}") from None
         flags = int.from_bytes(raw, "little")
@@ -157,45 +166,45 @@ def _decode_open(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
     else:
         flags = spec.fixed_flags
     follow = not flags & T.O_NOFOLLOW
-    path = _resolve(pid, _dirfd(args, spec.dirfd), _read_path(pid, args[spec.path]),
+    path = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[spec.path]),
                     follow_last=follow and not (flags & T.O_CREAT and flags & T.O_EXCL))
     writes = (flags & T.O_ACCMODE) in (T.O_WRONLY, T.O_RDWR) or flags & T.WRITE_FLAGS
     action = Action("file_write" if writes else "file_read", path)
     return (action,) + _shm_action(path), ()
 
 
-def _decode_path(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+def _decode_path(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     flags = _flags(spec, args)
-    path = _named_path(pid, spec, args, spec.path, spec.dirfd, _follow(spec, flags), flags)
+    path = _named_path(t, spec, args, spec.path, spec.dirfd, _follow(spec, flags), flags)
     return (Action(spec.action_type, path),), ()
 
 
-def _decode_chmod(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+def _decode_chmod(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     flags = _flags(spec, args)
-    path = _named_path(pid, spec, args, spec.path, spec.dirfd, _follow(spec, flags), flags)
+    path = _named_path(t, spec, args, spec.path, spec.dirfd, _follow(spec, flags), flags)
     mode = args[spec.mode] & 0o7777
     return (Action("file_chmod", f"{path}:{mode:04o}"),), ()
 
 
-def _decode_move(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
-    src = _resolve(pid, _dirfd(args, spec.dirfd), _read_path(pid, args[spec.path]), False)
-    dst = _resolve(pid, _dirfd(args, spec.dirfd2), _read_path(pid, args[spec.path2]), False)
+def _decode_move(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
+    src = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[spec.path]), False)
+    dst = _resolve(t, _dirfd(args, spec.dirfd2), _read_path(t, args[spec.path2]), False)
     return (Action("file_move", f"{src} -> {dst}"), Action("file_delete", src),
             Action("file_write", dst)), ()
 
 
-def _decode_link(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+def _decode_link(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     flags = _flags(spec, args)
     empty_ok = bool(spec.empty_path_mask and flags & spec.empty_path_mask)
-    old = _resolve(pid, _dirfd(args, spec.dirfd), _read_path(pid, args[spec.path]),
+    old = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[spec.path]),
                    _follow(spec, flags), empty_ok)
-    new = _resolve(pid, _dirfd(args, spec.dirfd2), _read_path(pid, args[spec.path2]), False)
+    new = _resolve(t, _dirfd(args, spec.dirfd2), _read_path(t, args[spec.path2]), False)
     return (Action("file_write", new), Action("file_read", old)), ()
 
 
-def _read_argv(pid: int, address: int) -> list[str]:
+def _read_argv(t: Tracee, address: int) -> list[str]:
     try:
-        pointers, truncated = _mem.read_pointer_array(pid, address, MAX_ARGV_ITEMS)
+        pointers, truncated = t.memory.read_pointer_array(address, MAX_ARGV_ITEMS)
     except _mem.MemoryReadError as exc:
         raise DecodeError(f"cannot read argv: {exc.strerror}") from None
     if truncated:
@@ -204,7 +213,7 @@ def _read_argv(pid: int, address: int) -> list[str]:
     total = 0
     for pointer in pointers:
         try:
-            data, cut = _mem.read_cstring(pid, pointer, MAX_ARG_BYTES)
+            data, cut = t.memory.read_cstring(pointer, MAX_ARG_BYTES)
         except _mem.MemoryReadError as exc:
             raise DecodeError(f"cannot read argv[{len(argv)}]: {exc.strerror}") from None
         total += len(data) + 1
@@ -214,10 +223,10 @@ def _read_argv(pid: int, address: int) -> list[str]:
     return argv
 
 
-def _decode_exec(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+def _decode_exec(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     flags = _flags(spec, args)
-    path = _named_path(pid, spec, args, spec.path, spec.dirfd, _follow(spec, flags), flags)
-    argv = _read_argv(pid, args[spec.argv])
+    path = _named_path(t, spec, args, spec.path, spec.dirfd, _follow(spec, flags), flags)
+    argv = _read_argv(t, args[spec.argv])
     # argv[0] is chosen by the caller: replace it with what really runs, so a renamed copy
     # cannot pose as `ls`.
     words = [os.path.basename(path)] + argv[1:]
@@ -229,7 +238,7 @@ def _printable(data: bytes) -> str:
                   data.decode("latin-1"))
 
 
-def format_sockaddr(pid: int, raw: bytes) -> str | None:
+def format_sockaddr(t: Tracee | int, raw: bytes) -> str | None:
     """The network_connect target for a sockaddr, or None for AF_UNSPEC (disconnect)."""
     if len(raw) < 2:
         raise DecodeError(f"sockaddr of {len(raw)} bytes")
@@ -257,82 +266,82 @@ def format_sockaddr(pid: int, raw: bytes) -> str | None:
         if sun_path[0] == 0:
             return "unix:@" + _printable(sun_path[1:])
         name = sun_path.split(b"\0", 1)[0]
-        resolved = _resolve(pid, _paths.AT_FDCWD, os.fsdecode(name), True)
+        resolved = _resolve(_as_tracee(t), _paths.AT_FDCWD, os.fsdecode(name), True)
         return "unix:" + resolved
     return f"{_FAMILY_NAMES.get(family, f'af{family}')}:{raw[2:].hex()}"
 
 
-def _read_sockaddr(pid: int, address: int, length: int) -> bytes:
+def _read_sockaddr(t: Tracee, address: int, length: int) -> bytes:
     if length > SOCKADDR_MAX:
         length = SOCKADDR_MAX  # the kernel refuses longer ones with EINVAL anyway
     try:
-        return _mem.read_bytes(pid, address, length)
+        return t.memory.read_bytes(address, length)
     except _mem.MemoryReadError as exc:
         raise DecodeError(f"cannot read sockaddr: {exc.strerror}") from None
 
 
-def _decode_sockaddr(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+def _decode_sockaddr(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     address, length = args[spec.addr], args[spec.addrlen] & 0xFFFFFFFF
     if address == 0 or length == 0:
         return (), ()  # sendto on a connected socket: judged at connect()
-    target = format_sockaddr(pid, _read_sockaddr(pid, address, length))
+    target = format_sockaddr(t, _read_sockaddr(t, address, length))
     return ((Action("network_connect", target),) if target else ()), ()
 
 
-def _decode_bind(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+def _decode_bind(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     address, length = args[spec.addr], args[spec.addrlen] & 0xFFFFFFFF
     if address == 0 or length < 3:
         return (), ()
-    raw = _read_sockaddr(pid, address, length)
+    raw = _read_sockaddr(t, address, length)
     if int.from_bytes(raw[:2], "little") != AF_UNIX or raw[2] == 0:
         return (), ()  # binding a port or an abstract name creates no file
     name = raw[2:].split(b"\0", 1)[0]
-    return (Action("file_write", _resolve(pid, _paths.AT_FDCWD, os.fsdecode(name), False)),), ()
+    return (Action("file_write", _resolve(t, _paths.AT_FDCWD, os.fsdecode(name), False)),), ()
 
 
-def _decode_sendmsg(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+def _decode_sendmsg(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     count = 1 if spec.vlen is None else min(args[spec.vlen] & 0xFFFFFFFF, MAX_MMSG)
     stride = MSGHDR_SIZE if spec.vlen is None else MMSGHDR_SIZE
     actions: list[Action] = []
     for i in range(count):
         try:
-            header = _mem.read_bytes(pid, args[spec.msg] + i * stride, 16)
+            header = t.memory.read_bytes(args[spec.msg] + i * stride, 16)
         except _mem.MemoryReadError as exc:
             raise DecodeError(f"cannot read struct msghdr: {exc.strerror}") from None
         name = int.from_bytes(header[0:8], "little")
         namelen = int.from_bytes(header[8:12], "little")
         if name == 0 or namelen == 0:
             continue
-        target = format_sockaddr(pid, _read_sockaddr(pid, name, namelen))
+        target = format_sockaddr(t, _read_sockaddr(t, name, namelen))
         if target and Action("network_connect", target) not in actions:
             actions.append(Action("network_connect", target))
     return tuple(actions), ()
 
 
-def _decode_signal(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+def _decode_signal(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     # kill(pid, sig), tkill(tid, sig), tgkill(tgid, tid, sig), rt_sigqueueinfo(tgid, sig, ..),
     # rt_tgsigqueueinfo(tgid, tid, sig, ..), pidfd_open(pid, flags)
     target = _s32(args[spec.pid])
     if target > 0:
         return (), (SignalTarget("pid", target),)
     if target == 0:
-        return (), (SignalTarget("pgrp", os.getpgid(pid)),)
+        return (), (SignalTarget("pgrp", os.getpgid(t.tid)),)
     if target == -1:
         return (), (SignalTarget("all", -1),)
     return (), (SignalTarget("pgrp", -target),)
 
 
-def _decode_pidfd_signal(pid: int, spec: SyscallSpec_, args: tuple[int, ...]):
+def _decode_pidfd_signal(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     fd = _s32(args[spec.fd])
     try:
-        with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as handle:
+        with open(f"/proc/{t.tid}/fdinfo/{fd}", "rb") as handle:
             for line in handle:
                 if line.startswith(b"Pid:"):
                     return (), (SignalTarget("pid", int(line.split()[1])),)
     except OSError as exc:
         raise DecodeError(f"descriptor {fd} is not open: {exc.strerror}") from None
     # a /proc/PID directory descriptor is accepted as a pidfd too
-    target = _fd_path(pid, fd)
+    target = _fd_path(t, fd)
     match = re.fullmatch(r"/proc/(\d+)", target)
     if match:
         return (), (SignalTarget("pid", int(match.group(1))),)
@@ -356,12 +365,21 @@ _DECODERS: dict[str, Callable] = {
 assert {spec.decoder for spec in T.TABLE.values()} <= set(_DECODERS)
 
 
-def decode_syscall(pid: int, name: str, nr: int, args: tuple[int, ...]) -> DecodedSyscall:
-    """Decode syscall ``name`` (number ``nr``, register ``args``) stopped in task ``pid``."""
+def _as_tracee(tracee: Tracee | int) -> Tracee:
+    if isinstance(tracee, Tracee):
+        return tracee
+    return Tracee(tracee, None, _mem.TraceeMemory(tracee))
+
+
+def decode_syscall(tracee: Tracee | int, name: str, nr: int,
+                   args: tuple[int, ...]) -> DecodedSyscall:
+    """Decode syscall ``name`` (number ``nr``, register ``args``) stopped in ``tracee`` (a
+    ``Tracee``, or a bare tid for one-off use)."""
+    t = _as_tracee(tracee)
     spec = T.TABLE.get(name)
     if spec is None:
         raise DecodeError(f"syscall {name} ({nr}) stopped but is not in the syscall table")
     if name == "kill" and _s32(args[1]) == 0:
         return DecodedSyscall(name, nr, args)  # kill(pid, 0): an existence check, sends nothing
-    actions, signal_targets = _DECODERS[spec.decoder](pid, spec, args)
+    actions, signal_targets = _DECODERS[spec.decoder](t, spec, args)
     return DecodedSyscall(name, nr, args, tuple(actions), tuple(signal_targets))

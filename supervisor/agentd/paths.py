@@ -74,11 +74,12 @@ def fd_target(pid: int, fd: int) -> str:
 
 
 def resolve_tracee_path(pid: int, dirfd: int, path: str | bytes, follow_last: bool = True,
-                        empty_ok: bool = False) -> str:
+                        empty_ok: bool = False, tgid: int | None = None) -> str:
     """The absolute, normalised, symlink-resolved path ``path`` names for task ``pid``.
 
     ``dirfd`` is AT_FDCWD or a descriptor number of the tracee. ``empty_ok`` (AT_EMPTY_PATH)
-    makes an empty path mean the descriptor itself.
+    makes an empty path mean the descriptor itself. ``tgid`` (the thread group of ``pid``)
+    is looked up in /proc when not given.
     """
     if isinstance(path, bytes):
         path = os.fsdecode(path)
@@ -90,7 +91,6 @@ def resolve_tracee_path(pid: int, dirfd: int, path: str | bytes, follow_last: bo
         raise PathResolutionError(errno.ENOENT, "empty path")
     if len(path) >= PATH_MAX:
         raise PathResolutionError(errno.ENAMETOOLONG, f"path of {len(path)} bytes")
-    tgid = _tgid_of(pid)
     if path.startswith("/"):
         resolved: list[str] = []
     else:
@@ -117,7 +117,9 @@ def resolve_tracee_path(pid: int, dirfd: int, path: str | bytes, follow_last: bo
         is_last = not pending
         current = "/" + "/".join(resolved)
         # /proc/self and /proc/thread-self name the *caller*: substitute the tracee.
-        if len(resolved) == 2 and resolved[0] == "proc":
+        if len(resolved) == 2 and resolved[0] == "proc" and component in ("self", "thread-self"):
+            if tgid is None:
+                tgid = _tgid_of(pid)
             if component == "self":
                 resolved[1] = str(tgid)
                 continue

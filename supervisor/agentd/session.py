@@ -19,7 +19,7 @@ from typing import Any, Callable
 from . import decide as D
 from . import enforce as E
 from . import ptrace_api as P
-from .decode import DecodeError, decode_syscall, syscall_args
+from .decode import DecodeError, Tracee, decode_syscall, syscall_args
 from .syscall_numbers import SYSCALL_NAMES
 from .syscall_table import TABLE
 from .tracer import Task, Tracer
@@ -77,7 +77,7 @@ class Session:
             E.allow(task.tid)
             return
         try:
-            decoded = decode_syscall(task.tid, name, nr, args)
+            decoded = decode_syscall(Tracee(task.tid, task.tgid, task.memory), name, nr, args)
         except DecodeError as exc:
             verdict = D.fail_closed(name, f"cannot decode {name}: {exc}")
         except Exception as exc:  # INVARIANT: an error while decoding denies (fail closed)
@@ -91,6 +91,16 @@ class Session:
             except Exception as exc:  # INVARIANT: fail closed
                 log.exception("pid %d: error deciding %s", task.tid, name)
                 verdict = D.fail_closed(name, f"error deciding {name}: {exc!r}")
+        if verdict.outcome in ("allow", "warn"):
+            # Let the agent go first and write the record while it runs (the two cores work
+            # in parallel); the record is still written before we wait for the next stop.
+            self._enforce(tracer, task, regs, name, nr, verdict)
+            if not self._record(task, name, verdict):
+                # INVARIANT: nothing runs unrecorded; we cannot take this one back, so stop all.
+                E.notice_line("killing the agent: the audit log cannot be written")
+                self.killed = True
+                tracer.kill_tree()
+            return
         if not self._record(task, name, verdict):
             verdict = D.fail_closed(name, "the audit record could not be written")
         self._enforce(tracer, task, regs, name, nr, verdict)

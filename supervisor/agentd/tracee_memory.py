@@ -3,7 +3,9 @@
 Owns how the supervisor copies syscall arguments (paths, argv arrays, sockaddrs, msghdrs) out of a
 stopped tracee: ``process_vm_readv(2)`` page by page, so that a string ending just before an
 unmapped page is still read, with ``/proc/PID/mem`` as the fallback when the syscall is refused.
-Every read has an upper bound; ``read_cstring`` says whether it stopped at the bound
+``TraceeMemory`` keeps ``/proc/PID/mem`` open for one task (one ``pread`` per read, no ctypes on
+the hot path; reopened after exec, which replaces the address space). Every read has an upper
+bound; ``read_cstring`` says whether it stopped at the bound
 (``truncated``) so the caller can deny what it could not read completely. Stateless.
 """
 
@@ -13,7 +15,8 @@ import ctypes
 import errno
 import os
 
-__all__ = ["MemoryReadError", "read_bytes", "read_cstring", "read_pointer_array", "PAGE_SIZE"]
+__all__ = ["MemoryReadError", "TraceeMemory", "read_bytes", "read_cstring", "read_pointer_array",
+           "PAGE_SIZE"]
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 MAX_PATH_BYTES = 4096  # PATH_MAX, including the terminating NUL
@@ -132,3 +135,87 @@ def read_pointer_array(pid: int, addr: int, max_items: int) -> tuple[list[int], 
             pointers.append(ptr)
         cursor += len(data)
     return pointers, True
+
+
+_ADDRESS_LIMIT = 1 << 63  # pread offsets are signed; user space ends far below this anyway
+
+
+class TraceeMemory:
+    """Reads of one task's memory through a kept-open ``/proc/PID/mem`` (process_vm_readv when
+    that cannot be opened). ``close()`` it when the task exits or execs."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self._fd: int | None = None
+        self._use_readv = False
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _read_upto(self, addr: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``addr``: fewer when the mapping ends, MemoryReadError when
+        ``addr`` itself is unreadable."""
+        if addr == 0 or addr >= _ADDRESS_LIMIT or addr + length > _ADDRESS_LIMIT:
+            raise MemoryReadError(errno.EFAULT, f"pid {self.pid}: bad address {addr:#x}")
+        if self._use_readv:
+            return _readv_once(self.pid, addr, min(length, PAGE_SIZE - addr % PAGE_SIZE))
+        if self._fd is None:
+            try:
+                self._fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self._use_readv = True
+                return self._read_upto(addr, length)
+        try:
+            data = os.pread(self._fd, length, addr)
+        except OSError as exc:
+            raise MemoryReadError(exc.errno, f"pid {self.pid}: cannot read at {addr:#x}: "
+                                             f"{exc.strerror}") from None
+        if not data:
+            raise MemoryReadError(errno.EFAULT, f"pid {self.pid}: nothing readable at {addr:#x}")
+        return data
+
+    def read_bytes(self, addr: int, length: int) -> bytes:
+        """Exactly ``length`` bytes at ``addr``; MemoryReadError when any of them is unreadable."""
+        if length == 0:
+            return b""
+        data = b""
+        while len(data) < length:
+            chunk = self._read_upto(addr + len(data), length - len(data))
+            data += chunk
+        return data
+
+    def read_cstring(self, addr: int, max_bytes: int = MAX_PATH_BYTES) -> tuple[bytes, bool]:
+        """``(data, truncated)`` for the NUL-terminated string at ``addr`` (see read_cstring)."""
+        chunks: list[bytes] = []
+        total = 0
+        while total < max_bytes:
+            data = self._read_upto(addr + total, max_bytes - total)
+            nul = data.find(b"\0")
+            if nul >= 0:
+                chunks.append(data[:nul])
+                return b"".join(chunks), False
+            chunks.append(data)
+            total += len(data)
+        return b"".join(chunks), True
+
+    def read_pointer_array(self, addr: int, max_items: int) -> tuple[list[int], bool]:
+        """``(pointers, truncated)`` for the NULL-terminated pointer array at ``addr``."""
+        if addr == 0:
+            return [], False
+        pointers: list[int] = []
+        cursor = addr
+        while len(pointers) < max_items:
+            data = self._read_upto(cursor, min(PAGE_SIZE, (max_items - len(pointers)) * 8))
+            data = data[:len(data) - len(data) % 8] or self.read_bytes(cursor, 8)
+            for i in range(0, len(data), 8):
+                ptr = int.from_bytes(data[i:i + 8], "little")
+                if ptr == 0:
+                    return pointers, False
+                pointers.append(ptr)
+            cursor += len(data)
+        return pointers, True

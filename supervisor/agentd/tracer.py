@@ -22,6 +22,7 @@ from typing import Callable
 
 from . import kernel_consts as K
 from . import ptrace_api as P
+from .tracee_memory import TraceeMemory
 
 __all__ = ["Task", "Tracer"]
 
@@ -45,6 +46,13 @@ class Task:
     approval: tuple | None = None  # (nr, args, outcome): a one-shot operator decision
     _exe: str | None = None
     _ppid: int | None = None
+    _memory: TraceeMemory | None = None
+
+    @property
+    def memory(self) -> TraceeMemory:
+        if self._memory is None:
+            self._memory = TraceeMemory(self.tid)
+        return self._memory
 
     @property
     def exe(self) -> str:
@@ -62,8 +70,15 @@ class Task:
         return self._ppid
 
     def forget_process_facts(self) -> None:
+        """At exec: a new program, a new address space."""
         self._exe = None
         self._ppid = None
+        self.release()
+
+    def release(self) -> None:
+        if self._memory is not None:
+            self._memory.close()
+            self._memory = None
 
 
 def _read_ppid(pid: int) -> int:
@@ -176,7 +191,9 @@ class Tracer:
             elif event == K.PTRACE_EVENT_EXEC:
                 former = P.geteventmsg(tid)
                 if former != tid:
-                    self.tasks.pop(former, None)  # a non-leader thread exec'd: it is now `tid`
+                    gone = self.tasks.pop(former, None)  # a non-leader thread exec'd: now `tid`
+                    if gone is not None:
+                        gone.release()
                 task.forget_process_facts()
                 self._resume(tid)
             elif event == K.PTRACE_EVENT_STOP:
@@ -243,6 +260,8 @@ class Tracer:
 
     def _gone(self, tid: int, status: int) -> None:
         task = self.tasks.pop(tid, None)
+        if task is not None:
+            task.release()
         if tid == self.root_pid:
             self.root_status = status
         if task is not None and self.on_exit is not None:
