@@ -23,9 +23,12 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+import pytest
 
 HERE = Path(__file__).resolve().parent
 POLICY_DIR = HERE / "policies"
@@ -225,6 +228,10 @@ class Probe:
     policy: Path = DEFAULT_POLICY
     cleanup: Callable[[Layout], None] | None = None
     env: dict | None = None
+    # Given the bare run that saw no deed: a reason when the host lacks what the probe needs
+    # (no x32 ABI, io_uring disabled, no IPv6): the test is then skipped with that reason.
+    host_lacks: Callable[[RunResult], str | None] | None = None
+    settle: float = 0.0                  # seconds to wait after the run before looking
 
 
 def judge(arena: Arena, probe: Probe) -> RunResult:
@@ -247,6 +254,8 @@ def judge(arena: Arena, probe: Probe) -> RunResult:
 
             before = snapshot(layout.root, skip, frozenset({layout.ws}))
             result = arena.run(layout, probe.argv(layout), policy=probe.policy, env=probe.env)
+            if probe.settle:
+                time.sleep(probe.settle)
             deeds = []
             if probe.default_deeds:
                 if layout.marker in result.stdout or layout.marker in result.stderr:
@@ -260,6 +269,9 @@ def judge(arena: Arena, probe: Probe) -> RunResult:
             if probe.cleanup:
                 probe.cleanup(layout)
         if not sandboxed and not deeds:
+            lacking = probe.host_lacks(result) if probe.host_lacks else None
+            if lacking:
+                pytest.skip(f"probe {probe.name}: {lacking}")
             raise ProbeProvedNothing(
                 f"probe {probe.name}: without the sandbox the deed did not happen, so the "
                 f"probe proves nothing\n{result.tail()}")

@@ -1,0 +1,114 @@
+"""Foreign ABIs and kernel side doors: `int 0x80`, the x32 bit, io_uring, clone(CLONE_UNTRACED),
+vfork, clone3 (plain and CLONE_UNTRACED), a daemonised grandchild that outlives the agent,
+ptrace on the supervisor and on a sibling outside the agent tree, signals to them (kill, tgkill,
+pidfd_send_signal, kill(0)), and process_vm_writev into a sibling.
+
+Each probe is one mode of probes/sidedoors.c. The outside checks: no file appeared outside the
+workspace, the victim's marker never reached the output, the supervisor was not killed (its exit
+status is not "killed by SIGKILL"), the sibling (a process this test started, outside the agent
+tree) is still alive and its memory unchanged. Without the sandbox the "supervisor" is a stand-in
+parent process, so the bare run shows the attack works on a real parent.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from escape_harness import PYTHON, Probe, judge
+
+pytestmark = pytest.mark.escape_probe
+
+CREATES = ["int80-creat", "x32-creat", "iouring-creat", "clone-untraced", "vfork", "clone3",
+           "clone3-untraced"]
+READS = ["int80-read", "iouring-read"]
+
+
+def _lacks(result) -> str | None:
+    text = result.stdout + result.stderr
+    if "x32 openat" in text and "Function not implemented" in text:
+        return "this kernel has no x32 ABI (CONFIG_X86_X32_ABI off): nothing to escape through"
+    if "int80" in text and ("Function not implemented" in text or result.returncode == -11):
+        return "this kernel has no ia32 emulation: nothing to escape through"
+    if "io_uring_setup" in text and ("Operation not permitted" in text
+                                     or "Function not implemented" in text):
+        return "io_uring is disabled on this host (kernel.io_uring_disabled): nothing to escape through"
+    return None
+
+
+def _sidedoors(probe_bin, mode, arg):
+    return lambda lay: [str(probe_bin / "sidedoors"), mode, lay.fmt(arg)]
+
+
+@pytest.mark.parametrize("mode", CREATES)
+def test_create_through_side_door(arena, probe_bin, mode):
+    judge(arena, Probe(f"sidedoor-{mode}", _sidedoors(probe_bin, mode, "{keep}/created.txt"),
+                       host_lacks=_lacks))
+
+
+@pytest.mark.parametrize("mode", READS)
+def test_read_through_side_door(arena, probe_bin, mode):
+    judge(arena, Probe(f"sidedoor-{mode}", _sidedoors(probe_bin, mode, "{secret}"),
+                       host_lacks=_lacks))
+
+
+def test_daemonised_grandchild_outlives_the_agent(arena, probe_bin):
+    """The grandchild acts 300 ms after the agent's main process has exited."""
+    judge(arena, Probe("sidedoor-daemon", _sidedoors(probe_bin, "daemon", "{keep}/created.txt"),
+                       settle=1.5))
+
+
+def _supervisor_killed(result) -> str | None:
+    if result.returncode == -9:
+        return "the supervisor (the agent's parent) was killed by SIGKILL"
+    return None
+
+
+@pytest.mark.parametrize("mode", ["ptrace-attach", "ptrace-seize", "kill", "tgkill",
+                                  "pidfd-kill"])
+def test_attack_on_the_supervisor(arena, probe_bin, mode):
+    judge(arena, Probe(f"sidedoor-{mode}-supervisor", _sidedoors(probe_bin, mode, "ppid"),
+                       deed=_supervisor_killed))
+
+
+def test_kill_own_process_group(arena, probe_bin):
+    """kill(0): the agent's process group holds the supervisor too (each run is its own
+    session, so this cannot reach pytest)."""
+    judge(arena, Probe("sidedoor-killpg", lambda lay: [str(probe_bin / "sidedoors"), "killpg"],
+                       deed=_supervisor_killed))
+
+
+def _start_sibling(lay) -> None:
+    sibling = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(600)"],
+                               env={"SIBLING": "original"}, start_new_session=True)
+    lay.extra["sibling"] = sibling
+    lay.extra["sibling_pid"] = sibling.pid
+
+
+def _stop_sibling(lay) -> None:
+    sibling = lay.extra.get("sibling")
+    if sibling is not None and sibling.poll() is None:
+        sibling.kill()
+        sibling.wait()
+
+
+def _sibling_harmed(result) -> str | None:
+    sibling = result.layout.extra["sibling"]
+    if sibling.poll() is not None:
+        return f"the sibling outside the agent tree died (status {sibling.returncode})"
+    try:
+        environ = open(f"/proc/{sibling.pid}/environ", "rb").read()
+    except OSError as exc:
+        return f"the sibling's memory is unreadable: {exc}"
+    if b"PWNED" in environ:
+        return "the sibling's memory was written"
+    return None
+
+
+@pytest.mark.parametrize("mode", ["ptrace-attach", "ptrace-seize", "kill", "tgkill",
+                                  "pidfd-kill", "vm-writev"])
+def test_attack_on_a_sibling(arena, probe_bin, mode):
+    judge(arena, Probe(f"sidedoor-{mode}-sibling", _sidedoors(probe_bin, mode, "{sibling_pid}"),
+                       setup=_start_sibling, cleanup=_stop_sibling, deed=_sibling_harmed))
+
