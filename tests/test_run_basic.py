@@ -108,3 +108,42 @@ def test_the_agent_cannot_signal_the_supervisor(ws, policy):
     assert result.returncode == 0
     assert any(r["action_type"] == "process_signal" and r["decision"] == "deny"
                for r in result.records)
+
+
+def test_the_agent_dies_with_the_supervisor(ws, policy, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from helpers.agentd_run import AGENTD
+
+    pidfile = ws / "agent.pid"
+    code = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    proc = subprocess.Popen([AGENTD, "run", "--policy", str(policy), "--audit-log",
+                             str(tmp_path / "a.jsonl"), "--", PYTHON, "-c", code],
+                            cwd=ws, env=dict(os.environ, AGENTD_RUNS_DIR=str(tmp_path / "runs")))
+    deadline = time.monotonic() + 20
+    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    agent = int(pidfile.read_text())
+    os.kill(proc.pid, signal.SIGKILL)   # no chance to clean up: EXITKILL must do it
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{agent}") and time.monotonic() < deadline:
+        stat = open(f"/proc/{agent}/stat").read()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{agent}") or \
+        open(f"/proc/{agent}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_signals_to_the_shared_process_group_are_refused(ws, policy):
+    code = ("import os, signal\n"
+            "try:\n    os.kill(0, signal.SIGTERM); print('SENT')\n"
+            "except PermissionError: print('REFUSED')\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n    import time; time.sleep(30); os._exit(0)\n"
+            "os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0); print('CHILD KILLED')\n")
+    result = run_agentd(policy, [PYTHON, "-c", code], cwd=ws)
+    assert result.stdout.split("\n")[:2] == ["REFUSED", "CHILD KILLED"]
