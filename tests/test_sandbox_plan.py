@@ -48,7 +48,7 @@ def covered(plan, target: str) -> bool:
     return False
 
 
-# --- regex bounds -----------------------------------------------------------------------------------
+# --- regex bounds ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("regex, expected", [
     (r"^/data/output/.*", {Prefix("/data/output/", PREFIX)}),
@@ -119,7 +119,7 @@ def test_may_match_starting_with(regex: str, expected: bool) -> None:
     assert may_match_starting_with(regex, "unix:@") is expected
 
 
-# --- plans --------------------------------------------------------------------------------------------
+# --- plans ----------------------------------------------------------------------------------------
 
 def data_processor_policy() -> Policy:
     """The policy reference's data_processor example, verbatim."""
@@ -217,7 +217,7 @@ def test_strict_plan(variables: dict[str, str]) -> None:
     null_rule = next(r for r in plan.ruleset.path_rules if r.path == "/dev/null")
     assert null_rule.access == ll.LANDLOCK_ACCESS_FS_WRITE_FILE | ll.LANDLOCK_ACCESS_FS_TRUNCATE
     assert not covered(plan, "/etc/passwd") and not covered(plan, variables["HOME"] + "/x")
-    # strict allows DNS and HTTPS by address: TCP stays with the tracer; no abstract socket is allowed
+    # strict allows DNS and HTTPS by address: TCP stays with the tracer; no abstract socket
     assert plan.layers_for("network_connect (tcp)") == (TRACER,)
     assert plan.layers_for("network_connect (abstract unix)") == (TRACER, LANDLOCK)
 
@@ -244,6 +244,10 @@ DENY_ALL = Pattern(id="deny_all", action_type="file_write", pattern=r".*", actio
     (_write_policy(ALLOW_WS, DENY_ALL, default="allow", violation_mode="log_only"),
      "lets every unmatched"),
     (_write_policy(ALLOW_WS, violation_mode="sigwarn"), "sigwarn"),
+    # a reviewer may allow a held action (agentd resume --allow): Landlock must not refuse it
+    (_write_policy(ALLOW_WS, violation_mode="sigstop"), "sigstop"),
+    (_write_policy(ALLOW_WS, Pattern(id="hold", action_type="file_write", pattern=".*",
+                                     action="deny", violation_mode="sigstop")), "'hold'"),
     (_write_policy(ALLOW_WS, Pattern(id="soft", action_type="file_write", pattern=r".*\.bak",
                                      action="deny", violation_mode="log_only")), "'soft'"),
     (_write_policy(ALLOW_WS, default="deny", violation_handler=lambda v: None),
@@ -332,7 +336,7 @@ def test_audit_mode_uses_no_landlock() -> None:
     assert "--mode audit" in plan.explain()
 
 
-# --- older kernels: the plan degrades, with a warning ------------------------------------------------
+# --- older kernels: the plan degrades, with a warning ---------------------------------------------
 
 def test_no_landlock_degrades_everything_to_the_tracer_with_a_warning() -> None:
     plan = plan_sandbox(data_processor_policy(), kind=ALL_DIRS,
@@ -372,7 +376,7 @@ def test_abi_5_has_tcp_but_no_scopes() -> None:
     assert plan.layers_for("network_connect (abstract unix)") == (TRACER,)
 
 
-# --- end to end on the real kernel ------------------------------------------------------------------
+# --- end to end on the real kernel ----------------------------------------------------------------
 
 SUPPORT = ll.probe()
 

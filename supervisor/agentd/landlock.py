@@ -1,4 +1,4 @@
-"""Landlock: the kernel's own allow-list for file hierarchies, TCP ports and scopes (defence in depth).
+"""Landlock: the kernel's allow-list of file hierarchies, TCP ports and scopes (defence in depth).
 
 This module owns everything agentd says to Landlock (``linux/landlock.h``, Linux 6.18, ABI 7): the
 three system calls, the access-right bits and which ABI version introduced each, the probe of the
@@ -64,7 +64,7 @@ LANDLOCK_RESTRICT_SELF_LOG_SAME_EXEC_OFF = 1 << 0  # ABI 7
 LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON = 1 << 1  # ABI 7
 LANDLOCK_RESTRICT_SELF_LOG_SUBDOMAINS_OFF = 1 << 2  # ABI 7
 
-# --- what each ABI version knows (Documentation/userspace-api/landlock.rst) ------------------------
+# --- what each ABI version knows (Documentation/userspace-api/landlock.rst) -----------------------
 _FS_ABI1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
 FS_RIGHTS_BY_ABI: Mapping[int, int] = MappingProxyType({
     1: _FS_ABI1,
@@ -138,7 +138,7 @@ def right_names(mask: int, names: Mapping[int, str] = FS_RIGHT_NAMES) -> list[st
     return out
 
 
-# --- the system calls ------------------------------------------------------------------------------
+# --- the system calls -----------------------------------------------------------------------------
 
 class _Syscalls:
     """libc's ``syscall`` and ``prctl`` with their signatures, built once (before any fork)."""
@@ -181,7 +181,7 @@ assert ctypes.sizeof(_PathBeneathAttr) == 12 and ctypes.sizeof(_NetPortAttr) == 
 assert ctypes.sizeof(_RulesetAttr) == 24
 
 
-# --- probing ---------------------------------------------------------------------------------------
+# --- probing --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class LandlockSupport:
@@ -211,7 +211,7 @@ _PROBE_PROBLEMS = {
 
 
 def probe(syscalls: _Syscalls | None = None) -> LandlockSupport:
-    """Ask the kernel for its Landlock ABI version (``landlock_create_ruleset(NULL, 0, VERSION)``)."""
+    """The kernel's Landlock ABI version: ``landlock_create_ruleset(NULL, 0, VERSION)``."""
     calls = syscalls or _Syscalls()
     abi, code = calls.call(SYS_LANDLOCK_CREATE_RULESET, 0, 0, LANDLOCK_CREATE_RULESET_VERSION)
     if abi < 0:
@@ -222,7 +222,7 @@ def probe(syscalls: _Syscalls | None = None) -> LandlockSupport:
     return LandlockSupport(int(abi), int(errata) if errata > 0 else 0, None)
 
 
-# --- the ruleset as data ---------------------------------------------------------------------------
+# --- the ruleset as data --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class PathRule:
@@ -279,7 +279,7 @@ def fit_to_abi(spec: RulesetSpec, abi: int) -> tuple[RulesetSpec, tuple[str, ...
                        port_rules), tuple(dropped)
 
 
-# --- compile in the parent, apply in the child -----------------------------------------------------
+# --- compile in the parent, apply in the child ----------------------------------------------------
 
 _RESTRICT_PROBLEMS = {
     errno_codes.EPERM: "no_new_privs is not set and the caller lacks CAP_SYS_ADMIN",

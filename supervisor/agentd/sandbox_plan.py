@@ -32,7 +32,7 @@ from agent_os.policy import Pattern, ViolationMode
 
 from agentd import landlock as ll
 
-# --- what a regex can match: a finite set of literal prefixes ---------------------------------------
+# --- what a regex can match: a finite set of literal prefixes -------------------------------------
 
 PREFIX = "prefix"  # every match starts with ``text``
 EXACT = "exact"  # the only match is ``text`` (``\Z``)
@@ -116,7 +116,8 @@ def _token(op: Any, av: Any, flags: int) -> list[tuple[str, str]]:
 
 
 def match_prefixes(regex: str) -> tuple[Prefix, ...]:
-    """Literal prefixes such that every string ``re.match(regex, s, DOTALL)`` accepts starts with one.
+    """Literal prefixes such that every ``s`` that ``re.match(regex, s, DOTALL)`` accepts starts
+    with one of them.
 
     Raises ``ValueError`` when no such bound can be trusted (case-insensitive matching). A
     ``Prefix("", PREFIX)`` in the result means "anything".
@@ -212,9 +213,11 @@ def _walk(items: list[tuple[Any, Any]], positions: set[int], start: str, flags: 
     return positions
 
 
-# --- policy analysis: is an action type an allow-list, and of what? ---------------------------------
+# --- policy analysis: is an action type an allow-list, and of what? -------------------------------
 
-_LETS_THROUGH = (ViolationMode.SIGWARN, ViolationMode.LOG_ONLY)
+# Deny modes under which the action may still happen: SIGWARN and LOG_ONLY let it through, and
+# SIGSTOP holds it for a reviewer who may allow it (``agentd resume --allow``).
+_LETS_THROUGH = (ViolationMode.SIGWARN, ViolationMode.LOG_ONLY, ViolationMode.SIGSTOP)
 
 
 @dataclass(frozen=True)
@@ -245,7 +248,7 @@ def _layers(policy: Any) -> list[Any]:
 
 
 def _blocks(pattern: Pattern, layer: Any) -> bool:
-    """A deny pattern that really refuses (not SIGWARN / LOG_ONLY)."""
+    """A deny pattern that always refuses (not SIGWARN, LOG_ONLY or SIGSTOP)."""
     mode = pattern.violation_mode or layer.violation_mode
     return pattern.action == "deny" and mode not in _LETS_THROUGH
 
@@ -276,8 +279,8 @@ def analyse(policy: Any, action_type: str) -> AllowList | NotProvable:
             # INVARIANT: a let-through deny catch-all can outrank a blocking one (severity), and
             # an allow/warn catch-all decides whenever no blocking catch-all applies.
             p = loose[0]
-            return NotProvable(action_type, f"catch-all pattern {p.id!r} ({p.action}"
-                                            f"{', ' + p.violation_mode.value if p.violation_mode else ''}) "
+            mode = f", {p.violation_mode.value}" if p.violation_mode else ""
+            return NotProvable(action_type, f"catch-all pattern {p.id!r} ({p.action}{mode}) "
                                             "lets every unmatched target through")
         for pattern in patterns:
             if pattern.catch_all or _blocks(pattern, layer):
@@ -298,12 +301,12 @@ def analyse(policy: Any, action_type: str) -> AllowList | NotProvable:
                                             f"{action_type}: the policy is a deny-list")
         if baseline.violation_mode in _LETS_THROUGH:
             return NotProvable(action_type, f"the default deny's violation mode "
-                                            f"{baseline.violation_mode.value} lets it through")
+                                            f"{baseline.violation_mode.value} may let it through")
         basis = "default action deny"
     return AllowList(action_type, tuple(allowing), basis)
 
 
-# --- from prefixes to hierarchies -------------------------------------------------------------------
+# --- from prefixes to hierarchies -----------------------------------------------------------------
 
 PathKind = Callable[[str], "str | None"]  # path -> "dir" | "file" | None (missing)
 
@@ -390,7 +393,7 @@ def _minimal_dirs(dirs: dict[str, set[str]]) -> dict[str, set[str]]:
     return out
 
 
-# --- the plan ----------------------------------------------------------------------------------------
+# --- the plan -------------------------------------------------------------------------------------
 
 TRACER = "tracer"
 LANDLOCK = "landlock"
@@ -530,9 +533,8 @@ def _file_classes(policy: Any, support: ll.LandlockSupport, kind: PathKind
             rules.append(ll.PathRule(path, FILE_WRITE_RIGHTS, f"patterns {_ids(ids)}"))
             single_files.append(path)
     if single_files:
-        grants.caveats.append(f"{', '.join(single_files)} {'is' if len(single_files) == 1 else 'are'}"
-                              " allowed as single files: Landlock allows writing them but not "
-                              "replacing them by a rename")
+        grants.caveats.append(f"{', '.join(single_files)}: allowed as single files; Landlock "
+                              "allows writing them but not replacing them by a rename")
     allowed_dirs = [r.path for r in rules if r.path not in single_files]
     for pattern_id, names in grants.newline_names.items():
         names = [n for n in names if not any(_parent(n) == d or _parent(n).startswith(d + "/")
@@ -692,6 +694,6 @@ def explain_sandbox(policy: Any, *, mode: str = "enforce",
     return plan_sandbox(policy, support=support, mode=mode).explain()
 
 
-__all__ = ["Prefix", "match_prefixes", "may_match_starting_with", "AllowList", "NotProvable", "analyse", "ClassPlan",
-           "SandboxPlan", "plan_sandbox", "explain_sandbox", "path_kind", "PREFIX", "EXACT",
+__all__ = ["Prefix", "match_prefixes", "may_match_starting_with", "AllowList", "NotProvable",
+           "analyse", "ClassPlan", "SandboxPlan", "plan_sandbox", "explain_sandbox", "path_kind", "PREFIX", "EXACT",
            "EXACT_OR_NEWLINE", "TRACER", "LANDLOCK", "SECCOMP", "WRITE_RIGHTS", "REMOVE_RIGHTS"]
