@@ -27,6 +27,7 @@ import platform
 import pstats
 import random
 import re
+import resource
 import statistics
 import sys
 import time
@@ -415,6 +416,11 @@ def format_report(report: dict) -> str:
     lines = [f"# {report['machine']}", f"# timer overhead {report['timer_overhead_ns']:.0f} ns, "
              "subtracted from every latency sample; GC enabled; "
              f"{report['counts']['rounds']} interleaved rounds",
+             "# contention during the engine rounds: load average {0[0]:.1f} -> {0[1]:.1f}, "
+             "{1} involuntary context switches, this process had the CPU {2:.0%} of the wall time"
+             .format(report["contention"]["load_average_1m"],
+                     report["contention"]["involuntary_context_switches"],
+                     report["contention"]["cpu_share"]),
              f"{'patterns':>8}  {'variant':<16} {'decisions/s':>12} {'p50 µs':>9} {'p99 µs':>9} "
              f"{'p99.9 µs':>9} {'samples':>8}"]
     for size, variants in report["engine"].items():
@@ -453,6 +459,9 @@ def run(sizes: Sequence[int] = SIZES, counts: Counts = FULL, crossover: bool = T
         targets = TargetStream(size, seed=size + 13).take(counts.agreement_targets, exotic=True)
         disagreements += check_agreement(build_patterns(size), targets)
     overhead = timer_overhead_ns()
+    load_before, usage_before, wall_before = os.getloadavg()[0], resource.getrusage(resource.RUSAGE_SELF), time.time()
+    engine = run_engine(sizes, counts, overhead)
+    usage, wall = resource.getrusage(resource.RUSAGE_SELF), time.time() - wall_before
     report = {
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cpus, "
                    f"Python {platform.python_version()}, google-re2 "
@@ -462,7 +471,15 @@ def run(sizes: Sequence[int] = SIZES, counts: Counts = FULL, crossover: bool = T
         "action_type": ACTION_TYPE,
         "mix": {size: Mix.for_size(size).__dict__ for size in sizes},
         "disagreements": disagreements,
-        "engine": run_engine(sizes, counts, overhead),
+        "engine": engine,
+        # other work on the machine shows in the tails: how often we were preempted, and how
+        # much of the wall time this process got the CPU
+        "contention": {
+            "load_average_1m": [load_before, os.getloadavg()[0]],
+            "involuntary_context_switches": usage.ru_nivcsw - usage_before.ru_nivcsw,
+            "cpu_share": (usage.ru_utime + usage.ru_stime - usage_before.ru_utime
+                          - usage_before.ru_stime) / wall,
+        },
     }
     if exotic:
         report["exotic"] = run_exotic(max(sizes), counts, overhead)
