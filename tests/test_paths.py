@@ -130,3 +130,10 @@ def test_names_with_newlines_survive(tracee, tree):
     weird = tree / "real" / "a\nb"
     weird.write_text("")
     assert resolve_tracee_path(tracee, AT_FDCWD, "a\nb") == f"{tree}/real/a\nb"
+
+
+def test_resolve_in_root_scopes_the_walk_to_the_dirfd(tracee, tree):
+    # openat2(RESOLVE_IN_ROOT): "/" and ".." stay inside the directory behind the dirfd
+    assert resolve_tracee_path(tracee, 200, "/secret", in_root=True) == f"{tree}/outside/secret"
+    assert resolve_tracee_path(tracee, 200, "../../../secret", in_root=True) == \
+        f"{tree}/outside/secret"

@@ -149,7 +149,8 @@ def test_rename_is_move_plus_delete_plus_write(a, tmp_path):
 
 def test_link_writes_the_new_name_and_reads_the_old(a, tmp_path):
     assert actions("link", a.s("/etc/shadow"), a.s(f"{tmp_path}/copy")) == \
-        [("file_write", f"{tmp_path}/copy"), ("file_read", "/etc/shadow")]
+        [("file_write", f"{tmp_path}/copy"), ("file_read", "/etc/shadow"),
+         ("file_write", "/etc/shadow")]
 
 
 def test_chmod_target_carries_the_octal_mode(a, tmp_path):
@@ -241,3 +242,14 @@ def test_signal_targets():
         [("pgrp", os.getpgid(0))]
     assert [(t.kind, t.ident) for t in decode("tgkill", 77, 78, 9).signal_targets] == \
         [("pid", 77)]
+
+
+def test_openat2_resolve_in_root(a, tmp_path):
+    (tmp_path / "victim").mkdir()
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        how = a.raw(struct.pack("QQQ", os.O_RDONLY, 0, 0x10))  # RESOLVE_IN_ROOT
+        assert actions("openat2", fd, a.s("/victim/secret"), how, 24) == \
+            [("file_read", f"{tmp_path}/victim/secret")]
+    finally:
+        os.close(fd)

@@ -99,10 +99,11 @@ def _read_path(t: Tracee, addr: int) -> str:
     return os.fsdecode(data)
 
 
-def _resolve(t: Tracee, dirfd: int, path: str, follow_last: bool, empty_ok: bool = False) -> str:
+def _resolve(t: Tracee, dirfd: int, path: str, follow_last: bool, empty_ok: bool = False,
+             in_root: bool = False) -> str:
     try:
         return _paths.resolve_tracee_path(t.tid, dirfd, path, follow_last=follow_last,
-                                          empty_ok=empty_ok, tgid=t.tgid)
+                                          empty_ok=empty_ok, tgid=t.tgid, in_root=in_root)
     except _paths.PathResolutionError as exc:
         raise DecodeError(f"cannot resolve {path!r}: {exc.strerror}") from None
 
@@ -155,19 +156,25 @@ def _shm_action(path: str) -> tuple[Action, ...]:
 # --- decoders: (pid, spec, args) -> (actions, signal targets) ------------------------------------
 
 def _decode_open(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
+    resolve = 0
     if spec.how is not None:
         try:
-            raw = t.memory.read_bytes(args[spec.how], 8)  # struct open_how { u64 flags; ...}
+            # struct open_how { u64 flags; u64 mode; u64 resolve; }
+            raw = t.memory.read_bytes(args[spec.how], 24)
         except _mem.MemoryReadError as exc:
             raise DecodeError(f"cannot read struct open_how: {exc.strerror}") from None
-        flags = int.from_bytes(raw, "little")
+        flags = int.from_bytes(raw[0:8], "little")
+        resolve = int.from_bytes(raw[16:24], "little")
     elif spec.flags is not None:
         flags = args[spec.flags] & 0xFFFFFFFF
     else:
         flags = spec.fixed_flags
     follow = not flags & T.O_NOFOLLOW
+    # RESOLVE_IN_ROOT scopes the walk to the dirfd; the other RESOLVE_* flags only make the
+    # kernel refuse more, so resolving without them names the same file or a refused one.
     path = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[spec.path]),
-                    follow_last=follow and not (flags & T.O_CREAT and flags & T.O_EXCL))
+                    follow_last=follow and not (flags & T.O_CREAT and flags & T.O_EXCL),
+                    in_root=bool(resolve & T.RESOLVE_IN_ROOT))
     writes = (flags & T.O_ACCMODE) in (T.O_WRONLY, T.O_RDWR) or flags & T.WRITE_FLAGS
     action = Action("file_write" if writes else "file_read", path)
     return (action,) + _shm_action(path), ()
@@ -199,7 +206,9 @@ def _decode_link(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     old = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[spec.path]),
                    _follow(spec, flags), empty_ok)
     new = _resolve(t, _dirfd(args, spec.dirfd2), _read_path(t, args[spec.path2]), False)
-    return (Action("file_write", new), Action("file_read", old)), ()
+    # A hard link aliases the inode: whatever the new name allows, the old file suffers. So
+    # linking needs the right to read and to write the old file, and to create the new name.
+    return (Action("file_write", new), Action("file_read", old), Action("file_write", old)), ()
 
 
 def _read_argv(t: Tracee, address: int) -> list[str]:

@@ -74,12 +74,15 @@ def fd_target(pid: int, fd: int) -> str:
 
 
 def resolve_tracee_path(pid: int, dirfd: int, path: str | bytes, follow_last: bool = True,
-                        empty_ok: bool = False, tgid: int | None = None) -> str:
+                        empty_ok: bool = False, tgid: int | None = None,
+                        in_root: bool = False) -> str:
     """The absolute, normalised, symlink-resolved path ``path`` names for task ``pid``.
 
     ``dirfd`` is AT_FDCWD or a descriptor number of the tracee. ``empty_ok`` (AT_EMPTY_PATH)
     makes an empty path mean the descriptor itself. ``tgid`` (the thread group of ``pid``)
-    is looked up in /proc when not given.
+    is looked up in /proc when not given. ``in_root`` (openat2's RESOLVE_IN_ROOT) makes the
+    directory behind ``dirfd`` the root of the walk: ``/``, absolute symlinks and ``..`` stay
+    inside it.
     """
     if isinstance(path, bytes):
         path = os.fsdecode(path)
@@ -91,8 +94,14 @@ def resolve_tracee_path(pid: int, dirfd: int, path: str | bytes, follow_last: bo
         raise PathResolutionError(errno.ENOENT, "empty path")
     if len(path) >= PATH_MAX:
         raise PathResolutionError(errno.ENAMETOOLONG, f"path of {len(path)} bytes")
-    if path.startswith("/"):
-        resolved: list[str] = []
+    root: list[str] = []
+    if in_root:
+        start = _start_dir(pid, dirfd)
+        if not start.startswith("/"):
+            raise PathResolutionError(errno.ENOTDIR, f"pid {pid}: descriptor {dirfd} is {start}")
+        root = [c for c in start.split("/") if c]
+    if path.startswith("/") or in_root:
+        resolved: list[str] = list(root)
     else:
         start = _start_dir(pid, dirfd)
         if not start.startswith("/"):
@@ -110,14 +119,15 @@ def resolve_tracee_path(pid: int, dirfd: int, path: str | bytes, follow_last: bo
         if component == ".":
             continue
         if component == "..":
-            if resolved:
+            if len(resolved) > len(root):
                 resolved.pop()
             continue
         resolved.append(component)
         is_last = not pending
         current = "/" + "/".join(resolved)
         # /proc/self and /proc/thread-self name the *caller*: substitute the tracee.
-        if len(resolved) == 2 and resolved[0] == "proc" and component in ("self", "thread-self"):
+        if not root and len(resolved) == 2 and resolved[0] == "proc" \
+                and component in ("self", "thread-self"):
             if tgid is None:
                 tgid = _tgid_of(pid)
             if component == "self":
@@ -143,6 +153,9 @@ def resolve_tracee_path(pid: int, dirfd: int, path: str | bytes, follow_last: bo
             raise PathResolutionError(errno.ELOOP, f"too many levels of symbolic links at {current}")
         target = _readlink(current)
         resolved.pop()
+        if root and (_is_magic_target(current, target) or current.startswith("/proc/")):
+            # RESOLVE_IN_ROOT also refuses magic links (the kernel says EXDEV/ELOOP)
+            raise PathResolutionError(errno.EXDEV, f"magic link {current} under RESOLVE_IN_ROOT")
         if not target.startswith("/"):
             if _is_magic_target(current, target):
                 # /proc/PID/fd/N naming a pipe or socket: nothing further to walk
@@ -150,7 +163,7 @@ def resolve_tracee_path(pid: int, dirfd: int, path: str | bytes, follow_last: bo
                     raise PathResolutionError(errno.ENOTDIR, f"{current} is {target}")
                 return target
         else:
-            resolved = []
+            resolved = list(root)
         pending.extend(reversed([c for c in target.split("/") if c]))
     result = "/" + "/".join(resolved)
     return result

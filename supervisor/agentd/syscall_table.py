@@ -37,7 +37,10 @@ AT_SYMLINK_NOFOLLOW = 0x100
 AT_REMOVEDIR = 0x200
 AT_SYMLINK_FOLLOW = 0x400
 AT_EMPTY_PATH = 0x1000
-# openat2 RESOLVE_* flags need no special handling: they only make the kernel stricter.
+# openat2 RESOLVE_* flags: only RESOLVE_IN_ROOT changes which file a path names (the dirfd
+# becomes "/"); the others (NO_XDEV, NO_MAGICLINKS, NO_SYMLINKS, BENEATH, CACHED) only make the
+# kernel refuse more.
+RESOLVE_IN_ROOT = 0x10
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,8 @@ TABLE: Mapping[str, SyscallSpec] = MappingProxyType({
     "mknodat": _path("file_write", path=1, dirfd=0, follow_last=False),
     "symlink": _path("file_write", path=1, follow_last=False),
     "symlinkat": _path("file_write", path=2, dirfd=1, follow_last=False),
-    # link(old, new): file_write of the new name, and file_read of the old one (a hard link of
-    # a file the agent may not read would otherwise be readable under the new, allowed name).
+    # link(old, new): file_write of the new name, file_read and file_write of the old one (a
+    # hard link aliases the inode: what the new name allows, the old file suffers).
     "link": SyscallSpec("link", ("file_write", "file_read"), path=0, path2=1, follow_last=False),
     "linkat": SyscallSpec("link", ("file_write", "file_read"), dirfd=0, path=1, dirfd2=2, path2=3,
                           flags=4, follow_last=False, follow_mask=AT_SYMLINK_FOLLOW,
