@@ -1,7 +1,8 @@
 """Foreign ABIs and kernel side doors: `int 0x80`, the x32 bit, io_uring, clone(CLONE_UNTRACED),
 vfork, clone3 (plain and CLONE_UNTRACED), a daemonised grandchild that outlives the agent,
 ptrace on the supervisor and on a sibling outside the agent tree, signals to them (kill, tgkill,
-pidfd_send_signal, kill(0)), and process_vm_writev into a sibling.
+pidfd_send_signal, kill(0)), process_vm_writev into a sibling, and a seccomp filter of the
+agent's own with a user-notification listener (USER_NOTIF outranks TRACE) answering CONTINUE.
 
 Each probe is one mode of probes/sidedoors.c. The outside checks: no file appeared outside the
 workspace, the victim's marker never reached the output, the supervisor was not killed (its exit
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.escape_probe
 
 CREATES = ["int80-creat", "x32-creat", "iouring-creat", "clone-untraced", "vfork", "clone3",
            "clone3-untraced"]
-READS = ["int80-read", "iouring-read"]
+READS = ["int80-read", "iouring-read", "usernotif-read"]
 
 
 def _lacks(result) -> str | None:

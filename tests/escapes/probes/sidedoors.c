@@ -18,21 +18,31 @@
  *   sidedoors pidfd-kill PID        pidfd_open(PID) + pidfd_send_signal(SIGKILL)
  *   sidedoors killpg                kill(0, SIGKILL): our whole process group
  *   sidedoors vm-writev PID         process_vm_writev into PID's memory (its environ string)
+ *   sidedoors usernotif-read PATH   install our own seccomp filter with a user-notification
+ *                                   listener for openat, answer CONTINUE from a thread (a
+ *                                   USER_NOTIF verdict outranks the tracer's TRACE), read PATH
  *
  * Prints what happened; exit status 0 when the door opened, 1 when it was refused.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
 #include <linux/io_uring.h>
+#include <linux/seccomp.h>
 #include <linux/sched.h>
+#include <pthread.h>
 #include <sched.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -306,6 +316,51 @@ static int vm_writev(pid_t pid)
     return 0;
 }
 
+static void *answer_continue(void *arg)
+{
+    int listener = *(int *)arg;
+    for (;;) {
+        struct seccomp_notif request;
+        struct seccomp_notif_resp response;
+        memset(&request, 0, sizeof request);
+        if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &request) < 0)
+            return NULL;
+        memset(&response, 0, sizeof response);
+        response.id = request.id;
+        response.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+        ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &response);
+    }
+}
+
+static int usernotif_read(const char *path)
+{
+    static int listener;
+    struct sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_openat, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog program = {sizeof code / sizeof code[0], code};
+    pthread_t thread;
+    char buffer[4096];
+    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    listener = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                            SECCOMP_FILTER_FLAG_NEW_LISTENER, &program);
+    if (listener < 0)
+        return refused("seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER)");
+    if (pthread_create(&thread, NULL, answer_continue, &listener) != 0)
+        return refused("pthread_create");
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY);
+    if (fd < 0)
+        return refused("openat under our own listener");
+    ssize_t n = read(fd, buffer, sizeof buffer);
+    if (n > 0)
+        fwrite(buffer, 1, n, stdout);
+    printf("usernotif: opened %s\n", path);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -346,6 +401,8 @@ int main(int argc, char **argv)
     if (strcmp(mode, "kill") == 0 || strcmp(mode, "tgkill") == 0 ||
         strcmp(mode, "pidfd-kill") == 0)
         return do_kill(mode, target_pid(arg));
+    if (strcmp(mode, "usernotif-read") == 0)
+        return usernotif_read(arg);
     if (strcmp(mode, "vm-writev") == 0)
         return vm_writev(target_pid(arg));
     fprintf(stderr, "sidedoors: unknown mode %s\n", mode);
