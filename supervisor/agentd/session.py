@@ -191,17 +191,24 @@ class Session:
     def record(self, task: Task | None, name: str, evaluation: D.Evaluation, **extra: Any) -> bool:
         if self.recorder is None:
             return True
+        fields = extra
+        # Fields that say nothing are left out: the record's cost grows with its size, and
+        # allowed opens are most of a run's records.
+        if task is not None and task.tid != task.tgid:
+            fields["tid"] = task.tid
+        if evaluation.violation_mode is not None:
+            fields["violation_mode"] = getattr(evaluation.violation_mode, "name", None)
+        if evaluation.decision != "allow" or evaluation.pattern_ids:
+            fields["reason"] = evaluation.reason
         try:
             self.recorder.record(
                 decision=evaluation.decision, agent_id=self.agent_id,
                 action_type=evaluation.action_type or None, target=evaluation.target or None,
                 pattern_ids=list(evaluation.pattern_ids), severity=evaluation.severity,
                 signal=evaluation.signal, run_id=self.run_id,
-                pid=task.tgid if task else os.getpid(), tid=task.tid if task else None,
+                pid=task.tgid if task else os.getpid(),
                 ppid=task.ppid if task else None, exe=task.exe if task else None,
-                syscall=name, reason=evaluation.reason,
-                violation_mode=getattr(evaluation.violation_mode, "name", None),
-                **extra)
+                syscall=name, **fields)
         except Exception:
             # INVARIANT: nothing is allowed unrecorded; the caller refuses the syscall.
             log.exception("cannot write the audit record for %s %s", evaluation.action_type,
