@@ -147,3 +147,20 @@ def test_signals_to_the_shared_process_group_are_refused(ws, policy):
             "os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0); print('CHILD KILLED')\n")
     result = run_agentd(policy, [PYTHON, "-c", code], cwd=ws)
     assert result.stdout.split("\n")[:2] == ["REFUSED", "CHILD KILLED"]
+
+
+def test_a_user_seccomp_profile_adds_kernel_denials(ws, policy, tmp_path):
+    import json
+
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}))
+    result = run_agentd(policy, ["sh", "-c", "mkdir newdir; echo status=$?"], cwd=ws,
+                        options=("--seccomp-profile", str(profile)))
+    assert "status=1" in result.stdout
+    assert not (ws / "newdir").exists()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["nosuch"], '
+                   '"action": "SCMP_ACT_ERRNO"}]}')
+    result = run_agentd(policy, ["/bin/true"], cwd=ws, options=("--seccomp-profile", str(bad)))
+    assert result.returncode == 2 and "bad.json" in result.stderr

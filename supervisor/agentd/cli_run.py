@@ -102,6 +102,8 @@ def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log
             on_started=lambda pid, tracer: registration.update(agent_pid=pid))
     except runner.HostError as exc:
         _fail(str(exc), 125)
+    except runner.FilterError as exc:
+        _fail(str(exc), 2)
     except FileNotFoundError as exc:
         _fail(str(exc), 127)
     except _Terminated:

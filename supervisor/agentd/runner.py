@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from . import ptrace_api as P
 
-__all__ = ["HostError", "check_host", "prepare_filter", "filter_environment", "spawn_traced",
+__all__ = ["HostError", "FilterError", "check_host", "prepare_filter", "filter_environment", "spawn_traced",
            "exit_code", "DEFAULT_PROFILE", "supervise"]
 
 DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -28,6 +28,10 @@ DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 
 class HostError(RuntimeError):
     """The host does not let agentd trace or filter: the message says why and how to fix it."""
+
+
+class FilterError(ValueError):
+    """The seccomp profile could not be loaded or compiled (the message names the file)."""
 
 
 def check_host() -> None:
@@ -68,11 +72,14 @@ def prepare_filter(profile_path: str | None, traced: frozenset[str]):
     from . import seccomp
 
     path = profile_path or (DEFAULT_PROFILE if os.path.exists(DEFAULT_PROFILE) else None)
-    if path is not None:
-        spec = seccomp.load_profile(path).spec(traced)
-    else:
-        spec = seccomp.FilterSpec(traced=traced)
-    return seccomp.prepare(seccomp.build_filter(spec))
+    try:
+        if path is not None:
+            spec = seccomp.load_profile(path).spec(traced)
+        else:
+            spec = seccomp.FilterSpec(traced=traced)
+        return seccomp.prepare(seccomp.build_filter(spec))
+    except ValueError as exc:  # SeccompProfileError, unknown names
+        raise FilterError(f"seccomp profile: {exc}") from None
 
 
 def filter_environment(env: Mapping[str, str], policy, context: dict,
