@@ -164,3 +164,12 @@ def test_a_user_seccomp_profile_adds_kernel_denials(ws, policy, tmp_path):
                    '"action": "SCMP_ACT_ERRNO"}]}')
     result = run_agentd(policy, ["/bin/true"], cwd=ws, options=("--seccomp-profile", str(bad)))
     assert result.returncode == 2 and "bad.json" in result.stderr
+
+
+def test_nested_tracing_is_a_clear_error(ws, policy):
+    from helpers.agentd_run import AGENTD
+
+    result = run_agentd(policy, [AGENTD, "run", "--policy", str(policy), "--audit-log",
+                                 str(ws / "inner.jsonl"), "--", "/bin/true"], cwd=ws)
+    assert result.returncode == 125
+    assert "itself being traced" in result.stderr and "Fix" in result.stderr

@@ -57,6 +57,10 @@ def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log
     from . import control, runner
     from .session import Session
 
+    try:
+        runner.check_host()   # first: a nested run must fail before it touches anything
+    except runner.HostError as exc:
+        _fail(str(exc), 125)
     workspace = os.path.realpath(workspace or os.getcwd())
     variables = {"WORKSPACE": workspace, "HOME": os.path.expanduser("~"),
                  "TMPDIR": os.environ.get("TMPDIR") or "/tmp"}

@@ -106,7 +106,7 @@ class RunRegistration:
         for path in (self.info_path, self.sock_path):
             try:
                 os.unlink(path)
-            except FileNotFoundError:
+            except OSError:
                 pass
         if self.sock is not None:
             self.sock.close()

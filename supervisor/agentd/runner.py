@@ -175,6 +175,13 @@ def supervise(argv: list[str], policy, session, *, profile: str | None = None,
     from .tracer import Tracer
 
     check_host()
+    from .seccomp import probe_kernel
+
+    missing = probe_kernel()
+    if missing:
+        raise HostError("the kernel lacks what agentd's seccomp filter needs: " + "; ".join(missing)
+                        + ". Fix: a kernel with CONFIG_SECCOMP_FILTER (Linux 4.14 or later), "
+                        "outside a container profile that blocks seccomp(2).")
     prepared = prepare_filter(profile, traced_syscalls())
     context = {"agent_id": session.agent_id, "pid": os.getpid(), "syscall": "execve"}
 
