@@ -75,10 +75,22 @@ def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log
     agent_id = agent_id or f"{os.path.basename(command[0])}-{run_id}"
     from agent_os.flight_recorder import AuditLogError, FlightRecorder, default_audit_log_path
 
+    from agent_os.flight_recorder import AuditLogLockedError
+
     log_path = os.path.abspath(audit_log) if audit_log else str(default_audit_log_path())
     try:
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        recorder = FlightRecorder(log_path, fsync="interval")
+        try:
+            recorder = FlightRecorder(log_path, fsync="interval")
+        except AuditLogLockedError:
+            if audit_log:
+                raise
+            # One writer per log: a concurrent run gets its own file next to the default one.
+            base, ext = os.path.splitext(log_path)
+            log_path = f"{base}.{run_id}{ext}"
+            recorder = FlightRecorder(log_path, fsync="interval")
+            click.echo(f"agentd run: the default audit log is in use by another run; "
+                       f"this run records to {log_path}", err=True)
     except (AuditLogError, OSError) as exc:
         _fail(f"cannot open the audit log {log_path}: {exc} (use --audit-log FILE)")
 
