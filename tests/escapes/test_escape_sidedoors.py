@@ -96,6 +96,10 @@ def _stop_sibling(lay) -> None:
 
 def _sibling_harmed(result) -> str | None:
     sibling = result.layout.extra["sibling"]
+    try:  # a SIGKILL is delivered asynchronously: give a dying sibling time to die
+        sibling.wait(timeout=1.0)
+    except subprocess.TimeoutExpired:
+        pass
     if sibling.poll() is not None:
         return f"the sibling outside the agent tree died (status {sibling.returncode})"
     try:
