@@ -149,3 +149,19 @@ def test_sigstop_holds_until_the_operator_decides(env, decision):
     else:
         assert proc.returncode == 137
         assert not (ws / "review_me").exists()
+
+
+def test_sigkill_from_a_daemon_after_the_main_process_exited_is_still_137(env):
+    base, ws, policy = env
+    code = """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    time.sleep(0.3)                     # the main process is gone by now
+    open('forbidden', 'w')
+    os._exit(0)
+os._exit(0)
+"""
+    result = run_agentd(policy, [PYTHON, "-c", code], cwd=ws)
+    assert result.returncode == 137
+    assert not (ws / "forbidden").exists()

@@ -135,6 +135,9 @@ def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log
             pass
         if status is not None and mode == "audit":
             _audit_summary(session)
+    if session.killed:
+        # a SIGKILL verdict is 137 even when the process that ran first had already exited
+        sys.exit(128 + signal.SIGKILL)
     sys.exit(runner.exit_code(status))
 
 
