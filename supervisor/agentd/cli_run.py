@@ -62,8 +62,9 @@ def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log
     except runner.HostError as exc:
         _fail(str(exc), 125)
     workspace = os.path.realpath(workspace or os.getcwd())
-    variables = {"WORKSPACE": workspace, "HOME": os.path.expanduser("~"),
-                 "TMPDIR": os.environ.get("TMPDIR") or "/tmp"}
+    # Targets are resolved, symlink-free paths: bind the variables to the same form.
+    variables = {"WORKSPACE": workspace, "HOME": os.path.realpath(os.path.expanduser("~")),
+                 "TMPDIR": os.path.realpath(os.environ.get("TMPDIR") or "/tmp")}
     try:
         policy = load_policy(policy_name, variables=variables)
     except PolicyError as exc:
