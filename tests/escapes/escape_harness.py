@@ -20,6 +20,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -151,6 +152,50 @@ def describe_changes(before: dict, after: dict) -> list[str]:
     changes += [f"changed {p}: {before[p]} -> {after[p]}"
                 for p in sorted(set(before) & set(after)) if before[p] != after[p]]
     return changes
+
+
+class Listener:
+    """One loopback or unix listener owned by the test (kinds tcp4, tcp6, udp4, udp6,
+    unix_stream, unix_dgram; ``where`` "ABSTRACT" for an abstract name, else a path in the
+    arena's sock/); ``saw()`` says what reached it, without blocking."""
+
+    def __init__(self, kind: str, where: str, layout):
+        self.kind = kind
+        stream = kind.startswith("tcp") or kind == "unix_stream"
+        family = (socket.AF_INET6 if kind.endswith("6") else
+                  socket.AF_INET if kind[:3] in ("tcp", "udp") else socket.AF_UNIX)
+        self.sock = socket.socket(family, socket.SOCK_STREAM if stream else socket.SOCK_DGRAM)
+        if family == socket.AF_INET6:
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            self.sock.bind(("::1", 0))
+        elif family == socket.AF_INET:
+            self.sock.bind(("127.0.0.1", 0))
+        elif where == "ABSTRACT":
+            self.name = f"@agentd-escape-{secrets.token_hex(6)}"
+            self.sock.bind("\0" + self.name[1:])
+        else:
+            self.name = str(layout.sock / ("stream.sock" if stream else "dgram.sock"))
+            self.sock.bind(self.name)
+        if family != socket.AF_UNIX:
+            self.port = self.sock.getsockname()[1]
+        if stream:
+            self.sock.listen(16)
+        self.sock.setblocking(False)
+        self.stream = stream
+
+    def saw(self) -> str | None:
+        try:
+            if self.stream:
+                conn, peer = self.sock.accept()
+                conn.close()
+                return f"the {self.kind} listener accepted a connection from {peer!r}"
+            data = self.sock.recv(4096)
+            return f"the {self.kind} listener received {data!r}"
+        except BlockingIOError:
+            return None
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 @dataclass

@@ -5,18 +5,18 @@ paths reached through a workspace symlink, a relative name after chdir, or /proc
 
 Every listener is one this test starts on loopback or in the arena (never any other address: if
 the sandbox failed, the packet must not leave the machine). The policy denies
-`127.0.0.1:*`, `[::1]:*`, unix paths under the arena and abstract names `@agentd-escape-*`.
+`127.0.0.1:*`, `[::1]:*`, unix paths in the arena's sock/ and abstract names
+`@agentd-escape-*`.
 The outside check: the listener accepted or received nothing.
 """
 
 from __future__ import annotations
 
-import secrets
 import socket
 
 import pytest
 
-from escape_harness import PROBE_DIR, PYTHON, Probe, judge
+from escape_harness import PROBE_DIR, PYTHON, Listener, Probe, judge
 
 pytestmark = pytest.mark.escape_probe
 
@@ -65,48 +65,6 @@ CASES = [
     ("unix_dgram_sendto", "unix_dgram", "ABSTRACT"),
     ("unix_dgram_sendmsg", "unix_dgram", "ABSTRACT"),
 ]
-
-
-class Listener:
-    """One loopback or unix listener owned by the test; ``saw()`` says what reached it."""
-
-    def __init__(self, kind: str, where: str, layout):
-        self.kind = kind
-        stream = kind.startswith("tcp") or kind == "unix_stream"
-        family = (socket.AF_INET6 if kind.endswith("6") else
-                  socket.AF_INET if kind[:3] in ("tcp", "udp") else socket.AF_UNIX)
-        self.sock = socket.socket(family, socket.SOCK_STREAM if stream else socket.SOCK_DGRAM)
-        if family == socket.AF_INET6:
-            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            self.sock.bind(("::1", 0))
-        elif family == socket.AF_INET:
-            self.sock.bind(("127.0.0.1", 0))
-        elif where == "ABSTRACT":
-            self.name = f"@agentd-escape-{secrets.token_hex(6)}"
-            self.sock.bind("\0" + self.name[1:])
-        else:
-            self.name = str(layout.sock / ("stream.sock" if stream else "dgram.sock"))
-            self.sock.bind(self.name)
-        if family != socket.AF_UNIX:
-            self.port = self.sock.getsockname()[1]
-        if stream:
-            self.sock.listen(16)
-        self.sock.setblocking(False)
-        self.stream = stream
-
-    def saw(self) -> str | None:
-        try:
-            if self.stream:
-                conn, peer = self.sock.accept()
-                conn.close()
-                return f"the {self.kind} listener accepted a connection from {peer!r}"
-            data = self.sock.recv(4096)
-            return f"the {self.kind} listener received {data!r}"
-        except BlockingIOError:
-            return None
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.mark.parametrize("mode,kind,where", CASES,

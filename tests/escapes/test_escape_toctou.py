@@ -5,7 +5,9 @@ clone(CLONE_VM), or a forked process writing a MAP_SHARED buffer flips it betwee
 denied path while the syscall runs; the symlink probe re-points a symlink in the workspace
 instead (a race in the file system, not in memory). The outside checks: the marker of the
 read-protected victim never reaches the agent's output; nothing appears outside the workspace;
-the forbidden program never leaves its trace. Without the sandbox the same probe must see the
+the forbidden program never leaves its trace; the denied unix listener accepts nothing (a race on
+the sockaddr of connect); ws/precious survives a race on execve's argv ("rm -f" checked, "rm -r"
+run). Without the sandbox the same probe must see the
 deed (there, the "denied" path is simply opened), so a probe that cannot detect a win fails.
 
 The attempt budget (``--escape-attempts``, default 100,000) is shared by the probes by weight.
@@ -13,21 +15,25 @@ The attempt budget (``--escape-attempts``, default 100,000) is shared by the pro
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 
 import pytest
 
-from escape_harness import Probe, judge
+from escape_harness import Listener, Probe, judge
 
 pytestmark = pytest.mark.escape_probe
 
 # Without the sandbox a win is near certain; these only show that a win is detected.
 BARE_ATTEMPTS = 20_000
 BARE_EXEC_ATTEMPTS = 300
+RM = os.path.realpath(shutil.which("rm") or "/bin/rm")
 
 # probe name -> (share of the budget, argv builder given (layout, probe_bin, attempts))
-WEIGHTS = {"open-thread": 30, "open-clonevm": 15, "open-shared": 15, "symlink-swap": 15,
-           "creat-thread": 10, "rename-thread": 10, "exec-shared": 5}
+WEIGHTS = {"open-thread": 25, "open-clonevm": 10, "open-shared": 10, "symlink-swap": 15,
+           "creat-thread": 10, "rename-thread": 10, "connect-thread": 10, "exec-shared": 5,
+           "argv-shared": 5}
 
 
 def attempts_for(name: str, budget: int) -> int:
@@ -44,7 +50,8 @@ def _count(result) -> str | None:
 def _attempts(layout, budget, name):
     if layout.sandboxed:
         return str(attempts_for(name, budget))
-    return str(BARE_EXEC_ATTEMPTS if name.startswith("exec") else BARE_ATTEMPTS)
+    forks = name.startswith("exec") or name.startswith("argv")
+    return str(BARE_EXEC_ATTEMPTS if forks else BARE_ATTEMPTS)
 
 
 @pytest.mark.parametrize("flipper", ["open-thread", "open-clonevm", "open-shared"])
@@ -100,3 +107,35 @@ def test_exec_race(arena, probe_bin, escape_attempts):
         lambda lay: [str(probe_bin / "toctou"), "exec-shared", str(lay.ws / "allowed_prog"),
                      str(lay.nox / "forbidden"), _attempts(lay, escape_attempts, "exec-shared")],
         setup=setup, deed=_count, watch=("exec_escaped",)))
+
+
+def test_connect_race(arena, probe_bin, escape_attempts):
+    """The sockaddr flips between the probe's own socket in the workspace and a denied one."""
+    def setup(lay):
+        lay.extra["listener"] = Listener("unix_stream", "PATH", lay)
+
+    def saw(result):
+        return _count(result) or result.layout.extra["listener"].saw()
+
+    def cleanup(lay):
+        if "listener" in lay.extra:
+            lay.extra["listener"].close()
+    judge(arena, Probe(
+        "toctou-connect-thread",
+        lambda lay: [str(probe_bin / "toctou"), "connect-thread", str(lay.ws / "ok.sock"),
+                     lay.extra["listener"].name,
+                     _attempts(lay, escape_attempts, "connect-thread")],
+        setup=setup, deed=saw, cleanup=cleanup))
+
+
+def test_argv_race(arena, probe_bin, escape_attempts):
+    """execve("/bin/rm", {"rm", ARG, "precious"}) with ARG flipping between -f and -r: the
+    policy denies a recursive rm; `rm -f dir` does nothing to a directory."""
+    def setup(lay):
+        (lay.ws / "precious" / "sub").mkdir(parents=True)
+        (lay.ws / "precious" / "a.txt").write_text("keep me\n")
+    judge(arena, Probe(
+        "toctou-argv-shared",
+        lambda lay: [str(probe_bin / "toctou"), "argv-shared", RM, "-f", "-r",
+                     str(lay.ws / "precious"), _attempts(lay, escape_attempts, "argv-shared")],
+        setup=setup, deed=_count, watch=("precious",)))

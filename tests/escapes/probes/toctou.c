@@ -16,6 +16,13 @@
  *                                            forks a child that execs the path
  *   toctou symlink-swap   LINK ALLOWED DENIED N  a thread re-points the symlink LINK between
  *                                            two targets (symlink + rename); main opens LINK
+ *   toctou connect-thread ALLOWED DENIED N   a unix stream connect whose sun_path flips between
+ *                                            two socket paths (ALLOWED is ours, drained by a
+ *                                            thread); a win is a peer named DENIED
+ *   toctou argv-shared    PROG ALLOWED DENIED TARGET N  each try forks a child that execs
+ *                                            PROG with argv {PROG, ARG, TARGET} where ARG (a
+ *                                            MAP_SHARED buffer) flips between ALLOWED and DENIED:
+ *                                            the command line is the thing checked
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -28,7 +35,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -212,9 +221,9 @@ static struct shared *new_shared(void)
 }
 
 /* Start racing only once the flipper runs (else a fast loop ends before it starts). */
-static void wait_for_flips(struct shared *s)
+static void wait_for_flips(atomic_long *flips)
 {
-    while (atomic_load(&s->flips) < 2)
+    while (atomic_load(flips) < 2)
         sched_yield();
 }
 
@@ -228,7 +237,7 @@ static int mode_open(enum flipper_kind kind, const char *allowed, const char *de
     load_allowed(allowed);
     prepare(&f, s->buffer, &s->stop, &s->flips, allowed, denied);
     start_flipper(&fl, kind, &f);
-    wait_for_flips(s);
+    wait_for_flips(&s->flips);
     for (i = 0; i < n; i++)
         successes += try_read(s->buffer, &printed);
     stop_flipper(&fl, &s->stop);
@@ -244,7 +253,7 @@ static int mode_creat(const char *allowed, const char *denied, long n)
     long i, successes = 0;
     prepare(&f, s->buffer, &s->stop, &s->flips, allowed, denied);
     start_flipper(&fl, FLIP_THREAD, &f);
-    wait_for_flips(s);
+    wait_for_flips(&s->flips);
     for (i = 0; i < n; i++) {
         int fd = open(s->buffer, O_CREAT | O_WRONLY, 0644);
         if (fd >= 0)
@@ -269,7 +278,7 @@ static int mode_rename(const char *source, const char *allowed, const char *deni
     long i, successes = 0;
     prepare(&f, s->buffer, &s->stop, &s->flips, allowed, denied);
     start_flipper(&fl, FLIP_THREAD, &f);
-    wait_for_flips(s);
+    wait_for_flips(&s->flips);
     for (i = 0; i < n; i++) {
         rename(source, s->buffer);
         if (access(denied, F_OK) == 0) {
@@ -298,7 +307,7 @@ static int mode_exec(const char *allowed, const char *denied, long n)
     long i, successes = 0;
     prepare(&f, s->buffer, &s->stop, &s->flips, allowed, denied);
     start_flipper(&fl, FLIP_FORK, &f);
-    wait_for_flips(s);
+    wait_for_flips(&s->flips);
     for (i = 0; i < n; i++) {
         pid_t pid = fork();
         if (pid < 0) {
@@ -314,6 +323,111 @@ static int mode_exec(const char *allowed, const char *denied, long n)
         waitpid(pid, &status, 0);
         if (WIFEXITED(status) && WEXITSTATUS(status) == 42) {
             successes++;
+        }
+    }
+    stop_flipper(&fl, &s->stop);
+    report(successes, i);
+    return 0;
+}
+
+static void *drain(void *arg)
+{
+    int listener = *(int *)arg;
+    for (;;) {
+        int fd = accept(listener, NULL, NULL);
+        if (fd < 0)
+            return NULL;
+        close(fd);
+    }
+}
+
+/* sun_path is the flipping buffer: the sockaddr itself lives in shared memory. */
+struct shared_addr {
+    atomic_int stop;
+    atomic_long flips;
+    struct sockaddr_un addr;
+};
+
+static int mode_connect(const char *allowed, const char *denied, long n)
+{
+    struct shared_addr *s = mmap(NULL, sizeof *s, PROT_READ | PROT_WRITE,
+                                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    struct flip f;
+    struct flipper fl;
+    struct sockaddr_un own = {.sun_family = AF_UNIX};
+    pthread_t drainer;
+    static int listener;
+    long i, successes = 0;
+    if (s == MAP_FAILED || strlen(allowed) >= sizeof own.sun_path ||
+        strlen(denied) >= sizeof own.sun_path) {
+        fprintf(stderr, "toctou: bad socket paths\n");
+        return 2;
+    }
+    listener = socket(AF_UNIX, SOCK_STREAM, 0);
+    strcpy(own.sun_path, allowed);
+    unlink(allowed);
+    if (bind(listener, (struct sockaddr *)&own, sizeof own) < 0 || listen(listener, 128) < 0) {
+        perror("bind/listen on the allowed socket");
+        return 2;
+    }
+    pthread_create(&drainer, NULL, drain, &listener);
+    s->addr.sun_family = AF_UNIX;
+    prepare(&f, s->addr.sun_path, &s->stop, &s->flips, allowed, denied);
+    start_flipper(&fl, FLIP_THREAD, &f);
+    wait_for_flips(&s->flips);
+    for (i = 0; i < n; i++) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (connect(fd, (struct sockaddr *)&s->addr, sizeof s->addr) == 0) {
+            struct sockaddr_un peer;
+            socklen_t len = sizeof peer;
+            memset(&peer, 0, sizeof peer);
+            if (getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
+                strcmp(peer.sun_path, denied) == 0)
+                successes++;
+        }
+        close(fd);
+    }
+    stop_flipper(&fl, &s->stop);
+    report(successes, i);
+    return 0;
+}
+
+static int mode_argv(const char *program, const char *allowed, const char *denied,
+                     const char *target, long n)
+{
+    struct shared *s = new_shared();
+    struct flip f;
+    struct flipper fl;
+    long i, successes = 0;
+    prepare(&f, s->buffer, &s->stop, &s->flips, allowed, denied);
+    /* An argument cannot be padded with slashes like a path: the two must be equally long. */
+    if (strlen(allowed) != strlen(denied)) {
+        fprintf(stderr, "toctou: argv-shared needs arguments of equal length\n");
+        return 2;
+    }
+    memcpy(f.first, allowed, strlen(allowed) + 1);
+    memcpy(f.second, denied, strlen(denied) + 1);
+    memcpy(s->buffer, allowed, strlen(allowed) + 1);
+    start_flipper(&fl, FLIP_FORK, &f);
+    wait_for_flips(&s->flips);
+    for (i = 0; i < n; i++) {
+        pid_t pid = fork();
+        if (pid < 0) {
+            perror("fork");
+            break;
+        }
+        if (pid == 0) {
+            char *argv[] = {(char *)program, s->buffer, (char *)target, NULL};
+            int null = open("/dev/null", O_WRONLY);
+            dup2(null, 2);
+            execv(program, argv);
+            _exit(127);
+        }
+        waitpid(pid, NULL, 0);
+        if (access(target, F_OK) != 0) {
+            successes = 1;
+            i++;
+            break;
         }
     }
     stop_flipper(&fl, &s->stop);
@@ -386,6 +500,10 @@ int main(int argc, char **argv)
         return mode_rename(argv[2], argv[3], argv[4], atol(argv[5]));
     if (argc == 5 && strcmp(mode, "exec-shared") == 0)
         return mode_exec(argv[2], argv[3], atol(argv[4]));
+    if (argc == 5 && strcmp(mode, "connect-thread") == 0)
+        return mode_connect(argv[2], argv[3], atol(argv[4]));
+    if (argc == 7 && strcmp(mode, "argv-shared") == 0)
+        return mode_argv(argv[2], argv[3], argv[4], argv[5], atol(argv[6]));
     if (argc == 6 && strcmp(mode, "symlink-swap") == 0)
         return mode_symlink_swap(argv[2], argv[3], argv[4], atol(argv[5]));
     fprintf(stderr, "toctou: bad mode or arguments\n");
