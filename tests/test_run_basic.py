@@ -173,3 +173,16 @@ def test_nested_tracing_is_a_clear_error(ws, policy):
                                  str(ws / "inner.jsonl"), "--", "/bin/true"], cwd=ws)
     assert result.returncode == 125
     assert "itself being traced" in result.stderr and "Fix" in result.stderr
+
+
+def test_the_supervisors_environment_and_memory_are_out_of_reach(ws, policy):
+    env = dict(os.environ, AGENTD_TEST_TOKEN="sk-should-stay-hidden")
+    code = ("import os\n"
+            "for name in ('environ', 'mem'):\n"
+            "    try:\n        open(f'/proc/{os.getppid()}/' + name, 'rb').read(1); print(name, 'READ')\n"
+            "    except PermissionError: print(name, 'REFUSED')\n"
+            "    except OSError as e: print(name, e.errno)\n"
+            "print('own', len(open('/proc/self/environ', 'rb').read()) > 0)\n")
+    result = run_agentd(policy, [PYTHON, "-c", code], cwd=ws, env=env)
+    assert result.stdout.split("\n")[:3] == ["environ REFUSED", "mem REFUSED", "own True"]
+    assert "sk-should-stay-hidden" not in result.stdout

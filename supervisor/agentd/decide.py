@@ -5,9 +5,9 @@ Owns the *decide* step of stop -> decode -> decide -> enforce. The policy engine
 action (``policy.evaluate(action_type, target, context) -> EvaluationResult``); a syscall with
 several actions (rename: file_move, file_delete, file_write) gets the most restrictive answer:
 kill > stop > block > warn > allow. Containment is not policy and cannot be configured away: a
-signal aimed outside the agent tree, or a write to ``/proc/PID/*`` (or any access to
-``/proc/PID/mem``) of a process outside it, is blocked. An exception while evaluating denies
-(fail closed). Plain data in, plain data out; the agent tree is passed in.
+signal aimed outside the agent tree, or a write to ``/proc/PID/*`` (or a read of
+``/proc/PID/mem`` or ``/proc/PID/environ``) of a process outside it, is blocked. An exception
+while evaluating denies (fail closed). Plain data in, plain data out; the agent tree is passed in.
 """
 
 from __future__ import annotations
@@ -132,11 +132,13 @@ def _containment_of_path(action: Action, tree: AgentTree) -> Evaluation | None:
     if not match or tree.contains(int(match.group(1))):
         return None
     rest = match.group(2) or ""
-    if action.action_type == "file_read" and rest.split("/", 1)[0] not in ("mem",):
+    # Reading: only the memory and the environment (which may hold the very variables
+    # env_read removed from the agent's own) of a process outside the tree are off limits.
+    if action.action_type == "file_read" and rest.rsplit("/", 1)[-1] not in ("mem", "environ"):
         return None
     return Evaluation(action.action_type, action.target, "deny", "block",
-                      "containment: the agent may not change or read the memory of processes "
-                      "outside its tree", ("agentd:containment",))
+                      "containment: the agent may not change, or read the memory or environment "
+                      "of, processes outside its tree", ("agentd:containment",))
 
 
 def decide(decoded: DecodedSyscall, policy, context: dict, tree: AgentTree) -> Verdict:
