@@ -12,6 +12,7 @@ while evaluating denies (fail closed). Plain data in, plain data out; the agent 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -107,8 +108,6 @@ def _containment_of_signal(target: SignalTarget, tree: AgentTree) -> Evaluation:
 
 def _pgrp_inside(pgid: int, tree: AgentTree) -> bool:
     """True when every process of group ``pgid`` belongs to the agent (and the group exists)."""
-    import os
-
     found = False
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
