@@ -19,7 +19,7 @@ from ptrace.binding.linux_struct import user_regs_struct
 from . import kernel_consts as K
 
 __all__ = [
-    "PtraceError", "Registers", "traceme", "seize", "setoptions", "cont", "listen", "interrupt",
+    "PtraceError", "Registers", "traceme", "seize", "setoptions", "cont", "syscall", "listen", "interrupt",
     "detach", "getregs", "setregs", "geteventmsg", "getsiginfo_signo", "is_group_stop",
     "TRACE_OPTIONS",
 ]
@@ -49,6 +49,11 @@ def setoptions(pid: int, options: int = TRACE_OPTIONS) -> None:
 def cont(pid: int, signum: int = 0) -> None:
     """Resume a stopped tracee, delivering ``signum`` (0: none)."""
     _binding.ptrace(K.PTRACE_CONT, pid, 0, signum)
+
+
+def syscall(pid: int, signum: int = 0) -> None:
+    """PTRACE_SYSCALL. agentd does not use it (only seccomp stops): here for tools and tests."""
+    _binding.ptrace(K.PTRACE_SYSCALL, pid, 0, signum)
 
 
 def listen(pid: int) -> None:
