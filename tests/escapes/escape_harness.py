@@ -38,8 +38,11 @@ DEFAULT_POLICY = POLICY_DIR / "escape.yaml"
 AGENTD = str(Path(sys.executable).with_name("agentd"))
 # The interpreter the probes run on: the real one behind the venv (probes need only the stdlib).
 PYTHON = os.path.realpath(sys.executable)
-# The bare run's parent: stands in for the supervisor (probes that attack their parent hit it).
-STAND_IN = ("import subprocess, sys\n"
+# The bare run's parent: stands in for the supervisor (probes that attack their parent hit it);
+# like agentd with its audit log, it holds open the files named in $ESCAPE_STANDIN_HOLD.
+STAND_IN = ("import os, subprocess, sys\n"
+            "held = [os.open(p, os.O_WRONLY | os.O_APPEND)\n"
+            "        for p in os.environ.get('ESCAPE_STANDIN_HOLD', '').split(':') if p]\n"
             "code = subprocess.call(sys.argv[1:])\n"
             "sys.exit(code if code >= 0 else 128 - code)\n")
 RUN_TIMEOUT = 240.0
@@ -87,7 +90,8 @@ class Layout:
         return self.root / "sock"
 
     def fmt(self, text: str) -> str:
-        """Fill ``{root} {ws} {victim} {secret} {keep} {nox} {sock} {marker}`` and extras."""
+        """Fill ``{root} {ws} {victim} {secret} {keep} {nox} {sock} {marker}`` and extras
+        (``{audit}``: the run's audit log)."""
         return text.format(root=self.root, ws=self.ws, victim=self.victim, secret=self.secret,
                            keep=self.keep, nox=self.nox, sock=self.sock, marker=self.marker,
                            **self.extra)
@@ -223,6 +227,10 @@ class Arena:
         self.count += 1
         return build_tree(self.base / f"{label}{self.count}")
 
+    def audit_path(self, layout: Layout) -> Path:
+        """The run's audit log (outside the arena, beside it)."""
+        return self.base / f"audit-{layout.root.name}.jsonl"
+
     def env(self, layout: Layout, more: dict | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env.update({"TMPDIR": str(layout.root), "PYTHONDONTWRITEBYTECODE": "1",
@@ -235,7 +243,7 @@ class Arena:
             cwd: Path | None = None, env: dict | None = None, timeout: float = RUN_TIMEOUT,
             input: bytes | None = None) -> RunResult:
         if layout.sandboxed:
-            audit = self.base / f"audit-{layout.root.name}.jsonl"
+            audit = self.audit_path(layout)
             full = [*self.agentd_argv, "run", "--policy", str(policy), "--workspace",
                     str(layout.ws), "--audit-log", str(audit), "--agent-id", "escape-probe",
                     "--", *argv]
@@ -272,7 +280,7 @@ class Probe:
     watch: tuple[str, ...] = ()          # workspace-relative paths to include in the snapshot
     policy: Path = DEFAULT_POLICY
     cleanup: Callable[[Layout], None] | None = None
-    env: dict | None = None
+    env: dict | None = None              # values are filled with ``Layout.fmt``
     # Given the bare run that saw no deed: a reason when the host lacks what the probe needs
     # (no x32 ABI, io_uring disabled, no IPv6): the test is then skipped with that reason.
     host_lacks: Callable[[RunResult], str | None] | None = None
@@ -285,6 +293,7 @@ def judge(arena: Arena, probe: Probe) -> RunResult:
     for sandboxed in (False, True):
         layout = arena.layout("boxed" if sandboxed else "bare")
         layout.sandboxed = sandboxed
+        layout.extra["audit"] = arena.audit_path(layout)
         try:
             if probe.setup:
                 probe.setup(layout)
@@ -298,7 +307,8 @@ def judge(arena: Arena, probe: Probe) -> RunResult:
                                for w in watched)
 
             before = snapshot(layout.root, skip, frozenset({layout.ws}))
-            result = arena.run(layout, probe.argv(layout), policy=probe.policy, env=probe.env)
+            env = {k: layout.fmt(v) for k, v in (probe.env or {}).items()}
+            result = arena.run(layout, probe.argv(layout), policy=probe.policy, env=env)
             if probe.settle:
                 time.sleep(probe.settle)
             deeds = []
@@ -325,3 +335,35 @@ def judge(arena: Arena, probe: Probe) -> RunResult:
                                + "; ".join(deeds[:6]) + f"\n{result.tail()}")
         results.append(result)
     return results[-1]
+
+
+def start_sibling(lay) -> None:
+    """A process of the test's, outside the agent tree: a target for ptrace, signals, memory."""
+    sibling = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(600)"],
+                               env={"SIBLING": "original"}, start_new_session=True)
+    lay.extra["sibling"] = sibling
+    lay.extra["sibling_pid"] = sibling.pid
+
+
+def stop_sibling(lay) -> None:
+    sibling = lay.extra.get("sibling")
+    if sibling is not None and sibling.poll() is None:
+        sibling.kill()
+        sibling.wait()
+
+
+def sibling_harmed(result) -> str | None:
+    sibling = result.layout.extra["sibling"]
+    try:  # a SIGKILL is delivered asynchronously: give a dying sibling time to die
+        sibling.wait(timeout=1.0)
+    except subprocess.TimeoutExpired:
+        pass
+    if sibling.poll() is not None:
+        return f"the sibling outside the agent tree died (status {sibling.returncode})"
+    try:
+        environ = open(f"/proc/{sibling.pid}/environ", "rb").read()
+    except OSError as exc:
+        return f"the sibling's memory is unreadable: {exc}"
+    if b"PWNED" in environ:
+        return "the sibling's memory was written"
+    return None

@@ -13,11 +13,9 @@ parent process, so the bare run shows the attack works on a real parent.
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from escape_harness import PYTHON, Probe, judge
+from escape_harness import Probe, judge, sibling_harmed, start_sibling, stop_sibling
 
 pytestmark = pytest.mark.escape_probe
 
@@ -80,40 +78,9 @@ def test_kill_own_process_group(arena, probe_bin):
                        deed=_supervisor_killed))
 
 
-def _start_sibling(lay) -> None:
-    sibling = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(600)"],
-                               env={"SIBLING": "original"}, start_new_session=True)
-    lay.extra["sibling"] = sibling
-    lay.extra["sibling_pid"] = sibling.pid
-
-
-def _stop_sibling(lay) -> None:
-    sibling = lay.extra.get("sibling")
-    if sibling is not None and sibling.poll() is None:
-        sibling.kill()
-        sibling.wait()
-
-
-def _sibling_harmed(result) -> str | None:
-    sibling = result.layout.extra["sibling"]
-    try:  # a SIGKILL is delivered asynchronously: give a dying sibling time to die
-        sibling.wait(timeout=1.0)
-    except subprocess.TimeoutExpired:
-        pass
-    if sibling.poll() is not None:
-        return f"the sibling outside the agent tree died (status {sibling.returncode})"
-    try:
-        environ = open(f"/proc/{sibling.pid}/environ", "rb").read()
-    except OSError as exc:
-        return f"the sibling's memory is unreadable: {exc}"
-    if b"PWNED" in environ:
-        return "the sibling's memory was written"
-    return None
-
-
 @pytest.mark.parametrize("mode", ["ptrace-attach", "ptrace-seize", "kill", "tgkill",
                                   "pidfd-kill", "vm-writev"])
 def test_attack_on_a_sibling(arena, probe_bin, mode):
     judge(arena, Probe(f"sidedoor-{mode}-sibling", _sidedoors(probe_bin, mode, "{sibling_pid}"),
-                       setup=_start_sibling, cleanup=_stop_sibling, deed=_sibling_harmed))
+                       setup=start_sibling, cleanup=stop_sibling, deed=sibling_harmed))
 
