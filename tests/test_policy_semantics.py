@@ -34,6 +34,16 @@ def test_dot_matches_newline_so_multiline_commands_cannot_slip_through():
     assert not result.allowed and result.pattern_id.startswith("shell_execute_")
 
 
+def test_dollar_means_end_of_target_not_before_a_final_newline():
+    p = Policy(default_action="deny", patterns=[Pattern("file_write", r"^/dev/null$", "allow")])
+    assert p.evaluate("file_write", "/dev/null").allowed
+    assert not p.evaluate("file_write", "/dev/null\n").allowed
+    big = Policy(default_action="deny", patterns=[
+        Pattern("file_write", rf"^/dir{i}/null$", "allow") for i in range(40)])  # the RE2 path
+    assert big.evaluate("file_write", "/dir7/null").allowed
+    assert not big.evaluate("file_write", "/dir7/null\n").allowed
+
+
 def test_disabled_pattern_does_not_match_and_enable_restores():
     p = Policy(patterns=[Pattern("file_read", r"/secret.*", "deny", id="s")])
     p.disable_pattern("s")

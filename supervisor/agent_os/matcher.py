@@ -12,8 +12,8 @@ into the set only when RE2 reads it with the same meaning on the targets we feed
 - patterns RE2 rejects (lookarounds, backreferences, possessive quantifiers, ``\\Z``) and patterns
   it would read differently (``{,n}``, ``[[:alpha:]]``, ``$`` followed by more pattern) stay out of
   the set and are always checked with ``re``;
-- Python's ``$`` also matches before a final newline, RE2's does not: for a target ending in ``\\n``
-  the set is also run on the target without it.
+- ``$`` means the end of the target in both (``engine_regex_source`` rewrites it to ``\\Z`` for
+  Python's ``re``; RE2's ``$`` already means that).
 """
 
 from __future__ import annotations
@@ -33,9 +33,50 @@ REGEX_FLAGS = re.DOTALL
 _RE2_SAFE_TARGET = re.compile(r"[\x20-\x7e\t\n\r\f]*\Z")
 
 
+def engine_regex_source(pattern: str) -> str:
+    r"""The regex the engine really compiles: ``pattern`` with ``$`` meaning *end of target*.
+
+    Python's ``$`` also matches just before a final newline, so an allow pattern
+    ``^/dev/null$`` would also allow a file named ``"/dev/null\n"``: an escape, since file names
+    may end in a newline. Every unescaped ``$`` outside a character class becomes ``\Z`` (RE2's
+    ``$`` already means that). A pattern that sets the multi-line flag keeps Python's meaning.
+    """
+    if "$" not in pattern or re.search(r"\(\?[a-zA-Z]*m", pattern):
+        return pattern
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    in_class = False
+    while i < n:
+        ch = pattern[i]
+        if ch == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            if ch == "]":
+                in_class = False
+        elif ch == "[":
+            in_class = True
+            j = i + 1
+            if j < n and pattern[j] == "^":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1  # a leading ']' is a literal
+            out.append(pattern[i:j])
+            i = j
+            continue
+        elif ch == "$":
+            out.append("\\Z")
+            i += 1
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 def compile_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a policy regex with the engine's flags; raises ``re.error``."""
-    return re.compile(pattern, REGEX_FLAGS)
+    """Compile a policy regex with the engine's flags and ``$`` semantics; raises ``re.error``."""
+    return re.compile(engine_regex_source(pattern), REGEX_FLAGS)
 
 
 def is_catch_all(pattern: str) -> bool:
@@ -132,8 +173,6 @@ class ActionTypeMatcher:
         if self._set is None or not _RE2_SAFE_TARGET.match(target):
             return [i for i, rx in enumerate(regexes) if rx.match(target) is not None]
         hits = self._set.Match(target) or []
-        if target.endswith("\n"):
-            hits = set(hits).union(self._set.Match(target[:-1]) or [])
         found = [self._set_index[h] for h in hits]
         found.extend(self._exact_only)
         found.sort()
