@@ -24,6 +24,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +242,8 @@ class Arena:
 
     def run(self, layout: Layout, argv: list[str], *, policy: Path = DEFAULT_POLICY,
             cwd: Path | None = None, env: dict | None = None, timeout: float = RUN_TIMEOUT,
-            input: bytes | None = None) -> RunResult:
+            input: bytes | None = None,
+            during: Callable[[Layout], None] | None = None) -> RunResult:
         if layout.sandboxed:
             audit = self.audit_path(layout)
             full = [*self.agentd_argv, "run", "--policy", str(policy), "--workspace",
@@ -254,12 +256,18 @@ class Arena:
                                 stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
+        helper = None
+        if during is not None:  # acts from outside while the agent runs (e.g. agentd resume)
+            helper = threading.Thread(target=during, args=(layout,), daemon=True)
+            helper.start()
         try:
             out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
             err += b"\n[escape harness: timed out]"
+        if helper is not None:
+            helper.join(timeout=30)
         return RunResult(proc.returncode, out.decode(errors="replace"),
                          err.decode(errors="replace"), layout, full)
 
@@ -285,6 +293,7 @@ class Probe:
     # (no x32 ABI, io_uring disabled, no IPv6): the test is then skipped with that reason.
     host_lacks: Callable[[RunResult], str | None] | None = None
     settle: float = 0.0                  # seconds to wait after the run before looking
+    during: Callable[[Layout], None] | None = None   # runs in a thread beside the agent
 
 
 def judge(arena: Arena, probe: Probe) -> RunResult:
@@ -308,7 +317,8 @@ def judge(arena: Arena, probe: Probe) -> RunResult:
 
             before = snapshot(layout.root, skip, frozenset({layout.ws}))
             env = {k: layout.fmt(v) for k, v in (probe.env or {}).items()}
-            result = arena.run(layout, probe.argv(layout), policy=probe.policy, env=env)
+            result = arena.run(layout, probe.argv(layout), policy=probe.policy, env=env,
+                               during=probe.during)
             if probe.settle:
                 time.sleep(probe.settle)
             deeds = []

@@ -13,9 +13,14 @@ parent process, so the bare run shows the attack works on a real parent.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import time
+
 import pytest
 
-from escape_harness import Probe, judge, sibling_harmed, start_sibling, stop_sibling
+from escape_harness import (AGENTD, PYTHON, Probe, judge, sibling_harmed, start_sibling,
+                            stop_sibling)
 
 pytestmark = pytest.mark.escape_probe
 
@@ -84,3 +89,57 @@ def test_attack_on_a_sibling(arena, probe_bin, mode):
     judge(arena, Probe(f"sidedoor-{mode}-sibling", _sidedoors(probe_bin, mode, "{sibling_pid}"),
                        setup=start_sibling, cleanup=stop_sibling, deed=sibling_harmed))
 
+
+
+HOLD_PROBE = """
+import os, sys, time
+target = sys.argv[1]
+pid = os.fork()
+if pid == 0:
+    end = time.time() + 4
+    while time.time() < end:
+        try:
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
+            print("child: created", target)
+            break
+        except OSError:
+            pass
+    os._exit(0)
+time.sleep(0.3)
+try:
+    open("review_me", "w").write("x")
+except OSError as exc:
+    print("parent:", exc)
+os.waitpid(pid, 0)
+"""
+
+
+def test_hold_window_is_not_a_way_out(arena):
+    """A SIGSTOP verdict parks (stops and detaches) every agent process until an operator
+    decides. A second process keeps trying to create keep/during_hold.txt the whole time; the
+    operator (this test) denies after a second. Nothing may get through while parked."""
+    def operator(lay):
+        if not lay.sandboxed:
+            return
+        runs = arena.base / "runs"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for info_file in runs.glob("*.json") if runs.exists() else ():
+                try:
+                    info = json.loads(info_file.read_text())
+                except (OSError, ValueError):
+                    continue
+                if info.get("state") == "held":
+                    lay.extra["held"] = True
+                    time.sleep(1.0)
+                    subprocess.run([AGENTD, "resume", info["run_id"], "--deny"],
+                                   env=arena.env(lay), capture_output=True, timeout=30)
+                    return
+            time.sleep(0.05)
+
+    result = judge(arena, Probe("sidedoor-hold-window",
+                                lambda lay: [PYTHON, "-c", HOLD_PROBE,
+                                             str(lay.keep / "during_hold.txt")],
+                                during=operator))
+    assert result.layout.extra.get("held"), \
+        f"the run was never held, so the hold window was not tested\n{result.tail()}"
