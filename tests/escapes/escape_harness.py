@@ -243,7 +243,7 @@ class Arena:
     def run(self, layout: Layout, argv: list[str], *, policy: Path = DEFAULT_POLICY,
             cwd: Path | None = None, env: dict | None = None, timeout: float = RUN_TIMEOUT,
             input: bytes | None = None,
-            during: Callable[[Layout], None] | None = None) -> RunResult:
+            during: Callable[[Layout, threading.Event], None] | None = None) -> RunResult:
         if layout.sandboxed:
             audit = self.audit_path(layout)
             full = [*self.agentd_argv, "run", "--policy", str(policy), "--workspace",
@@ -256,9 +256,9 @@ class Arena:
                                 stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
-        helper = None
+        helper, finished = None, threading.Event()
         if during is not None:  # acts from outside while the agent runs (e.g. agentd resume)
-            helper = threading.Thread(target=during, args=(layout,), daemon=True)
+            helper = threading.Thread(target=during, args=(layout, finished), daemon=True)
             helper.start()
         try:
             out, err = proc.communicate(input, timeout=timeout)
@@ -266,6 +266,7 @@ class Arena:
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
             err += b"\n[escape harness: timed out]"
+        finished.set()
         if helper is not None:
             helper.join(timeout=30)
         return RunResult(proc.returncode, out.decode(errors="replace"),
@@ -293,7 +294,8 @@ class Probe:
     # (no x32 ABI, io_uring disabled, no IPv6): the test is then skipped with that reason.
     host_lacks: Callable[[RunResult], str | None] | None = None
     settle: float = 0.0                  # seconds to wait after the run before looking
-    during: Callable[[Layout], None] | None = None   # runs in a thread beside the agent
+    # Runs in a thread beside the agent, given the layout and an Event set when the run ended.
+    during: Callable[[Layout, threading.Event], None] | None = None
 
 
 def judge(arena: Arena, probe: Probe) -> RunResult:

@@ -114,32 +114,83 @@ os.waitpid(pid, 0)
 """
 
 
-def test_hold_window_is_not_a_way_out(arena):
-    """A SIGSTOP verdict parks (stops and detaches) every agent process until an operator
-    decides. A second process keeps trying to create keep/during_hold.txt the whole time; the
-    operator (this test) denies after a second. Nothing may get through while parked."""
-    def operator(lay):
+def _operator(arena, holds: int, deny_after: float = 1.0):
+    """An operator at another terminal: deny each of the first ``holds`` holds of the run."""
+    def act(lay, finished):
         if not lay.sandboxed:
             return
         runs = arena.base / "runs"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        lay.extra["held"] = 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and lay.extra["held"] < holds \
+                and not finished.is_set():
             for info_file in runs.glob("*.json") if runs.exists() else ():
                 try:
                     info = json.loads(info_file.read_text())
                 except (OSError, ValueError):
                     continue
                 if info.get("state") == "held":
-                    lay.extra["held"] = True
-                    time.sleep(1.0)
+                    lay.extra["held"] += 1
+                    time.sleep(deny_after)
                     subprocess.run([AGENTD, "resume", info["run_id"], "--deny"],
                                    env=arena.env(lay), capture_output=True, timeout=30)
-                    return
+                    while time.monotonic() < deadline:   # until the hold is over
+                        try:
+                            if json.loads(info_file.read_text()).get("state") != "held":
+                                break
+                        except (OSError, ValueError):
+                            break
+                        time.sleep(0.05)
             time.sleep(0.05)
+    return act
 
+
+def test_hold_window_is_not_a_way_out(arena):
+    """A SIGSTOP verdict parks (stops and detaches) every agent process until an operator
+    decides. A second process keeps trying to create keep/during_hold.txt the whole time; the
+    operator (this test) denies after a second. Nothing may get through while parked."""
     result = judge(arena, Probe("sidedoor-hold-window",
                                 lambda lay: [PYTHON, "-c", HOLD_PROBE,
                                              str(lay.keep / "during_hold.txt")],
-                                during=operator))
+                                during=_operator(arena, 1)))
     assert result.layout.extra.get("held"), \
         f"the run was never held, so the hold window was not tested\n{result.tail()}"
+
+
+SELF_APPROVAL_PROBE = """
+import glob, json, os, socket, time
+def hold():
+    try:
+        open("review_me", "w").write("x")
+        print("review_me written")
+    except OSError as exc:
+        print("review_me:", exc)
+hold()                                   # the first hold: the control socket appears
+runs = os.environ.get("AGENTD_RUNS_DIR", "/run/agentd/runs")
+queued = None
+for info_file in glob.glob(os.path.join(runs, "*.json")):
+    try:
+        info = json.load(open(info_file))
+    except (OSError, ValueError):
+        continue
+    if info.get("supervisor_pid") == os.getppid():
+        path = os.path.join(runs, info["run_id"] + ".sock")
+        try:
+            queued = socket.socket(socket.AF_UNIX)
+            queued.connect(path)
+            queued.sendall(b'{"decision": "allow"}\\n')
+            print("queued an allow on", path)
+        except OSError as exc:
+            print("control socket:", exc)
+hold()                                   # the second hold: would it take our own answer?
+"""
+
+
+def test_agent_cannot_answer_its_own_hold(arena):
+    """After a first hold the run's control socket exists; the agent queues an "allow" on it,
+    then asks for the held action again. Only the operator may answer (here: deny both)."""
+    result = judge(arena, Probe("sidedoor-self-approval",
+                                lambda lay: [PYTHON, "-c", SELF_APPROVAL_PROBE],
+                                during=_operator(arena, 2), watch=("review_me",)))
+    assert result.layout.extra.get("held"), \
+        f"the run was never held, so self-approval was not tested\n{result.tail()}"
