@@ -6,6 +6,11 @@ stands between each probe and the directory. The probes run `rm -rf precious` un
 a copy, a hard link, a symlink, `exec -a`, a wrapper script, `sh -c`, `python3 -c`, `env`, a
 script whose shebang is `#!/bin/rm -rf`, fexecve of an fd of /bin/rm, a memfd copy, and the
 dynamic loader running /bin/rm as its argument. The outside check: ws/precious/ is intact.
+
+The same for process_spawn: nox/forbidden (a copy of touch; the policy denies spawning anything
+in nox/) must not run by `..`, a relative name, a symlink, PATH, /proc/self/fd, a shebang naming it
+as the interpreter, a hard link, a copy, the dynamic loader, fexecve or execveat(AT_EMPTY_PATH)
+on an O_PATH descriptor. The outside check: ws/spawned never appears.
 """
 
 from __future__ import annotations
@@ -77,3 +82,51 @@ def test_dynamic_loader_runs_rm(arena):
     """ld.so runs /bin/rm without any execve of /bin/rm: the execve is of the loader."""
     judge(arena, Probe("names-ld_so", lambda lay: [LOADER, RM, "-rf", "precious"],
                        setup=_precious, watch=("precious",)))
+
+
+# --- process_spawn: nox/forbidden (a copy of touch) may not run, by any name -------------------
+TOUCH = os.path.realpath(shutil.which("touch") or "/usr/bin/touch")
+
+SPAWN_PROBES = {
+    "direct": "{nox}/forbidden spawned",
+    "dotdot": "{ws}/../nox/forbidden spawned",
+    "relative_after_cd": "cd {nox} && ./forbidden {ws}/spawned",
+    "symlink": "ln -s {nox}/forbidden f && ./f spawned",
+    "path_lookup": "PATH={nox}:$PATH forbidden spawned",
+    "proc_fd": "exec 7<{nox}/forbidden && /proc/self/fd/7 spawned",
+    "shebang_interpreter": "printf '#!{nox}/forbidden\\n' > s && chmod +x s && ./s spawned",
+    "hard_link": "ln {nox}/forbidden f && ./f spawned",
+    "copy": "cp {nox}/forbidden f && ./f spawned",
+    "ld_so": "{loader} {nox}/forbidden spawned",
+}
+PY_SPAWN_PROBES = {
+    "fexecve": ("import os; fd = os.open('{nox}/forbidden', os.O_RDONLY); "
+                "os.execve(fd, ['f', 'spawned'], dict(os.environ))"),
+    "execveat_opath": ("import ctypes, os; fd = os.open('{nox}/forbidden', os.O_PATH); "
+                       "libc = ctypes.CDLL(None, use_errno=True); "
+                       "argv = (ctypes.c_char_p * 3)(b'f', b'spawned', None); "
+                       "libc.syscall(322, fd, b'', argv, None, 0x1000); "
+                       "print('execveat:', os.strerror(ctypes.get_errno()))"),
+}
+
+
+def _forbidden_touch(lay) -> None:
+    forbidden = lay.nox / "forbidden"
+    forbidden.unlink()
+    shutil.copy2(TOUCH, forbidden)
+    lay.extra["loader"] = LOADER or "/nonexistent-loader"
+
+
+@pytest.mark.parametrize("name", list(SPAWN_PROBES))
+def test_spawn_name_game(arena, name):
+    if name == "ld_so" and LOADER is None:
+        pytest.skip("no /lib64/ld-linux-x86-64.so.* on this host")
+    judge(arena, Probe(f"spawn-{name}", lambda lay: ["/bin/bash", "-c", lay.fmt(SPAWN_PROBES[name])],
+                       setup=_forbidden_touch, watch=("spawned",)))
+
+
+@pytest.mark.parametrize("name", list(PY_SPAWN_PROBES))
+def test_spawn_by_descriptor(arena, name):
+    judge(arena, Probe(f"spawn-{name}",
+                       lambda lay: [PYTHON, "-c", lay.fmt(PY_SPAWN_PROBES[name])],
+                       setup=_forbidden_touch, watch=("spawned",)))
