@@ -337,6 +337,9 @@ def judge(arena: Arena, probe: Probe) -> RunResult:
                 probe.cleanup(layout)
         if not sandboxed and not deeds:
             lacking = probe.host_lacks(result) if probe.host_lacks else None
+            if not lacking and os.geteuid() != 0 and (
+                    "Operation not permitted" in result.stderr + result.stdout):
+                lacking = "this probe's deed needs root (EPERM without the sandbox)"
             if lacking:
                 pytest.skip(f"probe {probe.name}: {lacking}")
             raise ProbeProvedNothing(
