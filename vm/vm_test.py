@@ -42,6 +42,8 @@ GUEST_STARTED = re.compile(rb"agentd-vmtest: started")
 GUEST_MARKER = re.compile(rb"@@AGENTD-VMTEST (\w+)(?: ([^@]*))?@@")
 GUEST_RUNNER_DONE = re.compile(rb"agentd-vmtest: runner finished with status (\d+)")
 
+RESULTS_DISK_BYTES = 256 * 1024 * 1024  # sparse; the guest's tar of logs and junit.xml
+
 # Exit statuses of scripts/vm-test.
 EXIT_PASSED, EXIT_FAILED, EXIT_HARNESS_ERROR = 0, 1, 2
 
@@ -73,6 +75,14 @@ class BootOutcome:
     run_seconds: float  # QEMU start -> QEMU gone
     summary: str | None  # the guest's SUMMARY marker
     reason: str  # why it ended, for the report
+
+
+def shown(path: pathlib.Path) -> str:
+    """A path as the user would type it: relative to the repository when inside it."""
+    try:
+        return str(path.relative_to(pathlib.Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def log(message: str) -> None:
@@ -117,9 +127,9 @@ def ensure_image(cache: pathlib.Path, rebuild: bool) -> tuple[pathlib.Path, floa
         if image.is_dir() and rebuild:
             shutil.rmtree(image)
         if image.is_dir():
-            log(f"image: cached {image.relative_to(REPO)}")
+            log(f"image: cached {shown(image)}")
             return image, None
-        log(f"image: building {image.relative_to(REPO)} (Debian 12, mmdebstrap)")
+        log(f"image: building {shown(image)} (Debian 12, mmdebstrap)")
         started = time.monotonic()
         with tempfile.NamedTemporaryFile("w", dir=cache, suffix=".txt") as req_file:
             req_file.write(requirements)
@@ -192,7 +202,8 @@ def qemu_command(image: pathlib.Path, run_dir: pathlib.Path, accel: str, setting
     else:
         # The login prompt would only interleave with the markers on the one serial line.
         append += " systemd.mask=serial-getty@ttyS0.service"
-    cpu = "host" if accel == "kvm" else "max"
+    # VM_TEST_KVM_CPU: another model for hosts whose KVM rejects "host" (here: an MSR assertion).
+    cpu = os.environ.get("VM_TEST_KVM_CPU", "host") if accel == "kvm" else "max"
     return [
         "qemu-system-x86_64", "-accel", accel, "-cpu", cpu,
         "-m", str(settings.memory_mib), "-smp", str(settings.cpus),
@@ -302,7 +313,7 @@ def accelerators(settings: Settings, cache: pathlib.Path) -> list[str]:
     verdict = kvm_verdict_file(cache)
     if verdict.exists():
         log(f"kvm: skipped, it failed on this host before ({verdict.read_text().strip()}; "
-            f"remove {verdict.relative_to(REPO)} or pass --accel kvm to try again); TCG")
+            f"remove {shown(verdict)} or pass --accel kvm to try again); TCG")
         return ["tcg"]
     return ["kvm", "tcg"]
 
@@ -314,8 +325,8 @@ def run_vm(image: pathlib.Path, run_dir: pathlib.Path, settings: Settings,
     for accel in accelerators(settings, cache):
         # A KVM attempt that died may have written part of the results; start clean.
         with open(run_dir / "results.img", "wb") as results:
-            results.truncate(64 * 1024 * 1024)
-        log(f"{accel}: booting (serial console in {(run_dir / 'serial.log').relative_to(REPO)})")
+            results.truncate(RESULTS_DISK_BYTES)
+        log(f"{accel}: booting (serial console in {shown(run_dir / 'serial.log')})")
         outcome = boot(image, run_dir, accel, settings, deadline)
         if outcome.reached in ("guest", "end") or accel != "kvm":
             return outcome
@@ -375,7 +386,7 @@ def report(outcome: BootOutcome, run_dir: pathlib.Path, build_seconds: float | N
         print(tail(run_dir / "serial.log", 60))
         if "install.log" in files:
             print(tail(run_dir / "install.log", 30))
-        log(f"artefacts in {run_dir.relative_to(REPO)}")
+        log(f"artefacts in {shown(run_dir)}")
         return EXIT_HARNESS_ERROR
     counts, failures = junit_counts(run_dir / "junit.xml")
     status = re.search(r"status=(\d+)", (run_dir / "summary.txt").read_text()
@@ -385,7 +396,7 @@ def report(outcome: BootOutcome, run_dir: pathlib.Path, build_seconds: float | N
         log(f"FAILED {failure}")
     if counts["failed"]:
         print(tail(run_dir / "pytest.log", 80))
-    log(f"artefacts in {run_dir.relative_to(REPO)} (pytest.log, junit.xml, journal.txt, serial.log)")
+    log(f"artefacts in {shown(run_dir)} (pytest.log, junit.xml, journal.txt, serial.log)")
     print(f"vm-test: {counts['passed']} passed, {counts['failed']} failed, "
           f"{counts['skipped']} skipped", flush=True)
     if counts["failed"] or pytest_status != 0 or counts["passed"] == 0:
@@ -424,6 +435,8 @@ def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
                              "is masked; the project disk is attached; Ctrl-A X quits)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="copy the serial console to stdout as it comes")
+    parser.add_argument("--print-requirements", action="store_true",
+                        help="print the image's Python requirements and stop (vm/Vagrantfile)")
     parser.add_argument("pytest_args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     settings = Settings(timeout=args.timeout, accel=args.accel, kvm_kernel_timeout=15.0,
@@ -437,11 +450,15 @@ def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
 def main(argv: list[str]) -> int:
     total_started = time.monotonic()
     settings, args = parse_args(argv)
+    if args.print_requirements:
+        print(requirements_text(), end="")
+        return EXIT_PASSED
     if os.geteuid() != 0:
         log("needs root (mmdebstrap --mode=root, mkfs); run it as root")
         return EXIT_HARNESS_ERROR
-    cache = VM_DIR / ".cache"
-    cache.mkdir(exist_ok=True)
+    # VM_TEST_CACHE: a cache outside the work tree outlives fresh clones (CI on a kept machine).
+    cache = pathlib.Path(os.environ.get("VM_TEST_CACHE") or VM_DIR / ".cache").resolve()
+    cache.mkdir(parents=True, exist_ok=True)
     try:
         image, build_seconds = ensure_image(cache, settings.rebuild)
         if args.build_only:
@@ -450,7 +467,8 @@ def main(argv: list[str]) -> int:
         count = write_project_disk(run_dir / "project.tar", settings.pytest_args)
         log(f"project: {count} files on the project disk")
         if args.shell:
-            (run_dir / "results.img").write_bytes(b"\0" * (64 * 1024 * 1024))
+            with open(run_dir / "results.img", "wb") as results:
+                results.truncate(RESULTS_DISK_BYTES)
             accel = "tcg" if settings.accel == "auto" else settings.accel
             return subprocess.run(qemu_command(image, run_dir, accel, settings,
                                                interactive=True)).returncode
