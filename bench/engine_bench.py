@@ -133,9 +133,14 @@ class TargetStream:
 # --- the naive baseline ---------------------------------------------------------------------------
 
 def naive_rules(patterns: Sequence[Pattern]) -> tuple[tuple, ...]:
-    """Per pattern: (regex text, compiled, restrictiveness, catch-all?, id, action)."""
-    return tuple((p.pattern, p.regex, (_RANK[p.action], int(p.severity)), is_catch_all(p.pattern),
-                  p.id, p.action) for p in patterns if p.enabled and p.action_type == ACTION_TYPE)
+    """Per pattern: (regex source, compiled, restrictiveness, catch-all?, id, action).
+
+    The source is what the engine compiles (``p.regex.pattern``: ``$`` rewritten to ``\\Z``), so
+    that the baseline decides exactly as the engine does.
+    """
+    return tuple((p.regex.pattern, p.regex, (_RANK[p.action], int(p.severity)),
+                  is_catch_all(p.pattern), p.id, p.action)
+                 for p in patterns if p.enabled and p.action_type == ACTION_TYPE)
 
 
 def naive_decide(rules: tuple[tuple, ...], target: str) -> tuple[str, str | None]:
