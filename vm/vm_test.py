@@ -470,8 +470,11 @@ def main(argv: list[str]) -> int:
             with open(run_dir / "results.img", "wb") as results:
                 results.truncate(RESULTS_DISK_BYTES)
             accel = "tcg" if settings.accel == "auto" else settings.accel
-            return subprocess.run(qemu_command(image, run_dir, accel, settings,
-                                               interactive=True)).returncode
+            try:
+                return subprocess.run(qemu_command(image, run_dir, accel, settings,
+                                                   interactive=True)).returncode
+            finally:
+                shutil.rmtree(run_dir)
         outcome = run_vm(image, run_dir, settings, cache)
         # Keep the artefacts of the last run only, under a fixed name.
         last = cache / "last-run"
