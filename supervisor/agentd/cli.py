@@ -16,9 +16,12 @@ _LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "policy": ("agentd.cli_policy", "policy"),
     "audit": ("agentd.cli_audit", "audit"),
     "run": ("agentd.cli_run", "run"),
-    "ps": ("agentd.cli_run", "ps"),
-    "resume": ("agentd.cli_run", "resume"),
-    "kill": ("agentd.cli_run", "kill"),
+    "ps": ("agentd.cli_daemon", "ps"),          # daemon runs first, then cli_run's
+    "resume": ("agentd.cli_daemon", "resume"),
+    "kill": ("agentd.cli_daemon", "kill"),
+    "daemon": ("agentd.cli_daemon", "daemon"),
+    "reload": ("agentd.cli_daemon", "reload"),
+    "stop": ("agentd.cli_daemon", "stop"),
 }
 
 

@@ -40,15 +40,23 @@ def _fail(message: str, code: int = 2) -> None:
               show_default=True, help="audit: decide and record, but block nothing.")
 @click.option("--seccomp-profile", type=click.Path(dir_okay=False, exists=True), default=None,
               help="OCI seccomp profile with the baseline denials (default: seccomp_profiles/default.json).")
+@click.option("--embedded", is_flag=True,
+              help="Supervise here even when the agentd daemon runs (default: use the daemon).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log: str | None,
-        mode: str, seccomp_profile: str | None, command: tuple[str, ...]) -> None:
+        mode: str, seccomp_profile: str | None, embedded: bool, command: tuple[str, ...]) -> None:
     """Run CMD under a policy enforced at the OS level (ptrace + seccomp-bpf).
 
     \b
     agentd run --policy strict -- python3 agent.py
     agentd run --mode audit --policy read_only -- make test
     """
+    if not embedded:
+        from . import daemon_client   # the daemon's socket is there: it supervises
+        if daemon_client.available():
+            sys.exit(daemon_client.run(list(command), policy=policy_name, workspace=workspace,
+                                       agent_id=agent_id, mode=mode, audit_log=audit_log,
+                                       seccomp_profile=seccomp_profile))
     import signal
 
     from agent_os.errors import PolicyError

@@ -1,0 +1,162 @@
+"""``agentd daemon``, ``agentd reload``, ``agentd stop`` and the daemon-aware ``ps``/``resume``/``kill``.
+
+Owns the command-line surface of the daemon: start it (normally from ``agentd.service``), ask it
+to reload its policies, and act on its runs. ``ps``, ``resume`` and ``kill`` ask the daemon first
+when its socket is there and fall back to the standalone commands of ``cli_run`` for runs the
+daemon does not know, so one set of commands serves both kinds of run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from . import cli_run
+
+__all__ = ["daemon", "reload", "stop", "ps", "resume", "kill"]
+
+
+def _daemon_request(op: str, **fields) -> dict | None:
+    """The daemon's answer, or None when no daemon runs here."""
+    from . import daemon_client
+
+    if not daemon_client.available():
+        return None
+    try:
+        return daemon_client.request(op, **fields)
+    except daemon_client.DaemonError as exc:
+        click.echo(f"agentd {op}: {exc}", err=True)
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--config", "config_path", default=None,
+              help="Configuration file (default /etc/agentd/agentd.yaml; missing = defaults).")
+@click.option("--print-config", is_flag=True, help="Print the effective configuration and exit.")
+@click.option("--check", is_flag=True, help="Validate the configuration and every policy, then exit.")
+def daemon(config_path: str | None, print_config: bool, check: bool) -> None:
+    """Run the agentd service (as root, normally from agentd.service)."""
+    from .config import ConfigError, load_config
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        click.echo(f"agentd daemon: invalid configuration:\n{exc}", err=True)
+        sys.exit(2)
+    if print_config:
+        import yaml
+        click.echo(yaml.safe_dump(config.model_dump(), sort_keys=False))
+        return
+    from .daemon import PolicyStore, run_daemon
+
+    if check:
+        entries, errors = PolicyStore(config.policy_dir).build()
+        for name, entry in sorted(entries.items()):
+            click.echo(f"ok  {name}@{entry.version}  {entry.path}")
+        for error in errors:
+            click.echo(f"ERR {error}", err=True)
+        sys.exit(1 if errors else 0)
+    try:
+        run_daemon(config)
+    except OSError as exc:
+        click.echo(f"agentd daemon: {exc}", err=True)
+        sys.exit(1)
+    except ValueError as exc:  # invalid policies at start-up
+        click.echo(f"agentd daemon: cannot start:\n{exc}", err=True)
+        sys.exit(2)
+
+
+@click.command()
+def reload() -> None:
+    """Reload the daemon's policies atomically (root only); running agents switch."""
+    answer = _daemon_request("reload")
+    if answer is None:
+        click.echo("agentd reload: no daemon is running (no socket)", err=True)
+        sys.exit(1)
+    if not answer.get("ok"):
+        click.echo(f"agentd reload: {answer.get('error')}", err=True)
+        sys.exit(1)
+    changed = answer.get("changed") or {}
+    for name, (old, new) in sorted(changed.items()):
+        click.echo(f"{name}: {old or '(new)'} -> {new}")
+    if not changed:
+        click.echo("no policy changed")
+    if answer.get("switched"):
+        click.echo(f"running agents switched: {', '.join(answer['switched'])}")
+
+
+@click.command()
+@click.argument("run_id")
+def stop(run_id: str) -> None:
+    """Freeze a daemon run's whole agent (its cgroup); `agentd resume RUN_ID` thaws it."""
+    answer = _daemon_request("stop", run_id=run_id)
+    if answer is None:
+        click.echo("agentd stop: no daemon is running; standalone runs stop with ^Z", err=True)
+        sys.exit(1)
+    if not answer.get("ok"):
+        click.echo(f"agentd stop: {answer.get('error')}", err=True)
+        sys.exit(1)
+    click.echo(f"run {run_id}: {answer.get('state')}")
+
+
+@click.command()
+@click.pass_context
+def ps(ctx: click.Context) -> None:
+    """List runs: the daemon's (yours; all for root) and this user's standalone ones."""
+    from . import control
+
+    answer = _daemon_request("ps")
+    if answer is not None and answer.get("ok"):
+        runs = answer.get("runs") or []
+        click.echo(f"{'RUN_ID':14} {'USER':10} {'POLICY':18} {'STATE':8} {'PIDS':16} COMMAND")
+        for info in runs:
+            pids = ",".join(str(p) for p in info.get("pids") or []) or "-"
+            policy = f"{info.get('policy')}@{str(info.get('version'))[:6]}"
+            click.echo(f"{info['run_id']:14} {info.get('user', ''):10} {policy:18} "
+                       f"{info.get('state', '?'):8} {pids:16} "
+                       f"{cli_run._short_command(info.get('command', []), 40)}")
+            held = info.get("held")
+            if held:
+                click.echo(f"{'':14} pending review: pid {held.get('pid')} wants "
+                           f"{held.get('what')}: {held.get('reason')} "
+                           f"({time.time() - float(held.get('since', time.time())):.0f}s)")
+        if not runs:
+            click.echo("no daemon runs")
+        if not control.list_runs():
+            return
+        click.echo("")
+    ctx.invoke(cli_run.ps)
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--allow", "decision", flag_value="allow", help="Let the held syscall run once.")
+@click.option("--deny", "decision", flag_value="deny", help="Refuse it (EACCES); the agent goes on.")
+@click.pass_context
+def resume(ctx: click.Context, run_id: str, decision: str | None) -> None:
+    """Resume a held run (--allow/--deny) or thaw a run frozen by `agentd stop`."""
+    answer = _daemon_request("resume", run_id=run_id, decision=decision)
+    if answer is None or answer.get("unknown"):
+        ctx.invoke(cli_run.resume, run_id=run_id, decision=decision)
+        return
+    if not answer.get("ok"):
+        click.echo(f"agentd resume: {answer.get('error')}", err=True)
+        sys.exit(1)
+    click.echo(f"run {run_id}: {decision or answer.get('state', 'resumed')}")
+
+
+@click.command()
+@click.argument("run_id")
+@click.pass_context
+def kill(ctx: click.Context, run_id: str) -> None:
+    """Kill a run's whole agent (its cgroup, under the daemon); the client exits 137."""
+    answer = _daemon_request("kill", run_id=run_id)
+    if answer is None or answer.get("unknown"):
+        ctx.invoke(cli_run.kill, run_id=run_id)
+        return
+    if not answer.get("ok"):
+        click.echo(f"agentd kill: {answer.get('error')}", err=True)
+        sys.exit(1)
+    click.echo(f"run {run_id}: killed")
