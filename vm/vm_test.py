@@ -117,7 +117,8 @@ def image_key(requirements: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def ensure_image(cache: pathlib.Path, rebuild: bool) -> tuple[pathlib.Path, float | None]:
+def ensure_image(cache: pathlib.Path, rebuild: bool,
+                 build_timeout: float) -> tuple[pathlib.Path, float | None]:
     """Returns the image directory and the build time (None when the cached one was used)."""
     requirements = requirements_text()
     image = cache / f"image-{image_key(requirements)}"
@@ -134,9 +135,22 @@ def ensure_image(cache: pathlib.Path, rebuild: bool) -> tuple[pathlib.Path, floa
         with tempfile.NamedTemporaryFile("w", dir=cache, suffix=".txt") as req_file:
             req_file.write(requirements)
             req_file.flush()
-            build = subprocess.run([str(VM_DIR / "build-image"), str(image), req_file.name])
-        if build.returncode != 0:
-            raise HarnessError(f"vm/build-image failed with status {build.returncode}")
+            build = subprocess.Popen([str(VM_DIR / "build-image"), str(image), req_file.name],
+                                     start_new_session=True)
+            try:
+                status = build.wait(timeout=build_timeout)
+            except subprocess.TimeoutExpired:
+                # mmdebstrap, apt and pip under it too; TERM first so that they clean up.
+                os.killpg(build.pid, signal.SIGTERM)
+                try:
+                    build.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(build.pid, signal.SIGKILL)
+                    build.wait()
+                raise HarnessError(f"vm/build-image took longer than {build_timeout:.0f} s "
+                                   f"(VM_TEST_BUILD_TIMEOUT)") from None
+        if status != 0:
+            raise HarnessError(f"vm/build-image failed with status {status}")
         elapsed = time.monotonic() - started
         for old in cache.glob("image-*"):
             if old != image and old.is_dir():
@@ -460,7 +474,8 @@ def main(argv: list[str]) -> int:
     cache = pathlib.Path(os.environ.get("VM_TEST_CACHE") or VM_DIR / ".cache").resolve()
     cache.mkdir(parents=True, exist_ok=True)
     try:
-        image, build_seconds = ensure_image(cache, settings.rebuild)
+        image, build_seconds = ensure_image(
+            cache, settings.rebuild, float(os.environ.get("VM_TEST_BUILD_TIMEOUT", 900)))
         if args.build_only:
             return EXIT_PASSED
         run_dir = pathlib.Path(tempfile.mkdtemp(prefix="run-", dir=cache))
