@@ -76,16 +76,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             write(f"  {key.upper()}: {nodeid}")
 
 
-def _agentd_run_missing() -> str | None:
+def _agentd_run_help() -> tuple[str | None, str]:
+    """(why `agentd run` cannot be used, or None; its --help text)."""
     try:
         done = subprocess.run([AGENTD, "run", "--help"], capture_output=True, text=True,
                               timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"`agentd run --help` cannot run: {exc}"
+        return f"`agentd run --help` cannot run: {exc}", ""
     if done.returncode != 0:
         return (f"`agentd run` is not available yet (`agentd run --help` exited "
-                f"{done.returncode}: {done.stderr.strip()[:200]})")
-    return None
+                f"{done.returncode}: {done.stderr.strip()[:200]})"), ""
+    return None, done.stdout
+
 
 
 def _tracing_unavailable() -> str | None:
@@ -103,10 +105,14 @@ def _tracing_unavailable() -> str | None:
 
 @pytest.fixture(scope="session")
 def agentd_argv() -> list[str]:
-    reason = _agentd_run_missing() or _tracing_unavailable()
+    """``agentd run`` and the options every sandboxed probe gets. ``--embedded``: the run is
+    supervised by the `agentd run` process itself even where an agentd daemon listens, so the
+    agent's parent is its supervisor (the probes that attack "the supervisor" aim at ppid)."""
+    missing, help_text = _agentd_run_help()
+    reason = missing or _tracing_unavailable()
     if reason:
         pytest.skip(reason)
-    return [AGENTD]
+    return [AGENTD, "run", *(["--embedded"] if "--embedded" in help_text else [])]
 
 
 @pytest.fixture(scope="session")

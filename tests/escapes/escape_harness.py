@@ -220,6 +220,7 @@ class Arena:
     """Fresh layouts under one test's tmp dir, and the two ways to run a probe in them."""
 
     def __init__(self, base: Path, agentd_argv: list[str]):
+        """``agentd_argv``: the command up to its options, e.g. ``[agentd, "run", "--embedded"]``."""
         self.base = base
         self.agentd_argv = agentd_argv
         self.count = 0
@@ -246,7 +247,7 @@ class Arena:
             during: Callable[[Layout, threading.Event], None] | None = None) -> RunResult:
         if layout.sandboxed:
             audit = self.audit_path(layout)
-            full = [*self.agentd_argv, "run", "--policy", str(policy), "--workspace",
+            full = [*self.agentd_argv, "--policy", str(policy), "--workspace",
                     str(layout.ws), "--audit-log", str(audit), "--agent-id", "escape-probe",
                     "--", *argv]
         else:
