@@ -133,7 +133,12 @@ def probe_bin(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def escape_attempts(request) -> int:
-    return max(1, request.config.getoption("--escape-attempts"))
+    """The option exists only when pytest is started on tests/escapes (a conftest option);
+    $AGENTD_ESCAPE_ATTEMPTS works from anywhere."""
+    value = request.config.getoption("--escape-attempts", default=None)
+    if value is None:
+        value = int(os.environ.get("AGENTD_ESCAPE_ATTEMPTS", DEFAULT_ATTEMPTS))
+    return max(1, value)
 
 
 @pytest.fixture
