@@ -1,0 +1,241 @@
+"""A real `agentd daemon` on the host (tmp paths, no systemd) and real `agentd run` clients:
+stdio passed with SCM_RIGHTS, the caller's identity, grants, every verdict, a cgroup per agent
+(freeze, kill), garbage on the socket, a client that vanishes, atomic reload, the daemon's
+death taking every agent with it, and an audit log that verifies."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from agent_os.flight_recorder import verify_file
+from helpers.agentd_daemon import PYTHON, DaemonUnderTest, cgroup2_mount, pid_alive, wait_for
+from helpers.agentd_run import deny, needs_tracing
+
+pytestmark = [needs_tracing, pytest.mark.needs_ptrace,
+              pytest.mark.skipif(os.geteuid() != 0, reason="the daemon runs agents as other "
+                                 "users: needs root"),
+              pytest.mark.skipif(cgroup2_mount() is None, reason="no cgroup v2 mounted")]
+
+POLICY = [
+    deny("kill_it", "file_write", r".*/forbidden$", mode="sigkill"),
+    deny("hold_it", "file_write", r".*/review_me$", mode="sigstop"),
+    deny("block_it", "file_write", r".*/blocked$", mode="block"),
+    {"id": "warn_it", "action_type": "file_write", "pattern": r".*/noisy$", "action": "warn",
+     "violation_mode": "sigwarn"},
+]
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = DaemonUnderTest(tmp_path, policies={"test": POLICY},
+                        grants=[{"users": ["nobody"], "policies": ["test"]}])
+    d.start()
+    yield d
+    d.stop()
+
+
+def py(code: str) -> list[str]:
+    return [PYTHON, "-c", code]
+
+
+def test_root_run_passes_stdio_and_exit_status_through(daemon):
+    result = daemon.run(py("import sys; print('out', input()); print('err', file=sys.stderr);"
+                           "sys.exit(7)"), input="hello\n")
+    assert result.returncode == 7, result.stderr
+    assert result.stdout == "out hello\n"
+    assert "err\n" in result.stderr
+    records = daemon.records()
+    assert records and {r["run_id"] for r in records} == {records[0]["run_id"]}
+    assert verify_file(daemon.audit_log).ok
+
+
+def test_agent_runs_as_the_caller_in_its_own_cgroup(daemon):
+    result = daemon.run(["sh", "-c", "grep -E '^(Uid|Gid|Groups):' /proc/self/status; "
+                         "cat /proc/self/cgroup"], user="nobody")
+    assert result.returncode == 0, result.stderr
+    assert "Uid:\t65534\t65534\t65534\t65534" in result.stdout
+    assert "Gid:\t65534\t65534\t65534\t65534" in result.stdout
+    assert "Groups:\t\n" in result.stdout or "Groups:\t \n" in result.stdout
+    assert f"0::/{daemon.cgroup_base}/run-d" in result.stdout
+
+
+def test_ungranted_policy_and_audit_mode_are_refused(daemon):
+    result = daemon.run(["true"], policy="permissive", user="nobody")
+    assert result.returncode == 125
+    assert "not granted policy 'permissive'" in result.stderr
+    result = daemon.run(["true"], user="nobody", options=("--mode", "audit"))
+    assert result.returncode == 125 and "--mode audit" in result.stderr
+    result = daemon.run(["true"], user="nobody", options=("--audit-log", "/tmp/x"))
+    assert result.returncode == 125 and "--embedded" in result.stderr
+
+
+def test_verdicts_kill_block_warn(daemon):
+    target = daemon.shared / "forbidden"
+    result = daemon.run(["sh", "-c", f"sleep 30 & touch {target}; echo survived"], user="nobody")
+    assert result.returncode == 137
+    assert not target.exists() and "survived" not in result.stdout
+    result = daemon.run(["sh", "-c", f"touch {daemon.shared}/blocked || echo refused; "
+                         f"touch {daemon.shared}/noisy && echo warned"], user="nobody")
+    assert result.returncode == 0
+    assert "refused" in result.stdout and "warned" in result.stdout
+    assert not (daemon.shared / "blocked").exists() and (daemon.shared / "noisy").exists()
+    assert "warning:" in result.stderr
+    decided = {(r["target"], r["enforced"]) for r in daemon.records()}
+    assert (str(target), "kill") in decided
+    assert (f"{daemon.shared}/blocked", "block") in decided
+
+
+def _cgroup_frozen(daemon, run_id: str) -> bool:
+    events = (daemon.cgroup_dir / f"run-{run_id}" / "cgroup.events").read_text()
+    return "frozen 1" in events.split("\n")
+
+
+@pytest.mark.parametrize("decision", ["deny", "allow"])
+def test_sigstop_verdict_freezes_until_root_decides(daemon, decision):
+    target = daemon.shared / "review_me"
+    client = daemon.popen(py(f"try:\n open({str(target)!r}, 'w'); print('done')\n"
+                             "except PermissionError: print('refused')"), user="nobody")
+    try:
+        run = daemon.wait_run(lambda r: r["state"] == "held")
+        assert run["held"]["what"] == f"file_write {target}"
+        assert _cgroup_frozen(daemon, run["run_id"])
+        # the owner may not approve their own agent's held action
+        nobody = subprocess.run(["setpriv", "--reuid", "nobody", "--regid", "nogroup",
+                                 "--clear-groups", daemon.argv([], "x")[0], "resume",
+                                 run["run_id"], "--allow"], env=daemon.env(),
+                                capture_output=True, text=True, timeout=20)
+        assert nobody.returncode == 1 and "only root" in nobody.stderr
+        answer = daemon.request("resume", run_id=run["run_id"], decision=decision)
+        assert answer["ok"], answer
+        out, err = client.communicate(timeout=30)
+    finally:
+        client.kill()
+    assert client.returncode == 0, err
+    assert out.strip() == ("done" if decision == "allow" else "refused")
+    assert target.exists() == (decision == "allow")
+    assert any(r["syscall"] == "operator" and r["enforced"] == decision for r in daemon.records())
+
+
+def test_stop_freezes_and_resume_thaws_the_whole_cgroup(daemon):
+    client = daemon.popen(["sh", "-c", "while :; do sleep 0.05; done"], user="nobody")
+    try:
+        run = daemon.wait_run(lambda r: len(r["pids"]) >= 1)
+        assert daemon.request("stop", run_id=run["run_id"])["ok"]
+        assert _cgroup_frozen(daemon, run["run_id"])
+        assert daemon.runs()[0]["state"] == "frozen"
+        assert daemon.request("resume", run_id=run["run_id"])["ok"]
+        assert not _cgroup_frozen(daemon, run["run_id"])
+        assert daemon.request("kill", run_id=run["run_id"])["ok"]
+        client.wait(20)
+    finally:
+        client.kill()
+    assert client.returncode == 137
+    assert not (daemon.cgroup_dir / f"run-{run['run_id']}").exists() or \
+        not (daemon.cgroup_dir / f"run-{run['run_id']}" / "cgroup.procs").read_text().strip()
+
+
+def test_garbage_on_the_socket_does_not_hurt_the_daemon(daemon):
+    for junk in (b"\x00\xff garbage\n", b"[1,2,3]\n", b'{"op": "launch_missiles"}\n',
+                 b'{"op": "run", "argv": "ls"}\n', b"x" * (2 << 20), b'{"op": "kill"}\n'):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(daemon.socket_path)
+            try:
+                sock.sendall(junk)
+                sock.settimeout(5)
+                sock.recv(4096)
+            except OSError:
+                pass
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:  # connect and vanish
+        sock.connect(daemon.socket_path)
+    assert daemon.alive()
+    assert daemon.run(["true"]).returncode == 0
+
+
+def test_a_client_that_disconnects_takes_its_agent_along(daemon):
+    client = daemon.popen(["sleep", "300"], user="nobody")
+    run = daemon.wait_run(lambda r: r["agent_pid"])
+    agent = run["agent_pid"]
+    client.kill()
+    client.wait()
+    wait_for(lambda: not pid_alive(agent), what="the agent to die")
+    wait_for(lambda: not daemon.runs(), what="the run to end")
+    assert daemon.alive()
+    assert daemon.run(["true"]).returncode == 0
+
+
+def test_reload_rejects_a_bad_policy_and_switches_running_agents(daemon):
+    fifo = daemon.shared / "go"
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o666)
+    late = daemon.shared / "late"
+    client = daemon.popen(["sh", "-c", f"read x < {fifo}; touch {late} || echo refused"],
+                          user="nobody")
+    try:
+        run = daemon.wait_run(lambda r: r["agent_pid"])
+        old_version = run["version"]
+        bad = daemon.policy_dir / "test.yaml"
+        good_text = bad.read_text()
+        bad.write_text(good_text.replace(r".*/forbidden$", r".*/forbidden($"))
+        answer = daemon.request("reload")
+        assert not answer["ok"] and "test.yaml" in answer["error"]
+        assert "kill_it" in answer["error"]
+        assert daemon.runs()[0]["version"] == old_version
+        daemon.write_policy("test", POLICY + [deny("late", "file_write", r".*/late$")])
+        answer = daemon.request("reload")
+        assert answer["ok"] and answer["switched"] == [run["run_id"]]
+        assert daemon.runs()[0]["version"] != old_version
+        with open(fifo, "w") as handle:
+            handle.write("go\n")
+        out, err = client.communicate(timeout=30)
+    finally:
+        client.kill()
+    assert "refused" in out, err
+    assert not late.exists()
+    switch = [r for r in daemon.records() if r.get("action_type") == "policy_reload"]
+    assert len(switch) == 1 and switch[0]["run_id"] == run["run_id"]
+
+
+def test_sighup_reloads_and_only_root_may_reload(daemon):
+    daemon.write_policy("extra", [])
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "extra" in daemon.request("status")["policies"], what="SIGHUP reload")
+    result = subprocess.run(["setpriv", "--reuid", "nobody", "--regid", "nogroup",
+                             "--clear-groups", daemon.argv([], "x")[0], "reload"],
+                            env=daemon.env(), capture_output=True, text=True, timeout=20)
+    assert result.returncode == 1 and "only root" in result.stderr
+
+
+def test_when_the_daemon_dies_every_agent_dies(daemon):
+    clients = [daemon.popen(["sh", "-c", "sleep 300 & sleep 300"], user="nobody")
+               for _ in range(3)]
+    wait_for(lambda: len(daemon.runs()) == 3 and all(len(r["pids"]) >= 2 for r in daemon.runs()),
+             what="three agents with children")
+    pids = [pid for r in daemon.runs() for pid in r["pids"]]
+    daemon.process.kill()
+    daemon.process.wait()
+    wait_for(lambda: not any(pid_alive(pid) for pid in pids), timeout=10,
+             what="every agent process to die")
+    for client in clients:
+        client.wait(10)
+        assert client.returncode != 0
+
+
+def test_audit_log_holds_one_verified_record_per_decision(daemon):
+    for _ in range(3):
+        daemon.run(["sh", "-c", "ls / >/dev/null; cat /etc/hostname >/dev/null"], user="nobody")
+    wait_for(lambda: not daemon.runs(), what="runs to end")
+    daemon.stop()
+    result = verify_file(daemon.audit_log)
+    assert result.ok, result.error
+    records = daemon.records()
+    assert result.records == len(records) > 0
+    assert [r["seq"] for r in records] == list(range(len(records)))
+    assert "records sent" not in daemon.log_text()   # supervisors' counts matched the daemon's
