@@ -23,6 +23,7 @@ __all__ = ["Evaluation", "Verdict", "decide", "fail_closed", "OUTCOME_RANK", "Ag
 
 OUTCOME_RANK = {"allow": 0, "warn": 1, "block": 2, "stop": 3, "kill": 4}
 _PROC_PID = re.compile(r"/proc/(\d+)(?:/(.*))?\Z", re.DOTALL)
+_PROC_MEM = re.compile(r"(?:task/\d+/)?mem")
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,17 @@ def _pgrp_inside(pgid: int, tree: AgentTree) -> bool:
 def _containment_of_path(action: Action, tree: AgentTree) -> Evaluation | None:
     """Another process's /proc entries are out of bounds for writing (and mem for reading)."""
     match = _PROC_PID.match(action.target)
-    if not match or tree.contains(int(match.group(1))):
+    if not match:
         return None
     rest = match.group(2) or ""
+    if action.action_type == "file_write" and _PROC_MEM.fullmatch(rest):
+        # Even the agent's own memory: /proc/PID/mem writes read-only pages, and the scratch
+        # copies the decisions are made on are read-only pages (scratch.py, TOCTOU).
+        return Evaluation(action.action_type, action.target, "deny", "block",
+                          "containment: the agent may not write process memory through /proc",
+                          ("agentd:containment",))
+    if tree.contains(int(match.group(1))):
+        return None
     # Reading: only the memory and the environment (which may hold the very variables
     # env_read removed from the agent's own) of a process outside the tree are off limits.
     if action.action_type == "file_read" and rest.rsplit("/", 1)[-1] not in ("mem", "environ"):

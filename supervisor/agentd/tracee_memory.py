@@ -1,4 +1,4 @@
-"""Bounded reads of a tracee's memory.
+"""Bounded reads of a tracee's memory (and the writes of the scratch copies).
 
 Owns how the supervisor copies syscall arguments (paths, argv arrays, sockaddrs, msghdrs) out of a
 stopped tracee: ``process_vm_readv(2)`` page by page, so that a string ending just before an
@@ -147,12 +147,41 @@ class TraceeMemory:
     def __init__(self, pid: int):
         self.pid = pid
         self._fd: int | None = None
+        self._wfd: int | None = None
         self._use_readv = False
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._wfd is not None:
+            os.close(self._wfd)
+            self._wfd = None
+
+    def write_bytes(self, addr: int, data: bytes) -> None:
+        """Write ``data`` at ``addr`` through ``/proc/PID/mem``, which writes read-only pages
+        too (as a debugger does): the scratch copies and the install stubs (``scratch``).
+        MemoryReadError (an OSError) when not all of it could be written."""
+        if addr == 0 or addr >= _ADDRESS_LIMIT or addr + len(data) > _ADDRESS_LIMIT:
+            raise MemoryReadError(errno.EFAULT, f"pid {self.pid}: bad address {addr:#x}")
+        if self._wfd is None:
+            try:
+                self._wfd = os.open(f"/proc/{self.pid}/mem", os.O_WRONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise MemoryReadError(exc.errno, f"pid {self.pid}: cannot open /proc/{self.pid}"
+                                                 f"/mem for writing: {exc.strerror}") from None
+        view = memoryview(data)
+        done = 0
+        while done < len(data):
+            try:
+                n = os.pwrite(self._wfd, view[done:], addr + done)
+            except OSError as exc:
+                raise MemoryReadError(exc.errno, f"pid {self.pid}: cannot write at "
+                                                 f"{addr + done:#x}: {exc.strerror}") from None
+            if n <= 0:
+                raise MemoryReadError(errno.EFAULT, f"pid {self.pid}: short write at "
+                                                    f"{addr + done:#x}")
+            done += n
 
     def __del__(self) -> None:
         self.close()

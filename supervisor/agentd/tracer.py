@@ -8,7 +8,10 @@ Only the syscalls the seccomp filter returns SECCOMP_RET_TRACE for ever stop (no
 A seccomp stop goes to the handler (``session.Session.on_syscall``), which resumes the task or
 holds it; fork/clone/exec events update the task table; signal-delivery-stops re-inject the
 signal; group-stops stay stopped (PTRACE_LISTEN) until SIGCONT; anything else is logged with pid
-and status. No polling, no sleeps; EINTR is retried.
+and status. No polling, no sleeps; EINTR is retried. Against TOCTOU races (``scratch``): at
+every exec the new image gets the sealed read-only scratch region (two injected syscalls, run
+before the program's first instruction), and at every seccomp stop the syscall's memory operands
+are copied there and its registers pointed at the copies *before* the handler decodes them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from typing import Callable
 
 from . import kernel_consts as K
 from . import ptrace_api as P
+from . import scratch as S
+from .syscall_numbers import SYSCALL_NAMES
+from .syscall_table import TABLE
 from .tracee_memory import TraceeMemory
 
 __all__ = ["Task", "Tracer"]
@@ -44,6 +50,7 @@ class Task:
     resuming: bool = False         # re-seized after a SIGSTOP verdict: run on its next stop
     parked: bool = False           # stopped for a SIGSTOP verdict, waiting to be detached
     approval: tuple | None = None  # (nr, args, outcome): a one-shot operator decision
+    install: S.Install | None = None   # the scratch region is being installed (after exec)
     _exe: str | None = None
     _ppid: int | None = None
     _memory: TraceeMemory | None = None
@@ -115,8 +122,15 @@ class Tracer:
     """The loop. ``on_seccomp(tracer, task)`` must resume the task (or hold it) and return."""
 
     def __init__(self, root_pid: int, on_seccomp: Callable[["Tracer", Task], None],
-                 on_exit: Callable[["Tracer", Task, int], None] | None = None):
+                 on_exit: Callable[["Tracer", Task, int], None] | None = None,
+                 pin: bool | None = None):
         self.root_pid = root_pid
+        # The TOCTOU defence; AGENTD_BENCH_NO_PINNING=1 turns it off, for bench/toctou_cost.py
+        # only (the agent cannot set the supervisor's environment).
+        self.pin = pin if pin is not None else os.environ.get("AGENTD_BENCH_NO_PINNING") != "1"
+        self.scratch = S.Scratch()
+        self.root_exec_done = False   # before it, the root is the supervisor's own child code
+        self._pinned = S.pinned_names()
         self.on_seccomp = on_seccomp
         self.on_exit = on_exit
         self.tasks: dict[int, Task] = {root_pid: Task(root_pid, root_pid)}
@@ -177,6 +191,8 @@ class Tracer:
             if self.killing:
                 os.kill(tid, signal.SIGKILL)
                 self._resume(tid)
+            elif task.install is not None:
+                self._installing_stop(task, sig, event)
             elif event == K.PTRACE_EVENT_SECCOMP:
                 self._seccomp_stop(task)
             elif event in _NEW_TASK_EVENTS:
@@ -194,7 +210,12 @@ class Tracer:
                     gone = self.tasks.pop(former, None)  # a non-leader thread exec'd: now `tid`
                     if gone is not None:
                         gone.release()
+                    self.scratch.release(former)
                 task.forget_process_facts()
+                if task.tgid == self.root_pid:
+                    self.root_exec_done = True
+                if self.pin:
+                    self._begin_install(task)
                 self._resume(tid)
             elif event == K.PTRACE_EVENT_STOP:
                 self._event_stop(task, sig)
@@ -208,8 +229,72 @@ class Tracer:
                 return  # killed under our feet; its exit is reported next
             raise
 
+    # --- the scratch region (TOCTOU) -------------------------------------------------------------
+    def _begin_install(self, task: Task) -> None:
+        try:
+            task.install = self.scratch.begin_install(task.tid, task.memory, P.getregs, P.setregs)
+        except S.ScratchError as exc:
+            self._install_failed(task, exc)
+
+    def _installing_stop(self, task: Task, sig: int, event: int) -> None:
+        """A stop while the install stubs run: their traps, or something to put off."""
+        install = task.install
+        assert install is not None
+        if event == 0 and sig == signal.SIGTRAP \
+                and self.scratch.is_stub_trap(install, P.getregs(task.tid)):
+            try:
+                done = self.scratch.continue_install(task.tid, install, task.memory,
+                                                     P.getregs, P.setregs)
+            except S.ScratchError as exc:
+                self._install_failed(task, exc)
+                self._resume(task.tid)
+                return
+            if done:
+                task.install = None
+                self._resume(task.tid)
+                S.send_deferred(task.tid, install.deferred)
+                return
+        elif event == 0:
+            install.deferred.append(sig)  # delivered once the program is restored
+        # A seccomp stop here comes from a filter the agent stacked (ours allows mmap and
+        # mseal): let it run. Group-stops cannot happen (stop signals are put off).
+        self._resume(task.tid)
+
+    def _install_failed(self, task: Task, exc: Exception) -> None:
+        # INVARIANT: no agent program runs without its scratch region (fail closed).
+        log.error("pid %d: cannot install the scratch region: %s; killing it", task.tid, exc)
+        task.install = None
+        try:
+            os.kill(task.tgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _pin(self, task: Task) -> None:
+        """Copy the stopped syscall's memory operands to the scratch slot (``scratch.pin``)."""
+        if task.tgid == self.root_pid and not self.root_exec_done:
+            return  # the supervisor's child execing the agent: no agent code has run yet
+        regs = P.getregs(task.tid)
+        name = SYSCALL_NAMES.get(regs.orig_rax)
+        if name not in self._pinned:
+            return
+        spec = TABLE[name]
+        try:
+            changed = self.scratch.pin(task.tid, task.tgid, task.memory, spec, regs)
+        except S.ScratchError as exc:
+            # INVARIANT: an operand that could not be pinned is never read by the kernel:
+            # poison every pointer, the decoder then refuses the syscall (and records why).
+            log.warning("pid %d: cannot pin the operands of %s: %s", task.tid, name, exc)
+            for index in (spec.path, spec.path2, spec.how, spec.argv, spec.addr, spec.msg):
+                if index is not None:
+                    setattr(regs, S.REGISTERS[index], S.POISON)
+            changed = True
+        if changed:
+            P.setregs(task.tid, regs)
+
     def _seccomp_stop(self, task: Task) -> None:
         try:
+            if self.pin:
+                self._pin(task)
             self.on_seccomp(self, task)
         except P.PtraceError:
             raise
@@ -259,6 +344,7 @@ class Tracer:
         self._resume(task.tid, sig)
 
     def _gone(self, tid: int, status: int) -> None:
+        self.scratch.release(tid)
         task = self.tasks.pop(tid, None)
         if task is not None:
             task.release()

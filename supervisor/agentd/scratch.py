@@ -1,0 +1,342 @@
+"""The scratch region: copies of syscall arguments in memory the agent cannot write (TOCTOU).
+
+Owns the defence against time-of-check/time-of-use races on syscall arguments. Every agent
+address space gets, right at its exec (``PTRACE_EVENT_EXEC``, before the new program runs one
+instruction), an anonymous ``PROT_READ`` mapping at the fixed address ``SCRATCH_BASE``, sealed
+with ``mseal(2)`` so that no ``mprotect``/``munmap``/``mremap``/``mmap(MAP_FIXED)``/destructive
+``madvise`` can ever touch it. The tracer installs it by running two injected syscalls in the
+tracee (``mmap`` then ``mseal``, each followed by an ``int3``), and restores the code and
+registers afterwards. At every seccomp stop of a pinned syscall, ``Scratch.pin`` copies the
+memory operands (paths, ``open_how``, argv and its strings, sockaddrs, ``msghdr`` + its name)
+out of the agent into the task's slot (through ``/proc/PID/mem``, which writes read-only pages
+as a debugger does) and points the argument registers at the copies; the decoder then reads the
+copies, so the decision is made on exactly the bytes the kernel will read. Opens are also
+rewritten to the resolved path with ``O_NOFOLLOW`` (a symlink swapped in after the check makes
+the kernel refuse). Each thread owns one slot while it lives (a thread is in one syscall at a
+time). An operand that cannot be copied is replaced by a non-canonical address, which the
+decoder cannot read (so the syscall is refused, fail closed) and the kernel would refuse too.
+State (slot owners) lives on the ``Scratch`` object of one tracer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from . import paths as _paths
+from . import syscall_table as T
+from .syscall_numbers import SYSCALL_NUMBERS
+from .tracee_memory import MAX_PATH_BYTES, MemoryReadError, TraceeMemory
+
+__all__ = ["SCRATCH_BASE", "SCRATCH_SIZE", "SLOT_SIZE", "SLOT_COUNT", "POISON", "ScratchError",
+           "Install", "Scratch", "pinned_names", "send_deferred", "REGISTERS"]
+
+# 32 TiB: above the ASan shadow, far below PIE images (0x55..), the mmap base (0x7f..) and the
+# stack; free in every freshly exec'd image.
+SCRATCH_BASE = 0x2000_0000_0000
+SLOT_SIZE = 4 << 20            # argv up to 2 MiB of strings + 512 KiB of pointers, paths, structs
+SLOT_COUNT = 1024              # live tasks of one agent tree that may hold a slot at once
+SCRATCH_SIZE = SLOT_SIZE * SLOT_COUNT   # 4 GiB of address space; only written pages cost memory
+POISON = 1 << 63               # non-canonical: unreadable for the decoder, EFAULT for the kernel
+
+PROT_READ = 0x1
+MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x02, 0x20, 0x4000
+NR_MMAP = SYSCALL_NUMBERS["mmap"]
+NR_MSEAL = SYSCALL_NUMBERS["mseal"]
+_U64 = (1 << 64) - 1
+
+MAX_ARGV_ITEMS = 65536
+MAX_ARG_BYTES = 128 * 1024 + 1
+MAX_ARGV_BYTES = 2 * 1024 * 1024
+SOCKADDR_MAX = 128
+MSGHDR_SIZE = 56
+OPEN_HOW_MIN, OPEN_HOW_MAX = 24, 4096
+
+REGISTERS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")   # syscall arguments 0..5
+
+
+def _stub(nr: int) -> bytes:
+    """``mov eax, nr; syscall; int3``: one syscall, then a trap back to the tracer."""
+    return b"\xb8" + nr.to_bytes(4, "little") + b"\x0f\x05" + b"\xcc"
+
+
+_STUBS = (_stub(NR_MMAP), _stub(NR_MSEAL))
+STUB_LEN = len(_STUBS[0])
+
+
+class ScratchError(Exception):
+    """The scratch region could not be installed or written; the caller fails closed."""
+
+
+def pinned_names() -> frozenset[str]:
+    """The traced syscalls whose memory operands are pinned (everything with a pointer)."""
+    return frozenset(name for name, spec in T.TABLE.items() if _has_pointer(spec))
+
+
+def _has_pointer(spec: T.SyscallSpec) -> bool:
+    return any(i is not None for i in (spec.path, spec.path2, spec.how, spec.argv, spec.addr,
+                                      spec.msg))
+
+
+@dataclass
+class Install:
+    """An installation in progress in one task (between the exec stop and the last trap)."""
+
+    entry: int                     # rip at the exec stop: where the stubs run
+    code: bytes                    # the program's bytes the stubs overwrite
+    regs: object                   # the registers at the exec stop, restored at the end
+    step: int = 0                  # 0: mmap running, 1: mseal running
+    deferred: list[int] = field(default_factory=list)   # signals that arrived meanwhile
+
+
+class _Blob:
+    """The bytes of one slot, laid out front to back, 8-byte aligned."""
+
+    def __init__(self, base: int):
+        self.base = base
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes) -> int:
+        address = self.base + self.size
+        pad = (-len(data)) % 8
+        self.parts.append(data + b"\0" * pad)
+        self.size += len(data) + pad
+        if self.size > SLOT_SIZE:
+            raise ScratchError("operands larger than a scratch slot")
+        return address
+
+    def data(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class Scratch:
+    """Slots of the scratch region and the installation of it, for one tracer."""
+
+    def __init__(self) -> None:
+        self._slot_of: dict[int, int] = {}
+        self._free = list(range(SLOT_COUNT - 1, -1, -1))
+
+    # --- slots ------------------------------------------------------------------------------
+    def slot(self, tid: int) -> int:
+        """The address of ``tid``'s slot. INVARIANT: a slot is written only at a seccomp stop
+        of its owner, whose previous syscall (the last reader of the slot) has then finished."""
+        index = self._slot_of.get(tid)
+        if index is None:
+            if not self._free:
+                raise ScratchError(f"more than {SLOT_COUNT} tasks hold scratch slots")
+            index = self._free.pop()
+            self._slot_of[tid] = index
+        return SCRATCH_BASE + index * SLOT_SIZE
+
+    def release(self, tid: int) -> None:
+        index = self._slot_of.pop(tid, None)
+        if index is not None:
+            self._free.append(index)
+
+    # --- installation, driven by the tracer -----------------------------------------------
+    def begin_install(self, tid: int, memory: TraceeMemory, getregs, setregs) -> Install:
+        """At the exec stop: write the mmap stub at rip and aim the registers at it."""
+        regs = getregs(tid)
+        saved = type(regs).from_buffer_copy(regs)
+        entry = regs.rip
+        try:
+            code = memory.read_bytes(entry, STUB_LEN)
+            memory.write_bytes(entry, _STUBS[0])
+        except MemoryReadError as exc:
+            raise ScratchError(f"cannot write the install stub at {entry:#x}: {exc}") from None
+        regs.rip = entry
+        regs.rdi, regs.rsi, regs.rdx = SCRATCH_BASE, SCRATCH_SIZE, PROT_READ
+        regs.r10 = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
+        regs.r8, regs.r9 = _U64, 0          # fd -1, offset 0
+        setregs(tid, regs)
+        return Install(entry, code, saved)
+
+    def is_stub_trap(self, install: Install, regs) -> bool:
+        return regs.rip == install.entry + STUB_LEN
+
+    def continue_install(self, tid: int, install: Install, memory: TraceeMemory, getregs,
+                         setregs) -> bool:
+        """At a stub's trap: check its result, run the next stub or restore. True when done."""
+        regs = getregs(tid)
+        result = regs.rax
+        if install.step == 0:
+            if result != SCRATCH_BASE:
+                raise ScratchError(f"mmap of the scratch region returned {_errno_text(result)}")
+            try:
+                memory.write_bytes(install.entry, _STUBS[1])
+            except MemoryReadError as exc:
+                raise ScratchError(f"cannot write the seal stub: {exc}") from None
+            regs.rip = install.entry
+            regs.rdi, regs.rsi, regs.rdx = SCRATCH_BASE, SCRATCH_SIZE, 0
+            setregs(tid, regs)
+            install.step = 1
+            return False
+        if result != 0:
+            raise ScratchError(f"mseal of the scratch region returned {_errno_text(result)}")
+        try:
+            memory.write_bytes(install.entry, install.code)
+        except MemoryReadError as exc:
+            raise ScratchError(f"cannot restore the program's code: {exc}") from None
+        restored = install.regs
+        restored.orig_rax = regs.orig_rax   # not in a syscall any more
+        restored.rax = 0                    # what execve returned
+        setregs(tid, restored)
+        return True
+
+    # --- pinning -----------------------------------------------------------------------------
+    def pin(self, tid: int, tgid: int, memory: TraceeMemory, spec: T.SyscallSpec, regs) -> bool:
+        """Copy the memory operands of the stopped syscall into ``tid``'s slot and point its
+        registers at the copies. Returns True when a register changed (the caller sets them).
+        An operand that cannot be copied gets ``POISON`` instead (the decoder then refuses)."""
+        args = [getattr(regs, name) for name in REGISTERS]
+        before = list(args)
+        blob = _Blob(self.slot(tid))
+        decoder = spec.decoder
+        if decoder == "open":
+            self._pin_open(tid, tgid, memory, spec, args, blob)
+        elif decoder in ("path", "chmod", "move", "link", "exec"):
+            for index in (spec.path, spec.path2):
+                if index is not None and args[index] != 0:
+                    args[index] = _or_poison(lambda a=args[index]: blob.add(_cstring(memory, a)))
+            if spec.argv is not None and args[spec.argv] != 0:
+                args[spec.argv] = _or_poison(lambda: _pin_argv(memory, args[spec.argv], blob))
+        elif decoder in ("sockaddr", "bind"):
+            address, length = args[spec.addr], args[spec.addrlen] & 0xFFFFFFFF
+            # A longer sockaddr is refused by the kernel (EINVAL) before it reads any of it.
+            if address != 0 and 0 < length <= SOCKADDR_MAX:
+                args[spec.addr] = _or_poison(lambda: blob.add(memory.read_bytes(address, length)))
+        elif decoder == "sendmsg" and spec.vlen is None:
+            if args[spec.msg] != 0:
+                args[spec.msg] = _or_poison(lambda: _pin_msghdr(memory, args[spec.msg], blob))
+        if args == before:
+            return False
+        if blob.size:
+            try:
+                memory.write_bytes(blob.base, blob.data())
+            except MemoryReadError as exc:
+                raise ScratchError(f"cannot write the scratch slot: {exc}") from None
+        for name, value in zip(REGISTERS, args):
+            setattr(regs, name, value)
+        return True
+
+    def _pin_open(self, tid, tgid, memory, spec, args, blob) -> None:
+        flags_index = spec.flags
+        if spec.how is not None:
+            size = args[3]
+            if args[spec.how] != 0 and OPEN_HOW_MIN <= size <= OPEN_HOW_MAX:
+                try:
+                    how = memory.read_bytes(args[spec.how], size)
+                except MemoryReadError:
+                    args[spec.how] = POISON
+                    return
+                try:
+                    args[spec.how] = blob.add(how)
+                except ScratchError:
+                    args[spec.how] = POISON
+                    return
+        try:
+            raw = _cstring(memory, args[spec.path])
+        except (MemoryReadError, ScratchError):
+            args[spec.path] = POISON
+            return
+        path = raw[:-1]
+        rewritten = None
+        # The file system race (a symlink swapped in after the check): name the resolved path
+        # and forbid following a symlink at its end. Only for plain open/openat/creat, where
+        # O_NOFOLLOW can be added to a register (creat and openat2 keep the copied bytes);
+        # not through /proc magic links.
+        if flags_index is not None:
+            flags = args[flags_index] & 0xFFFFFFFF
+            rewritten = _resolved_for_open(tid, tgid, spec, args, path, flags)
+        if rewritten is not None:
+            raw = os.fsencode(rewritten) + b"\0"
+            if spec.dirfd is not None:
+                args[spec.dirfd] = _paths.AT_FDCWD & _U64
+            args[flags_index] = (args[flags_index] | T.O_NOFOLLOW) & _U64
+        args[spec.path] = _or_poison(lambda: blob.add(raw))
+
+
+def _resolved_for_open(tid, tgid, spec, args, path: bytes, flags: int) -> str | None:
+    """The resolved path to open instead of ``path``, or None to keep the original bytes."""
+    text = os.fsdecode(path)
+    if not text or text.startswith(("/proc", "/dev/fd", "/dev/std")):
+        return None
+    dirfd = _paths.AT_FDCWD if spec.dirfd is None else _s32(args[spec.dirfd])
+    follow = not flags & T.O_NOFOLLOW and not (flags & T.O_CREAT and flags & T.O_EXCL)
+    try:
+        resolved = _paths.resolve_tracee_path(tid, dirfd, text, follow_last=follow, tgid=tgid)
+    except (_paths.PathResolutionError, OSError):
+        return None  # the decoder will fail the same way and refuse
+    if not resolved.startswith("/") or resolved.startswith("/proc/") \
+            or resolved.endswith(" (deleted)") or resolved.startswith("/memfd:"):
+        return None
+    if text.endswith("/") and not resolved.endswith("/"):
+        resolved += "/"
+    if len(resolved) >= MAX_PATH_BYTES:
+        return None
+    return resolved
+
+
+def _s32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _cstring(memory: TraceeMemory, address: int, limit: int = MAX_PATH_BYTES) -> bytes:
+    """The string at ``address`` with its NUL; ScratchError when longer than ``limit``."""
+    data, truncated = memory.read_cstring(address, limit)
+    if truncated:
+        raise ScratchError(f"string at {address:#x} is longer than {limit} bytes")
+    return data + b"\0"
+
+
+def _pin_argv(memory: TraceeMemory, address: int, blob: _Blob) -> int:
+    pointers, truncated = memory.read_pointer_array(address, MAX_ARGV_ITEMS)
+    if truncated:
+        raise ScratchError("argv too long")
+    copies = []
+    total = 0
+    for pointer in pointers:
+        data = _cstring(memory, pointer, MAX_ARG_BYTES)
+        total += len(data)
+        if total > MAX_ARGV_BYTES:
+            raise ScratchError("argv is larger than the kernel accepts")
+        copies.append(blob.add(data))
+    table = b"".join(c.to_bytes(8, "little") for c in copies) + b"\0" * 8
+    return blob.add(table)
+
+
+def _pin_msghdr(memory: TraceeMemory, address: int, blob: _Blob) -> int:
+    header = bytearray(memory.read_bytes(address, MSGHDR_SIZE))
+    name = int.from_bytes(header[0:8], "little")
+    namelen = int.from_bytes(header[8:12], "little", signed=True)
+    if name != 0 and namelen > 0:
+        # The kernel clamps msg_namelen to sizeof(struct sockaddr_storage).
+        length = min(namelen, SOCKADDR_MAX)
+        header[0:8] = blob.add(memory.read_bytes(name, length)).to_bytes(8, "little")
+        header[8:12] = length.to_bytes(4, "little")
+    return blob.add(bytes(header))
+
+
+def _or_poison(copy) -> int:
+    try:
+        return copy()
+    except (MemoryReadError, ScratchError):
+        return POISON
+
+
+def _errno_text(value: int) -> str:
+    if value > _U64 - 4096:
+        return f"-{os.strerror(_U64 + 1 - value)}"
+    return f"{value:#x}"
+
+
+def send_deferred(tid: int, signals: list[int]) -> None:
+    """Signals that arrived while the stubs ran are sent again once the program is restored."""
+    for sig in signals:
+        try:
+            os.kill(tid, sig)
+        except ProcessLookupError:
+            pass
+

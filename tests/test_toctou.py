@@ -1,0 +1,115 @@
+"""The TOCTOU defence (supervisor/agentd/scratch.py): the sealed scratch region and the pinning.
+
+Real programs under the real ``agentd run``: the region exists at its fixed address in every
+program after exec (also in forked children and threads), it is read-only and sealed (every way
+of changing or writing it from inside fails), a pinned open really reads from the copy (the
+register the kernel read points into the region afterwards) and opens the checked file, and the
+bench switch turns the defence off. The races themselves are tests/escapes (-k toctou).
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from helpers.agentd_run import needs_tracing, run_agentd, write_policy
+from helpers.cbuild import build_c_helper
+
+from agentd import scratch as S
+from agentd.syscall_table import TABLE
+
+pytestmark = [needs_tracing, pytest.mark.needs_ptrace]
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    return build_c_helper("scratch_probe", tmp_path_factory, ("-pthread",))
+
+
+@pytest.fixture
+def ws(tmp_path):
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "a.txt").write_text("checked-content\n")
+    return workspace
+
+
+@pytest.fixture
+def policy(tmp_path):
+    return write_policy(tmp_path, [])  # allow everything: only containment refuses
+
+
+def test_region_is_mapped_read_only_after_exec(probe, ws, policy):
+    result = run_agentd(policy, [str(probe), "maps"], cwd=ws)
+    assert result.returncode == 0, result.stderr
+    start, end = result.stdout.split()[0].split("-")
+    assert int(start, 16) == S.SCRATCH_BASE
+    assert int(end, 16) == S.SCRATCH_BASE + S.SCRATCH_SIZE
+    assert result.stdout.split()[1] == "r--p"
+
+
+def test_region_in_forked_child_thread_and_after_a_second_exec(probe, ws, policy):
+    result = run_agentd(policy, ["sh", "-c", f"{probe} fork; {probe} maps"], cwd=ws)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        assert f"{S.SCRATCH_BASE:x}-" in line and "r--p" in line, line
+
+
+def test_region_cannot_be_changed_or_written(probe, ws, policy):
+    result = run_agentd(policy, [str(probe), "attack"], cwd=ws)
+    assert result.returncode == 0, result.stderr
+    outcome = dict(line.split("=") for line in result.stdout.split())
+    # mseal: the kernel refuses every change of the mapping
+    for name in ("mprotect", "pkey_mprotect", "munmap", "mremap", "madvise_dontneed",
+                 "mmap_fixed"):
+        assert int(outcome[name]) == errno.EPERM, (name, outcome)
+    # /proc/self/mem for writing: refused by the supervisor (containment) whatever the policy
+    assert int(outcome["open_proc_self_mem_rdwr"]) == errno.EACCES
+    assert "pwrite_proc_self_mem" not in outcome
+    assert int(outcome["process_vm_writev"]) == errno.EPERM       # baseline
+    assert int(outcome["read_into"]) == errno.EFAULT              # the kernel honours PROT_READ
+    denied = [r for r in result.records if r["decision"] == "deny"]
+    assert any(r["target"].endswith("/mem") and "agentd:containment" in r["pattern_ids"]
+               for r in denied)
+
+
+def test_plain_store_faults(probe, ws, policy):
+    result = run_agentd(policy, [str(probe), "store"], cwd=ws)
+    assert result.returncode == 128 + 11
+
+
+def test_open_reads_the_copy_and_opens_the_checked_file(probe, ws, policy):
+    result = run_agentd(policy, [str(probe), "regs", "sub/../a.txt"], cwd=ws)
+    assert result.returncode == 0, result.stderr
+    fields = dict(item.split("=", 1) for item in result.stdout.split())
+    assert fields["in_scratch"] == "1", result.stdout
+    # the copy is the resolved path (an open is also pinned against symlink swaps)
+    assert fields["copy"] == str(ws.resolve() / "a.txt")
+    assert fields["content"] == "checked-content"
+    opened = [r for r in result.records if r.get("target") == str(ws.resolve() / "a.txt")]
+    assert opened and opened[0]["decision"] == "allow"
+
+
+def test_bench_switch_turns_the_defence_off(probe, ws, policy):
+    import os
+    env = dict(os.environ, AGENTD_BENCH_NO_PINNING="1")
+    result = run_agentd(policy, [str(probe), "regs", "a.txt"], cwd=ws, env=env)
+    fields = dict(item.split("=", 1) for item in result.stdout.split())
+    assert fields["in_scratch"] == "0" and fields["content"] == "checked-content"
+    assert run_agentd(policy, [str(probe), "maps"], cwd=ws, env=env).stdout == "absent\n"
+
+
+def test_every_pointer_taking_syscall_is_pinned():
+    pinned = S.pinned_names()
+    for name, spec in TABLE.items():
+        takes_memory = any(i is not None for i in (spec.path, spec.path2, spec.how, spec.argv,
+                                                   spec.addr, spec.msg))
+        assert (name in pinned) == takes_memory, name
+    for name in ("open", "openat", "openat2", "creat", "truncate", "unlink", "rmdir", "rename",
+                 "renameat2", "link", "symlinkat", "mkdir", "mknodat", "chmod", "fchownat",
+                 "setxattr", "utimensat", "execve", "execveat", "connect", "sendto", "sendmsg",
+                 "bind"):
+        assert name in pinned, name
