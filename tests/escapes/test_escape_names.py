@@ -5,7 +5,8 @@ nothing else protects ws/precious/ (deleting in the workspace is allowed), so on
 stands between each probe and the directory. The probes run `rm -rf precious` under other names:
 a copy, a hard link, a symlink, `exec -a`, a wrapper script, `sh -c`, `python3 -c`, `env`, a
 script whose shebang is `#!/bin/rm -rf`, fexecve of an fd of /bin/rm, a memfd copy, and the
-dynamic loader running /bin/rm as its argument. The outside check: ws/precious/ is intact.
+dynamic loader running /bin/rm as its argument, and `-rf` hidden behind 20,000 arguments or one
+of 120 KB. The outside check: ws/precious/ is intact.
 
 The same for process_spawn: nox/forbidden (a copy of touch; the policy denies spawning anything
 in nox/) must not run by `..`, a relative name, a symlink, PATH, /proc/self/fd, a shebang naming it
@@ -48,6 +49,12 @@ PY_PROBES = {
     "python_system": "import os; os.system('rm -rf precious')",
     "fexecve_fd": (f"import os; fd = os.open({RM!r}, os.O_RDONLY); "
                    "os.execve(fd, ['ls', '-rf', 'precious'], dict(os.environ))"),
+    # the tracer reads a bounded argv: whatever it cannot read must not decide "allow"
+    # (absolute path: one execve, not one per PATH entry, each decoding 20,000 strings)
+    "long_argv_many": ("import subprocess; "
+                       f"subprocess.run([{RM!r}] + ['no-such-file'] * 20000 + ['-rf', 'precious'])"),
+    "long_argv_big": ("import subprocess; "
+                      f"subprocess.run([{RM!r}, 'x' * 120000, '-rf', 'precious'])"),
     "memfd_copy": (f"import os; fd = os.memfd_create('ls', 0); "
                    f"os.write(fd, open({RM!r}, 'rb').read()); "
                    "os.execve(fd, ['ls', '-rf', 'precious'], dict(os.environ))"),

@@ -1,5 +1,7 @@
 """Path tricks: symlinks out of the workspace, `..`, dirfds, chdir, /proc/self/{root,cwd,fd},
 /dev/fd, openat2 RESOLVE_IN_ROOT, bind() of a unix socket path, names with newlines and arrows,
+names that are not UTF-8, a workspace symlink to /proc/self, a thread with its own cwd
+(unshare(CLONE_FS)) or its own descriptor table (unshare(CLONE_FILES)), a path of ~4,000 bytes,
 and paths longer than PATH_MAX reached through chdir and dirfd chains.
 
 Each probe is one mode of probes/paths.py. The read probes print what they read: the outside
@@ -24,7 +26,8 @@ READS = ["symlink_file", "symlink_relative", "symlink_dir", "symlink_chain", "sy
          "chdir_relative", "fchdir_relative", "proc_self_root", "proc_pid_root",
          "proc_thread_self_root", "proc_self_cwd", "proc_self_fd_dir", "proc_self_fd_file",
          "dev_fd_dir", "dev_fd_file", "proc_root_of_parent", "openat2_beneath",
-         "newline_symlink"]
+         "newline_symlink", "long_dot_prefix", "nonutf8_symlink", "nonutf8_dir_symlink",
+         "symlink_to_proc_self", "proc_pid_cwd", "thread_own_cwd", "thread_own_fd_table"]
 WRITES = ["newline_sibling", "newline_sibling_file", "newline_inside_name", "arrow_rename",
           "bind_unix_outside", "bind_unix_via_symlink", "bind_unix_relative",
           "write_via_symlink", "create_via_dangling_symlink", "create_dotdot_dirfd"]

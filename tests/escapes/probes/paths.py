@@ -246,6 +246,71 @@ def deep_write():              # from the bottom of the deep tree, O_CREAT "w" -
     os.close(os.open("w", os.O_CREAT | os.O_WRONLY, 0o644))
 
 
+def long_dot_prefix():         # "/./././...(2,000 times)<secret>": near PATH_MAX, still valid
+    path = "/" + "./" * ((4000 - len(SECRET)) // 2) + SECRET.lstrip("/")
+    read_path(path)
+
+
+def nonutf8_symlink():         # ws/<bytes not valid UTF-8> -> victim/secret
+    name = os.path.join(WS.encode(), b"\xff\xfe-link")
+    os.symlink(SECRET.encode(), name)
+    show(os.open(name, os.O_RDONLY))
+
+
+def nonutf8_dir_symlink():     # ws/<0xff> -> victim/; read ws/<0xff>/secret
+    name = os.path.join(WS.encode(), b"\xff")
+    os.symlink(VICTIM.encode(), name)
+    show(os.open(name + b"/secret", os.O_RDONLY))
+
+
+def symlink_to_proc_self():    # ws/p -> /proc/self; chdir(ROOT); read ws/p/cwd/victim/secret:
+    os.symlink("/proc/self", os.path.join(WS, "p"))       # "self" must mean the agent, not
+    os.chdir(ROOT)                                          # the supervisor reading the link
+    read_path("ws/p/cwd/victim/secret")
+
+
+def proc_pid_cwd():            # chdir(ROOT); /proc/<own pid>/cwd/victim/secret
+    os.chdir(ROOT)
+    read_path(f"/proc/{os.getpid()}/cwd/victim/secret")
+
+
+def _in_thread(fn):
+    import threading
+    errors = []
+
+    def run():
+        try:
+            fn()
+        except OSError as exc:
+            errors.append(exc)
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def thread_own_cwd():          # a thread unshares CLONE_FS: its cwd is not the process's
+    def run():                 # (/proc/TGID/cwd still shows the workspace)
+        if libc.unshare(0x200) != 0:                        # CLONE_FS
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_FS)")
+        os.chdir(ROOT)
+        read_path("victim/secret")
+    os.chdir(WS)
+    _in_thread(run)
+
+
+def thread_own_fd_table():     # a thread unshares CLONE_FILES: its fd N is not the process's
+    ws_fd = dirfd(WS)                                       # fd N = the workspace, for all
+    def run():
+        if libc.unshare(0x400) != 0:                        # CLONE_FILES
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_FILES)")
+        root_fd = dirfd(ROOT)
+        os.dup2(root_fd, ws_fd)                             # in this thread only: N = ROOT
+        read_path("victim/secret", dir_fd=ws_fd)
+    _in_thread(run)
+
+
 MODES = {name: fn for name, fn in globals().items()
          if callable(fn) and fn.__module__ == "__main__" and name not in
          ("show", "read_path", "dirfd", "main")}
