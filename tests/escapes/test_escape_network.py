@@ -1,7 +1,9 @@
 """Network: connect, sendto, sendmsg and sendmmsg on TCP, UDP and unix sockets, IPv4 and IPv6,
 IPv4-mapped IPv6 (`::ffff:127.0.0.1`), the unspecified address (`0.0.0.0`, `::`, which the kernel
 sends to loopback), TCP fast open (connect and data in one sendto), abstract unix names, and unix
-paths reached through a workspace symlink, a relative name after chdir, or /proc/self/cwd.
+paths reached through a workspace symlink, a relative name after chdir, or /proc/self/cwd, and
+(as root) a hand-made IPv4+UDP packet through a raw IP_HDRINCL socket whose sockaddr names
+another loopback address (127.0.0.2) than its header (the listener's 127.0.0.1).
 
 Every listener is one this test starts on loopback or in the arena (never any other address: if
 the sandbox failed, the packet must not leave the machine). The policy denies
@@ -51,6 +53,7 @@ CASES = [
     ("udp_sendmsg", "udp4", "::ffff:127.0.0.1"),
     ("udp_sendmmsg", "udp4", "::ffff:127.0.0.1"),
     ("udp_sendto", "udp4", "0.0.0.0"),
+    ("raw_hdrincl_udp", "udp4", "127.0.0.1"),
     ("udp_sendto", "udp6", "::1"),
     ("udp_sendmsg", "udp6", "::1"),
     ("udp_sendmmsg", "udp6", "::1"),

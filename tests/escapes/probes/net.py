@@ -9,7 +9,9 @@ Modes: tcp_connect, tcp_fastopen (sendto with MSG_FASTOPEN: connect and data in 
 udp_sendto, udp_sendmsg, udp_connect_send, udp_sendmmsg, unix_connect, unix_dgram_sendto,
 unix_dgram_sendmsg, unix_connect_via_symlink (a workspace symlink to the socket),
 unix_connect_relative (chdir to the socket's directory, connect to its bare name),
-unix_connect_proc_cwd (/proc/self/cwd/NAME after that chdir).
+unix_connect_proc_cwd (/proc/self/cwd/NAME after that chdir), raw_hdrincl_udp (a raw IPv4
+socket with IP_HDRINCL: the sockaddr says 127.0.0.2, the header we wrote says TARGET; needs
+root; stays on `lo`).
 Exit status: 0 when the call went through, 1 when it was refused.
 """
 
@@ -67,7 +69,32 @@ def sockaddr_in(family, address) -> bytes:
         socket.inet_pton(socket.AF_INET6, address[0]) + struct.pack("=I", 0)
 
 
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ipv4_udp_packet(dst: str, port: int) -> bytes:
+    """A complete IPv4 + UDP datagram from 127.0.0.1 to dst:port (UDP checksum 0 = none)."""
+    import struct
+    udp = struct.pack("!HHHH", 40000, port, 8 + len(DATA), 0) + DATA
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0x1234, 0, 64,
+                         socket.IPPROTO_UDP, 0, socket.inet_aton("127.0.0.1"),
+                         socket.inet_aton(dst))
+    header = header[:10] + _checksum(header).to_bytes(2, "big") + header[12:]
+    return header + udp
+
+
 def run() -> None:
+    if MODE == "raw_hdrincl_udp":
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+        s.sendto(ipv4_udp_packet(TARGET, PORT), ("127.0.0.2", 0))
+        return
     if MODE.startswith("tcp") or MODE.startswith("udp"):
         family, address = inet()
         kind = socket.SOCK_STREAM if MODE.startswith("tcp") else socket.SOCK_DGRAM
