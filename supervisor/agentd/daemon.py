@@ -172,6 +172,7 @@ class Run:
     buffer: bytes = b""
     exit_code: int | None = None
     reported_records: int | None = None
+    stats: dict = field(default_factory=dict)   # the supervisor's CPU, RSS, latencies
 
 
 @dataclass
@@ -716,6 +717,7 @@ class Daemon:
             elif kind == "exit":
                 run.exit_code = message.get("code")
                 run.reported_records = message.get("records")
+                run.stats = message.get("stats") or {}
             elif kind == "log":
                 log.warning("run %s supervisor: %s", run.run_id, message.get("msg"),
                             extra={"RUN_ID": run.run_id})
@@ -752,7 +754,8 @@ class Daemon:
                  extra={"RUN_ID": run.run_id})
         self.runs.pop(run.run_id, None)
         if run.client is not None:
-            _send(run.client.sock, {"exit": code, "records": run.records})
+            _send(run.client.sock, {"exit": code, "records": run.records,
+                                    "supervisor": run.stats})
             client, run.client = run.client, None
             client.run = None
             self._drop(client)
@@ -781,6 +784,7 @@ class SupervisorPlan:
     audit_path: str
     seccomp_profile: str | None
     cgroup_procs: str | None
+    latencies: list = field(default_factory=list)   # (wall ns, cpu ns) per stop, for stats
 
 
 class PipeRecorder:
@@ -900,8 +904,27 @@ def _supervisor_main(plan: SupervisorPlan, daemon_pid: int, stdio: list[int], re
     except (runner.FilterError, PolicyError) as exc:
         os.write(2, f"agentd run: {exc}\n".encode())
         code = 2
-    recorder.send({"t": "exit", "code": code, "records": recorder.count})
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    recorder.send({"t": "exit", "code": code, "records": recorder.count, "stats": {
+        "cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_kb": usage.ru_maxrss,
+        **_latency_summary(plan.latencies)}})
     return 0
+
+
+def _latency_summary(latencies: list[tuple[int, int]]) -> dict:
+    """Decision latency (one seccomp stop handled: decode, decide, record, resume), wall clock
+    and the supervisor's own CPU time, in microseconds."""
+    if not latencies:
+        return {"samples": 0}
+    wall = sorted(w for w, _ in latencies)
+    cpu = sorted(c for _, c in latencies)
+
+    def pick(values, q):
+        return round(values[min(len(values) - 1, int(q * len(values)))] / 1000, 1)
+
+    return {"samples": len(wall), "wall_p50_us": pick(wall, 0.5), "wall_p99_us": pick(wall, 0.99),
+            "cpu_p50_us": pick(cpu, 0.5), "cpu_p99_us": pick(cpu, 0.99)}
 
 
 class _Terminated(BaseException):
@@ -1001,7 +1024,26 @@ def _trace(plan, policy, session, recorder, registration) -> tuple[int, bool]:
     pid = runner.spawn_traced(executable, plan.argv, env, prepared)
     recorder.send({"t": "started", "agent_pid": pid})
     registration.update(agent_pid=pid)
-    tracer = Tracer(pid, session.on_syscall)
+    latencies = plan.latencies
+    seen = [0]
+    import random
+
+    def timed(tracer, task) -> None:
+        wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
+        try:
+            session.on_syscall(tracer, task)
+        finally:
+            sample = (time.perf_counter_ns() - wall, time.thread_time_ns() - cpu)
+            seen[0] += 1
+            # A bounded reservoir: a long run keeps 50,000 uniformly chosen samples.
+            if len(latencies) < 50_000:
+                latencies.append(sample)
+            else:
+                slot = random.randrange(seen[0])
+                if slot < 50_000:
+                    latencies[slot] = sample
+
+    tracer = Tracer(pid, timed)
     tracer.tasks[pid].resuming = True
     try:
         status = tracer.run()
