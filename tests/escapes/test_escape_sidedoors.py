@@ -57,6 +57,12 @@ def test_read_through_side_door(arena, probe_bin, mode):
                        host_lacks=_lacks))
 
 
+def test_read_through_a_detached_mount(arena, probe_bin):
+    """open_tree(OPEN_TREE_CLONE) (root): a descriptor of a mount copy that names no path."""
+    judge(arena, Probe("sidedoor-open-tree-read", _sidedoors(probe_bin, "open-tree-read",
+                                                             "{victim}")))
+
+
 def test_daemonised_grandchild_outlives_the_agent(arena, probe_bin):
     """The grandchild acts 300 ms after the agent's main process has exited."""
     judge(arena, Probe("sidedoor-daemon", _sidedoors(probe_bin, "daemon", "{keep}/created.txt"),
@@ -73,6 +79,12 @@ def _supervisor_killed(result) -> str | None:
                                   "pidfd-kill"])
 def test_attack_on_the_supervisor(arena, probe_bin, mode):
     judge(arena, Probe(f"sidedoor-{mode}-supervisor", _sidedoors(probe_bin, mode, "ppid"),
+                       deed=_supervisor_killed))
+
+
+def test_kill_supervisors_process_group(arena, probe_bin):
+    """kill(-ppid): the process group the supervisor leads (each run is its own session)."""
+    judge(arena, Probe("sidedoor-kill-group-of-supervisor", _sidedoors(probe_bin, "kill", "-ppid"),
                        deed=_supervisor_killed))
 
 

@@ -13,11 +13,14 @@
  *                                   parents are gone (300 ms) and creates PATH
  *   sidedoors ptrace-attach PID     PTRACE_ATTACH to PID, then PTRACE_KILL it
  *   sidedoors ptrace-seize PID      PTRACE_SEIZE + PTRACE_INTERRUPT, then PTRACE_KILL
- *   sidedoors kill PID              kill(PID, SIGKILL)       (PID "ppid" = our parent)
+ *   sidedoors kill PID              kill(PID, SIGKILL)       (PID "ppid" = our parent,
+ *                                   "-ppid" = our parent's process group)
  *   sidedoors tgkill PID            tgkill(PID, PID, SIGKILL)
  *   sidedoors pidfd-kill PID        pidfd_open(PID) + pidfd_send_signal(SIGKILL)
  *   sidedoors killpg                kill(0, SIGKILL): our whole process group
  *   sidedoors vm-writev PID         process_vm_writev into PID's memory (its environ string)
+ *   sidedoors open-tree-read DIR    open_tree(DIR, OPEN_TREE_CLONE): a detached copy of the
+ *                                   mount whose descriptor names no path; read DIR/secret in it
  *   sidedoors usernotif-read PATH   install our own seccomp filter with a user-notification
  *                                   listener for openat, answer CONTINUE from a thread (a
  *                                   USER_NOTIF verdict outranks the tracer's TRACE), read PATH
@@ -253,7 +256,27 @@ static int daemonise(const char *path)
 
 static pid_t target_pid(const char *text)
 {
-    return strcmp(text, "ppid") == 0 ? getppid() : (pid_t)atol(text);
+    if (strcmp(text, "ppid") == 0)
+        return getppid();
+    if (strcmp(text, "-ppid") == 0)
+        return -getppid();
+    return (pid_t)atol(text);
+}
+
+static int open_tree_read(const char *dir)
+{
+    char buffer[4096];
+    int tree = (int)syscall(428 /* open_tree */, AT_FDCWD, dir, 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC);
+    if (tree < 0)
+        return refused("open_tree(OPEN_TREE_CLONE)");
+    int fd = openat(tree, "secret", O_RDONLY);
+    if (fd < 0)
+        return refused("openat in the detached tree");
+    ssize_t n = read(fd, buffer, sizeof buffer);
+    if (n > 0)
+        fwrite(buffer, 1, n, stdout);
+    printf("open_tree: read %zd bytes\n", n);
+    return 0;
 }
 
 static int do_ptrace(pid_t pid, int seize)
@@ -401,6 +424,8 @@ int main(int argc, char **argv)
     if (strcmp(mode, "kill") == 0 || strcmp(mode, "tgkill") == 0 ||
         strcmp(mode, "pidfd-kill") == 0)
         return do_kill(mode, target_pid(arg));
+    if (strcmp(mode, "open-tree-read") == 0)
+        return open_tree_read(arg);
     if (strcmp(mode, "usernotif-read") == 0)
         return usernotif_read(arg);
     if (strcmp(mode, "vm-writev") == 0)
