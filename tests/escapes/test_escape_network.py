@@ -62,6 +62,7 @@ CASES = [
     ("unix_connect_via_symlink", "unix_stream", "PATH"),
     ("unix_connect_relative", "unix_stream", "PATH"),
     ("unix_connect_proc_cwd", "unix_stream", "PATH"),
+    ("unix_connect_short_addrlen", "unix_stream", "PATH"),
     ("unix_dgram_sendto", "unix_dgram", "PATH"),
     ("unix_dgram_sendmsg", "unix_dgram", "PATH"),
     ("unix_connect", "unix_stream", "ABSTRACT"),

@@ -9,7 +9,10 @@ Modes: tcp_connect, tcp_fastopen (sendto with MSG_FASTOPEN: connect and data in 
 udp_sendto, udp_sendmsg, udp_connect_send, udp_sendmmsg, unix_connect, unix_dgram_sendto,
 unix_dgram_sendmsg, unix_connect_via_symlink (a workspace symlink to the socket),
 unix_connect_relative (chdir to the socket's directory, connect to its bare name),
-unix_connect_proc_cwd (/proc/self/cwd/NAME after that chdir), raw_hdrincl_udp (a raw IPv4
+unix_connect_proc_cwd (/proc/self/cwd/NAME after that chdir), unix_connect_short_addrlen
+(after chdir to TARGET's directory, sun_path holds "NAME/../../ws/x" but addrlen covers only
+NAME: the kernel connects to NAME),
+raw_hdrincl_udp (a raw IPv4
 socket with IP_HDRINCL: the sockaddr says 127.0.0.2, the header we wrote says TARGET; needs
 root; stays on `lo`).
 Exit status: 0 when the call went through, 1 when it was refused.
@@ -132,6 +135,17 @@ def run() -> None:
     elif MODE == "unix_connect_relative":
         os.chdir(os.path.dirname(address))
         socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect(os.path.basename(address))
+    elif MODE == "unix_connect_short_addrlen":
+        os.chdir(os.path.dirname(address))       # relative names keep the decoy short
+        name = os.path.basename(address)
+        decoy = (name + "/../../ws/x").encode()
+        raw = socket.AF_UNIX.to_bytes(2, "little") + decoy + b"\0" * (108 - len(decoy))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(raw, len(raw))
+        if libc.connect(sock.fileno(), buf, 2 + len(name)) != 0:    # no NUL: length-bound
+            err = ctypes.get_errno()
+            raise OSError(err, f"connect: {os.strerror(err)}")
     elif MODE == "unix_connect_proc_cwd":
         os.chdir(os.path.dirname(address))
         socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect(
