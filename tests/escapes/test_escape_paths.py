@@ -30,6 +30,7 @@ READS = ["symlink_file", "symlink_relative", "symlink_dir", "symlink_chain", "sy
          "symlink_to_proc_self", "proc_pid_cwd", "thread_own_cwd", "thread_own_fd_table"]
 WRITES = ["newline_sibling", "newline_sibling_file", "newline_inside_name", "arrow_rename",
           "bind_unix_outside", "bind_unix_via_symlink", "bind_unix_relative",
+          "bind_unix_short_addrlen",
           "write_via_symlink", "create_via_dangling_symlink", "create_dotdot_dirfd"]
 DEEP = ["deep_relative", "deep_dirfd", "deep_dotdot", "deep_write"]
 

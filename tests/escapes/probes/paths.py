@@ -195,6 +195,16 @@ def bind_unix_relative():      # chdir(keep); bind("agent.sock")
     s.bind("agent.sock")
 
 
+def bind_unix_short_addrlen():  # chdir(keep); sun_path "agent.sock/../../ws/x", addrlen covers
+    os.chdir(KEEP)                # only "agent.sock": the kernel creates keep/agent.sock
+    decoy = b"agent.sock/../../ws/x"
+    raw = socket.AF_UNIX.to_bytes(2, "little") + decoy + b"\0" * (108 - len(decoy))
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    if libc.bind(s.fileno(), buf, 2 + len(b"agent.sock")) != 0:
+        raise OSError(ctypes.get_errno(), "bind")
+
+
 def write_via_symlink():       # ws/link -> keep/file.txt; open O_WRONLY|O_TRUNC
     os.symlink(os.path.join(KEEP, "file.txt"), os.path.join(WS, "link"))
     fd = os.open(os.path.join(WS, "link"), os.O_WRONLY | os.O_TRUNC)
