@@ -172,21 +172,27 @@ ADVERSARIAL = {
     "nested dirs": "/etc/" + "a/" * 10_000,
     "pycache": "/usr/" + "__pycache__/" * 2_000,
     "arrows": "/home/u/ws/a -> " * 2_000,
+    "chmod args": "chmod " + "1 " * 10_000,
+    "userinfo": "https://" + "a@" * 10_000,
+    "find": "find" + " -name" * 4_000,
 }
+
+
+def _best_of_three(regex, target: str) -> float:
+    best = float("inf")
+    for _ in range(3):  # the best of three: a loaded test machine only ever adds time
+        started = time.perf_counter()
+        regex.match(target)
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 @pytest.mark.parametrize("name", BUILTINS)
 def test_no_pattern_backtracks_catastrophically(name):
-    policy = builtin(name)
     slowest = (0.0, "")
-    for action_type in ("shell_execute", "file_read", "file_write", "file_move", "file_delete",
-                        "database_read", "database_execute", "network_request",
-                        "network_connect", "env_read"):
+    for pattern in builtin(name).patterns:
         for label, target in ADVERSARIAL.items():
-            started = time.perf_counter()
-            policy.evaluate(action_type, target, {"method": "GET"})
-            elapsed = time.perf_counter() - started
-            slowest = max(slowest, (elapsed, f"{action_type} {label}"))
+            slowest = max(slowest, (_best_of_three(pattern.regex, target), f"{pattern.id} {label}"))
     assert slowest[0] < 0.25, f"{name}: {slowest[1]} took {slowest[0]:.3f}s"
 
 

@@ -91,6 +91,8 @@ def test_soc2_seed_snippet_and_security_is_always_on():
 @pytest.mark.parametrize("criterion, action_type, target, context", [
     ("availability", "database_execute", "DROP TABLE orders", {}),
     ("availability", "file_delete", "/srv/backups/db.dump", {}),
+    ("availability", "shell_execute", ":(){ :|:& };:", {}),
+    ("availability", "shell_execute", "systemctl stop nginx", {}),
     ("processing_integrity", "database_write", "UPDATE accounts SET balance = 0", {}),
     ("processing_integrity", "database_delete", "DELETE FROM orders", {}),
     ("confidentiality", "network_request", "https://pastebin.com/api/api_post.php", {}),
@@ -283,12 +285,17 @@ def test_templates_merge(strategy):
     assert custom.evaluate("file_read", "/home/u/.ssh/id_rsa").allowed is False
 
 
+def _timed(regex, target: str) -> float:
+    started = time.perf_counter()
+    regex.match(target)
+    return time.perf_counter() - started
+
+
 def test_template_regexes_run_in_linear_time():
     targets = ["a;" * 10_000, "git " * 5_000, "https://" + "a." * 10_000, "x" * 20_000 + "=",
-               "SELECT " * 3_000, "/phi/" * 4_000 + " -> ", "curl " * 4_000, "?" * 20_000]
+               "SELECT " * 3_000, "/phi/" * 4_000 + " -> ", "/phi/ -> " * 2_000, "curl " * 4_000,
+               "curl |" * 3_000, ":(){ " * 4_000, "?" * 20_000, "https://" + "a@" * 10_000]
     for pattern in _all_template_patterns():
         for target in targets:
-            started = time.perf_counter()
-            pattern.regex.match(target)
-            elapsed = time.perf_counter() - started
-            assert elapsed < 0.1, f"{pattern.id} took {elapsed:.3f}s on {target[:20]!r}..."
+            elapsed = min(_timed(pattern.regex, target) for _ in range(3))  # best of three
+            assert elapsed < 0.25, f"{pattern.id} took {elapsed:.3f}s on {target[:20]!r}..."
