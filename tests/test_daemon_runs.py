@@ -239,3 +239,19 @@ def test_audit_log_holds_one_verified_record_per_decision(daemon):
     assert result.records == len(records) > 0
     assert [r["seq"] for r in records] == list(range(len(records)))
     assert "records sent" not in daemon.log_text()   # supervisors' counts matched the daemon's
+
+
+def test_a_flood_of_file_descriptors_is_refused(daemon):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(daemon.socket_path)
+        sock.settimeout(5)
+        try:
+            for _ in range(4):
+                socket.send_fds(sock, [b"{"], [0, 1, 2])
+            reply = sock.recv(4096)
+        except OSError:
+            reply = b""
+    assert b"too many file descriptors" in reply or reply == b""
+    assert daemon.alive()
+    own = os.listdir(f"/proc/{daemon.process.pid}/fd")
+    assert len(own) < 40, own

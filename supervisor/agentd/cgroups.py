@@ -154,9 +154,13 @@ class CgroupTree:
 
     def __init__(self, base: str | None = None):
         mount = find_unified_mount()
-        if base is None:
+        if base is None and own_cgroup() != "/":
             base = os.path.join(mount, own_cgroup().lstrip("/"))
             self.owns_base = True
+        elif base is None:
+            # Started by hand in the root cgroup: never spread over the root, use <mount>/agentd.
+            base = os.path.join(mount, "agentd")
+            self.owns_base = False
         else:
             base = base if base.startswith(mount) else os.path.join(mount, base.lstrip("/"))
             self.owns_base = False

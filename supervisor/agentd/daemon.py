@@ -408,6 +408,10 @@ class Daemon:
         except OSError:
             data, fds = b"", []
         conn.fds.extend(fds)
+        if len(conn.fds) > 3:   # a run needs three; more is someone trying to exhaust our fds
+            _send(conn.sock, {"ok": False, "error": "too many file descriptors"})
+            self._drop(conn)
+            return
         if not data:
             self._drop(conn)
             return
