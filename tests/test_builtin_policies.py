@@ -11,6 +11,7 @@ agent is killed for a CRITICAL violation and the victim is intact).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import sys
@@ -368,16 +369,16 @@ def test_strict_refusals_really_happen_and_the_agent_goes_on(tmp_path):
 @pytest.mark.needs_ptrace
 @pytest.mark.parametrize("command, pattern_id", [
     (["cat", "/etc/shadow"], "block_shadow_files"),
-    (["sudo", "-n", "true"], "block_privilege_escalation"),
+    (["bin/sudo", "-n", "true"], "block_privilege_escalation"),
     (["rm", "-rf", "victim"], "block_rm_recursive_force"),
     (["chmod", "777", "victim/keep.txt"], "block_chmod_world_writable"),
     ([PYTHON, "-c", "open('/etc/passwd', 'a')"], "block_system_dirs"),
 ])
 def test_strict_kills_on_critical_violations(tmp_path, command, pattern_id):
-    if command[0] == "sudo" and not any(Path(d, "sudo").exists()
-                                        for d in os.environ.get("PATH", "").split(":")):
-        pytest.skip("no sudo on this host: the exec would fail before any check")
     workspace = _workspace(tmp_path, "")
+    # a harmless program named sudo: the policy judges the name of what really runs
+    (workspace / "bin").mkdir()
+    shutil.copy("/bin/true", workspace / "bin" / "sudo")
     victim = workspace / "victim"
     victim.mkdir()
     (victim / "keep.txt").write_text("keep")
