@@ -7,7 +7,7 @@ instead (a race in the file system, not in memory). The outside checks: the mark
 read-protected victim never reaches the agent's output; nothing appears outside the workspace;
 the forbidden program never leaves its trace; the denied unix listener accepts nothing (a race on
 the sockaddr of connect); ws/precious survives a race on execve's argv ("rm -f" checked, "rm -r"
-run). Without the sandbox the same probe must see the
+run). The exchange probe swaps a directory on the checked path with a symlink (RENAME_EXCHANGE). Without the sandbox the same probe must see the
 deed (there, the "denied" path is simply opened), so a probe that cannot detect a win fails.
 
 The attempt budget (``--escape-attempts``, default 100,000) is shared by the probes by weight.
@@ -31,7 +31,8 @@ BARE_EXEC_ATTEMPTS = 300
 RM = os.path.realpath(shutil.which("rm") or "/bin/rm")
 
 # probe name -> (share of the budget, argv builder given (layout, probe_bin, attempts))
-WEIGHTS = {"open-thread": 25, "open-clonevm": 10, "open-shared": 10, "symlink-swap": 15,
+WEIGHTS = {"open-thread": 20, "open-clonevm": 10, "open-shared": 10, "symlink-swap": 10,
+           "exchange-swap": 10,
            "creat-thread": 10, "rename-thread": 10, "connect-thread": 10, "exec-shared": 5,
            "argv-shared": 5}
 
@@ -70,6 +71,21 @@ def test_symlink_swap_race(arena, probe_bin, escape_attempts):
                      str(lay.ws / "allowed.txt"), str(lay.secret),
                      _attempts(lay, escape_attempts, "symlink-swap")],
         deed=_count))
+
+
+def test_directory_exchange_race(arena, probe_bin, escape_attempts):
+    """ws/real (a directory holding an allowed "secret") and ws/alt (a symlink to victim/)
+    swap places with renameat2(RENAME_EXCHANGE) while the agent opens ws/real/secret: checking
+    a fully resolved path is not enough if a directory on it becomes a symlink before use."""
+    def setup(lay):
+        (lay.ws / "real").mkdir()
+        (lay.ws / "real" / "secret").write_text("ALLOWED\n")
+        (lay.ws / "alt").symlink_to(lay.victim)
+    judge(arena, Probe(
+        "toctou-exchange-swap",
+        lambda lay: [str(probe_bin / "toctou"), "exchange-swap", str(lay.ws / "real"),
+                     str(lay.ws / "alt"), _attempts(lay, escape_attempts, "exchange-swap")],
+        setup=setup, deed=_count))
 
 
 def test_create_race(arena, probe_bin, escape_attempts):

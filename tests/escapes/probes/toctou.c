@@ -16,6 +16,10 @@
  *                                            forks a child that execs the path
  *   toctou symlink-swap   LINK ALLOWED DENIED N  a thread re-points the symlink LINK between
  *                                            two targets (symlink + rename); main opens LINK
+ *   toctou exchange-swap  DIR LINK N          a thread swaps the directory DIR and the symlink
+ *                                            LINK (-> a protected directory) with
+ *                                            renameat2(RENAME_EXCHANGE); main opens DIR/secret:
+ *                                            a resolved path is only as good as its directories
  *   toctou connect-thread ALLOWED DENIED N   a unix stream connect whose sun_path flips between
  *                                            two socket paths (ALLOWED is ours, drained by a
  *                                            thread); a win is a peer named DENIED
@@ -37,6 +41,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -454,6 +459,38 @@ static void *swap_thread(void *arg)
     return NULL;
 }
 
+struct exchange {
+    const char *first, *second;
+    atomic_int stop;
+};
+
+static void *exchange_thread(void *arg)
+{
+    struct exchange *x = arg;
+    while (!atomic_load_explicit(&x->stop, memory_order_relaxed))
+        syscall(SYS_renameat2, AT_FDCWD, x->first, AT_FDCWD, x->second, 2 /* EXCHANGE */);
+    return NULL;
+}
+
+static int mode_exchange(const char *dir, const char *link, long n)
+{
+    struct exchange x = {.first = dir, .second = link};
+    char path[PATH_BUF];
+    pthread_t thread;
+    int printed = 0;
+    long i, successes = 0;
+    snprintf(path, sizeof path, "%s/secret", dir);
+    atomic_init(&x.stop, 0);
+    load_allowed(path);
+    pthread_create(&thread, NULL, exchange_thread, &x);
+    for (i = 0; i < n; i++)
+        successes += try_read(path, &printed);
+    atomic_store(&x.stop, 1);
+    pthread_join(thread, NULL);
+    report(successes, i);
+    return 0;
+}
+
 static int mode_symlink_swap(const char *link, const char *allowed, const char *denied, long n)
 {
     struct swap w = {.link = link, .first = allowed, .second = denied};
@@ -500,6 +537,8 @@ int main(int argc, char **argv)
         return mode_rename(argv[2], argv[3], argv[4], atol(argv[5]));
     if (argc == 5 && strcmp(mode, "exec-shared") == 0)
         return mode_exec(argv[2], argv[3], atol(argv[4]));
+    if (argc == 5 && strcmp(mode, "exchange-swap") == 0)
+        return mode_exchange(argv[2], argv[3], atol(argv[4]));
     if (argc == 5 && strcmp(mode, "connect-thread") == 0)
         return mode_connect(argv[2], argv[3], atol(argv[4]));
     if (argc == 7 && strcmp(mode, "argv-shared") == 0)
