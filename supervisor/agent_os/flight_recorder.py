@@ -61,6 +61,11 @@ _LEADING_FIELDS = ("seq", "time", "agent_id", "action_type", "target", "decision
                    "pattern_ids", "severity", "signal")
 _SEVERITY_NAMES = {1: "low", 2: "medium", 3: "high", 4: "critical"}
 _MAX_DEPTH = 32
+# json.dumps with options builds a new encoder per call; these two are built once (stateless,
+# and their output is byte-for-byte that of json.dumps with the same options).
+_CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                      allow_nan=False)
+_LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _TAIL_CHUNK = 64 * 1024
 
 
@@ -170,9 +175,16 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
     """A JSON-serialisable copy of ``value``; never raises. Enums give their str value or their
     name, bytes are decoded with backslashreplace, dates become RFC 3339 text, sets become sorted
     lists, non-finite floats and unknown objects become their ``str``."""
+    kind = type(value)
+    # Fast paths for what the supervisor passes on every record (exact types only: a str or
+    # int subclass such as an Enum goes the long way below).
+    if kind is str:
+        return value if value.isascii() else _safe_str(value)
+    if value is None or kind is int or kind is bool:
+        return value
     if _depth > _MAX_DEPTH:
         return "<nested too deep>"
-    if value is None or isinstance(value, bool):
+    if isinstance(value, bool):
         return value
     if isinstance(value, enum.Enum):
         inner = value.value
@@ -214,6 +226,8 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
 
 
 def _safe_key(key: Any) -> str:
+    if type(key) is str and key.isascii():
+        return key
     converted = json_safe(key, _MAX_DEPTH)
     return converted if isinstance(converted, str) else json.dumps(converted)
 
@@ -273,8 +287,7 @@ def _pattern_ids_field(value: Any) -> list[str]:
 def canonical_bytes(record: dict[str, Any]) -> bytes:
     """The bytes that are hashed: the record without ``hash``, sorted keys, compact separators."""
     body = {key: val for key, val in record.items() if key != "hash"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return _CANONICAL_ENCODER.encode(body).encode("utf-8")
 
 
 def canonical_hash(record: dict[str, Any]) -> str:
@@ -285,7 +298,7 @@ def canonical_hash(record: dict[str, Any]) -> str:
 def _line_bytes(record: dict[str, Any]) -> bytes:
     # INVARIANT: the written line is exactly json.dumps of the parsed line in its own key order,
     # so verify can demand byte-for-byte equality and notice even a formatting-only edit.
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return _LINE_ENCODER.encode(record).encode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,6 +637,10 @@ class FlightRecorder:
         self.fsync_interval = float(fsync_interval)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        # Held for a whole fsync + head update (order: _sync_lock, then _lock), so the flusher
+        # can fsync with _lock released while record() goes on, and the fd cannot be closed or
+        # rotated away under it.
+        self._sync_lock = threading.Lock()
         self._owner_pid = os.getpid()
         self._fd: int | None = None
         self._broken: str | None = None
@@ -759,8 +776,10 @@ class FlightRecorder:
             if self.fsync == "always":
                 self._sync_locked()
             elif self.fsync == "interval":
-                self._dirty = True
-                self._cond.notify_all()
+                if not self._dirty:
+                    # Wake the flusher only on clean -> dirty: it then sleeps out the interval.
+                    self._dirty = True
+                    self._cond.notify_all()
             else:
                 self._dirty = True
         return record
@@ -808,9 +827,32 @@ class FlightRecorder:
         self._dirty = False
         self._last_sync = time.monotonic()
 
+    def _sync_outside_lock(self) -> None:
+        """The flusher's fsync + head update, with ``_lock`` released during the I/O so that
+        ``record()`` is never held up by the disk. The head names the last record written before
+        the fsync began, so it never claims a record that is not on disk."""
+        with self._sync_lock:
+            with self._lock:
+                if self._fd is None or self._closing:
+                    return
+                fd, next_seq, last_hash = self._fd, self._next_seq, self._prev
+                self._dirty = False
+            try:
+                os.fsync(fd)
+                if next_seq > 0:
+                    head = {"seq": next_seq - 1, "hash": last_hash, "file": self.path.name,
+                            "time": format_time(_dt.datetime.now(_dt.timezone.utc))}
+                    _atomic_write(head_path_for(self.path), _line_bytes(head) + b"\n", fsync=True)
+            except BaseException:
+                with self._lock:
+                    self._dirty = True
+                raise
+            finally:
+                self._last_sync = time.monotonic()
+
     def _flush_loop(self) -> None:
-        with self._cond:
-            while True:
+        while True:
+            with self._cond:
                 while not self._dirty and not self._closing:
                     self._cond.wait()
                 if self._closing:
@@ -820,22 +862,21 @@ class FlightRecorder:
                     self._cond.wait(remaining)
                 if self._closing:
                     return  # close() does the final sync
-                try:
-                    self._sync_locked()
-                except OSError as exc:
-                    logger.error("%s: periodic fsync failed: %s", self.path, exc)
-                    self._last_sync = time.monotonic()
+            try:
+                self._sync_outside_lock()
+            except OSError as exc:
+                logger.error("%s: periodic fsync failed: %s", self.path, exc)
 
     def flush(self) -> None:
         """fsync the log and replace the head sidecar now, whatever the policy."""
-        with self._lock:
+        with self._sync_lock, self._lock:
             self._sync_locked()
 
     def rotate(self) -> Path:
         """Close this file as ``<path>.<UTC timestamp>`` and continue the chain in a new ``<path>``
         whose first record (``action_type`` ``audit_rotate``) carries ``rotated_from`` and the old
         file's last hash as ``prev``. Returns the old file's new path."""
-        with self._lock:
+        with self._sync_lock, self._lock:
             if self._fd is None:
                 raise AuditLogError(f"{self.path}: the FlightRecorder is closed")
             self._sync_locked()
@@ -881,7 +922,7 @@ class FlightRecorder:
 
     def close(self) -> None:
         """fsync, write the head sidecar, release the lock. Idempotent."""
-        with self._cond:
+        with self._sync_lock, self._cond:
             if self._fd is None:
                 return
             self._closing = True
@@ -916,7 +957,7 @@ class FlightRecorder:
 
     def verify(self) -> VerifyResult:
         """Check the whole chain of this recorder's file, head sidecar included."""
-        with self._lock:
+        with self._sync_lock, self._lock:
             if self._fd is not None and self._dirty and self.fsync != "never":
                 self._sync_locked()
             return verify_file(self.path)
