@@ -1,9 +1,10 @@
 """``agentd run``, ``agentd ps``, ``agentd resume`` and ``agentd kill``.
 
-Owns the command-line surface of supervised runs: parse options, load the policy (binding
-``${WORKSPACE}``, ``${HOME}``, ``${TMPDIR}``), open the audit log, register the run, hand over to
-``runner.supervise`` and turn the agent's end into our exit status (its own, 128+N after signal
-N). Heavy modules are imported inside the commands so that ``agentd run -- /bin/true`` starts fast.
+Owns the click surface of supervised runs: the options of ``agentd run`` (with ``--help``, and
+the messages for a wrong command line), the daemon hand-off, and ``ps``/``resume``/``kill``. The
+run itself is ``run_main.run_agent``; on a well-formed command line the console entry
+(``agentd.entry``) calls it without importing click at all, so that ``agentd run -- /bin/true``
+starts fast. Heavy modules are imported inside the commands.
 """
 
 from __future__ import annotations
@@ -14,19 +15,6 @@ import sys
 import click
 
 __all__ = ["run", "ps", "resume", "kill"]
-
-
-class _Terminated(BaseException):
-    """SIGTERM reached the supervisor: `agentd kill RUN_ID`, or a plain kill."""
-
-
-def _new_run_id() -> str:
-    return f"r{os.getpid():x}{os.urandom(3).hex()}"
-
-
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"agentd run: {message}", err=True)
-    sys.exit(code)
 
 
 @click.command(context_settings={"allow_interspersed_args": False})
@@ -57,114 +45,9 @@ def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log
             sys.exit(daemon_client.run(list(command), policy=policy_name, workspace=workspace,
                                        agent_id=agent_id, mode=mode, audit_log=audit_log,
                                        seccomp_profile=seccomp_profile))
-    import signal
+    from .run_main import run_agent
 
-    from agent_os.errors import PolicyError
-    from agent_os.loader import load_policy
-
-    from . import control, runner
-    from .session import Session
-
-    try:
-        runner.check_host()   # first: a nested run must fail before it touches anything
-    except runner.HostError as exc:
-        _fail(str(exc), 125)
-    workspace = os.path.realpath(workspace or os.getcwd())
-    # Targets are resolved, symlink-free paths: bind the variables to the same form.
-    variables = {"WORKSPACE": workspace, "HOME": os.path.realpath(os.path.expanduser("~")),
-                 "TMPDIR": os.path.realpath(os.environ.get("TMPDIR") or "/tmp")}
-    try:
-        policy = load_policy(policy_name, variables=variables)
-    except PolicyError as exc:
-        _fail(f"cannot load policy {policy_name!r}:\n{exc}")
-    except OSError as exc:
-        _fail(f"cannot load policy {policy_name!r}: {exc}")
-
-    run_id = _new_run_id()
-    agent_id = agent_id or f"{os.path.basename(command[0])}-{run_id}"
-    from agent_os.flight_recorder import AuditLogError, FlightRecorder, default_audit_log_path
-
-    from agent_os.flight_recorder import AuditLogLockedError
-
-    log_path = os.path.abspath(audit_log) if audit_log else str(default_audit_log_path())
-    try:
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        try:
-            recorder = FlightRecorder(log_path, fsync="interval")
-        except AuditLogLockedError:
-            if audit_log:
-                raise
-            # One writer per log: a concurrent run gets its own file next to the default one.
-            base, ext = os.path.splitext(log_path)
-            log_path = f"{base}.{run_id}{ext}"
-            recorder = FlightRecorder(log_path, fsync="interval")
-            click.echo(f"agentd run: the default audit log is in use by another run; "
-                       f"this run records to {log_path}", err=True)
-    except (AuditLogError, OSError) as exc:
-        _fail(f"cannot open the audit log {log_path}: {exc} (use --audit-log FILE)")
-
-    registration = control.RunRegistration(run_id, {
-        "run_id": run_id, "supervisor_pid": os.getpid(), "agent_pid": None,
-        "agent_id": agent_id, "command": list(command), "policy": getattr(policy, "name", policy_name),
-        "mode": mode, "workspace": workspace, "audit_log": log_path, "started": __import__("time").time(),
-    })
-    session = Session(policy, run_id, agent_id, recorder=recorder, audit_only=(mode == "audit"),
-                      protected_paths=(log_path, registration.directory + "/"),
-                      hold=control.Holder(registration))
-
-    def terminate(signum, frame):  # agentd kill RUN_ID, or a plain kill of the supervisor
-        raise _Terminated()
-
-    status = None
-    try:
-        try:
-            registration.create()
-        except OSError as exc:
-            _fail(f"cannot create the control socket in {registration.directory}: {exc}")
-        signal.signal(signal.SIGTERM, terminate)
-        status = runner.supervise(
-            list(command), policy, session, profile=seccomp_profile,
-            on_started=lambda pid, tracer: registration.update(agent_pid=pid))
-    except runner.HostError as exc:
-        _fail(str(exc), 125)
-    except runner.FilterError as exc:
-        _fail(str(exc), 2)
-    except FileNotFoundError as exc:
-        _fail(str(exc), 127)
-    except _Terminated:
-        click.echo(f"agentd run: run {run_id}: terminated; the agent was killed", err=True)
-        status = None
-        sys.exit(128 + signal.SIGKILL)
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        registration.remove()
-        try:
-            recorder.close()
-        except Exception:  # noqa: BLE001 - never mask the agent's status
-            pass
-        if status is not None and mode == "audit":
-            _audit_summary(session)
-    if session.killed:
-        # a SIGKILL verdict is 137 even when the process that ran first had already exited
-        sys.exit(128 + signal.SIGKILL)
-    sys.exit(runner.exit_code(status))
-
-
-def _audit_summary(session) -> None:
-    denials = session.would_deny
-    if not denials:
-        click.echo("agentd run: audit mode: no action would have been denied", err=True)
-        return
-    click.echo(f"agentd run: audit mode: {len(denials)} action(s) would have been denied:", err=True)
-    seen: set = set()
-    for d in denials:
-        key = (d.action_type, d.target, d.outcome)
-        if key in seen:
-            continue
-        seen.add(key)
-        ids = ",".join(d.pattern_ids) or "-"
-        click.echo(f"  {d.outcome:5} {d.action_type:15} {d.target}  [{ids}] (pid {d.pid}, {d.syscall})",
-                   err=True)
+    run_agent(policy_name, workspace, agent_id, audit_log, mode, seccomp_profile, command)
 
 
 def _short_command(argv: list[str], width: int = 60) -> str:

@@ -11,12 +11,36 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
+import types
 
-from ptrace import PtraceError
-from ptrace.binding import func as _binding
-from ptrace.binding.linux_struct import user_regs_struct
 
-from . import kernel_consts as K
+def _provide_libc() -> None:
+    """Give python-ptrace the C library without ``ctypes.util.find_library('c')``.
+
+    Its ``ptrace.ctypes_libc`` calls find_library, which runs ``ldconfig -p`` in a subprocess
+    (~7 ms of every ``agentd run`` start-up). On Linux with glibc the library is ``libc.so.6``
+    and already mapped into this interpreter; other libcs keep python-ptrace's own lookup.
+    """
+    if "ptrace.ctypes_libc" in sys.modules or not os.confstr("CS_GNU_LIBC_VERSION"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return
+    module = types.ModuleType("ptrace.ctypes_libc", "the C library (provided by agentd.ptrace_api)")
+    module.LIBC_FILENAME = "libc.so.6"
+    module.libc = libc
+    sys.modules["ptrace.ctypes_libc"] = module
+
+
+_provide_libc()
+
+from ptrace import PtraceError  # noqa: E402 - after _provide_libc
+from ptrace.binding import func as _binding  # noqa: E402
+from ptrace.binding.linux_struct import user_regs_struct  # noqa: E402
+
+from . import kernel_consts as K  # noqa: E402
 
 __all__ = [
     "PtraceError", "Registers", "traceme", "seize", "setoptions", "cont", "syscall", "listen", "interrupt",

@@ -1,0 +1,203 @@
+"""``agentd run`` itself, without click: the options parsed by hand on the common path.
+
+Owns what happens between the command line and ``runner.supervise``: load the policy (through
+``policy_cache``, binding ``${WORKSPACE}``, ``${HOME}``, ``${TMPDIR}``), open the audit log,
+register the run, supervise, and turn the agent's end into our exit status (its own, 128+N after
+signal N). ``parse_run_args`` understands the well-formed ``agentd run`` command lines; anything
+else (``--help``, an unknown or incomplete option, a workspace that is not a directory) returns
+None and the caller hands the line to click, whose messages are the reference. Start-up time
+matters here (agents start many short commands): click costs ~15 ms to import, so the console
+entry (``agentd.entry``) calls this module directly, and every heavy module is imported late.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["parse_run_args", "run_agent"]
+
+# option -> (parameter name, takes a value)
+_OPTIONS = {
+    "--policy": ("policy_name", True), "--workspace": ("workspace", True),
+    "--agent-id": ("agent_id", True), "--audit-log": ("audit_log", True),
+    "--mode": ("mode", True), "--seccomp-profile": ("seccomp_profile", True),
+    "--embedded": ("embedded", False),
+}
+
+
+class _Terminated(BaseException):
+    """SIGTERM reached the supervisor: `agentd kill RUN_ID`, or a plain kill."""
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def _new_run_id() -> str:
+    return f"r{os.getpid():x}{os.urandom(3).hex()}"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    _say(f"agentd run: {message}")
+    sys.exit(code)
+
+
+def parse_run_args(args: list[str]) -> dict | None:
+    """The parameters of ``agentd run ARGS`` as click would give them, or None to let click parse."""
+    params: dict = {"policy_name": "strict", "workspace": None, "agent_id": None, "audit_log": None,
+                    "mode": "enforce", "seccomp_profile": None, "embedded": False}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            i += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            break          # the command (options end at the first argument, like click here)
+        name, has_value, value = arg.partition("=")
+        spec = _OPTIONS.get(name)
+        if spec is None:
+            return None    # --help, -h, a typo: click says what is wrong
+        param, takes_value = spec
+        if not takes_value:
+            if has_value:
+                return None
+            params[param] = True
+            i += 1
+            continue
+        if not has_value:
+            if i + 1 >= len(args):
+                return None
+            value = args[i + 1]
+            i += 1
+        params[param] = value
+        i += 1
+    command = tuple(args[i:])
+    if not command or params["mode"] not in ("enforce", "audit"):
+        return None
+    if params["workspace"] is not None and not os.path.isdir(params["workspace"]):
+        return None
+    profile = params["seccomp_profile"]
+    if profile is not None and (not os.path.exists(profile) or os.path.isdir(profile)):
+        return None
+    params["command"] = command
+    return params
+
+
+def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, audit_log: str | None,
+              mode: str, seccomp_profile: str | None, command: tuple[str, ...]) -> None:
+    """Supervise ``command`` here (not through the daemon); exits with the agent's status."""
+    import signal
+
+    from agent_os.errors import PolicyError
+
+    from .policy_cache import cache_dir, load_policy_cached
+
+    from . import control, runner
+    from .session import Session
+
+    try:
+        runner.check_host()   # first: a nested run must fail before it touches anything
+    except runner.HostError as exc:
+        _fail(str(exc), 125)
+    workspace = os.path.realpath(workspace or os.getcwd())
+    # Targets are resolved, symlink-free paths: bind the variables to the same form.
+    variables = {"WORKSPACE": workspace, "HOME": os.path.realpath(os.path.expanduser("~")),
+                 "TMPDIR": os.path.realpath(os.environ.get("TMPDIR") or "/tmp")}
+    try:
+        policy = load_policy_cached(policy_name, variables)
+    except PolicyError as exc:
+        _fail(f"cannot load policy {policy_name!r}:\n{exc}")
+    except OSError as exc:
+        _fail(f"cannot load policy {policy_name!r}: {exc}")
+
+    run_id = _new_run_id()
+    agent_id = agent_id or f"{os.path.basename(command[0])}-{run_id}"
+    from agent_os.flight_recorder import AuditLogError, FlightRecorder, default_audit_log_path
+
+    from agent_os.flight_recorder import AuditLogLockedError
+
+    log_path = os.path.abspath(audit_log) if audit_log else str(default_audit_log_path())
+    try:
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        try:
+            recorder = FlightRecorder(log_path, fsync="interval")
+        except AuditLogLockedError:
+            if audit_log:
+                raise
+            # One writer per log: a concurrent run gets its own file next to the default one.
+            base, ext = os.path.splitext(log_path)
+            log_path = f"{base}.{run_id}{ext}"
+            recorder = FlightRecorder(log_path, fsync="interval")
+            _say(f"agentd run: the default audit log is in use by another run; "
+                 f"this run records to {log_path}")
+    except (AuditLogError, OSError) as exc:
+        _fail(f"cannot open the audit log {log_path}: {exc} (use --audit-log FILE)")
+
+    registration = control.RunRegistration(run_id, {
+        "run_id": run_id, "supervisor_pid": os.getpid(), "agent_pid": None,
+        "agent_id": agent_id, "command": list(command), "policy": getattr(policy, "name", policy_name),
+        "mode": mode, "workspace": workspace, "audit_log": log_path, "started": __import__("time").time(),
+    })
+    session = Session(policy, run_id, agent_id, recorder=recorder, audit_only=(mode == "audit"),
+                      protected_paths=(log_path, registration.directory + "/",
+                                       # a policy cache entry is unpickled by later runs
+                                       cache_dir().rstrip("/") + "/"),
+                      hold=control.Holder(registration))
+
+    def terminate(signum, frame):  # agentd kill RUN_ID, or a plain kill of the supervisor
+        raise _Terminated()
+
+    status = None
+    try:
+        try:
+            registration.create()
+        except OSError as exc:
+            _fail(f"cannot create the control socket in {registration.directory}: {exc}")
+        signal.signal(signal.SIGTERM, terminate)
+        status = runner.supervise(
+            list(command), policy, session, profile=seccomp_profile,
+            on_started=lambda pid, tracer: registration.update(agent_pid=pid))
+    except runner.HostError as exc:
+        _fail(str(exc), 125)
+    except runner.FilterError as exc:
+        _fail(str(exc), 2)
+    except FileNotFoundError as exc:
+        _fail(str(exc), 127)
+    except _Terminated:
+        _say(f"agentd run: run {run_id}: terminated; the agent was killed")
+        status = None
+        sys.exit(128 + signal.SIGKILL)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        registration.remove()
+        try:
+            recorder.close()
+        except Exception:  # noqa: BLE001 - never mask the agent's status
+            pass
+        if status is not None and mode == "audit":
+            _audit_summary(session)
+    if session.killed:
+        # a SIGKILL verdict is 137 even when the process that ran first had already exited
+        sys.exit(128 + signal.SIGKILL)
+    sys.exit(runner.exit_code(status))
+
+
+def _audit_summary(session) -> None:
+    denials = session.would_deny
+    if not denials:
+        _say("agentd run: audit mode: no action would have been denied")
+        return
+    _say(f"agentd run: audit mode: {len(denials)} action(s) would have been denied:")
+    seen: set = set()
+    for d in denials:
+        key = (d.action_type, d.target, d.outcome)
+        if key in seen:
+            continue
+        seen.add(key)
+        ids = ",".join(d.pattern_ids) or "-"
+        _say(f"  {d.outcome:5} {d.action_type:15} {d.target}  [{ids}] (pid {d.pid}, {d.syscall})")
+
+
