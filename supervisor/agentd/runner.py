@@ -13,14 +13,13 @@ stops ptrace or seccomp on this host.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from typing import Any, Mapping
 
 from . import ptrace_api as P
 
-__all__ = ["HostError", "FilterError", "check_host", "prepare_filter", "filter_environment", "spawn_traced",
-           "exit_code", "DEFAULT_PROFILE", "supervise"]
+__all__ = ["HostError", "FilterError", "check_host", "prepare_filter", "untraced_rules",
+           "filter_environment", "spawn_traced", "exit_code", "DEFAULT_PROFILE", "supervise"]
 
 DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "seccomp_profiles", "default.json")
@@ -67,6 +66,25 @@ def check_host() -> None:
                         "seccomp-bpf. Fix: use a kernel built with CONFIG_SECCOMP_FILTER.")
 
 
+def untraced_rules(traced: frozenset[str]) -> tuple:
+    """Stops that could never map to an action, skipped in the kernel (``seccomp.UNTRACED``).
+
+    ``sendto`` without an address (``send()``; ``decode`` judges a connected socket at
+    ``connect()``) decodes to no action, so it is allowed without a tracer stop. Each rule
+    mirrors a case where ``decode`` returns no action; nothing that decodes to an action is
+    ever untraced.
+    """
+    from .seccomp import UNTRACED, ArgCondition, ArgRule
+
+    rules = (
+        ArgRule("sendto", (ArgCondition(4, "eq", 0),), UNTRACED,
+                "send() on a connected socket: no address, no network_connect"),
+        ArgRule("sendto", (ArgCondition(5, "eq", 0, width=32),), UNTRACED,
+                "an address of length 0 is no address: no network_connect"),
+    )
+    return tuple(rule for rule in rules if rule.syscall in traced)
+
+
 def prepare_filter(profile_path: str | None, traced: frozenset[str]):
     """The seccomp program, compiled and laid out in memory, ready for ``install()``."""
     from . import seccomp
@@ -77,6 +95,7 @@ def prepare_filter(profile_path: str | None, traced: frozenset[str]):
             spec = seccomp.load_profile(path).spec(traced)
         else:
             spec = seccomp.FilterSpec(traced=traced)
+        spec = seccomp.FilterSpec(spec.traced, spec.denied, spec.arg_rules + untraced_rules(traced))
         return seccomp.prepare(seccomp.build_filter(spec))
     except ValueError as exc:  # SeccompProfileError, unknown names
         raise FilterError(f"seccomp profile: {exc}") from None
@@ -107,6 +126,8 @@ def resolve_executable(command: str, env: Mapping[str, str]) -> str:
     """The path execve will get, found on the agent's PATH now (in the parent)."""
     if "/" in command:
         return command
+    import shutil   # here: its import is a visible share of the start-up
+
     found = shutil.which(command, path=env.get("PATH", os.defpath))
     if found is None:
         raise FileNotFoundError(f"{command}: command not found")
