@@ -32,7 +32,7 @@ RM = os.path.realpath(shutil.which("rm") or "/bin/rm")
 
 # probe name -> (share of the budget, argv builder given (layout, probe_bin, attempts))
 WEIGHTS = {"open-thread": 20, "open-clonevm": 10, "open-shared": 10, "symlink-swap": 10,
-           "exchange-swap": 10,
+           "exchange-swap": 10, "exchange-creat": 5,
            "creat-thread": 10, "rename-thread": 10, "connect-thread": 10, "exec-shared": 5,
            "argv-shared": 5}
 
@@ -85,6 +85,19 @@ def test_directory_exchange_race(arena, probe_bin, escape_attempts):
         "toctou-exchange-swap",
         lambda lay: [str(probe_bin / "toctou"), "exchange-swap", str(lay.ws / "real"),
                      str(lay.ws / "alt"), _attempts(lay, escape_attempts, "exchange-swap")],
+        setup=setup, deed=_count))
+
+
+def test_directory_exchange_create_race(arena, probe_bin, escape_attempts):
+    """The same swap with ws/alt -> keep/ (write-protected): creating ws/real/new.txt must never
+    create keep/new.txt."""
+    def setup(lay):
+        (lay.ws / "real").mkdir()
+        (lay.ws / "alt").symlink_to(lay.keep)
+    judge(arena, Probe(
+        "toctou-exchange-creat",
+        lambda lay: [str(probe_bin / "toctou"), "exchange-creat", str(lay.ws / "real"),
+                     str(lay.ws / "alt"), _attempts(lay, escape_attempts, "exchange-creat")],
         setup=setup, deed=_count))
 
 

@@ -20,6 +20,9 @@
  *                                            LINK (-> a protected directory) with
  *                                            renameat2(RENAME_EXCHANGE); main opens DIR/secret:
  *                                            a resolved path is only as good as its directories
+ *   toctou exchange-creat DIR LINK N         the same swap (LINK -> a write-protected directory);
+ *                                            main creates DIR/new.txt; stops when the file
+ *                                            appeared behind LINK's target
  *   toctou connect-thread ALLOWED DENIED N   a unix stream connect whose sun_path flips between
  *                                            two socket paths (ALLOWED is ours, drained by a
  *                                            thread); a win is a peer named DENIED
@@ -491,6 +494,38 @@ static int mode_exchange(const char *dir, const char *link, long n)
     return 0;
 }
 
+static int mode_exchange_creat(const char *dir, const char *link, long n)
+{
+    struct exchange x = {.first = dir, .second = link};
+    char path[PATH_BUF], target[PATH_BUF], escaped[PATH_BUF + 16];
+    pthread_t thread;
+    long i, successes = 0;
+    ssize_t len = readlink(link, target, sizeof target - 1);
+    if (len <= 0) {
+        perror(link);
+        return 2;
+    }
+    target[len] = 0;
+    snprintf(path, sizeof path, "%s/new.txt", dir);
+    snprintf(escaped, sizeof escaped, "%s/new.txt", target);
+    atomic_init(&x.stop, 0);
+    pthread_create(&thread, NULL, exchange_thread, &x);
+    for (i = 0; i < n; i++) {
+        int fd = open(path, O_CREAT | O_WRONLY, 0644);
+        if (fd >= 0)
+            close(fd);
+        if (access(escaped, F_OK) == 0) {
+            successes = 1;
+            i++;
+            break;
+        }
+    }
+    atomic_store(&x.stop, 1);
+    pthread_join(thread, NULL);
+    report(successes, i);
+    return 0;
+}
+
 static int mode_symlink_swap(const char *link, const char *allowed, const char *denied, long n)
 {
     struct swap w = {.link = link, .first = allowed, .second = denied};
@@ -539,6 +574,8 @@ int main(int argc, char **argv)
         return mode_exec(argv[2], argv[3], atol(argv[4]));
     if (argc == 5 && strcmp(mode, "exchange-swap") == 0)
         return mode_exchange(argv[2], argv[3], atol(argv[4]));
+    if (argc == 5 && strcmp(mode, "exchange-creat") == 0)
+        return mode_exchange_creat(argv[2], argv[3], atol(argv[4]));
     if (argc == 5 && strcmp(mode, "connect-thread") == 0)
         return mode_connect(argv[2], argv[3], atol(argv[4]));
     if (argc == 7 && strcmp(mode, "argv-shared") == 0)
