@@ -32,7 +32,7 @@ RM = os.path.realpath(shutil.which("rm") or "/bin/rm")
 
 # probe name -> (share of the budget, argv builder given (layout, probe_bin, attempts))
 WEIGHTS = {"open-thread": 20, "open-clonevm": 10, "open-shared": 10, "symlink-swap": 10,
-           "exchange-swap": 10, "exchange-creat": 5,
+           "exchange-swap": 10, "exchange-creat": 5, "exchange-connect": 5, "exchange-exec": 3,
            "creat-thread": 10, "rename-thread": 10, "connect-thread": 10, "exec-shared": 5,
            "argv-shared": 5}
 
@@ -51,7 +51,7 @@ def _count(result) -> str | None:
 def _attempts(layout, budget, name):
     if layout.sandboxed:
         return str(attempts_for(name, budget))
-    forks = name.startswith("exec") or name.startswith("argv")
+    forks = name.startswith("exec") or name.startswith("argv") or name == "exchange-exec"
     return str(BARE_EXEC_ATTEMPTS if forks else BARE_ATTEMPTS)
 
 
@@ -99,6 +99,47 @@ def test_directory_exchange_create_race(arena, probe_bin, escape_attempts):
         lambda lay: [str(probe_bin / "toctou"), "exchange-creat", str(lay.ws / "real"),
                      str(lay.ws / "alt"), _attempts(lay, escape_attempts, "exchange-creat")],
         setup=setup, deed=_count))
+
+
+def test_directory_exchange_connect_race(arena, probe_bin, escape_attempts):
+    """The swap with ws/alt -> sock/ (a denied listener's directory): the probe listens on
+    ws/real/stream.sock itself and connects to that name; sock/stream.sock must never answer."""
+    def setup(lay):
+        (lay.ws / "real").mkdir()
+        (lay.ws / "alt").symlink_to(lay.sock)
+        lay.extra["listener"] = Listener("unix_stream", "PATH", lay)
+
+    def saw(result):
+        return _count(result) or result.layout.extra["listener"].saw()
+
+    def cleanup(lay):
+        if "listener" in lay.extra:
+            lay.extra["listener"].close()
+    judge(arena, Probe(
+        "toctou-exchange-connect",
+        lambda lay: [str(probe_bin / "toctou"), "exchange-connect", str(lay.ws / "real"),
+                     str(lay.ws / "alt"), "stream.sock",
+                     _attempts(lay, escape_attempts, "exchange-connect")],
+        setup=setup, deed=saw, cleanup=cleanup))
+
+
+def test_directory_exchange_exec_race(arena, probe_bin, escape_attempts):
+    """The swap with ws/alt -> nox/ (spawn-protected): exec ws/real/forbidden (a copy of true)
+    must never run nox/forbidden (exits 42 and leaves ws/exec_escaped)."""
+    def setup(lay):
+        (lay.ws / "real").mkdir()
+        shutil.copy2("/bin/true", lay.ws / "real" / "forbidden")
+        forbidden = lay.nox / "forbidden"
+        forbidden.unlink()
+        forbidden.write_text(f"#!/bin/sh\n: > {lay.ws}/exec_escaped\nexit 42\n")
+        forbidden.chmod(0o755)
+        (lay.ws / "alt").symlink_to(lay.nox)
+    judge(arena, Probe(
+        "toctou-exchange-exec",
+        lambda lay: [str(probe_bin / "toctou"), "exchange-exec", str(lay.ws / "real"),
+                     str(lay.ws / "alt"), "forbidden",
+                     _attempts(lay, escape_attempts, "exchange-exec")],
+        setup=setup, deed=_count, watch=("exec_escaped",)))
 
 
 def test_create_race(arena, probe_bin, escape_attempts):

@@ -23,6 +23,12 @@
  *   toctou exchange-creat DIR LINK N         the same swap (LINK -> a write-protected directory);
  *                                            main creates DIR/new.txt; stops when the file
  *                                            appeared behind LINK's target
+ *   toctou exchange-connect DIR LINK NAME N   the swap again (LINK -> the directory of a denied
+ *                                            listener NAME); we listen on DIR/NAME ourselves and
+ *                                            connect to DIR/NAME; a win is a peer outside DIR
+ *   toctou exchange-exec  DIR LINK NAME N    the swap again (LINK -> a spawn-protected directory
+ *                                            holding NAME, which exits 42); each try forks and
+ *                                            execs DIR/NAME (DIR/NAME exits 0)
  *   toctou connect-thread ALLOWED DENIED N   a unix stream connect whose sun_path flips between
  *                                            two socket paths (ALLOWED is ours, drained by a
  *                                            thread); a win is a peer named DENIED
@@ -526,6 +532,72 @@ static int mode_exchange_creat(const char *dir, const char *link, long n)
     return 0;
 }
 
+static int mode_exchange_connect(const char *dir, const char *link, const char *name, long n)
+{
+    struct exchange x = {.first = dir, .second = link};
+    struct sockaddr_un own = {.sun_family = AF_UNIX}, target = {.sun_family = AF_UNIX};
+    pthread_t thread, drainer;
+    static int listener;
+    long i, successes = 0;
+    snprintf(own.sun_path, sizeof own.sun_path, "%s/%s", dir, name);
+    memcpy(target.sun_path, own.sun_path, sizeof own.sun_path);
+    listener = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (bind(listener, (struct sockaddr *)&own, sizeof own) < 0 || listen(listener, 128) < 0) {
+        perror("bind/listen in DIR");
+        return 2;
+    }
+    pthread_create(&drainer, NULL, drain, &listener);
+    atomic_init(&x.stop, 0);
+    pthread_create(&thread, NULL, exchange_thread, &x);
+    for (i = 0; i < n; i++) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (connect(fd, (struct sockaddr *)&target, sizeof target) == 0) {
+            struct sockaddr_un peer;
+            socklen_t len = sizeof peer;
+            memset(&peer, 0, sizeof peer);
+            if (getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
+                strcmp(peer.sun_path, own.sun_path) != 0)
+                successes++;
+        }
+        close(fd);
+    }
+    atomic_store(&x.stop, 1);
+    pthread_join(thread, NULL);
+    report(successes, i);
+    return 0;
+}
+
+static int mode_exchange_exec(const char *dir, const char *link, const char *name, long n)
+{
+    struct exchange x = {.first = dir, .second = link};
+    char path[PATH_BUF];
+    pthread_t thread;
+    long i, successes = 0;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    atomic_init(&x.stop, 0);
+    pthread_create(&thread, NULL, exchange_thread, &x);
+    for (i = 0; i < n; i++) {
+        pid_t pid = fork();
+        if (pid < 0) {
+            perror("fork");
+            break;
+        }
+        if (pid == 0) {
+            char *argv[] = {path, NULL};
+            execv(path, argv);
+            _exit(127);
+        }
+        int status;
+        waitpid(pid, &status, 0);
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 42)
+            successes++;
+    }
+    atomic_store(&x.stop, 1);
+    pthread_join(thread, NULL);
+    report(successes, i);
+    return 0;
+}
+
 static int mode_symlink_swap(const char *link, const char *allowed, const char *denied, long n)
 {
     struct swap w = {.link = link, .first = allowed, .second = denied};
@@ -576,6 +648,10 @@ int main(int argc, char **argv)
         return mode_exchange(argv[2], argv[3], atol(argv[4]));
     if (argc == 5 && strcmp(mode, "exchange-creat") == 0)
         return mode_exchange_creat(argv[2], argv[3], atol(argv[4]));
+    if (argc == 6 && strcmp(mode, "exchange-connect") == 0)
+        return mode_exchange_connect(argv[2], argv[3], argv[4], atol(argv[5]));
+    if (argc == 6 && strcmp(mode, "exchange-exec") == 0)
+        return mode_exchange_exec(argv[2], argv[3], argv[4], atol(argv[5]));
     if (argc == 5 && strcmp(mode, "connect-thread") == 0)
         return mode_connect(argv[2], argv[3], atol(argv[4]));
     if (argc == 7 && strcmp(mode, "argv-shared") == 0)
