@@ -6,6 +6,8 @@ is held for later (skipped, with rip moved back over the 2-byte ``syscall`` inst
 set to its number, so that the thread issues it again when it runs next), how the agent tree is
 killed (a real SIGKILL to every process), and the warning line on the agent's stderr (fd 2 of the
 supervisor, which the agent shares). Audit records are written by the caller (``session``).
+An allowed open that the tracer pinned and rewrote runs as openat2 with RESOLVE_NO_SYMLINKS
+(``scratch.openat2_form``): the audit record names the agent's own syscall.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import signal
 
 from . import ptrace_api as P
+from .scratch import openat2_form
 
 __all__ = ["allow", "refuse", "rewind", "kill_all", "warn_line", "notice_line", "SYSCALL_INSN"]
 
@@ -23,7 +26,10 @@ _U64 = (1 << 64) - 1
 
 
 def allow(tid: int) -> None:
-    """Let the syscall run."""
+    """Let the syscall run (a pinned open as openat2 with RESOLVE_NO_SYMLINKS: scratch.py)."""
+    regs = P.getregs(tid)
+    if openat2_form(regs):
+        P.setregs(tid, regs)
     P.cont(tid)
 
 

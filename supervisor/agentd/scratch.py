@@ -5,14 +5,15 @@ address space gets, right at its exec (``PTRACE_EVENT_EXEC``, before the new pro
 instruction), an anonymous ``PROT_READ`` mapping at the fixed address ``SCRATCH_BASE``, sealed
 with ``mseal(2)`` so that no ``mprotect``/``munmap``/``mremap``/``mmap(MAP_FIXED)``/destructive
 ``madvise`` can ever touch it. The tracer installs it by running two injected syscalls in the
-tracee (``mmap`` then ``mseal``, each followed by an ``int3``), and restores the code and
-registers afterwards. At every seccomp stop of a pinned syscall, ``Scratch.pin`` copies the
+tracee (a 20-byte stub at the entry point: ``mmap``, ``mseal``, ``int3``), and restores the
+code and registers afterwards. At every seccomp stop of a pinned syscall, ``Scratch.pin`` copies the
 memory operands (paths, ``open_how``, argv and its strings, sockaddrs, ``msghdr`` + its name)
 out of the agent into the task's slot (through ``/proc/PID/mem``, which writes read-only pages
 as a debugger does) and points the argument registers at the copies; the decoder then reads the
 copies, so the decision is made on exactly the bytes the kernel will read. Opens are also
-rewritten to the resolved path with ``O_NOFOLLOW`` (a symlink swapped in after the check makes
-the kernel refuse). Each thread owns one slot while it lives (a thread is in one syscall at a
+rewritten to the resolved path with ``O_NOFOLLOW`` and, once allowed, run as ``openat2`` with
+``RESOLVE_NO_SYMLINKS`` (``openat2_form``): a symlink swapped in anywhere on the path after the
+check makes the kernel refuse. Each thread owns one slot while it lives (a thread is in one syscall at a
 time). An operand that cannot be copied is replaced by a non-canonical address, which the
 decoder cannot read (so the syscall is refused, fail closed) and the kernel would refuse too.
 State (slot owners) lives on the ``Scratch`` object of one tracer.
@@ -29,7 +30,7 @@ from .syscall_numbers import SYSCALL_NUMBERS
 from .tracee_memory import MAX_PATH_BYTES, MemoryReadError, TraceeMemory
 
 __all__ = ["SCRATCH_BASE", "SCRATCH_SIZE", "SLOT_SIZE", "SLOT_COUNT", "POISON", "ScratchError",
-           "Install", "Scratch", "pinned_names", "send_deferred", "REGISTERS"]
+           "Install", "Scratch", "pinned_names", "send_deferred", "REGISTERS", "openat2_form"]
 
 # 32 TiB: above the ASan shadow, far below PIE images (0x55..), the mmap base (0x7f..) and the
 # stack; free in every freshly exec'd image.
@@ -55,13 +56,17 @@ OPEN_HOW_MIN, OPEN_HOW_MAX = 24, 4096
 REGISTERS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")   # syscall arguments 0..5
 
 
-def _stub(nr: int) -> bytes:
-    """``mov eax, nr; syscall; int3``: one syscall, then a trap back to the tracer."""
-    return b"\xb8" + nr.to_bytes(4, "little") + b"\x0f\x05" + b"\xcc"
-
-
-_STUBS = (_stub(NR_MMAP), _stub(NR_MSEAL))
-STUB_LEN = len(_STUBS[0])
+# The install stub, run once at the entry point of every freshly exec'd image (then the original
+# bytes are put back): mmap(rdi..r9 as set by the tracer), keep the result in r12, then
+# mseal(rdi, rsi, 0) (rdi and rsi survive a syscall), then trap back to the tracer.
+INSTALL_STUB = (b"\xb8" + NR_MMAP.to_bytes(4, "little")      # mov eax, SYS_mmap
+                + b"\x0f\x05"                                # syscall
+                + b"\x49\x89\xc4"                            # mov r12, rax
+                + b"\x31\xd2"                                # xor edx, edx
+                + b"\xb8" + NR_MSEAL.to_bytes(4, "little")   # mov eax, SYS_mseal
+                + b"\x0f\x05"                                # syscall
+                + b"\xcc")                                   # int3
+STUB_LEN = len(INSTALL_STUB)
 
 
 class ScratchError(Exception):
@@ -82,10 +87,9 @@ def _has_pointer(spec: T.SyscallSpec) -> bool:
 class Install:
     """An installation in progress in one task (between the exec stop and the last trap)."""
 
-    entry: int                     # rip at the exec stop: where the stubs run
-    code: bytes                    # the program's bytes the stubs overwrite
+    entry: int                     # rip at the exec stop: where the stub runs
+    code: bytes                    # the program's bytes the stub overwrites
     regs: object                   # the registers at the exec stop, restored at the end
-    step: int = 0                  # 0: mmap running, 1: mseal running
     deferred: list[int] = field(default_factory=list)   # signals that arrived meanwhile
 
 
@@ -142,7 +146,7 @@ class Scratch:
         entry = regs.rip
         try:
             code = memory.read_bytes(entry, STUB_LEN)
-            memory.write_bytes(entry, _STUBS[0])
+            memory.write_bytes(entry, INSTALL_STUB)
         except MemoryReadError as exc:
             raise ScratchError(f"cannot write the install stub at {entry:#x}: {exc}") from None
         regs.rip = entry
@@ -155,25 +159,14 @@ class Scratch:
     def is_stub_trap(self, install: Install, regs) -> bool:
         return regs.rip == install.entry + STUB_LEN
 
-    def continue_install(self, tid: int, install: Install, memory: TraceeMemory, getregs,
-                         setregs) -> bool:
-        """At a stub's trap: check its result, run the next stub or restore. True when done."""
+    def finish_install(self, tid: int, install: Install, memory: TraceeMemory, getregs,
+                       setregs) -> None:
+        """At the stub's trap: check what mmap and mseal returned, put the program back."""
         regs = getregs(tid)
-        result = regs.rax
-        if install.step == 0:
-            if result != SCRATCH_BASE:
-                raise ScratchError(f"mmap of the scratch region returned {_errno_text(result)}")
-            try:
-                memory.write_bytes(install.entry, _STUBS[1])
-            except MemoryReadError as exc:
-                raise ScratchError(f"cannot write the seal stub: {exc}") from None
-            regs.rip = install.entry
-            regs.rdi, regs.rsi, regs.rdx = SCRATCH_BASE, SCRATCH_SIZE, 0
-            setregs(tid, regs)
-            install.step = 1
-            return False
-        if result != 0:
-            raise ScratchError(f"mseal of the scratch region returned {_errno_text(result)}")
+        if regs.r12 != SCRATCH_BASE:
+            raise ScratchError(f"mmap of the scratch region returned {_errno_text(regs.r12)}")
+        if regs.rax != 0:
+            raise ScratchError(f"mseal of the scratch region returned {_errno_text(regs.rax)}")
         try:
             memory.write_bytes(install.entry, install.code)
         except MemoryReadError as exc:
@@ -182,7 +175,6 @@ class Scratch:
         restored.orig_rax = regs.orig_rax   # not in a syscall any more
         restored.rax = 0                    # what execve returned
         setregs(tid, restored)
-        return True
 
     # --- pinning -----------------------------------------------------------------------------
     def pin(self, tid: int, tgid: int, memory: TraceeMemory, spec: T.SyscallSpec, regs) -> bool:
@@ -254,7 +246,56 @@ class Scratch:
             if spec.dirfd is not None:
                 args[spec.dirfd] = _paths.AT_FDCWD & _U64
             args[flags_index] = (args[flags_index] | T.O_NOFOLLOW) & _U64
+            # The struct open_how that ``openat2_form`` turns the call into once it is allowed:
+            # no symlink anywhere on the (resolved) path, so a directory swapped for a symlink
+            # after the check makes the kernel refuse (ELOOP).
+            mode = args[flags_index + 1] if spec.mode is None else args[spec.mode]
+            assert blob.size == 0
+            blob.add(_open_how(args[flags_index], mode))
+            assert blob.size == PINNED_OPEN_PATH_OFFSET
         args[spec.path] = _or_poison(lambda: blob.add(raw))
+
+
+# openat(2)'s own translation of flags and mode into a struct open_how (fs/open.c
+# build_open_how): openat2 refuses unknown bits and a mode without O_CREAT/O_TMPFILE.
+VALID_OPEN_FLAGS = 0o3 | 0o100 | 0o200 | 0o400 | 0o1000 | 0o2000 | 0o4000 | 0o10000 | 0o20000 \
+    | 0o40000 | 0o100000 | 0o200000 | 0o400000 | 0o1000000 | 0o2000000 | 0o10000000 \
+    | 0o20000000 | 0o4000000
+O_PATH_FLAGS = T.O_DIRECTORY | T.O_NOFOLLOW | T.O_PATH | 0o2000000
+RESOLVE_NO_SYMLINKS = 0x04
+PINNED_OPEN_PATH_OFFSET = 24     # a rewritten open: open_how at the slot's start, path after it
+_NR_OPEN, _NR_OPENAT, _NR_OPENAT2 = (SYSCALL_NUMBERS[n] for n in ("open", "openat", "openat2"))
+
+
+def _open_how(flags: int, mode: int) -> bytes:
+    flags &= VALID_OPEN_FLAGS
+    if flags & T.O_PATH:
+        flags &= O_PATH_FLAGS
+    mode = mode & 0o7777 if flags & (T.O_CREAT | T.O_TMPFILE) else 0
+    return (flags.to_bytes(8, "little") + mode.to_bytes(8, "little")
+            + RESOLVE_NO_SYMLINKS.to_bytes(8, "little"))
+
+
+def openat2_form(regs) -> bool:
+    """An allowed, pinned and rewritten open(at) becomes openat2(AT_FDCWD, path, how, 24) with
+    RESOLVE_NO_SYMLINKS (the how was laid out by ``pin``). Recognised from the registers alone:
+    the path pointer sits at ``PINNED_OPEN_PATH_OFFSET`` in a slot, where nothing else ever
+    puts a path. True when ``regs`` changed (the caller sets them)."""
+    if regs.orig_rax == _NR_OPENAT:
+        path = regs.rsi
+    elif regs.orig_rax == _NR_OPEN:
+        path = regs.rdi
+    else:
+        return False
+    offset = path - SCRATCH_BASE
+    if not 0 <= offset < SCRATCH_SIZE or offset % SLOT_SIZE != PINNED_OPEN_PATH_OFFSET:
+        return False
+    regs.orig_rax = _NR_OPENAT2
+    regs.rdi = _paths.AT_FDCWD & _U64
+    regs.rsi = path
+    regs.rdx = path - PINNED_OPEN_PATH_OFFSET
+    regs.r10 = 24
+    return True
 
 
 def _resolved_for_open(tid, tgid, spec, args, path: bytes, flags: int) -> str | None:

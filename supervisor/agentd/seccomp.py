@@ -714,7 +714,24 @@ REQUIRED_ACTIONS: Mapping[str, tuple[str, int]] = MappingProxyType({
 
 def probe_kernel(actions_avail: str = "/proc/sys/kernel/seccomp/actions_avail",
                  proc_status: str = "/proc/self/status") -> list[str]:
-    """What the kernel lacks for our filter, one sentence each; an empty list means all is there."""
+    """What the kernel lacks for our filter, one sentence each; an empty list means all is there.
+
+    Also mseal(2) (Linux 6.10), which seals the TOCTOU scratch region (``scratch.py``)."""
+    return _probe_seccomp(actions_avail, proc_status) + _probe_mseal()
+
+
+def _probe_mseal() -> list[str]:
+    libc = ctypes.CDLL(None, use_errno=True)
+    # mseal(addr, 0, 0) seals nothing and succeeds where the syscall exists
+    if libc.syscall(ctypes.c_long(462), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                    ctypes.c_ulong(0)) != 0:
+        code = ctypes.get_errno()
+        return [f"mseal(2) is not available ({os.strerror(code)}; Linux 6.10 or later): the "
+                f"TOCTOU scratch region cannot be sealed"]
+    return []
+
+
+def _probe_seccomp(actions_avail: str, proc_status: str) -> list[str]:
     missing: list[str] = []
     try:
         with open(proc_status, encoding="ascii", errors="replace") as handle:

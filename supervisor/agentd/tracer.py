@@ -243,17 +243,16 @@ class Tracer:
         if event == 0 and sig == signal.SIGTRAP \
                 and self.scratch.is_stub_trap(install, P.getregs(task.tid)):
             try:
-                done = self.scratch.continue_install(task.tid, install, task.memory,
-                                                     P.getregs, P.setregs)
+                self.scratch.finish_install(task.tid, install, task.memory, P.getregs,
+                                            P.setregs)
             except S.ScratchError as exc:
                 self._install_failed(task, exc)
                 self._resume(task.tid)
                 return
-            if done:
-                task.install = None
-                self._resume(task.tid)
-                S.send_deferred(task.tid, install.deferred)
-                return
+            task.install = None
+            self._resume(task.tid)
+            S.send_deferred(task.tid, install.deferred)
+            return
         elif event == 0:
             install.deferred.append(sig)  # delivered once the program is restored
         # A seccomp stop here comes from a filter the agent stacked (ours allows mmap and
