@@ -800,7 +800,9 @@ class FlightRecorder:
             if key not in record:
                 record[key] = value
         record["prev"] = self._prev
-        record["hash"] = canonical_hash(record)
+        # INVARIANT: no "hash" key yet, so the canonical bytes are the record itself, sorted
+        # (the same bytes as canonical_bytes(), without its copy).
+        record["hash"] = hashlib.sha256(_CANONICAL_ENCODER.encode(record).encode("utf-8")).hexdigest()
         line = _line_bytes(record) + b"\n"
         try:
             _write_all(self._fd, line)
