@@ -136,22 +136,26 @@ def peak_rss_kib(pid: int) -> int | None:
 def timed_run(argv: list[str], env: dict, cwd: Path, sample_rss: bool = False
               ) -> tuple[float, int, int | None]:
     """(wall seconds, exit status, the process's own peak RSS in KiB when sampled)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = None
-    if sample_rss:
-        # VmHWM only grows: the last reading before the process ends is its peak (or just under).
-        while proc.poll() is None:
-            value = peak_rss_kib(proc.pid)
-            if value is not None:
-                peak = max(peak or 0, value)
-            time.sleep(0.005)
-    _, stderr = proc.communicate()
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:8])} ... exited {proc.returncode}: "
-                           f"{stderr.decode(errors='replace')[-800:]}")
+    # stderr goes to a file, not a pipe: a pipe nobody drains while we sample would fill up
+    # and stall the workload (git and agentd's warnings write there).
+    with tempfile.TemporaryFile() as errors:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=errors)
+        peak = None
+        if sample_rss:
+            # VmHWM only grows: the last reading before the process ends is its peak (or just under).
+            while proc.poll() is None:
+                value = peak_rss_kib(proc.pid)
+                if value is not None:
+                    peak = max(peak or 0, value)
+                time.sleep(0.005)
+        proc.wait()
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            errors.seek(0)
+            raise RuntimeError(f"{' '.join(argv[:8])} ... exited {proc.returncode}: "
+                               f"{errors.read().decode(errors='replace')[-800:]}")
     return elapsed, proc.returncode, peak
 
 
