@@ -112,3 +112,16 @@ def test_disabled_by_environment(cache_home, monkeypatch):
     monkeypatch.setenv("AGENTD_POLICY_CACHE", "0")
     C.load_policy_cached("strict", VARIABLES)
     assert not cache_home.exists()
+
+
+def test_one_entry_per_policy_and_a_bounded_directory(cache_home, tmp_path, monkeypatch):
+    policy_file = tmp_path / "p.yaml"
+    for action in ("deny", "allow", "deny"):
+        policy_file.write_text(f"name: p\npatterns:\n  - id: x\n    action_type: file_read\n"
+                               f"    pattern: '^/x$'\n    action: {action}\n")
+        C.load_policy_cached(str(policy_file), VARIABLES)
+    assert len(list(cache_home.iterdir())) == 1
+    monkeypatch.setattr(C, "MAX_ENTRIES", 3)
+    for i in range(6):
+        C.load_policy_cached(str(policy_file), dict(VARIABLES, WORKSPACE=f"/ws{i}"))
+    assert len(list(cache_home.iterdir())) == 3

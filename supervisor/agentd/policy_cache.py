@@ -30,9 +30,10 @@ import sys
 import threading
 from typing import Any, Mapping
 
-__all__ = ["cache_dir", "load_policy_cached", "policy_key"]
+__all__ = ["MAX_ENTRIES", "cache_dir", "load_policy_cached", "policy_key"]
 
 _FORMAT = 1
+MAX_ENTRIES = 64
 _POLICY_SUFFIXES = (".yaml", ".yml")
 
 
@@ -203,6 +204,26 @@ def _write_entry(directory: str, path: str, key: str, policy) -> None:
         raise
 
 
+def _slot(name_or_path: str, variables: Mapping[str, str] | None) -> str:
+    """One file per (policy, variables): a changed policy replaces its entry, never adds one."""
+    where = os.path.abspath(name_or_path) if os.sep in name_or_path else name_or_path
+    text = f"{where}\0{sorted((variables or {}).items())!r}"
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def _evict(directory: str) -> None:
+    """Keep the newest MAX_ENTRIES entries (runs over many temporary workspaces add one each)."""
+    try:
+        entries = [entry for entry in os.scandir(directory) if entry.name.endswith(".pickle")]
+        if len(entries) <= MAX_ENTRIES:
+            return
+        entries.sort(key=lambda entry: entry.stat(follow_symlinks=False).st_mtime_ns)
+        for entry in entries[:len(entries) - MAX_ENTRIES]:
+            os.unlink(entry.path)
+    except OSError:
+        pass
+
+
 def load_policy_cached(name_or_path: str, variables: Mapping[str, str] | None = None) -> Any:
     """``agent_os.loader.load_policy(name_or_path, variables)``, through the cache.
 
@@ -216,7 +237,7 @@ def load_policy_cached(name_or_path: str, variables: Mapping[str, str] | None = 
     key = path = None
     try:
         key = policy_key(name_or_path, variables)
-        path = os.path.join(directory, key[:32] + ".pickle")
+        path = os.path.join(directory, _slot(name_or_path, variables) + ".pickle")
         if _private_dir(directory, create=False) and os.path.exists(path):
             policy = _read_entry(path, key)
             if policy is not None:
@@ -230,6 +251,7 @@ def load_policy_cached(name_or_path: str, variables: Mapping[str, str] | None = 
         try:
             if _private_dir(directory, create=True):
                 _write_entry(directory, path, key, policy)
+                _evict(directory)
         except Exception:  # noqa: BLE001 - a cache we cannot write is only slower
             pass
     return policy
