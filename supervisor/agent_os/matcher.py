@@ -14,6 +14,11 @@ into the set only when RE2 reads it with the same meaning on the targets we feed
   the set and are always checked with ``re``;
 - ``$`` means the end of the target in both (``engine_regex_source`` rewrites it to ``\\Z`` for
   Python's ``re``; RE2's ``$`` already means that).
+The set gets each pattern in a relaxed ``set_form`` that matches at least what the pattern does:
+lookarounds are dropped (an assertion only ever removes matches; ``re`` confirms them), and so is a
+trailing ``.*`` (under ``re.match`` semantics ``R.*`` matches exactly when ``R`` does, and the tail
+would keep every matched pattern alive in RE2's many-match DFA, multiplying its states until the
+state cache thrashes: bench/README.md).
 """
 
 from __future__ import annotations
@@ -86,6 +91,86 @@ def is_catch_all(pattern: str) -> bool:
     return body in (".*", "(.*)", "(?:.*)")
 
 
+def drop_lookarounds(pattern: str) -> str:
+    """``pattern`` without its lookahead and lookbehind groups: it matches a superset."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    in_class = False
+    while i < n:
+        ch = pattern[i]
+        if ch == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            if ch == "]":
+                in_class = False
+        elif ch == "[":
+            in_class = True
+            j = i + 1
+            if pattern.startswith("^", j):
+                j += 1
+            if pattern.startswith("]", j):
+                j += 1  # a leading ']' is a literal
+            out.append(pattern[i:j])
+            i = j
+            continue
+        elif pattern.startswith(("(?=", "(?!", "(?<=", "(?<!"), i):
+            end = _group_end(pattern, i)
+            if end < 0:
+                return pattern  # unbalanced: leave it to RE2 to refuse
+            i = end
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _group_end(pattern: str, start: int) -> int:
+    """Index just past the group opening at ``start``, or -1."""
+    depth, i, n, in_class = 0, start, len(pattern), False
+    while i < n:
+        ch = pattern[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if in_class:
+            if ch == "]":
+                in_class = False
+        elif ch == "[":
+            in_class = True
+            if pattern.startswith("^", i + 1):
+                i += 1
+            if pattern.startswith("]", i + 1):
+                i += 1
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return -1
+
+
+def set_form(pattern: str) -> str:
+    """What the RE2 set is given for ``pattern``: lookarounds and a trailing ``.*`` dropped.
+
+    It matches (from the start) every target ``pattern`` matches. Only an unescaped trailing
+    ``.*`` is removed (``\\.*`` is a repeated literal dot and stays).
+    """
+    pattern = drop_lookarounds(pattern)
+    while True:
+        for tail in (".*$", ".*"):
+            if pattern.endswith(tail):
+                head = pattern[:-len(tail)]
+                if (len(head) - len(head.rstrip("\\"))) % 2 == 0:
+                    pattern = head
+                    break
+        else:
+            return pattern
+
+
 def re2_compatible(pattern: str) -> bool:
     """Whether RE2 reads ``pattern`` exactly as Python's ``re`` does on RE2-safe targets.
 
@@ -148,11 +233,12 @@ class ActionTypeMatcher:
         in_set: list[int] = []
         exact: list[int] = []
         for index, pattern in enumerate(patterns):
-            if not re2_compatible(pattern):
+            form = set_form(pattern)
+            if not re2_compatible(form):  # the set must read form as re does (see above)
                 exact.append(index)
                 continue
             try:
-                candidate_set.Add(pattern)
+                candidate_set.Add(form)
             except Exception:  # RE2 refused it: keep it on the exact path
                 exact.append(index)
                 continue

@@ -307,7 +307,7 @@ class PolicyChangeEvent:
 class _Compiled:
     """Derived, immutable-after-build state for one generation of a policy's patterns."""
 
-    __slots__ = ("by_type", "cache", "cache_keys", "volatile_types")
+    __slots__ = ("by_type", "cache", "cache_keys", "volatile_types", "plain", "by_choice")
 
     def __init__(self, patterns: Sequence[Pattern]) -> None:
         grouped: dict[str, list[Pattern]] = {}
@@ -318,7 +318,7 @@ class _Compiled:
             action_type: (tuple(group), ActionTypeMatcher([p.pattern for p in group]))
             for action_type, group in grouped.items()
         }
-        self.cache: dict[tuple, tuple[EvaluationResult, bool]] = {}
+        self.cache: dict[str | tuple, tuple[EvaluationResult, bool]] = {}
         # per action type: the context keys that can change a decision, or None if uncacheable
         self.cache_keys: dict[str, tuple[str, ...]] = {}
         self.volatile_types: set[str] = set()
@@ -331,6 +331,14 @@ class _Compiled:
                     if spec.volatile:
                         self.volatile_types.add(action_type)
             self.cache_keys[action_type] = tuple(sorted(keys))
+        # Action types without conditions: the decision is a function of which patterns matched
+        # (when no exception or elevation applies), so outcomes are shared per chosen index set.
+        self.plain: dict[str, tuple[Callable[[str], list[int]], tuple[bool, ...]]] = {
+            action_type: (matcher.matching, tuple(p.catch_all for p in group))
+            for action_type, (group, matcher) in self.by_type.items()
+            if not any(p.conditions for p in group)
+        }
+        self.by_choice: dict[tuple, tuple[EvaluationResult, bool]] = {}
 
 
 class Policy:
@@ -521,30 +529,50 @@ class Policy:
                 context: Mapping[str, Any] | None) -> tuple[EvaluationResult, bool]:
         """The decision and whether any pattern (rather than the default) produced it."""
         ctx = context or {}
-        agent_id = ctx.get("agent_id") or ""
         if not isinstance(target, str):
             return self._fail_closed(f"target must be a string, got {type(target).__name__}"), True
-        compiled = self._compiled_state()
+        compiled = self._compiled or self._compiled_state()
         key = None
+        who = None
         if action_type not in compiled.volatile_types:
             keys = compiled.cache_keys.get(action_type, ())
             # exceptions and elevation depend on who asks, exceptions also on the date
-            who = (agent_id, _dt.date.today().toordinal()) if (
-                self._elevated or self.exceptions) else None
-            key = (action_type, target, who,
-                   tuple(repr(ctx.get(k)) for k in keys) if keys else ())
+            if self._elevated or self.exceptions:
+                who = (ctx.get("agent_id") or "", _dt.date.today().toordinal())
+            if who is None and not keys:
+                # a str key: unlike a tuple it is not tracked by the garbage collector, so a
+                # stream of new targets does not trigger collections (p99); action types hold no NUL
+                key = action_type + "\0" + target
+            else:
+                key = (action_type, target, who, tuple(repr(ctx.get(k)) for k in keys))
             hit = compiled.cache.get(key)
             if hit is not None:
+                if self.violation_handler is None or hit[0].action == "allow":
+                    return hit
                 return self._apply_handler(hit, action_type, target, ctx)
         try:
-            outcome = self._decide_uncached(compiled, action_type, target, ctx, agent_id)
+            plain = compiled.plain.get(action_type) if key is not None and who is None else None
+            if plain is not None:
+                matching, catch_all = plain
+                found = matching(target)
+                chosen = tuple(i for i in found if not catch_all[i]) or tuple(found)
+                outcome = compiled.by_choice.get((action_type, chosen))
+                if outcome is None:
+                    outcome = self._decide_uncached(compiled, action_type, target, ctx, "", found)
+                    compiled.by_choice[(action_type, chosen)] = outcome
+            else:
+                outcome = self._decide_uncached(compiled, action_type, target, ctx,
+                                                ctx.get("agent_id") or "")
         except Exception as exc:  # INVARIANT: an error while deciding denies (fail closed)
             log.exception("policy %s: error deciding %s %r", self.name, action_type, target)
             return self._fail_closed(f"error while deciding: {exc!r}"), True
         if key is not None:
             if len(compiled.cache) >= _CACHE_LIMIT:
                 compiled.cache.clear()
+                compiled.by_choice.clear()
             compiled.cache[key] = outcome
+        if self.violation_handler is None or outcome[0].action == "allow":
+            return outcome
         return self._apply_handler(outcome, action_type, target, ctx)
 
     def _fail_closed(self, why: str) -> EvaluationResult:
@@ -552,7 +580,8 @@ class Policy:
                                 ViolationMode.BLOCK, None, self.name)
 
     def _decide_uncached(self, compiled: _Compiled, action_type: str, target: str,
-                         ctx: Mapping[str, Any], agent_id: str) -> tuple[EvaluationResult, bool]:
+                         ctx: Mapping[str, Any], agent_id: str,
+                         found: list[int] | None = None) -> tuple[EvaluationResult, bool]:
         entry = compiled.by_type.get(action_type)
         if entry is None:
             check_action_type(action_type)
@@ -563,7 +592,7 @@ class Policy:
         specific: list[Pattern] = []
         catch_alls: list[Pattern] = []
         notes: list[str] = []
-        for index in matcher.matching(target):
+        for index in (matcher.matching(target) if found is None else found):
             pattern = group[index]
             if pattern.id in exempt:
                 notes.append(f"{pattern.id} exempted for {agent_id}")
