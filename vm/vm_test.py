@@ -112,7 +112,8 @@ def image_key(requirements: str) -> str:
         digest.update(str(path.relative_to(VM_DIR)).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     digest.update(requirements.encode())
-    for name in ("VM_TEST_MIRROR", "VM_TEST_SECURITY_MIRROR", "VM_TEST_IMAGE_SIZE"):
+    for name in ("VM_TEST_MIRROR", "VM_TEST_SECURITY_MIRROR", "VM_TEST_IMAGE_SIZE",
+                 "VM_TEST_KERNEL"):
         digest.update(f"{name}={os.environ.get(name, '')}\0".encode())
     return digest.hexdigest()[:16]
 
