@@ -13,7 +13,7 @@ import errno
 
 import pytest
 
-from helpers.agentd_run import needs_tracing, run_agentd, write_policy
+from helpers.agentd_run import PYTHON, needs_tracing, run_agentd, write_policy
 from helpers.cbuild import build_c_helper
 
 from agentd import scratch as S
@@ -113,3 +113,37 @@ def test_every_pointer_taking_syscall_is_pinned():
                  "setxattr", "utimensat", "execve", "execveat", "connect", "sendto", "sendmsg",
                  "bind"):
         assert name in pinned, name
+
+
+SENDMMSG = """
+import ctypes, socket
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+class msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p),
+                ("controllen", ctypes.c_size_t), ("flags", ctypes.c_int)]
+class mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint32)]
+receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+receiver.bind(("127.0.0.1", 0))
+sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sender.connect(receiver.getsockname())
+buffers = [ctypes.create_string_buffer(b"hello"), ctypes.create_string_buffer(b"worldwide")]
+iovecs = [iovec(ctypes.cast(b, ctypes.c_void_p), len(b.value)) for b in buffers]
+messages = (mmsghdr * 2)()
+for i in range(2):
+    messages[i].hdr.iov = ctypes.cast(ctypes.pointer(iovecs[i]), ctypes.c_void_p)
+    messages[i].hdr.iovlen = 1
+sent = libc.sendmmsg(sender.fileno(), messages, 2, 0)
+print(sent, messages[0].len, receiver.recv(100).decode())
+"""
+
+
+def test_sendmmsg_sends_one_pinned_message_and_reports_it(ws, policy):
+    """sendmmsg is pinned one message per call (the kernel writes msg_len back, which a
+    read-only copy cannot take): the count is 1 and msg_len lands in the agent's array."""
+    result = run_agentd(policy, [PYTHON, "-c", SENDMMSG], cwd=ws)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "5", "hello"]

@@ -17,7 +17,7 @@ import os
 import signal
 
 from . import ptrace_api as P
-from .scratch import openat2_form
+from .scratch import in_window, openat2_form, sendmsg_form
 
 __all__ = ["allow", "refuse", "rewind", "kill_all", "warn_line", "notice_line", "SYSCALL_INSN"]
 
@@ -28,9 +28,18 @@ _U64 = (1 << 64) - 1
 def allow(tid: int) -> None:
     """Let the syscall run (a pinned open as openat2 with RESOLVE_NO_SYMLINKS: scratch.py)."""
     regs = P.getregs(tid)
-    if openat2_form(regs):
+    if openat2_form(regs) or sendmsg_form(regs):
         P.setregs(tid, regs)
-    P.cont(tid)
+    _go(tid, regs)
+
+
+def _go(tid: int, regs: P.Registers) -> None:
+    # A syscall whose path the kernel still walks stops again at its exit, where the tracer
+    # closes its window (renames elsewhere in the tree wait for that: scratch.MUTATORS).
+    if in_window(regs):
+        P.syscall(tid)
+    else:
+        P.cont(tid)
 
 
 def refuse(tid: int, regs: P.Registers, error: int = errno.EACCES) -> None:
@@ -38,7 +47,7 @@ def refuse(tid: int, regs: P.Registers, error: int = errno.EACCES) -> None:
     regs.orig_rax = _U64            # -1: no syscall
     regs.rax = (-error) & _U64
     P.setregs(tid, regs)
-    P.cont(tid)
+    _go(tid, regs)
 
 
 def rewind(tid: int, regs: P.Registers, nr: int) -> None:

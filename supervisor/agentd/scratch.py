@@ -30,7 +30,9 @@ from .syscall_numbers import SYSCALL_NUMBERS
 from .tracee_memory import MAX_PATH_BYTES, MemoryReadError, TraceeMemory
 
 __all__ = ["SCRATCH_BASE", "SCRATCH_SIZE", "SLOT_SIZE", "SLOT_COUNT", "POISON", "ScratchError",
-           "Install", "Scratch", "pinned_names", "send_deferred", "REGISTERS", "openat2_form"]
+           "Install", "Scratch", "pinned_names", "send_deferred", "REGISTERS", "openat2_form",
+           "in_window", "MUTATORS", "sendmsg_form",
+           "sendmmsg_result"]
 
 # 32 TiB: above the ASan shadow, far below PIE images (0x55..), the mmap base (0x7f..) and the
 # stack; free in every freshly exec'd image.
@@ -39,6 +41,7 @@ SLOT_SIZE = 4 << 20            # argv up to 2 MiB of strings + 512 KiB of pointe
 SLOT_COUNT = 1024              # live tasks of one agent tree that may hold a slot at once
 SCRATCH_SIZE = SLOT_SIZE * SLOT_COUNT   # 4 GiB of address space; only written pages cost memory
 POISON = 1 << 63               # non-canonical: unreadable for the decoder, EFAULT for the kernel
+WINDOW_OFFSET = 1 << 20        # where the copies of a window syscall start in a slot (3 MiB left)
 
 PROT_READ = 0x1
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x02, 0x20, 0x4000
@@ -51,6 +54,8 @@ MAX_ARG_BYTES = 128 * 1024 + 1
 MAX_ARGV_BYTES = 2 * 1024 * 1024
 SOCKADDR_MAX = 128
 MSGHDR_SIZE = 56
+MMSGHDR_SIZE = 64                # struct mmsghdr: a msghdr and its msg_len
+MSG_LEN_OFFSET = 56
 OPEN_HOW_MIN, OPEN_HOW_MAX = 24, 4096
 
 REGISTERS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")   # syscall arguments 0..5
@@ -71,6 +76,14 @@ STUB_LEN = len(INSTALL_STUB)
 
 class ScratchError(Exception):
     """The scratch region could not be installed or written; the caller fails closed."""
+
+
+# Syscalls that change which object a name leads to (the directory for a symlink exchange, a
+# symlink re-pointed, a name removed and made again): they wait while another task's window is
+# open, so a path the kernel still has to walk cannot change between the check and the walk.
+MUTATORS = frozenset({"rename", "renameat", "renameat2", "rmdir", "unlink", "unlinkat",
+                      "symlink", "symlinkat", "link", "linkat", "mkdir", "mkdirat", "mknod",
+                      "mknodat", "bind"})
 
 
 def pinned_names() -> frozenset[str]:
@@ -94,19 +107,30 @@ class Install:
 
 
 class _Blob:
-    """The bytes of one slot, laid out front to back, 8-byte aligned."""
+    """The bytes of one slot, laid out front to back, 8-byte aligned. A syscall that keeps a
+    window open (``in_window``) lays its copies out from ``WINDOW_OFFSET`` instead of 0: the
+    registers then say so by themselves."""
 
-    def __init__(self, base: int):
-        self.base = base
+    def __init__(self, slot: int):
+        self.slot = slot
+        self.base = slot
         self.parts: list[bytes] = []
         self.size = 0
+
+    def open_window(self) -> None:
+        assert self.size == 0
+        self.base = self.slot + WINDOW_OFFSET
+
+    @property
+    def window(self) -> bool:
+        return self.base != self.slot
 
     def add(self, data: bytes) -> int:
         address = self.base + self.size
         pad = (-len(data)) % 8
         self.parts.append(data + b"\0" * pad)
         self.size += len(data) + pad
-        if self.size > SLOT_SIZE:
+        if self.base + self.size > self.slot + SLOT_SIZE:
             raise ScratchError("operands larger than a scratch slot")
         return address
 
@@ -177,10 +201,13 @@ class Scratch:
         setregs(tid, restored)
 
     # --- pinning -----------------------------------------------------------------------------
-    def pin(self, tid: int, tgid: int, memory: TraceeMemory, spec: T.SyscallSpec, regs) -> bool:
+    def pin(self, tid: int, tgid: int, memory: TraceeMemory, spec: T.SyscallSpec,
+            regs) -> tuple[bool, bool]:
         """Copy the memory operands of the stopped syscall into ``tid``'s slot and point its
-        registers at the copies. Returns True when a register changed (the caller sets them).
-        An operand that cannot be copied gets ``POISON`` instead (the decoder then refuses)."""
+        registers at the copies. Returns ``(changed, window)``: whether a register changed (the
+        caller sets them) and whether the kernel will walk a path that a rename elsewhere in
+        the tree could still redirect (see ``in_window``). An operand that cannot be copied
+        gets ``POISON`` instead (the decoder then refuses)."""
         args = [getattr(regs, name) for name in REGISTERS]
         before = list(args)
         blob = _Blob(self.slot(tid))
@@ -188,6 +215,8 @@ class Scratch:
         if decoder == "open":
             self._pin_open(tid, tgid, memory, spec, args, blob)
         elif decoder in ("path", "chmod", "move", "link", "exec"):
+            if any(i is not None and args[i] != 0 for i in (spec.path, spec.path2)):
+                blob.open_window()
             for index in (spec.path, spec.path2):
                 if index is not None and args[index] != 0:
                     args[index] = _or_poison(lambda a=args[index]: blob.add(_cstring(memory, a)))
@@ -197,12 +226,29 @@ class Scratch:
             address, length = args[spec.addr], args[spec.addrlen] & 0xFFFFFFFF
             # A longer sockaddr is refused by the kernel (EINVAL) before it reads any of it.
             if address != 0 and 0 < length <= SOCKADDR_MAX:
-                args[spec.addr] = _or_poison(lambda: blob.add(memory.read_bytes(address, length)))
+                try:
+                    raw = memory.read_bytes(address, length)
+                except MemoryReadError:
+                    args[spec.addr] = POISON
+                else:
+                    if _names_unix_path(raw):
+                        blob.open_window()
+                    args[spec.addr] = _or_poison(lambda: blob.add(raw))
         elif decoder == "sendmsg" and spec.vlen is None:
             if args[spec.msg] != 0:
                 args[spec.msg] = _or_poison(lambda: _pin_msghdr(memory, args[spec.msg], blob))
+        elif decoder == "sendmsg":
+            # sendmmsg: the kernel writes each msg_len back into the array, which a read-only
+            # copy cannot take. One message per call: pinned, run as sendmsg (``sendmsg_form``),
+            # and the tracer writes msg_len and the count 1 at the exit stop (partial sends are
+            # sendmmsg's documented behaviour; callers loop).
+            if args[spec.msg] != 0 and args[spec.vlen] & 0xFFFFFFFF:
+                blob.open_window()
+                args[spec.msg] = _or_poison(
+                    lambda: _pin_msghdr(memory, args[spec.msg], blob, MMSGHDR_SIZE))
+                args[spec.vlen] = 1
         if args == before:
-            return False
+            return False, False
         if blob.size:
             try:
                 memory.write_bytes(blob.base, blob.data())
@@ -210,11 +256,12 @@ class Scratch:
                 raise ScratchError(f"cannot write the scratch slot: {exc}") from None
         for name, value in zip(REGISTERS, args):
             setattr(regs, name, value)
-        return True
+        return True, blob.window
 
     def _pin_open(self, tid, tgid, memory, spec, args, blob) -> None:
         flags_index = spec.flags
         if spec.how is not None:
+            blob.open_window()   # openat2 keeps the agent's own resolve flags and path
             size = args[3]
             if args[spec.how] != 0 and OPEN_HOW_MIN <= size <= OPEN_HOW_MAX:
                 try:
@@ -253,6 +300,8 @@ class Scratch:
             assert blob.size == 0
             blob.add(_open_how(args[flags_index], mode))
             assert blob.size == PINNED_OPEN_PATH_OFFSET
+        elif blob.size == 0:
+            blob.open_window()   # kept as the agent wrote it: the walk may still be redirected
         args[spec.path] = _or_poison(lambda: blob.add(raw))
 
 
@@ -348,16 +397,63 @@ def _pin_argv(memory: TraceeMemory, address: int, blob: _Blob) -> int:
     return blob.add(table)
 
 
-def _pin_msghdr(memory: TraceeMemory, address: int, blob: _Blob) -> int:
-    header = bytearray(memory.read_bytes(address, MSGHDR_SIZE))
+def _pin_msghdr(memory: TraceeMemory, address: int, blob: _Blob,
+                size: int = MSGHDR_SIZE) -> int:
+    header = bytearray(memory.read_bytes(address, size))
     name = int.from_bytes(header[0:8], "little")
     namelen = int.from_bytes(header[8:12], "little", signed=True)
     if name != 0 and namelen > 0:
         # The kernel clamps msg_namelen to sizeof(struct sockaddr_storage).
         length = min(namelen, SOCKADDR_MAX)
-        header[0:8] = blob.add(memory.read_bytes(name, length)).to_bytes(8, "little")
+        raw = memory.read_bytes(name, length)
+        if _names_unix_path(raw) and not blob.window:
+            blob.open_window()
+        header[0:8] = blob.add(raw).to_bytes(8, "little")
         header[8:12] = length.to_bytes(4, "little")
     return blob.add(bytes(header))
+
+
+def _names_unix_path(raw: bytes) -> bool:
+    """An AF_UNIX sockaddr with a file system path (not abstract, not autobind)."""
+    return len(raw) > 2 and int.from_bytes(raw[:2], "little") == 1 and raw[2] != 0
+
+
+_NR_SENDMSG, _NR_SENDMMSG = SYSCALL_NUMBERS["sendmsg"], SYSCALL_NUMBERS["sendmmsg"]
+
+
+def sendmsg_form(regs) -> bool:
+    """An allowed, pinned sendmmsg(fd, copy, 1, flags) runs as sendmsg(fd, copy, flags); the
+    tracer completes it at the exit stop (``sendmmsg_result``). True when ``regs`` changed."""
+    if regs.orig_rax != _NR_SENDMMSG or not in_window(regs):
+        return False
+    regs.orig_rax = _NR_SENDMSG
+    regs.rdx = regs.r10
+    return True
+
+
+def sendmmsg_result(regs, memory: TraceeMemory, array: int) -> bool:
+    """At the exit stop of a sendmmsg run as sendmsg: what sendmmsg would have returned (1)
+    and written (msg_len of the first entry, in the agent's own array). True when ``regs``
+    changed."""
+    if regs.orig_rax != _NR_SENDMSG or regs.rax > _U64 - 4096:
+        return False  # refused or failed: the error is sendmmsg's too
+    try:
+        memory.write_bytes(array + MSG_LEN_OFFSET, (regs.rax & 0xFFFFFFFF).to_bytes(4, "little"))
+    except MemoryReadError:
+        pass  # the kernel would have failed the same write; the count stands
+    regs.rax = 1
+    return True
+
+
+def in_window(regs) -> bool:
+    """Does this stopped syscall keep a window open: a pinned path the kernel will still walk
+    (everything but the rewritten opens, which run with RESOLVE_NO_SYMLINKS)? Read from the
+    registers alone: its copies lie at ``WINDOW_OFFSET`` or beyond in a slot."""
+    for name in REGISTERS:
+        offset = getattr(regs, name) - SCRATCH_BASE
+        if 0 <= offset < SCRATCH_SIZE and offset % SLOT_SIZE >= WINDOW_OFFSET:
+            return True
+    return False
 
 
 def _or_poison(copy) -> int:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import kernel_consts as K
+from ptrace.binding import func as _ptrace_binding
+
 from . import ptrace_api as P
 from . import scratch as S
 from .syscall_numbers import SYSCALL_NAMES
@@ -51,6 +53,8 @@ class Task:
     parked: bool = False           # stopped for a SIGSTOP verdict, waiting to be detached
     approval: tuple | None = None  # (nr, args, outcome): a one-shot operator decision
     install: S.Install | None = None   # the scratch region is being installed (after exec)
+    mutator: bool = False          # waiting (Tracer.waiting) with one of scratch.MUTATORS
+    sendmmsg_array: int = 0        # a pinned sendmmsg: the agent's array, for its exit stop
     _exe: str | None = None
     _ppid: int | None = None
     _memory: TraceeMemory | None = None
@@ -129,6 +133,11 @@ class Tracer:
         # only (the agent cannot set the supervisor's environment).
         self.pin = pin if pin is not None else os.environ.get("AGENTD_BENCH_NO_PINNING") != "1"
         self.scratch = S.Scratch()
+        # tids inside a syscall whose path the kernel still walks (until their exit stop), and
+        # the MUTATORS of other tasks that wait for them (scratch.py)
+        self.windows: set[int] = set()
+        self.mutating: set[int] = set()   # the windows that are MUTATORS
+        self.waiting: list[Task] = []
         self.root_exec_done = False   # before it, the root is the supervisor's own child code
         self._pinned = S.pinned_names()
         self.on_seccomp = on_seccomp
@@ -187,12 +196,22 @@ class Tracer:
             task = self._adopt(tid, parent=0)
         sig = os.WSTOPSIG(status)
         event = status >> 16
+        if self.waiting and (self.stopping or self.killing):
+            self.release_waiting()  # parked or killed like everyone else, not left waiting
         try:
             if self.killing:
                 os.kill(tid, signal.SIGKILL)
                 self._resume(tid)
             elif task.install is not None:
                 self._installing_stop(task, sig, event)
+            elif event == 0 and sig == signal.SIGTRAP and self._is_syscall_exit(task):
+                if task.sendmmsg_array:
+                    regs = P.getregs(tid)
+                    if S.sendmmsg_result(regs, task.memory, task.sendmmsg_array):
+                        P.setregs(tid, regs)
+                    task.sendmmsg_array = 0
+                self._close_window(task.tid)
+                self._resume(tid)
             elif event == K.PTRACE_EVENT_SECCOMP:
                 self._seccomp_stop(task)
             elif event in _NEW_TASK_EVENTS:
@@ -212,6 +231,8 @@ class Tracer:
                         gone.release()
                     self.scratch.release(former)
                 task.forget_process_facts()
+                self._close_window(former)   # the exec's walk is over; P.cont ends its trace
+                self._close_window(tid)
                 if task.tgid == self.root_pid:
                     self.root_exec_done = True
                 if self.pin:
@@ -268,17 +289,74 @@ class Tracer:
         except ProcessLookupError:
             pass
 
+    def _is_syscall_exit(self, task: Task) -> bool:
+        """A SIGTRAP stop of a task in a window: its syscall-exit-stop (si_code SIGTRAP or
+        SIGTRAP|0x80), or a real SIGTRAP (si_code SI_KERNEL, SI_USER, ...)?"""
+        if task.tid not in self.windows:
+            return False
+        try:
+            info = _ptrace_binding.ptrace_getsiginfo(task.tid)
+        except P.PtraceError:
+            return False
+        return info.si_code in (signal.SIGTRAP, signal.SIGTRAP | 0x80)
+
+    def _close_window(self, tid: int) -> None:
+        if tid in self.windows:
+            self.windows.discard(tid)
+            self.mutating.discard(tid)
+            if self.waiting and (not self.windows or not self.mutating):
+                waiting, self.waiting = self.waiting, []
+                for task in waiting:
+                    if task.tid in self.tasks:
+                        self._seccomp_stop(task)
+
+    def _must_wait(self, task: Task) -> bool:
+        """A reader-writer lock over path walks, the waiting side left in its seccomp stop:
+        a MUTATOR waits while another task's window is open, and a pinned path syscall waits
+        while another task's mutator runs (it may be in the kernel already when we check).
+        Rewritten opens need neither: they run with RESOLVE_NO_SYMLINKS."""
+        if not self.windows or self.windows == {task.tid} or self.killing or self.stopping:
+            return False
+        name = SYSCALL_NAMES.get(P.getregs(task.tid).orig_rax)
+        if name in S.MUTATORS:
+            wait = True
+        elif name in self._pinned and name not in ("open", "openat"):
+            # ... and behind a waiting mutator, which would otherwise starve
+            wait = any(t != task.tid for t in self.mutating) or any(
+                t.mutator for t in self.waiting)
+        else:
+            wait = False
+        if wait:
+            task.mutator = name in S.MUTATORS
+            self.waiting.append(task)
+        return wait
+
+    def release_waiting(self) -> None:
+        """Hand every waiting mutator to the handler now (a SIGSTOP verdict parks them all)."""
+        waiting, self.waiting = self.waiting, []
+        for task in waiting:
+            if task.tid in self.tasks:
+                self._seccomp_stop(task, wait=False)
+
     def _pin(self, task: Task) -> None:
         """Copy the stopped syscall's memory operands to the scratch slot (``scratch.pin``)."""
         if task.tgid == self.root_pid and not self.root_exec_done:
             return  # the supervisor's child execing the agent: no agent code has run yet
         regs = P.getregs(task.tid)
         name = SYSCALL_NAMES.get(regs.orig_rax)
+        task.sendmmsg_array = 0
         if name not in self._pinned:
             return
         spec = TABLE[name]
+        array = regs.rsi
         try:
-            changed = self.scratch.pin(task.tid, task.tgid, task.memory, spec, regs)
+            changed, window = self.scratch.pin(task.tid, task.tgid, task.memory, spec, regs)
+            if window and name == "sendmmsg":
+                task.sendmmsg_array = array
+            if window:
+                self.windows.add(task.tid)
+                if name in S.MUTATORS:
+                    self.mutating.add(task.tid)
         except S.ScratchError as exc:
             # INVARIANT: an operand that could not be pinned is never read by the kernel:
             # poison every pointer, the decoder then refuses the syscall (and records why).
@@ -290,9 +368,13 @@ class Tracer:
         if changed:
             P.setregs(task.tid, regs)
 
-    def _seccomp_stop(self, task: Task) -> None:
+    def _seccomp_stop(self, task: Task, wait: bool = True) -> None:
         try:
             if self.pin:
+                # its previous syscall is over, whether or not we saw the exit
+                self._close_window(task.tid)
+                if wait and self._must_wait(task):
+                    return
                 self._pin(task)
             self.on_seccomp(self, task)
         except P.PtraceError:
@@ -344,6 +426,8 @@ class Tracer:
 
     def _gone(self, tid: int, status: int) -> None:
         self.scratch.release(tid)
+        self.waiting = [t for t in self.waiting if t.tid != tid]
+        self._close_window(tid)
         task = self.tasks.pop(tid, None)
         if task is not None:
             task.release()
