@@ -255,3 +255,15 @@ def test_a_flood_of_file_descriptors_is_refused(daemon):
     assert daemon.alive()
     own = os.listdir(f"/proc/{daemon.process.pid}/fd")
     assert len(own) < 40, own
+
+
+def test_an_agent_cannot_ask_the_daemon_for_another_run(daemon):
+    """Else it would start a process outside its own tree, under another policy."""
+    escaped = daemon.shared / "escaped"
+    result = daemon.run([daemon.argv([], "x")[0], "run", "--policy", "test", "--", "touch",
+                         str(escaped)], user="nobody")
+    assert result.returncode == 125, result.stderr
+    assert "agents may not use the daemon" in result.stderr
+    assert not escaped.exists()
+    result = daemon.run([daemon.argv([], "x")[0], "ps"], user="nobody")
+    assert result.returncode == 0

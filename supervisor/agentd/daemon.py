@@ -185,6 +185,7 @@ class Connection:
     buffer: bytes = b""
     fds: list[int] = field(default_factory=list)
     run: Run | None = None
+    confined: str | None = None     # why this peer is itself a supervised agent, if it is
 
 
 def _peer(sock: socket.socket) -> tuple[int, int, int, list[int]]:
@@ -382,8 +383,30 @@ class Daemon:
             except OSError:
                 sock.close()
                 continue
-            conn = Connection(sock, uid, gid, pid, groups)
+            conn = Connection(sock, uid, gid, pid, groups, confined=self._confined(pid))
             self.selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _confined(self, pid: int) -> str | None:
+        """Is the peer an agent (ours, or traced by anyone)? An agent that could ask the daemon
+        for a new run would start a process outside its own tree, under another policy."""
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+                tracer = next((line.split()[1] for line in handle
+                               if line.startswith("TracerPid:")), "0")
+        except OSError:
+            return "the caller's process is gone"
+        if tracer != "0":
+            return f"the caller (pid {pid}) is traced by pid {tracer}"
+        if self.cgroups is not None:
+            from .cgroups import own_cgroup
+            try:
+                where = own_cgroup(pid)
+            except OSError:
+                return "the caller's cgroup is unknown"
+            mine = self.cgroups.base[len(self.cgroups.mount):]
+            if where.startswith(mine.rstrip("/") + "/run-"):
+                return f"the caller (pid {pid}) is an agent of this daemon"
+        return None
 
     def _drop(self, conn: Connection) -> None:
         try:
@@ -435,6 +458,14 @@ class Daemon:
             self._drop(conn)
             return
         op = request.get("op")
+        if conn.confined and op not in ("ps", "status"):
+            log.warning("refused %s from uid %d: %s", op, conn.uid, conn.confined)
+            for fd in conn.fds:
+                os.close(fd)
+            conn.fds = []
+            _send(conn.sock, {"ok": False, "error": f"agents may not use the daemon: "
+                              f"{conn.confined}"})
+            return
         handler = {"run": self._op_run, "ps": self._op_ps, "stop": self._op_stop,
                    "resume": self._op_resume, "kill": self._op_kill, "reload": self._op_reload,
                    "status": self._op_status, "signal": self._op_signal}.get(op)
