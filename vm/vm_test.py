@@ -40,7 +40,6 @@ IMAGE_RECIPE_FILES = ("build-image",)  # plus everything under vm/image/
 KERNEL_STARTED = re.compile(rb"Linux version \d")
 GUEST_STARTED = re.compile(rb"agentd-vmtest: started")
 GUEST_MARKER = re.compile(rb"@@AGENTD-VMTEST (\w+)(?: ([^@]*))?@@")
-GUEST_RUNNER_DONE = re.compile(rb"agentd-vmtest: runner finished with status (\d+)")
 
 RESULTS_DISK_BYTES = 256 * 1024 * 1024  # sparse; the guest's tar of logs and junit.xml
 
@@ -397,7 +396,8 @@ def report(outcome: BootOutcome, run_dir: pathlib.Path, build_seconds: float | N
     timing.append(f"total {time.monotonic() - total_started:.0f} s")
     log("timing: " + ", ".join(timing))
     if "junit.xml" not in files:
-        log(f"no test results came back (results disk: {files or 'empty'})")
+        log(f"no test results came back (results disk: {files or 'empty'}; "
+            f"console summary: {outcome.summary or 'none'})")
         print(tail(run_dir / "serial.log", 60))
         if "install.log" in files:
             print(tail(run_dir / "install.log", 30))
