@@ -283,8 +283,10 @@ def test_an_unconditional_denial_beats_tracing():
 def test_filter_cost(default_program):
     cost = seccomp.measure_cost(default_program)
     print(f"\ndefault profile + {len(TRACED)} traced: {cost}")
-    assert cost.program_length <= 130
-    assert cost.max_executed <= 16
+    # socket() is the worst path (raw IP and packet sockets refused: four argument rules); it is
+    # not a hot syscall. Every other syscall stays within 16.
+    assert cost.program_length <= 140
+    assert cost.max_executed <= 22
     assert cost.mean_executed <= 12.5
 
 
@@ -423,8 +425,9 @@ def test_profile_actions(tmp_path):
     assert bpf.run(program, call("acct")) == errno_action(22)
     assert bpf.run(program, call("reboot")) == KILL
     assert bpf.run(program, call("getppid")) == TRACE
-    assert bpf.run(program, call("socket", 17, 3)) == errno_action(97)  # AF_PACKET
-    assert bpf.run(program, call("socket", (1 << 32) | 17, 3)) == errno_action(97)  # int in the kernel
+    # AF_PACKET is refused by the tracer invariants first (EPERM), whatever the profile says
+    assert bpf.run(program, call("socket", 17, 3)) == errno_action(1)
+    assert bpf.run(program, call("socket", (1 << 32) | 17, 3)) == errno_action(1)  # int in the kernel
     assert bpf.run(program, call("socket", 2, 1)) == ALLOW
     assert bpf.run(program, call("mprotect", 0, 4096, 7)) == KILL  # W and X together
     assert bpf.run(program, call("mprotect", 0, 4096, 5)) == ALLOW

@@ -75,6 +75,12 @@ class Denial:
 
 KILL_PROCESS = Denial(None)
 EPERM = Denial(errno_codes.EPERM)
+
+# socket(2): the type's low nibble (SOCK_TYPE_MASK) is the type, the rest are flags.
+AF_INET, AF_INET6, AF_PACKET = 2, 10, 17
+SOCK_RAW = 3
+SOCK_PACKET = 10
+SOCK_TYPE_MASK = 0xF
 ENOSYS = Denial(errno_codes.ENOSYS)
 
 
@@ -204,6 +210,23 @@ TRACER_INVARIANTS = FilterSpec(
                 "TIOCSTI types into the user's terminal: commands that run outside the sandbox"),
         ArgRule("ioctl", (ArgCondition(1, "eq", TIOCLINUX, width=32),), EPERM,
                 "TIOCLINUX pastes the console selection into its input, like TIOCSTI"),
+        # A raw or packet socket writes its own headers: the sockaddr the tracer judges does not
+        # say where the packet goes (IP_HDRINCL names 127.0.0.2 in the sockaddr and 127.0.0.1 in
+        # the header). The type's low nibble is the type (SOCK_NONBLOCK|SOCK_CLOEXEC masked off);
+        # ping sockets (SOCK_DGRAM, IPPROTO_ICMP) stay allowed.
+        # Only IP families: netlink uses SOCK_RAW too (glibc's getifaddrs, getaddrinfo).
+        ArgRule("socket", (ArgCondition(0, "eq", AF_INET, width=32),
+                           ArgCondition(1, "masked_eq", SOCK_RAW, mask=SOCK_TYPE_MASK, width=32)),
+                EPERM, "a raw IP socket's packets carry their own addresses, which no rule sees"),
+        ArgRule("socket", (ArgCondition(0, "eq", AF_INET6, width=32),
+                           ArgCondition(1, "masked_eq", SOCK_RAW, mask=SOCK_TYPE_MASK, width=32)),
+                EPERM, "a raw IP socket's packets carry their own addresses, which no rule sees"),
+        # (AF_INET, SOCK_PACKET) is turned into a packet socket by the kernel (__sock_create).
+        ArgRule("socket", (ArgCondition(1, "masked_eq", SOCK_PACKET, mask=SOCK_TYPE_MASK,
+                                        width=32),),
+                EPERM, "SOCK_PACKET (obsolete packet socket): raw frames, addresses unseen"),
+        ArgRule("socket", (ArgCondition(0, "eq", AF_PACKET, width=32),), EPERM,
+                "a packet socket sends raw frames whose addresses no rule sees"),
         ArgRule("seccomp", (ArgCondition(1, "any_bits", SECCOMP_FILTER_FLAG_NEW_LISTENER),), EPERM,
                 "a nested filter's USER_NOTIF outranks our TRACE; with a listener of its own the "
                 "agent could answer CONTINUE and run the syscall without a tracer stop"),
