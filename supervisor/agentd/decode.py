@@ -280,6 +280,22 @@ def format_sockaddr(t: Tracee | int, raw: bytes) -> str | None:
     return f"{_FAMILY_NAMES.get(family, f'af{family}')}:{raw[2:].hex()}"
 
 
+# The unspecified address as a destination means "this host": the kernel sends to loopback
+# (0.0.0.0 -> 127.0.0.1, :: -> ::1). Judge it both as written and as the loopback address the
+# kernel will use, so a rule on 127.0.0.1 / [::1] holds (the most restrictive answer wins).
+_UNSPECIFIED_AS_LOOPBACK = (("0.0.0.0:", "127.0.0.1:"), ("[::]:", "[::1]:"))
+
+
+def _connect_actions(target: str | None) -> tuple[Action, ...]:
+    if not target:
+        return ()
+    actions = [Action("network_connect", target)]
+    for unspecified, loopback in _UNSPECIFIED_AS_LOOPBACK:
+        if target.startswith(unspecified):
+            actions.append(Action("network_connect", loopback + target[len(unspecified):]))
+    return tuple(actions)
+
+
 def _read_sockaddr(t: Tracee, address: int, length: int) -> bytes:
     if length > SOCKADDR_MAX:
         length = SOCKADDR_MAX  # the kernel refuses longer ones with EINVAL anyway
@@ -294,7 +310,7 @@ def _decode_sockaddr(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     if address == 0 or length == 0:
         return (), ()  # sendto on a connected socket: judged at connect()
     target = format_sockaddr(t, _read_sockaddr(t, address, length))
-    return ((Action("network_connect", target),) if target else ()), ()
+    return _connect_actions(target), ()
 
 
 def _decode_bind(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
@@ -322,8 +338,7 @@ def _decode_sendmsg(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
         if name == 0 or namelen == 0:
             continue
         target = format_sockaddr(t, _read_sockaddr(t, name, namelen))
-        if target and Action("network_connect", target) not in actions:
-            actions.append(Action("network_connect", target))
+        actions += [a for a in _connect_actions(target) if a not in actions]
     return tuple(actions), ()
 
 
