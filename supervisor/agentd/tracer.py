@@ -335,7 +335,16 @@ class Tracer:
         """Hand every waiting mutator to the handler now (a SIGSTOP verdict parks them all)."""
         waiting, self.waiting = self.waiting, []
         for task in waiting:
-            if task.tid in self.tasks:
+            if task.tid not in self.tasks:
+                continue
+            if self.killing:
+                # INVARIANT: nothing new runs once the tree is being killed
+                try:
+                    os.kill(task.tid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self._resume(task.tid)
+            else:
                 self._seccomp_stop(task, wait=False)
 
     def _pin(self, task: Task) -> None:
