@@ -125,3 +125,21 @@ def test_one_entry_per_policy_and_a_bounded_directory(cache_home, tmp_path, monk
     for i in range(6):
         C.load_policy_cached(str(policy_file), dict(VARIABLES, WORKSPACE=f"/ws{i}"))
     assert len(list(cache_home.iterdir())) == 3
+
+
+def test_the_agent_cannot_plant_a_cache_entry(tmp_path):
+    """The cache is unpickled by later runs: agentd run keeps the agent out of it."""
+    cache = tmp_path / "cache"
+    entries = cache / "agentd" / "policies"
+    agent = ("import os, sys\n"
+             f"d = {str(entries)!r}\n"
+             "os.makedirs(d, exist_ok=True)\n"
+             "try:\n    open(os.path.join(d, 'planted.pickle'), 'wb').write(b'x'); print('written')\n"
+             "except PermissionError: print('refused')\n")
+    agentd = os.path.join(os.path.dirname(sys.executable), "agentd")
+    proc = subprocess.run([agentd, "run", "--embedded", "--policy", "permissive",
+                           "--audit-log", str(tmp_path / "audit.jsonl"), "--", sys.executable, "-c", agent],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, XDG_CACHE_HOME=str(cache)))
+    assert proc.stdout.strip() == "refused", proc.stderr
+    assert not (entries / "planted.pickle").exists()

@@ -144,7 +144,7 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
     session = Session(policy, run_id, agent_id, recorder=recorder, audit_only=(mode == "audit"),
                       protected_paths=(log_path, registration.directory + "/",
                                        # a policy cache entry is unpickled by later runs
-                                       cache_dir().rstrip("/") + "/"),
+                                       os.path.realpath(cache_dir()) + "/"),
                       hold=control.Holder(registration))
 
     def terminate(signum, frame):  # agentd kill RUN_ID, or a plain kill of the supervisor
