@@ -256,7 +256,8 @@ class Scratch:
                 raise ScratchError(f"cannot write the scratch slot: {exc}") from None
         for name, value in zip(REGISTERS, args):
             setattr(regs, name, value)
-        return True, blob.window
+        # INVARIANT: a window is exactly what ``enforce`` resumes with PTRACE_SYSCALL
+        return True, in_window(regs)
 
     def _pin_open(self, tid, tgid, memory, spec, args, blob) -> None:
         flags_index = spec.flags
