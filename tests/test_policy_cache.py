@@ -143,3 +143,20 @@ def test_the_agent_cannot_plant_a_cache_entry(tmp_path):
                           env=dict(os.environ, XDG_CACHE_HOME=str(cache)))
     assert proc.stdout.strip() == "refused", proc.stderr
     assert not (entries / "planted.pickle").exists()
+
+
+def test_a_change_to_an_extended_file_elsewhere_misses(cache_home, tmp_path):
+    base_dir, child_dir = tmp_path / "base", tmp_path / "child"
+    base_dir.mkdir()
+    child_dir.mkdir()
+    base = base_dir / "base.yaml"
+    child = child_dir / "child.yaml"
+    child.write_text(f"name: child\nextends: [{base}]\npatterns: []\n")
+    for action in ("deny", "allow"):
+        base.write_text("name: base\npatterns:\n  - id: b\n    action_type: file_read\n"
+                        f"    pattern: '^/b$'\n    action: {action}\n")
+        C.load_policy_cached(str(child), VARIABLES)               # miss: stores
+        cached = C.load_policy_cached(str(child), VARIABLES)      # hit
+        assert cached.evaluate("file_read", "/b").action == action
+        entry = next(cache_home.iterdir()).read_bytes()
+        assert str(base).encode() in entry.split(b"\n")[1]        # the extended file is listed

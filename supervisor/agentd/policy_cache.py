@@ -6,9 +6,10 @@ Owns ``load_policy_cached(name_or_path, variables)``: the same ``Policy`` as
 policy is mostly compiling its regexes in pure Python (``re._parser``/``_compiler``, ~0.3 ms
 each); the pickle keeps each regex's compiled program and rebuilds it with ``_sre.compile``, so
 a hit costs a few milliseconds and never imports YAML. A cache entry is used only when its key
-matches: the SHA-256 of the policy file and of every policy file it could extend (the YAML files
-of its own directory and of the search path), the variables, the search path, the Python version
-and the size and mtime of every ``agent_os`` source file. Pickle runs code, so an entry is read
+matches: the SHA-256 of the policy file and of the YAML files of its own directory and of the
+search path, the variables, the search path, the Python version and the size and mtime of every
+``agent_os`` source file; and the SHA-256 of every file the loaded policy came from (``extends:``
+and ``merge:`` may name files elsewhere), listed in the entry and checked before unpickling. Pickle runs code, so an entry is read
 only from a directory owned by us and closed to others (0700), from a file owned by us that no
 one else may write, and its key is checked again after loading; ``agentd run`` also puts the
 cache directory among the paths the agent may not write (``Session.protected_paths``). Any
@@ -157,24 +158,77 @@ def _private_dir(directory: str, create: bool) -> bool:
     return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o077
 
 
+def _source_files(policy, seen: set | None = None) -> list[str] | None:
+    """Every file the loaded policy came from (its own, what it extends, what it merges), or
+    None when some part has no recorded source (then it is not cached)."""
+    seen = set() if seen is None else seen
+    if id(policy) in seen:
+        return []
+    seen.add(id(policy))
+    files: list[str] = []
+    parts = getattr(policy, "parts", None)
+    if parts:   # a merge: document; its parts carry the sources
+        for part in parts:
+            sub = _source_files(part, seen)
+            if sub is None:
+                return None
+            files += sub
+    else:
+        source = getattr(policy, "source", None)
+        if not source:
+            return None
+        files.append(os.path.abspath(os.fspath(source)))
+    for parent in getattr(policy, "extends", None) or ():
+        sub = _source_files(parent, seen)
+        if sub is None:
+            return None
+        files += sub
+    return sorted(set(files))
+
+
+def _digest_files(files: list[str]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        try:
+            with open(path, "rb") as handle:
+                digest.update(f"{path}\0".encode() + hashlib.sha256(handle.read()).digest())
+        except OSError as exc:
+            digest.update(f"{path}\0unreadable {exc.errno}\0".encode())
+    return digest.hexdigest()
+
+
 def _read_entry(path: str, key: str):
+    """The cached policy, or None. Layout: the key, the JSON list of source files and the
+    SHA-256 over their contents (one line each), then the pickle; the pickle is loaded only
+    when all three still match."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if info.st_uid != os.geteuid() or info.st_mode & 0o022 or not stat.S_ISREG(info.st_mode):
             return None
         data = handle.read()
-    if not data.startswith(key.encode() + b"\n"):
+    header_key, files_line, files_digest, body = data.split(b"\n", 3)
+    if header_key != key.encode():
         return None
-    entry = pickle.loads(data[len(key) + 1:])
+    import json
+
+    files = json.loads(files_line)
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return None
+    if _digest_files(files).encode() != files_digest:
+        return None    # a policy it extends (perhaps outside the hashed directories) changed
+    entry = pickle.loads(body)
     if not isinstance(entry, dict) or entry.get("key") != key:
         return None
     return entry.get("policy")
 
 
-def _dumps(key: str, policy) -> bytes:
+def _dumps(key: str, policy, files: list[str]) -> bytes:
+    import json
+
     buffer = io.BytesIO()
-    buffer.write(key.encode() + b"\n")
+    buffer.write(key.encode() + b"\n" + json.dumps(files).encode() + b"\n"
+                 + _digest_files(files).encode() + b"\n")
     _PolicyPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump({"key": key, "policy": policy})
     return buffer.getvalue()
 
@@ -182,12 +236,15 @@ def _dumps(key: str, policy) -> bytes:
 def _write_entry(directory: str, path: str, key: str, policy) -> None:
     """Store ``policy`` with its matchers built (``Policy.compile()``: that is most of the cost
     a hit saves); a policy whose matchers cannot be pickled (an RE2 set) is stored unbuilt."""
-    data = _dumps(key, policy)
+    files = _source_files(policy)
+    if files is None:
+        return
+    data = _dumps(key, policy, files)
     compile_now = getattr(policy, "compile", None)
     if callable(compile_now):
         compile_now()
         try:
-            data = _dumps(key, policy)
+            data = _dumps(key, policy, files)
         except Exception:  # noqa: BLE001 - keep the unbuilt form
             pass
     temporary = f"{path}.{os.getpid()}.tmp"
