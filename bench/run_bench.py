@@ -342,13 +342,14 @@ imported by `agentd run`, and the policy comes pickled with its compiled regex p
 Every agentd cell includes agentd's own start-up (~100 ms here), which is most of the
 `tcp_connect` figure (38 ms natively).
 
-**Against issue 3's targets** (2026-11-27, the run above): supervisor RSS < 64 MiB — met (~25 MiB).
-Start-up < 60 ms — not met: ~90 ms of CPU, ~80-110 ms wall on this shared VM (it was 100-140 ms
-before click/YAML/find_library were taken off the path and the policy cache added). Overhead no
-larger than strace's — not met on any workload: agentd costs about 100 µs of CPU per stop
-against strace's ~20 µs; the floor tracer shows the design itself (ptrace + seccomp on these
-syscalls) costs 0-35 %. What is left is Python on the per-stop path (decode, path resolution,
-the TOCTOU pinning, the record), which a C or Rust stop loop would remove.
+**Against issue 3's targets** (2026-11-27, a quiet moment, load ~2.5): supervisor RSS < 64 MiB —
+met (~28 MiB). Start-up < 60 ms — not met: ~80 ms wall and CPU (100-140 ms before click, YAML
+and python-ptrace's find_library were taken off the path and the policy cache added; bare
+`python -c pass` is ~10 ms of it). Overhead no larger than strace's — not met on any workload.
+Per seccomp stop, from `py_files` (CPU, start-up subtracted): floor ~35 µs, strace ~75 µs,
+agentd ~110 µs. Within agentd's stop, the Python work (registers, decode and path resolution,
+the TOCTOU pinning, the decision, the record) is the remainder above the floor; only a
+compiled stop loop would bring it to strace's level.
 """
 
 
