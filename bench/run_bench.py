@@ -339,8 +339,8 @@ path resolution (`paths.resolve_tracee_path`: several `lstat`s per path), the po
 written after the agent is resumed). Start-up is mostly imports (~45 ms of CPU: `logging`,
 `dataclasses`/`inspect`, `re`, the seccomp/BPF and decode modules); click and YAML are no longer
 imported by `agentd run`, and the policy comes pickled with its compiled regex programs.
-Every agentd cell includes agentd's own start-up (~100 ms here), which is most of the
-`tcp_connect` figure (38 ms natively).
+Every agentd cell includes agentd's own start-up (~80 ms here), which is most of the
+`tcp_connect` figure.
 
 **Against issue 3's targets** (2026-11-27, a quiet moment, load ~2.5): supervisor RSS < 64 MiB —
 met (~28 MiB). Start-up < 60 ms — not met: ~80 ms wall and CPU (100-140 ms before click, YAML
