@@ -7,7 +7,9 @@ socket ``<runs>/<run_id>.sock`` (mode 0600); ``<runs>`` is ``$AGENTD_RUNS_DIR``,
 A SIGSTOP verdict calls ``hold``: the held syscall is rewound (it is issued again later), every
 agent process gets a real SIGSTOP, the tracer collects the stops and detaches, so the processes
 sit in state ``T``; then the supervisor waits, blocking in ``select`` on the socket and (on a
-terminal) stdin, for allow / deny / kill. Allow or deny re-seizes every task, sends SIGCONT and
+terminal) stdin, for allow / deny / kill. Only the operator may answer: connections queued
+before the hold are dropped, a peer (SO_PEERCRED) in the agent's tree or of another user is
+refused, and the socket is closed again after each decision. Allow or deny re-seizes every task, sends SIGCONT and
 answers the re-issued syscall once; kill kills the tree. ``agentd kill`` signals the supervisor
 with SIGTERM, which kills the tree whatever state it is in.
 """
@@ -21,7 +23,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from . import enforce as E
 from . import ptrace_api as P
@@ -62,6 +64,9 @@ class RunRegistration:
     info: dict[str, Any]
     directory: str = field(default_factory=runs_dir)
     sock: Any = None  # the listening control socket, opened only while the run is held
+    # Is this pid one of the agent's tasks? (set by the Holder from the tracer): its answers,
+    # and its children's, are refused.
+    agent: Callable[[int], bool] | None = None
 
     @property
     def info_path(self) -> str:
@@ -95,6 +100,59 @@ class RunRegistration:
         sock.listen(4)
         self.sock = sock
 
+    def close_socket(self) -> None:
+        """After a decision: nobody is to queue an answer for the next hold in advance."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        try:
+            os.unlink(self.sock_path)
+        except OSError:
+            pass
+
+    def drop_queued(self) -> int:
+        """Drop connections queued before the hold began (the agent was running then)."""
+        if self.sock is None:
+            return 0
+        dropped = 0
+        self.sock.setblocking(False)
+        try:
+            while True:
+                try:
+                    conn, _ = self.sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                conn.close()
+                dropped += 1
+        finally:
+            self.sock.setblocking(True)
+        return dropped
+
+    def peer_refusal(self, conn: Any) -> str | None:
+        """Why this control connection may not decide, or None. SO_PEERCRED names the process
+        that connected: not one of the agent's (nor a descendant of one), and for a non-root
+        supervisor, the same user (or root)."""
+        import socket
+        import struct
+
+        try:
+            pid, uid, _gid = struct.unpack("3i", conn.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        except OSError as exc:
+            return f"cannot read the peer's credentials: {exc.strerror}"
+        euid = os.geteuid()
+        if euid != 0 and uid not in (euid, 0):
+            return f"peer uid {uid} is not the supervisor's ({euid})"
+        if pid <= 0:
+            return "the peer's pid is not visible here (another pid namespace)"
+        if self.agent is not None:
+            current, steps = pid, 0
+            while current > 1 and steps < 4096:
+                if self.agent(current):
+                    return f"peer pid {pid} is the agent's own process tree"
+                current, steps = _parent_pid(current), steps + 1
+        return None
+
     def update(self, **changes: Any) -> None:
         self.info.update(changes)
         tmp = self.info_path + ".tmp"
@@ -117,6 +175,7 @@ class RunRegistration:
         import select
 
         self.open_socket()
+        self.drop_queued()
         watch: list[Any] = [self.sock]
         tty = prompt is not None and sys.stdin is not None and os.isatty(0)
         if tty:
@@ -135,6 +194,15 @@ class RunRegistration:
                 conn, _ = self.sock.accept()
                 with conn:
                     conn.settimeout(5)
+                    refusal = self.peer_refusal(conn)
+                    if refusal is not None:
+                        os.write(2, f"agentd: control connection refused: {refusal}\n".encode())
+                        try:
+                            conn.sendall(json.dumps({"ok": False, "error": refusal}).encode()
+                                         + b"\n")
+                        except OSError:
+                            pass
+                        continue
                     try:
                         request = json.loads(conn.makefile("r").readline() or "{}")
                     except (ValueError, OSError):
@@ -145,6 +213,15 @@ class RunRegistration:
                         return decision, "control socket"
                     conn.sendall(json.dumps({"ok": False, "error": "decision must be one of "
                                              + ", ".join(DECISIONS)}).encode() + b"\n")
+
+
+def _parent_pid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return 0
+    return int(stat[stat.rfind(b")") + 2:].split()[1])
 
 
 def list_runs(directory: str | None = None) -> list[dict[str, Any]]:
@@ -225,6 +302,7 @@ class Holder:
             E.refuse(task.tid, regs)
             return
         E.rewind(task.tid, regs, nr)
+        self.registration.agent = tracer.contains
         self.registration.open_socket()
         deciding = verdict.deciding
         what = f"{deciding.action_type} {deciding.target}" if deciding else f"syscall {nr}"
@@ -236,6 +314,7 @@ class Holder:
                   f"agentd: {verdict.reason}\n"
                   f"agentd: [a]llow once, [d]eny, [k]ill the agent? ")
         decision, who = self.registration.wait_for_decision(prompt)
+        self.registration.close_socket()
         from .decide import Evaluation
         session.record(task, "operator", Evaluation(
             deciding.action_type if deciding else "", deciding.target if deciding else "",

@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable
 
 from .decode import Action, DecodedSyscall, SignalTarget
 
-__all__ = ["Evaluation", "Verdict", "decide", "fail_closed", "OUTCOME_RANK", "AgentTree"]
+__all__ = ["Evaluation", "Verdict", "decide", "fail_closed", "OUTCOME_RANK", "AgentTree",
+           "containment_of_protected"]
 
 OUTCOME_RANK = {"allow": 0, "warn": 1, "block": 2, "stop": 3, "kill": 4}
 _PROC_PID = re.compile(r"/proc/(\d+)(?:/(.*))?\Z", re.DOTALL)
@@ -147,6 +148,27 @@ def _containment_of_path(action: Action, tree: AgentTree) -> Evaluation | None:
     return Evaluation(action.action_type, action.target, "deny", "block",
                       "containment: the agent may not change, or read the memory or environment "
                       "of, processes outside its tree", ("agentd:containment",))
+
+
+_PROTECTED_FILE_ACTIONS = frozenset({"file_write", "file_delete", "file_move", "file_chmod"})
+
+
+def containment_of_protected(evaluation: Evaluation,
+                             protected_paths: Iterable[str]) -> Evaluation | None:
+    """The supervisor's own files (audit log, runs directory) are not the agent's to change,
+    and its control socket is not the agent's to talk to (it would answer its own hold)."""
+    target = evaluation.target
+    if evaluation.action_type in _PROTECTED_FILE_ACTIONS:
+        reason = "containment: the supervisor's own files"
+    elif evaluation.action_type == "network_connect" and target.startswith("unix:"):
+        target = target[len("unix:"):]
+        reason = "containment: the supervisor's control socket is the operator's, not the agent's"
+    else:
+        return None
+    if not any(target.startswith(path) for path in protected_paths):
+        return None
+    return Evaluation(evaluation.action_type, evaluation.target, "deny", "block", reason,
+                      ("agentd:containment",))
 
 
 def decide(decoded: DecodedSyscall, policy, context: dict, tree: AgentTree) -> Verdict:

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from . import exec_identity as _exec_identity
 from . import paths as _paths
 from . import tracee_memory as _mem
 from . import syscall_table as T
@@ -63,6 +64,7 @@ class Tracee:
     tid: int
     tgid: int | None
     memory: _mem.TraceeMemory
+    exec_identifier: "_exec_identity.ExecIdentifier | None" = None  # per run: its caches
 
 
 @dataclass(frozen=True)
@@ -236,10 +238,19 @@ def _decode_exec(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     flags = _flags(spec, args)
     path = _named_path(t, spec, args, spec.path, spec.dirfd, _follow(spec, flags), flags)
     argv = _read_argv(t, args[spec.argv])
-    # argv[0] is chosen by the caller: replace it with what really runs, so a renamed copy
-    # cannot pose as `ls`.
-    words = [os.path.basename(path)] + argv[1:]
-    return (Action("shell_execute", " ".join(words)), Action("process_spawn", path)), ()
+    # argv[0] is chosen by the caller, and a name is not an identity: judge what really runs
+    # (a copy's original, the shebang's interpreter, the loader's program; exec_identity.py).
+    fd = None
+    if spec.dirfd is not None and spec.empty_path_mask and flags & spec.empty_path_mask \
+            and _read_path(t, args[spec.path]) == "":
+        fd = _dirfd(args, spec.dirfd)
+    identifier = t.exec_identifier or _exec_identity.ExecIdentifier()
+    try:
+        what = identifier.identify(t.tid, path, argv, fd)
+    except _exec_identity.IdentityError as exc:
+        raise DecodeError(str(exc)) from None
+    return tuple([Action("shell_execute", line) for line in what.commands]
+                 + [Action("process_spawn", p) for p in what.spawn_paths]), ()
 
 
 def _printable(data: bytes) -> str:

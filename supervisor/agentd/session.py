@@ -53,6 +53,12 @@ class Session:
     would_deny: list[WouldDeny] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     killed: bool = False
+    exec_identifier: Any = None                # exec_identity.ExecIdentifier (made for the policy)
+
+    def __post_init__(self) -> None:
+        if self.exec_identifier is None:
+            from .exec_identity import ExecIdentifier
+            self.exec_identifier = ExecIdentifier.for_policy(self.policy)
 
     # --- called by the tracer at every seccomp stop --------------------------------------
     def on_syscall(self, tracer: Tracer, task: Task) -> None:
@@ -77,7 +83,8 @@ class Session:
             E.allow(task.tid)
             return
         try:
-            decoded = decode_syscall(Tracee(task.tid, task.tgid, task.memory), name, nr, args)
+            decoded = decode_syscall(Tracee(task.tid, task.tgid, task.memory,
+                                            self.exec_identifier), name, nr, args)
         except DecodeError as exc:
             verdict = D.fail_closed(name, f"cannot decode {name}: {exc}")
         except Exception as exc:  # INVARIANT: an error while decoding denies (fail closed)
@@ -115,11 +122,9 @@ class Session:
         changed = list(verdict.evaluations)
         hit = False
         for i, evaluation in enumerate(changed):
-            if evaluation.action_type in ("file_write", "file_delete", "file_move", "file_chmod") \
-                    and any(evaluation.target.startswith(p) for p in self.protected_paths):
-                changed[i] = D.Evaluation(evaluation.action_type, evaluation.target, "deny",
-                                          "block", "containment: the supervisor's own files",
-                                          ("agentd:containment",))
+            protected = D.containment_of_protected(evaluation, self.protected_paths)
+            if protected is not None:
+                changed[i] = protected
                 hit = True
         if not hit:
             return verdict

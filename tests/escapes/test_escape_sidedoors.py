@@ -143,12 +143,16 @@ def _operator(arena, holds: int, deny_after: float = 1.0):
                     continue
                 if info.get("state") == "held":
                     lay.extra["held"] += 1
+                    since = (info.get("held") or {}).get("since")
                     time.sleep(deny_after)
                     subprocess.run([AGENTD, "resume", info["run_id"], "--deny"],
                                    env=arena.env(lay), capture_output=True, timeout=30)
                     while time.monotonic() < deadline:   # until the hold is over
                         try:
-                            if json.loads(info_file.read_text()).get("state") != "held":
+                            now = json.loads(info_file.read_text())
+                            # (the next hold may follow before a poll sees "running")
+                            if now.get("state") != "held" \
+                                    or (now.get("held") or {}).get("since") != since:
                                 break
                         except (OSError, ValueError):
                             break
