@@ -137,6 +137,20 @@ def test_shebang_rm_is_judged_as_rm(tmp_path):
     assert what.spawn_paths == (nuke, RM)
 
 
+def test_system_script_by_its_own_name_keeps_its_name():
+    """/usr/bin/which-like scripts: judged as `which x` (what allow-lists name), not `sh ...`;
+    the interpreter still counts as spawned."""
+    script = next((p for p in (os.path.realpath(f"/usr/bin/{n}") for n in
+                               ("which", "zgrep", "gunzip", "lesspipe", "ldd"))
+                   if os.path.dirname(p) == "/usr/bin" and open(p, "rb").read(2) == b"#!"), None)
+    if script is None:
+        pytest.skip("no shebang script among which/zgrep/gunzip/lesspipe/ldd in /usr/bin")
+    name = os.path.basename(script)
+    what = X.ExecIdentifier().identify(ME, script, [name, "x"])
+    assert what.commands == (f"{name} x",)
+    assert len(what.spawn_paths) >= 2 and what.spawn_paths[0] == script
+
+
 def test_shebang_interpreter_is_a_spawn_and_chains(tmp_path):
     nox = tmp_path / "nox"
     nox.mkdir()

@@ -253,19 +253,22 @@ class ExecIdentifier:
 
     # --- the chain -----------------------------------------------------------------------------
     def _walk(self, tid: int, path: str, argv: list[str], fd: int | None, found: _Found,
-              depth: int) -> None:
+              depth: int, commands: bool = True) -> None:
         found.spawn(path)
         args = argv[1:]
-        found.command([os.path.basename(path)] + args)
+        if commands:
+            found.command([os.path.basename(path)] + args)
         for handle in self._open(tid, path, fd, found):
             try:
                 st = os.fstat(handle)
                 head = os.pread(handle, BINPRM_BUF_SIZE, 0)
+                canonical = self._canonical(path, st)
                 names = [os.path.basename(path)]
-                for other_path in self._same_content(handle, path, st, found):
+                for other_path in ([] if canonical else self._same_content(handle, path, st, found)):
                     found.spawn(other_path)
                     names.append(os.path.basename(other_path))
-                    found.command([os.path.basename(other_path)] + args)
+                    if commands:
+                        found.command([os.path.basename(other_path)] + args)
             finally:
                 os.close(handle)
             shebang = parse_shebang(head)
@@ -274,14 +277,18 @@ class ExecIdentifier:
                 self._deeper(depth, path)
                 resolved = _paths.resolve_tracee_path(tid, _paths.AT_FDCWD, interpreter)
                 script_argv = [interpreter] + ([argument] if argument else []) + [path] + args
-                self._walk(tid, resolved, script_argv, None, found, depth + 1)
+                # A system script run by its own name (/usr/bin/which: #!/bin/sh) is judged by
+                # that name, as a command allow-list expects; its interpreters still count as
+                # spawned. Any other script is judged as its interpreter's command line too.
+                self._walk(tid, resolved, script_argv, None, found, depth + 1,
+                           commands and not canonical)
             elif head.startswith(ELF_MAGIC) and any(is_loader_name(n) for n in names):
                 program, program_argv = loader_program(args)
                 if program is None:
                     continue
                 self._deeper(depth, path)
                 resolved = _paths.resolve_tracee_path(tid, _paths.AT_FDCWD, program)
-                self._walk(tid, resolved, program_argv, None, found, depth + 1)
+                self._walk(tid, resolved, program_argv, None, found, depth + 1, commands)
 
     @staticmethod
     def _deeper(depth: int, path: str) -> None:
@@ -367,9 +374,7 @@ class ExecIdentifier:
                       found: _Found) -> list[str]:
         """Paths of indexed files (system binaries, loaders, policy-named directories) whose
         content equals this file's, other than the file itself. Hashes only a file that is
-        not the file of its own name and has the size of an indexed one."""
-        if self._canonical(path, st):
-            return []
+        not the file of its own name (the caller checks) and has the size of an indexed one."""
         candidates = [(p, s) for p, s in self.index.candidates(st.st_size)
                       if (s.st_dev, s.st_ino) != (st.st_dev, st.st_ino)]
         same_inode = [p for p, s in self.index.candidates(st.st_size)
