@@ -875,14 +875,14 @@ class _PipeLogHandler(logging.Handler):
 
 
 class _DropPrivileges:
-    """Wraps the prepared seccomp filter: in the agent's child, before ``install()``, join the
-    run's cgroup (still root), take the caller's groups, gid and uid, and enter its cwd."""
+    """A child step (``runner.spawn_traced``): in the agent's child, before the filter is
+    installed, join the run's cgroup (still root), take the caller's groups, gid and uid, and
+    enter its cwd."""
 
-    def __init__(self, inner, plan: SupervisorPlan):
-        self.inner = inner
+    def __init__(self, plan: SupervisorPlan):
         self.plan = plan
 
-    def install(self) -> None:
+    def __call__(self) -> None:
         plan = self.plan
         if plan.cgroup_procs:
             fd = os.open(plan.cgroup_procs, os.O_WRONLY)
@@ -897,7 +897,6 @@ class _DropPrivileges:
         elif plan.groups:
             os.setgroups(plan.groups)
         os.chdir(plan.cwd)
-        self.inner.install()
 
 
 def _supervisor_main(plan: SupervisorPlan, daemon_pid: int, stdio: list[int], record_w: int,
@@ -1026,39 +1025,10 @@ def _supervise_run(plan: SupervisorPlan, recorder: PipeRecorder, control_fd: int
 
 
 def _trace(plan, policy, session, recorder, registration) -> tuple[int, bool]:
-    """``runner.supervise`` for another user: the same steps, with the filter wrapped so the
-    agent's child joins its cgroup and drops to the caller before installing it."""
+    """``runner.supervise`` for another user: the agent's child joins its cgroup and drops to
+    the caller before the filter is installed, and every decision is timed."""
     from . import runner
-    from .decide import Evaluation
-    from .seccomp import probe_kernel
-    from .syscall_table import traced_syscalls
-    from .tracer import Tracer
 
-    runner.check_host()
-    missing = probe_kernel()
-    if missing:
-        raise runner.HostError("the kernel lacks: " + "; ".join(missing))
-    prepared = _DropPrivileges(runner.prepare_filter(plan.seccomp_profile, traced_syscalls()),
-                               plan)
-    context = {"agent_id": plan.agent_id, "pid": os.getpid(), "syscall": "execve"}
-
-    def removed(name: str, result: Any) -> None:
-        reason = getattr(result, "reason", None) or f"error while evaluating: {result!r}"
-        session.record(None, "execve", Evaluation(
-            "env_read", name, "deny", "block", f"removed from the environment: {reason}",
-            tuple(x for x in (getattr(result, "pattern_id", None),) if x),
-            getattr(result, "severity", None), getattr(result, "signal", None)),
-            enforced="removed")
-
-    env = runner.filter_environment(plan.env, policy, context, removed)
-    try:
-        executable = runner.resolve_executable(plan.argv[0], env)
-    except FileNotFoundError as exc:
-        os.write(2, f"agentd run: {exc}\n".encode())
-        return 127 << 8, False
-    pid = runner.spawn_traced(executable, plan.argv, env, prepared)
-    recorder.send({"t": "started", "agent_pid": pid})
-    registration.update(agent_pid=pid)
     latencies = plan.latencies
     seen = [0]
     import random
@@ -1078,15 +1048,17 @@ def _trace(plan, policy, session, recorder, registration) -> tuple[int, bool]:
                 if slot < 50_000:
                     latencies[slot] = sample
 
-    tracer = Tracer(pid, timed)
-    tracer.tasks[pid].resuming = True
+    def started(pid: int, tracer) -> None:
+        recorder.send({"t": "started", "agent_pid": pid})
+        registration.update(agent_pid=pid)
+
     try:
-        status = tracer.run()
-    except BaseException:
-        tracer.kill_tree()
-        while tracer.tasks and tracer.step():
-            pass
-        raise
+        status = runner.supervise(plan.argv, policy, session, profile=plan.seccomp_profile,
+                                  env=plan.env, on_started=started,
+                                  child_steps=(_DropPrivileges(plan),), on_syscall=timed)
+    except FileNotFoundError as exc:
+        os.write(2, f"agentd run: {exc}\n".encode())
+        return 127 << 8, False
     return status, session.killed
 
 

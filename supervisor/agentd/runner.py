@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from . import ptrace_api as P
 
@@ -134,11 +134,14 @@ def resolve_executable(command: str, env: Mapping[str, str]) -> str:
     return found
 
 
-def spawn_traced(executable: str, argv: list[str], env: Mapping[str, str], prepared) -> int:
+def spawn_traced(executable: str, argv: list[str], env: Mapping[str, str], prepared,
+                 child_steps: Sequence[Callable[[], None]] = ()) -> int:
     """Fork the agent, seize it before its first instruction under the filter; return its pid.
 
-    The child runs only async-signal-safe-ish code: raise SIGSTOP, two syscalls of
-    ``prepared.install()``, execve. Errors are reported on fd 2 and exit 126/127.
+    The child runs only async-signal-safe-ish code: raise SIGSTOP, the ``child_steps`` (each a
+    few syscalls prepared in the parent: join a cgroup, enter a network namespace, drop
+    privileges, apply Landlock), two syscalls of ``prepared.install()``, execve. Errors are
+    reported on fd 2 and exit 126/127.
     """
     env_list = dict(env)
     argv = list(argv)
@@ -149,6 +152,8 @@ def spawn_traced(executable: str, argv: list[str], env: Mapping[str, str], prepa
             # Python ignores SIGPIPE; an ignored signal survives exec: give the agent defaults.
             signal.signal(signal.SIGPIPE, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGSTOP)   # the parent seizes us while we are stopped
+            for step in child_steps:
+                step()
             prepared.install()
             code = 127
             os.execve(executable, argv, env_list)
@@ -187,10 +192,14 @@ def exit_code(status: int) -> int:
 
 
 def supervise(argv: list[str], policy, session, *, profile: str | None = None,
-              env: Mapping[str, str] | None = None, on_started=None) -> int:
+              env: Mapping[str, str] | None = None, on_started=None,
+              child_steps: Sequence[Callable[[], None]] = (), on_syscall=None) -> int:
     """Run ``argv`` under ``policy`` with ``session`` handling the stops; return the wait status.
 
     Compiles the filter and the environment before forking (nothing is compiled in the child).
+    ``child_steps`` run in the agent's child, in order, after it is seized and before the
+    filter is installed (``spawn_traced``). ``on_syscall(tracer, task)`` replaces
+    ``session.on_syscall`` as the stop handler (the daemon wraps it to time each decision).
     """
     from .syscall_table import traced_syscalls
     from .tracer import Tracer
@@ -217,11 +226,11 @@ def supervise(argv: list[str], policy, session, *, profile: str | None = None,
 
     agent_env = filter_environment(os.environ if env is None else env, policy, context, removed)
     executable = resolve_executable(argv[0], agent_env)
-    pid = spawn_traced(executable, argv, agent_env, prepared)
+    pid = spawn_traced(executable, argv, agent_env, prepared, child_steps)
     # The terminal's ^C and ^\ are for the agent: the supervisor lives until the agent is gone.
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGQUIT)}
     try:
-        tracer = Tracer(pid, session.on_syscall)
+        tracer = Tracer(pid, on_syscall or session.on_syscall)
         tracer.tasks[pid].resuming = True   # its first stop is the seize of a stopped child
         if on_started is not None:
             on_started(pid, tracer)
