@@ -30,15 +30,34 @@ __all__ = ["run", "ps", "resume", "kill"]
               help="OCI seccomp profile with the baseline denials (default: seccomp_profiles/default.json).")
 @click.option("--embedded", is_flag=True,
               help="Supervise here even when the agentd daemon runs (default: use the daemon).")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--explain-sandbox", is_flag=True,
+              help="Print which layer (tracer, Landlock, seccomp baseline) enforces each part of "
+                   "the policy on this kernel, then exit without running anything.")
+@click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
 def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log: str | None,
-        mode: str, seccomp_profile: str | None, embedded: bool, command: tuple[str, ...]) -> None:
-    """Run CMD under a policy enforced at the OS level (ptrace + seccomp-bpf).
+        mode: str, seccomp_profile: str | None, embedded: bool, explain_sandbox: bool,
+        command: tuple[str, ...]) -> None:
+    """Run CMD under a policy enforced at the OS level (ptrace + seccomp-bpf, and Landlock where
+    the policy's file rules are directory hierarchies).
 
     \b
     agentd run --policy strict -- python3 agent.py
     agentd run --mode audit --policy read_only -- make test
+    agentd run --policy strict --explain-sandbox
     """
+    if explain_sandbox:
+        from .run_main import explain_sandbox as explain
+
+        click.echo(explain(policy_name, workspace, mode))
+        if not embedded:
+            from . import daemon_client
+            if daemon_client.available():
+                click.echo("\nNote: the agentd daemon is running, so `agentd run` without "
+                           "--embedded is supervised by it, and daemon runs use no Landlock "
+                           "(a policy reload may allow more than a ruleset applied at start could).")
+        return
+    if not command:
+        raise click.UsageError("missing the command to run (agentd run [OPTIONS] -- CMD [ARGS]...)")
     if not embedded:
         from . import daemon_client   # the daemon's socket is there: it supervises
         if daemon_client.available():

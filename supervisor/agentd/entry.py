@@ -23,6 +23,7 @@ def main() -> None:
         params = parse_run_args(args[1:])
         if params is not None:
             embedded = params.pop("embedded")
+            params.pop("explain_sandbox")   # always False here: that option goes to click
             from .daemon_client import available
 
             if embedded or not available():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["parse_run_args", "run_agent"]
+__all__ = ["parse_run_args", "run_agent", "explain_sandbox"]
 
 # option -> (parameter name, takes a value)
 _OPTIONS = {
@@ -47,7 +47,8 @@ def _fail(message: str, code: int = 2) -> None:
 def parse_run_args(args: list[str]) -> dict | None:
     """The parameters of ``agentd run ARGS`` as click would give them, or None to let click parse."""
     params: dict = {"policy_name": "strict", "workspace": None, "agent_id": None, "audit_log": None,
-                    "mode": "enforce", "seccomp_profile": None, "embedded": False}
+                    "mode": "enforce", "seccomp_profile": None, "embedded": False,
+                    "explain_sandbox": False}   # --explain-sandbox itself goes to click
     i = 0
     while i < len(args):
         arg = args[i]
@@ -86,6 +87,7 @@ def parse_run_args(args: list[str]) -> dict | None:
     return params
 
 
+
 def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, audit_log: str | None,
               mode: str, seccomp_profile: str | None, command: tuple[str, ...]) -> None:
     """Supervise ``command`` here (not through the daemon); exits with the agent's status."""
@@ -113,6 +115,7 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
     except OSError as exc:
         _fail(f"cannot load policy {policy_name!r}: {exc}")
 
+    landlock = _prepare_landlock(policy, mode)
     run_id = _new_run_id()
     agent_id = agent_id or f"{os.path.basename(command[0])}-{run_id}"
     from agent_os.flight_recorder import AuditLogError, FlightRecorder, default_audit_log_path
@@ -159,7 +162,8 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
         signal.signal(signal.SIGTERM, terminate)
         status = runner.supervise(
             list(command), policy, session, profile=seccomp_profile,
-            on_started=lambda pid, tracer: registration.update(agent_pid=pid))
+            on_started=lambda pid, tracer: registration.update(agent_pid=pid),
+            child_steps=(landlock.apply,) if landlock is not None else ())
     except runner.HostError as exc:
         _fail(str(exc), 125)
     except runner.FilterError as exc:
@@ -172,6 +176,8 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
         sys.exit(128 + signal.SIGKILL)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if landlock is not None:
+            landlock.close()
         registration.remove()
         try:
             recorder.close()
@@ -183,6 +189,41 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
         # a SIGKILL verdict is 137 even when the process that ran first had already exited
         sys.exit(128 + signal.SIGKILL)
     sys.exit(runner.exit_code(status))
+
+
+def _prepare_landlock(policy, mode: str):
+    """The Landlock ruleset of ``policy`` built in the kernel now (applied in the agent's child
+    before exec), or None when the policy gives Landlock nothing to enforce. Every degradation
+    (no Landlock, an old ABI, a rule path that is missing) is said on stderr; an unexpected
+    kernel error refuses the run (exit 125) rather than running with less than the plan."""
+    from .sandbox_plan import plan_sandbox
+
+    plan = plan_sandbox(policy, mode=mode)
+    try:
+        prepared, problems = plan.prepare_landlock()
+    except OSError as exc:
+        _fail(f"cannot build the Landlock ruleset: {exc}. (agentd run --explain-sandbox shows "
+              "the plan.)", 125)
+    for warning in (*plan.warnings, *problems):
+        _say(f"agentd run: warning: {warning}")
+    return prepared
+
+
+def explain_sandbox(policy_name: str, workspace: str | None, mode: str) -> str:
+    """The text of ``agentd run --explain-sandbox``: which layer enforces which rule."""
+    from agent_os.errors import PolicyError
+
+    from .policy_cache import load_policy_cached
+    from .sandbox_plan import plan_sandbox
+
+    workspace = os.path.realpath(workspace or os.getcwd())
+    variables = {"WORKSPACE": workspace, "HOME": os.path.realpath(os.path.expanduser("~")),
+                 "TMPDIR": os.path.realpath(os.environ.get("TMPDIR") or "/tmp")}
+    try:
+        policy = load_policy_cached(policy_name, variables)
+    except (PolicyError, OSError) as exc:
+        _fail(f"cannot load policy {policy_name!r}:\n{exc}")
+    return plan_sandbox(policy, mode=mode).explain()
 
 
 def _audit_summary(session) -> None:
