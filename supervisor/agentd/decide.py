@@ -12,6 +12,7 @@ while evaluating denies (fail closed). Plain data in, plain data out; the agent 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any, Callable, Iterable
 from .decode import Action, DecodedSyscall, SignalTarget
 
 __all__ = ["Evaluation", "Verdict", "decide", "fail_closed", "OUTCOME_RANK", "AgentTree",
-           "containment_of_protected"]
+           "containment_of_protected", "NetworkView", "split_host_port"]
 
 OUTCOME_RANK = {"allow": 0, "warn": 1, "block": 2, "stop": 3, "kill": 4}
 _PROC_PID = re.compile(r"/proc/(\d+)(?:/(.*))?\Z", re.DOTALL)
@@ -171,14 +172,69 @@ def containment_of_protected(evaluation: Evaluation,
                       ("agentd:containment",))
 
 
-def decide(decoded: DecodedSyscall, policy, context: dict, tree: AgentTree) -> Verdict:
+@dataclass(frozen=True)
+class NetworkView:
+    """What the run's network plane knows, for judging a connect (netplane/plane.py).
+
+    ``names_for(ip)`` gives the names the run's DNS stub resolved to that address;
+    ``endpoints`` are the plane's own listeners (``ip:port`` targets: the DNS stub and the
+    proxy), which the agent reaches by design whatever the policy says about their addresses.
+    """
+
+    names_for: Callable[[str], tuple[str, ...]]
+    endpoints: frozenset[str] = frozenset()
+
+
+def split_host_port(target: str) -> tuple[str, int] | None:
+    """``1.2.3.4:80`` -> ("1.2.3.4", 80), ``[::1]:22`` -> ("::1", 22); None for other targets."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return host, int(port)
+
+
+def _connect_evaluations(policy, action: Action, context: dict,
+                         network: NetworkView | None) -> list[Evaluation]:
+    """A connect to an address is judged as that address and, when the run's DNS stub resolved
+    names to it, as each ``name:port`` too, with ``dest_ip`` in the context (the address-set
+    conditions read it); the most restrictive answer wins."""
+    parsed = split_host_port(action.target)
+    if parsed is None:
+        return [_evaluate(policy, action, context)]
+    ip, port = parsed
+    if network is not None and action.target in network.endpoints:
+        return [Evaluation(action.action_type, action.target, "allow", "allow",
+                           "the run's own network plane (DNS stub or proxy)",
+                           ("agentd:network_plane",))]
+    context = {**context, "dest_ip": ip}
+    evaluations = [_evaluate(policy, action, context)]
+    if network is not None:
+        for name in network.names_for(ip):
+            evaluations.append(_evaluate(policy, Action(action.action_type, f"{name}:{port}"),
+                                         context))
+    return evaluations
+
+
+def decide(decoded: DecodedSyscall, policy, context: dict, tree: AgentTree,
+           network: NetworkView | None = None) -> Verdict:
     """The verdict on ``decoded``: the most restrictive outcome over all its evaluations."""
     evaluations: list[Evaluation] = []
     for target in decoded.signal_targets:
         evaluations.append(_containment_of_signal(target, tree))
     for action in decoded.actions:
         contained = _containment_of_path(action, tree)
-        evaluations.append(contained or _evaluate(policy, action, context))
+        if contained is not None:
+            evaluations.append(contained)
+        elif action.action_type == "network_connect":
+            evaluations.extend(_connect_evaluations(policy, action, context, network))
+        else:
+            evaluations.append(_evaluate(policy, action, context))
     if not evaluations:
         return Verdict("allow", "nothing to decide", ())
     worst = max(evaluations, key=lambda e: OUTCOME_RANK[e.outcome])

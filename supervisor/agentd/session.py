@@ -54,6 +54,7 @@ class Session:
     stats: dict[str, int] = field(default_factory=dict)
     killed: bool = False
     exec_identifier: Any = None                # exec_identity.ExecIdentifier (made for the policy)
+    network: D.NetworkView | None = None       # the run's network plane (names, endpoints)
 
     def __post_init__(self) -> None:
         if self.exec_identifier is None:
@@ -93,7 +94,8 @@ class Session:
         else:
             try:
                 verdict = D.decide(decoded, self.policy, self._context(task, name),
-                                   D.AgentTree(tracer.contains, tracer.thread_groups))
+                                   D.AgentTree(tracer.contains, tracer.thread_groups),
+                                   self.network)
                 verdict = self._protect(verdict)
             except Exception as exc:  # INVARIANT: fail closed
                 log.exception("pid %d: error deciding %s", task.tid, name)
