@@ -739,8 +739,9 @@ def probe_kernel(actions_avail: str = "/proc/sys/kernel/seccomp/actions_avail",
                  proc_status: str = "/proc/self/status") -> list[str]:
     """What the kernel lacks for our filter, one sentence each; an empty list means all is there.
 
-    Also mseal(2) (Linux 6.10), which seals the TOCTOU scratch region (``scratch.py``)."""
-    return _probe_seccomp(actions_avail, proc_status) + _probe_mseal()
+    Also mseal(2) (Linux 6.10), which seals the TOCTOU scratch region (``scratch.py``), and
+    openat2(2) with RESOLVE_NO_SYMLINKS, which every pinned open is rewritten to."""
+    return _probe_seccomp(actions_avail, proc_status) + _probe_mseal() + _probe_openat2()
 
 
 def _probe_mseal() -> list[str]:
@@ -751,6 +752,24 @@ def _probe_mseal() -> list[str]:
         code = ctypes.get_errno()
         return [f"mseal(2) is not available ({os.strerror(code)}; Linux 6.10 or later): the "
                 f"TOCTOU scratch region cannot be sealed"]
+    return []
+
+
+def _probe_openat2() -> list[str]:
+    """The agent inherits this process's seccomp filters, so an openat2 refused here is refused
+    there: every open the tracer pins would fail (the loader's first one, "libc.so.6: cannot open
+    shared object file: Error 38"). systemd's RestrictSUIDSGID=yes answers openat2 with ENOSYS."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    # struct open_how {flags, mode, resolve}: O_PATH | O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS
+    how = (0o10000000 | 0o2000000).to_bytes(8, "little") + bytes(8) + (0x04).to_bytes(8, "little")
+    fd = libc.syscall(ctypes.c_long(437), ctypes.c_long(-100), ctypes.c_char_p(b"/"),
+                      ctypes.c_char_p(how), ctypes.c_ulong(len(how)))
+    if fd < 0:
+        code = ctypes.get_errno()
+        return [f"openat2(2) with RESOLVE_NO_SYMLINKS fails here ({os.strerror(code)}: Linux 5.6 or "
+                f"later, and no inherited seccomp filter refusing it, such as systemd's "
+                f"RestrictSUIDSGID=yes): the agent's pinned opens are run as openat2"]
+    os.close(fd)
     return []
 
 
