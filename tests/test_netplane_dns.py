@@ -451,6 +451,20 @@ def test_premade_sockets_are_served_and_closed(upstream):
     assert udp.fileno() == -1 and tcp.fileno() == -1
 
 
+def test_ipv6_listener(upstream):
+    try:
+        stub = DnsStub([("::1", 0)], upstream=[upstream.address])
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    with stub:
+        ip, port = _where(stub)
+        assert ip == "::1"
+        answer = dns.query.udp(dns.message.make_query("a.test", "A"), ip, port=port, timeout=3)
+        assert answer.rcode() == dns.rcode.NOERROR
+        tcp = dns.query.tcp(dns.message.make_query("a.test", "A"), ip, port=port, timeout=3)
+        assert tcp.rcode() == dns.rcode.NOERROR
+
+
 def test_construction_errors(upstream, tmp_path):
     with pytest.raises(ValueError):
         DnsStub(upstream=[upstream.address])

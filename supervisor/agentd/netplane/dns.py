@@ -250,6 +250,7 @@ class DnsStub:
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
+        self.dropped_busy = 0         # UDP queries dropped because every worker was busy
         self._stop_r = self._stop_w = -1
         try:
             for sock in sockets:
@@ -315,6 +316,8 @@ class DnsStub:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        # INVARIANT: the serving thread is joined first: it starts the TCP client threads, so
+        # after it every client thread in the snapshot has been started and can be joined.
         for thread in threads + [thread for thread, _ in clients]:
             thread.join(self._timeout + 5.0)
             if thread.is_alive():
@@ -406,7 +409,11 @@ class DnsStub:
         try:
             self._jobs.put_nowait((sock, data, peer))
         except queue.Full:
-            log.warning("dns stub: busy, query from %s dropped", _endpoint(peer))
+            # The client retries; one line per 1000 drops keeps a flood out of the log.
+            if self.dropped_busy % 1000 == 0:
+                log.warning("dns stub: busy, query from %s dropped (%d so far)",
+                            _endpoint(peer), self.dropped_busy + 1)
+            self.dropped_busy += 1
 
     def _work(self) -> None:
         while True:
@@ -599,9 +606,7 @@ class DnsStub:
             text = "agentd: " + reason
             if evaluation is not None and evaluation.pattern_ids:
                 text = f"agentd: {', '.join(evaluation.pattern_ids)}: {evaluation.message or reason}"
-            option = dns.edns.EDEOption(dns.edns.EDECode.PROHIBITED,
-                                        text[:_EDE_TEXT_MAX].encode("utf-8", "replace")
-                                        .decode("utf-8", "ignore"))
+            option = dns.edns.EDEOption(dns.edns.EDECode.PROHIBITED, text[:_EDE_TEXT_MAX])
             response.use_edns(0, 0, max(query.payload, _UDP_PLAIN_LIMIT), options=[option])
         return response.to_wire()
 
