@@ -21,6 +21,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from . import netaddr
+
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _WEEKDAY_ALIASES = {d[:3]: d for d in WEEKDAYS}
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE")
@@ -253,6 +255,29 @@ def _check_encryption(required: bool, target: str, ctx: Mapping[str, Any], env: 
     return Check(False, "require_encryption: no evidence of encryption (encrypted=true or https://)")
 
 
+def _destination_check(label: str, inside: bool):
+    """Checker for ``destination_in`` (inside=True) and ``destination_not_in`` (inside=False).
+
+    The destination is every address known for it (``netaddr.destination``: ``dest_ip`` and a
+    literal target host); the condition holds only when it holds for each of them. An unknown
+    destination (a name without ``dest_ip``, a unix socket, a malformed ``dest_ip``) never holds.
+    """
+    def check(items: list[str], target: str, ctx: Mapping[str, Any], env: EvalEnv) -> Check:
+        where = netaddr.destination(target, ctx)
+        if not where.addresses:
+            return Check(False, f"{label}: destination address unknown ({where.source})")
+        sets = netaddr.compile_address_sets(items)
+        for address in where.addresses:
+            hit = sets.match(address)
+            if inside and hit is None:
+                return Check(False, f"{label}: {address} ({where.source}) is in none of {list(items)}")
+            if not inside and hit is not None:
+                return Check(False, f"{label}: {address} ({where.source}) is in {hit!r}")
+        verdict = "in" if inside else "outside"
+        return Check(True, f"{label}: {where.source} {verdict} {list(items)}")
+    return check
+
+
 CONDITIONS: dict[str, ConditionSpec] = {
     spec.name: spec
     for spec in (
@@ -279,6 +304,14 @@ CONDITIONS: dict[str, ConditionSpec] = {
                       _boolean, _flag_check(("audit_logged",), "require_audit_log")),
         ConditionSpec("require_encryption", "encrypted is true or the target uses TLS",
                       ("encrypted",), False, _boolean, _check_encryption),
+        ConditionSpec("destination_in",
+                      "the destination address (dest_ip, else a literal target host) is in one of "
+                      "the address sets / CIDRs", ("dest_ip",), False,
+                      netaddr.validate_address_sets, _destination_check("destination_in", True)),
+        ConditionSpec("destination_not_in",
+                      "the destination address (dest_ip, else a literal target host) is in none of "
+                      "the address sets / CIDRs", ("dest_ip",), False,
+                      netaddr.validate_address_sets, _destination_check("destination_not_in", False)),
     )
 }
 
