@@ -193,7 +193,7 @@ def classify(address: IPAddress | str) -> frozenset[str]:
 
     A string is parsed with ``parse_address`` (ValueError when it is not an address).
     """
-    if isinstance(address, str):
+    if not isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         address = parse_address(address)
     names: set[str] = set()
     for form in effective_addresses(address):
