@@ -331,6 +331,24 @@ def test_judged_address_is_the_connected_address(upstream):
     assert asked == ["rebind.test"] and judge.calls[0][3] == LOCAL
 
 
+def test_quick_resolve_first_then_resolve(upstream):
+    """quick_resolve (a NameBook look-up) answers on the loop; a miss goes to resolve."""
+    asked = []
+
+    def slow(host):
+        asked.append(host)
+        return [LOCAL]
+
+    book = {"known.test": (LOCAL,)}
+    judge = Judge()
+    with EgressProxy((LOCAL, 0), judge=judge, resolve=slow, quick_resolve=book.get) as running:
+        for name in ("known.test", "other.test"):
+            conn, response, _ = via_proxy(running, "GET", f"http://{name}:{upstream.port}/q")
+            conn.close()
+            assert response.status == 200
+    assert asked == ["other.test"] and [c[3] for c in judge.calls] == [LOCAL, LOCAL]
+
+
 def test_unreachable_upstream_502_and_unresolvable(proxy, decisions):
     closed = socket.socket()
     closed.bind((LOCAL, 0))

@@ -359,6 +359,8 @@ class EgressProxy:
     ``judge(method, url, headers, dest_ip) -> Evaluation`` (headers: lower-cased names, without
     Proxy-Authorization) runs on the proxy's thread and must not block; ``resolve(host) ->
     list[str]`` may block (it runs in a small thread pool unless ``resolve_in_thread=False``);
+    ``quick_resolve(host)``, when given, is asked first on the proxy's thread and must not block
+    (``NameBook.addresses_for``): a non-empty answer saves the trip to the pool;
     ``on_decision(record)`` runs before anything is forwarded, and an exception from it denies.
     ``original_destination(sock)`` is injectable for tests.
     """
@@ -371,7 +373,8 @@ class EgressProxy:
                  limits: Limits = Limits(),
                  original_destination: Callable[[socket.socket], tuple[str, int] | None]
                  = original_destination,
-                 resolve_in_thread: bool = True):
+                 resolve_in_thread: bool = True,
+                 quick_resolve: Callable[[str], list[str] | tuple[str, ...]] | None = None):
         if (listen is None) == (sockets is None):
             raise ValueError("give exactly one of listen=(ip, port) or sockets=[...]")
         if sockets is None:
@@ -394,6 +397,7 @@ class EgressProxy:
         self.limits = limits
         self._original_destination = original_destination
         self._resolve_in_thread = resolve_in_thread
+        self._quick_resolve = quick_resolve
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -683,10 +687,11 @@ class EgressProxy:
         except ValueError:
             pass
         try:
-            if self._executor is not None:
+            answers = self._quick_resolve(host) if self._quick_resolve is not None else None
+            if not answers and self._executor is not None:
                 loop = asyncio.get_running_loop()
                 answers = await loop.run_in_executor(self._executor, self._resolve, host)
-            else:
+            elif not answers:
                 answers = self._resolve(host)
         except Exception as exc:
             return None, f"cannot resolve {host}: {exc!r}"
@@ -935,7 +940,12 @@ class EgressProxy:
                 continue
             out.append(f"{name}: {value}")
         out.append(f"Connection: {'keep-alive' if keep else 'close'}")
-        client.writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1"))
+        response_head = ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
+        if body == "length" and length <= 65536:
+            # A small body goes out with the head: one send (and one wakeup of the client).
+            response_head += await up_reader.readexactly(length)
+            body = "none"
+        client.writer.write(response_head)
         client.answered = True
         try:
             if body == "length":
