@@ -57,12 +57,8 @@ class FakeUpstream:
         self.mode = mode
         self.queries: list[tuple[str, str, int]] = []
         self.sent: list[bytes] = []
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
+        self.udp, self.tcp = _bound_pair()
         self.port = self.udp.getsockname()[1]
-        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind(("127.0.0.1", self.port))
         self.tcp.listen(8)
         self._stop_r, self._stop_w = os.pipe()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -125,6 +121,24 @@ class FakeUpstream:
             sock.close()
         os.close(self._stop_r)
         os.close(self._stop_w)
+
+
+def _bound_pair():
+    """A UDP and a TCP socket on one free 127.0.0.1 port (retried: the port UDP got may be in
+    use on TCP by some connection's local end)."""
+    for _ in range(50):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind(("127.0.0.1", udp.getsockname()[1]))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        return udp, tcp
+    raise OSError("no port free on both UDP and TCP")
 
 
 def _recv(conn, count):
@@ -361,6 +375,31 @@ def test_tcp_garbage_and_oversize_lengths(stub, upstream):
     assert [q[:2] for q in upstream.queries] == [("a.test.", "A")]
 
 
+def test_fuzzed_queries_never_crash_and_only_questions_go_upstream(stub, upstream, reports):
+    """Random bytes and bit-flipped real queries; the stub answers or drops each and goes on."""
+    import random
+    rng = random.Random(6)
+    seed = dns.message.make_query("a.test", "A", use_edns=0).to_wire()
+    packets = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 300))) for _ in range(150)]
+    for _ in range(150):
+        mutated = bytearray(seed)
+        for _ in range(rng.randrange(1, 4)):
+            mutated[rng.randrange(len(mutated))] = rng.getrandbits(8)
+        packets.append(bytes(mutated))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for packet in packets:
+            sock.sendto(packet, _where(stub))
+            time.sleep(0.001)          # a burst of 300 could overflow the socket buffer: UDP loss
+    deadline = time.monotonic() + 10
+    while len(reports) < len(packets) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(reports) == len(packets) and stub.dropped_busy == 0   # each one was dealt with
+    assert not [r for r in reports if "internal error" in r["reason"]]
+    assert _udp(stub, "a.test").rcode() == dns.rcode.NOERROR   # still serving
+    for name, qtype, flags in upstream.queries:                # what left: real questions only
+        assert dns.name.from_text(name) and qtype and not flags & dns.flags.QR
+
+
 # -- upstream failures ------------------------------------------------------------------------
 
 def _closed_port():
@@ -437,10 +476,7 @@ def test_close_leaves_no_thread_or_socket(upstream):
 
 
 def test_premade_sockets_are_served_and_closed(upstream):
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    tcp.bind(("127.0.0.1", udp.getsockname()[1]))
+    udp, tcp = _bound_pair()
     with DnsStub(sockets=[udp, tcp], upstream=[upstream.address]) as stub:
         assert stub.addresses == [udp.getsockname()]
         ip, port = _where(stub)

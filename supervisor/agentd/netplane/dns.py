@@ -523,9 +523,7 @@ class DnsStub:
     # -- one query ----------------------------------------------------------------------------
 
     def _answer(self, wire: bytes, transport: str, peer) -> bytes | None:
-        report = {"name": None, "qtype": None, "transport": transport, "client": _endpoint(peer),
-                  "rcode": None, "refused": False, "addresses": (), "cnames": (), "ttl": None,
-                  "evaluation": None, "upstream": None, "reason": ""}
+        report = _new_report(transport, peer)
         reply: bytes | None = None
         try:
             reply = self._answer_query(wire, transport, report)
@@ -546,10 +544,9 @@ class DnsStub:
             log.exception("dns stub: on_query failed for %r", report.get("name"))
 
     def _report_malformed(self, transport: str, peer, rcode: str, reason: str) -> None:
-        self._report({"name": None, "qtype": None, "transport": transport,
-                      "client": _endpoint(peer), "rcode": rcode, "refused": False,
-                      "addresses": (), "cnames": (), "ttl": None, "evaluation": None,
-                      "upstream": None, "reason": reason})
+        report = _new_report(transport, peer)
+        report.update(rcode=rcode, reason=reason)
+        self._report(report)
 
     def _answer_query(self, wire: bytes, transport: str, report: dict) -> bytes | None:
         if len(wire) < 12:
@@ -691,6 +688,13 @@ class DnsStub:
             if response is None:
                 raise _UpstreamFailure("answer does not match the question")
             return data, response
+
+
+def _new_report(transport: str, peer) -> dict:
+    """The ``on_query`` report of one query, before anything is known about it."""
+    return {"name": None, "qtype": None, "transport": transport, "client": _endpoint(peer),
+            "rcode": None, "refused": False, "addresses": (), "cnames": (), "ttl": None,
+            "evaluation": None, "upstream": None, "reason": ""}
 
 
 def _matching_response(outgoing: dns.message.Message, data: bytes) -> dns.message.Message | None:
