@@ -18,13 +18,14 @@ The set gets each pattern in a relaxed ``set_form`` that matches at least what t
 lookarounds are dropped (an assertion only ever removes matches; ``re`` confirms them), and so is a
 trailing ``.*`` (under ``re.match`` semantics ``R.*`` matches exactly when ``R`` does, and the tail
 would keep every matched pattern alive in RE2's many-match DFA, multiplying its states until the
-state cache thrashes: bench/README.md).
+state cache thrashes: bench/README.md). The readings of regex text above (``engine_regex_source``,
+``drop_lookarounds``, ``re2_compatible``) all walk it through one tokenizer, ``_regex_tokens``.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 try:  # optional accelerator; the engine is correct without it
     import re2 as _re2
@@ -38,6 +39,84 @@ REGEX_FLAGS = re.DOTALL
 _RE2_SAFE_TARGET = re.compile(r"[\x20-\x7e\t\n\r\f]*\Z")
 
 
+# --- regex text, token by token -------------------------------------------------------------------
+
+ESCAPE = "escape"  # a backslash and the character after it (alone at the very end)
+CLASS_OPEN = "class_open"  # ``[`` with a following ``^`` and a leading literal ``]``, if any
+CLASS_CHAR = "class_char"  # one character inside a class
+CLASS_CLOSE = "class_close"
+CAPTURE = "capture"  # ``(``
+NON_CAPTURING = "non_capturing"  # ``(?:``
+NAMED = "named"  # ``(?P<`` (the name follows as plain characters)
+FLAGS = "flags"  # ``(?ims`` or ``(?i-s:``: scoped when it ends in ``:``, else its ``)`` follows
+LOOKAHEAD, NEG_LOOKAHEAD = "lookahead", "neg_lookahead"  # ``(?=``, ``(?!``
+LOOKBEHIND, NEG_LOOKBEHIND = "lookbehind", "neg_lookbehind"  # ``(?<=``, ``(?<!``
+EXTENSION = "extension"  # any other ``(?`` (atomic, conditional, comment, ``(?P=``)
+GROUP_CLOSE = "group_close"
+ANCHOR = "anchor"  # ``^`` or ``$`` outside a class
+CHAR = "char"  # any other character outside a class: a literal or an operator (``. * | {``)
+
+LOOKAROUNDS = frozenset({LOOKAHEAD, NEG_LOOKAHEAD, LOOKBEHIND, NEG_LOOKBEHIND})
+GROUP_OPENS = LOOKAROUNDS | {CAPTURE, NON_CAPTURING, NAMED, FLAGS, EXTENSION}
+_GROUP_HEADS = (("(?<=", LOOKBEHIND), ("(?<!", NEG_LOOKBEHIND), ("(?=", LOOKAHEAD),
+                ("(?!", NEG_LOOKAHEAD), ("(?:", NON_CAPTURING), ("(?P<", NAMED))
+_FLAGS_HEAD = re.compile(r"\(\?[aiLmsux-]+:?")
+_CLASS_HEAD = re.compile(r"\[\^?\]?")  # a ']' right after '[' or '[^' is a literal
+
+
+class _RegexToken(NamedTuple):
+    kind: str
+    text: str
+    start: int  # index of ``text`` in the source
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.text)
+
+
+def _regex_tokens(source: str) -> Iterator[_RegexToken]:
+    """``source`` cut into tokens whose texts, joined, give ``source`` back.
+
+    Only as much of Python's regex syntax as the rewrites below need: escapes, character classes
+    (so that ``$``, ``(`` and ``)`` inside them stay literal), group openings by kind, group
+    closings and anchors. Every unescaped ``(`` outside a class opens a group token and every
+    such ``)`` closes one, so depth counting over tokens is parenthesis counting; an invalid
+    pattern is cut all the same (``re`` rejects it later).
+    """
+    i, n, in_class = 0, len(source), False
+    while i < n:
+        ch = source[i]
+        if ch == "\\":
+            kind, text = ESCAPE, source[i:i + 2]
+        elif in_class:
+            in_class = ch != "]"
+            kind, text = (CLASS_CHAR, ch) if in_class else (CLASS_CLOSE, ch)
+        elif ch == "[":
+            kind, text, in_class = CLASS_OPEN, _CLASS_HEAD.match(source, i).group(), True
+        elif ch == "(":
+            kind, text = _group_head(source, i)
+        elif ch == ")":
+            kind, text = GROUP_CLOSE, ch
+        else:
+            kind, text = (ANCHOR if ch in "^$" else CHAR), ch
+        yield _RegexToken(kind, text, i)
+        i += len(text)
+
+
+def _group_head(source: str, i: int) -> tuple[str, str]:
+    for head, kind in _GROUP_HEADS:
+        if source.startswith(head, i):
+            return kind, head
+    flags = _FLAGS_HEAD.match(source, i)
+    if flags:
+        return FLAGS, flags.group()
+    return (EXTENSION, "(?") if source.startswith("(?", i) else (CAPTURE, "(")
+
+
+def _sets_multiline(token: _RegexToken) -> bool:
+    return token.kind == FLAGS and "m" in token.text.partition("-")[0]
+
+
 def engine_regex_source(pattern: str) -> str:
     r"""The regex the engine really compiles: ``pattern`` with ``$`` meaning *end of target*.
 
@@ -46,37 +125,12 @@ def engine_regex_source(pattern: str) -> str:
     may end in a newline. Every unescaped ``$`` outside a character class becomes ``\Z`` (RE2's
     ``$`` already means that). A pattern that sets the multi-line flag keeps Python's meaning.
     """
-    if "$" not in pattern or re.search(r"\(\?[a-zA-Z]*m", pattern):
+    if "$" not in pattern:
         return pattern
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    in_class = False
-    while i < n:
-        ch = pattern[i]
-        if ch == "\\":
-            out.append(pattern[i:i + 2])
-            i += 2
-            continue
-        if in_class:
-            if ch == "]":
-                in_class = False
-        elif ch == "[":
-            in_class = True
-            j = i + 1
-            if j < n and pattern[j] == "^":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1  # a leading ']' is a literal
-            out.append(pattern[i:j])
-            i = j
-            continue
-        elif ch == "$":
-            out.append("\\Z")
-            i += 1
-            continue
-        out.append(ch)
-        i += 1
-    return "".join(out)
+    tokens = list(_regex_tokens(pattern))
+    if any(_sets_multiline(t) for t in tokens):
+        return pattern
+    return "".join("\\Z" if t.kind == ANCHOR and t.text == "$" else t.text for t in tokens)
 
 
 def compile_regex(pattern: str) -> re.Pattern[str]:
@@ -92,64 +146,35 @@ def is_catch_all(pattern: str) -> bool:
 
 
 def drop_lookarounds(pattern: str) -> str:
-    """``pattern`` without its lookahead and lookbehind groups: it matches a superset."""
+    """``pattern`` without its lookahead and lookbehind groups: it matches a superset.
+
+    An unbalanced lookaround leaves ``pattern`` as it is (RE2 refuses it).
+    """
+    tokens = list(_regex_tokens(pattern))
     out: list[str] = []
-    i, n = 0, len(pattern)
-    in_class = False
-    while i < n:
-        ch = pattern[i]
-        if ch == "\\":
-            out.append(pattern[i:i + 2])
-            i += 2
-            continue
-        if in_class:
-            if ch == "]":
-                in_class = False
-        elif ch == "[":
-            in_class = True
-            j = i + 1
-            if pattern.startswith("^", j):
-                j += 1
-            if pattern.startswith("]", j):
-                j += 1  # a leading ']' is a literal
-            out.append(pattern[i:j])
-            i = j
-            continue
-        elif pattern.startswith(("(?=", "(?!", "(?<=", "(?<!"), i):
-            end = _group_end(pattern, i)
+    i = 0
+    while i < len(tokens):
+        if tokens[i].kind in LOOKAROUNDS:
+            end = _group_end(tokens, i)
             if end < 0:
-                return pattern  # unbalanced: leave it to RE2 to refuse
+                return pattern
             i = end
             continue
-        out.append(ch)
+        out.append(tokens[i].text)
         i += 1
     return "".join(out)
 
 
-def _group_end(pattern: str, start: int) -> int:
-    """Index just past the group opening at ``start``, or -1."""
-    depth, i, n, in_class = 0, start, len(pattern), False
-    while i < n:
-        ch = pattern[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if in_class:
-            if ch == "]":
-                in_class = False
-        elif ch == "[":
-            in_class = True
-            if pattern.startswith("^", i + 1):
-                i += 1
-            if pattern.startswith("]", i + 1):
-                i += 1
-        elif ch == "(":
+def _group_end(tokens: Sequence[_RegexToken], start: int) -> int:
+    """Index just past the close of the group opening at ``tokens[start]``, or -1."""
+    depth = 0
+    for i in range(start, len(tokens)):
+        if tokens[i].kind in GROUP_OPENS:
             depth += 1
-        elif ch == ")":
+        elif tokens[i].kind == GROUP_CLOSE:
             depth -= 1
             if depth == 0:
                 return i + 1
-        i += 1
     return -1
 
 
@@ -178,37 +203,26 @@ def re2_compatible(pattern: str) -> bool:
     """
     if "{," in pattern or "(?#" in pattern or "\\Z" in pattern or not pattern.isascii():
         return False
-    i, n = 0, len(pattern)
-    in_class = False
-    while i < n:
-        ch = pattern[i]
-        if ch == "\\":
-            nxt = pattern[i + 1] if i + 1 < n else ""
-            if nxt.isdigit() or nxt in "uUNgpPCQEz":  # backrefs, unicode escapes, RE2-only escapes
-                return False
-            i += 2
-            continue
-        if in_class:
-            if ch == "[" and i + 1 < n and pattern[i + 1] in ":.=":
-                return False  # POSIX classes mean something else to RE2
-            if ch == "]":
-                in_class = False
-        elif ch == "[":
-            in_class = True
-            if i + 1 < n and pattern[i + 1] == "^":
-                i += 1
-            if i + 1 < n and pattern[i + 1] == "]":
-                i += 1  # a leading ']' is a literal
-        elif ch == "$":
-            rest = pattern[i + 1:]
-            if rest and rest[0] not in ")|":
-                return False
-        elif ch == "(" and pattern.startswith("(?", i):
-            if not (pattern.startswith("(?:", i) or pattern.startswith("(?P<", i)
-                    or re.match(r"\(\?[imsx-]+[:)]", pattern[i:])):
-                return False  # lookarounds, atomic groups, conditionals, (?P=...)
-        i += 1
-    return True
+    return all(_re2_reads_alike(token, pattern) for token in _regex_tokens(pattern))
+
+
+# Group openings RE2 reads as ``re`` does; the rest are lookarounds, atomic groups, conditionals,
+# ``(?P=name)`` and the like.
+_RE2_GROUPS = frozenset({CAPTURE, NON_CAPTURING, NAMED})
+
+
+def _re2_reads_alike(token: _RegexToken, pattern: str) -> bool:
+    kind, text = token.kind, token.text
+    if kind == ESCAPE:  # backrefs, unicode escapes, RE2-only escapes (a lone '\' too)
+        return not (text[1:].isdigit() or text[1:] in "uUNgpPCQEz")
+    if kind == CLASS_CHAR:  # '[:', '[.' and '[=' are POSIX classes to RE2, literals to re
+        return not (text == "[" and pattern.startswith((":", ".", "="), token.end))
+    if kind == ANCHOR and text == "$":  # RE2's '$' followed by more pattern differs
+        return pattern.startswith((")", "|"), token.end) or token.end == len(pattern)
+    if kind == FLAGS:
+        return (set(text[2:].rstrip(":")) <= set("imsx-")
+                and (text.endswith(":") or pattern.startswith(")", token.end)))
+    return kind not in GROUP_OPENS or kind in _RE2_GROUPS
 
 
 class ActionTypeMatcher:

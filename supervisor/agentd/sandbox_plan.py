@@ -27,7 +27,7 @@ from re import _constants as sre_constants
 from re import _parser as sre_parser
 from typing import Any
 
-from agent_os.matcher import REGEX_FLAGS
+from agent_os.matcher import REGEX_FLAGS, engine_regex_source
 from agent_os.policy import Pattern, ViolationMode
 
 from agentd import landlock as ll
@@ -285,8 +285,8 @@ def analyse(policy: Any, action_type: str) -> AllowList | NotProvable:
         for pattern in patterns:
             if pattern.catch_all or _blocks(pattern, layer):
                 continue
-            try:
-                prefixes = match_prefixes(pattern.pattern)
+            try:  # bound the regex the engine compiles ('$' is '\Z' there), not the raw text
+                prefixes = match_prefixes(engine_regex_source(pattern.pattern))
             except (ValueError, re.error) as error:
                 return NotProvable(action_type, f"pattern {pattern.id!r} ({pattern.pattern!r}) "
                                                 f"cannot be bounded: {error}")
@@ -593,7 +593,8 @@ def _network_classes(policy: Any, support: ll.LandlockSupport
             warnings.append(f"Landlock ABI {support.abi} has no network rights (ABI "
                             f"{ll.NET_RIGHTS_ABI}): TCP connects are enforced by the tracer only")
     abstract_allowers = [p.id for p, _ in connect.allowing
-                         if may_match_starting_with(p.pattern, ABSTRACT_PREFIX)]
+                         if may_match_starting_with(engine_regex_source(p.pattern),
+                                                    ABSTRACT_PREFIX)]
     if abstract_allowers:
         abstract = ClassPlan("network_connect (abstract unix)", (TRACER,),
                              "enforced by the tracer only: the policy allows abstract sockets "
