@@ -7,6 +7,7 @@ agent's namespace, so nothing reaches the host's real network."""
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import pickle
 import select
@@ -22,7 +23,10 @@ from pyroute2 import IPRoute
 from agentd.netplane.netns import (
     AGENT_IFNAME,
     AgentNetwork,
+    NetnsError,
     NetnsUnavailable,
+    _nameservers,
+    _pick_subnet,
     cleanup_stale,
 )
 
@@ -40,7 +44,7 @@ def _netns_possible() -> str | None:
 
 
 SKIP = _netns_possible()
-pytestmark = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
+needs_netns = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 
 
 class Child:
@@ -114,6 +118,7 @@ def look_around():
     return names, routes, v6_interfaces
 
 
+@needs_netns
 def test_before_the_redirects_the_agent_has_no_way_out(network):
     status, (names, routes, _) = in_child(network, look_around)
     assert status == "ok" and names == sorted(["lo", AGENT_IFNAME]) and routes == []
@@ -121,6 +126,7 @@ def test_before_the_redirects_the_agent_has_no_way_out(network):
     assert (status, outcome) == ("ok", "ENETUNREACH")
 
 
+@needs_netns
 def test_the_agent_sees_loopback_the_veth_and_one_default_route(network):
     network.install_redirects(dns_port=5300, proxy_port=3128)
     status, (names, routes, v6_interfaces) = in_child(network, look_around)
@@ -133,6 +139,7 @@ def test_the_agent_sees_loopback_the_veth_and_one_default_route(network):
     assert v6_interfaces == ["lo"]  # no IPv6 on the veth: no v6 way out
 
 
+@needs_netns
 def test_the_host_end_routes_nothing_and_filters_sources(network):
     for family in ("ipv4", "ipv6"):
         assert network.host_sysctl(family, "forwarding") == "0"
@@ -164,12 +171,16 @@ def serve_one(listener, reply=b"ok"):
     return peer, data
 
 
+@needs_netns
 def test_a_server_on_the_host_address_is_reachable_from_inside(network):
     # an agent told HTTP_PROXY=http://host_address:proxy_port goes there directly
     with bound(network.host_address, socket.SOCK_STREAM) as listener:
         network.install_redirects(dns_port=5300, proxy_port=listener.getsockname()[1])
         child = Child(network, tcp_exchange, network.host_address, listener.getsockname()[1])
         peer, data = serve_one(listener, b"welcome")
+        # not redirected: the original destination is the proxy itself
+        assert network.original_destination(peer[1]) == (network.host_address,
+                                                         listener.getsockname()[1])
         assert child.result() == ("ok", ((network.agent_address, peer[1]), b"welcome"))
     assert (peer[0], data) == (network.agent_address, b"hello")
 
@@ -198,6 +209,7 @@ def udp_probe(address, port):
             return errno.errorcode.get(exc.errno, str(exc))
 
 
+@needs_netns
 def test_everything_else_is_refused_at_once_inside_the_namespace(network):
     with bound(network.host_address, socket.SOCK_STREAM) as other:
         network.install_redirects(dns_port=5300, proxy_port=3128)
@@ -231,6 +243,7 @@ def udp_query(address, port, payload):
         return data, source
 
 
+@needs_netns
 @pytest.mark.parametrize("nameserver", ["198.51.100.53", "127.0.0.53"])
 def test_dns_to_any_nameserver_reaches_the_stub(network, nameserver):
     with bound(network.host_address, socket.SOCK_DGRAM) as stub:
@@ -244,6 +257,7 @@ def test_dns_to_any_nameserver_reaches_the_stub(network, nameserver):
     assert network.counters()["redirected_dns"] >= 1
 
 
+@needs_netns
 def test_dns_over_tcp_reaches_the_stub(network):
     with bound(network.host_address, socket.SOCK_STREAM) as stub:
         network.install_redirects(dns_port=stub.getsockname()[1], proxy_port=3128)
@@ -253,6 +267,7 @@ def test_dns_over_tcp_reaches_the_stub(network):
     assert (peer[0], data) == (network.agent_address, b"\x00\x05query")
 
 
+@needs_netns
 @pytest.mark.parametrize("port", [80, 443])
 def test_web_traffic_reaches_the_proxy_which_learns_the_real_destination(network, port):
     with bound(network.host_address, socket.SOCK_STREAM) as proxy:
@@ -265,6 +280,7 @@ def test_web_traffic_reaches_the_proxy_which_learns_the_real_destination(network
     assert network.original_destination(65000) is None
 
 
+@needs_netns
 def test_a_stub_can_listen_on_the_agents_own_loopback(network):
     network.install_redirects(dns_port=5300, proxy_port=3128, loopback_dns=False)
     with network.listen_socket_inside(socket.AF_INET, socket.SOCK_DGRAM,
@@ -282,6 +298,7 @@ def test_a_stub_can_listen_on_the_agents_own_loopback(network):
 
 # -- many runs, and the end of a run -------------------------------------------------------------
 
+@needs_netns
 def test_concurrent_networks_get_distinct_subnets_and_each_works():
     with AgentNetwork.create("a") as first, AgentNetwork.create("b") as second:
         assert first.subnet != second.subnet and not first.subnet.overlaps(second.subnet)
@@ -294,11 +311,37 @@ def test_concurrent_networks_get_distinct_subnets_and_each_works():
                 assert child.result()[0] == "ok" and peer[0] == net.agent_address
 
 
+@needs_netns
+def test_supervisors_in_parallel_never_share_a_subnet():
+    go_read, go_write = os.pipe()
+    report_read, report_write = os.pipe()
+    children = []
+    for index in range(4):
+        pid = os.fork()
+        if pid == 0:
+            os.read(go_read, 1)  # all start together
+            with AgentNetwork.create(f"parallel{index}") as net:
+                os.write(report_write, f"{net.subnet}\n".encode())
+                time.sleep(0.5)  # hold it while the others allocate
+            os._exit(0)
+        children.append(pid)
+    os.close(report_write)
+    os.write(go_write, b"xxxx")
+    reports = b""
+    while chunk := os.read(report_read, 1000):
+        reports += chunk
+    for pid in children:
+        os.waitpid(pid, 0)
+    subnets = reports.decode().split()
+    assert len(subnets) == 4 and len(set(subnets)) == 4, subnets
+
+
 def link_exists(name: str) -> bool:
     with IPRoute() as ipr:
         return bool(ipr.link_lookup(ifname=name))
 
 
+@needs_netns
 def test_close_removes_the_veth_and_is_idempotent():
     net = AgentNetwork.create("closing")
     name, fd = net.host_ifname, net.netns_fd
@@ -320,6 +363,7 @@ def wait_until(predicate, seconds=5.0):
     return predicate()
 
 
+@needs_netns
 def test_nothing_outlives_a_supervisor_that_dies_without_closing():
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -334,6 +378,7 @@ def test_nothing_outlives_a_supervisor_that_dies_without_closing():
     assert wait_until(lambda: not link_exists(name)), f"{name} outlived its supervisor"
 
 
+@needs_netns
 def test_cleanup_stale_cuts_off_an_agent_whose_supervisor_died():
     read_end, write_end = os.pipe()
     supervisor = os.fork()
@@ -360,6 +405,7 @@ def test_cleanup_stale_cuts_off_an_agent_whose_supervisor_died():
         os.kill(int(agent), signal.SIGKILL)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another uid")
 def test_create_refuses_without_root_and_says_why():
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -379,3 +425,20 @@ def test_create_refuses_without_root_and_says_why():
     os.close(read_end)
     os.waitpid(pid, 0)
     assert message.startswith("NetnsUnavailable: a per-agent network namespace needs root")
+
+
+# -- choosing a subnet -----------------------------------------------------------------------
+
+def test_a_subnet_the_host_uses_or_asks_for_names_is_skipped(tmp_path):
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("# comment\nnameserver 10.255.0.5\nnameserver ::1\nsearch example\n")
+    used = [ipaddress.IPv4Network("10.255.0.0/30"), *_nameservers(str(resolv))]
+    pool = ipaddress.IPv4Network("10.255.0.0/28")
+    assert _pick_subnet(pool, used) == ipaddress.IPv4Network("10.255.0.8/30")
+    assert _pick_subnet(ipaddress.IPv4Network("10.255.0.0/29"), used) is None
+
+
+@needs_netns
+def test_a_pool_with_no_free_subnet_is_an_error_that_says_so(network):
+    with pytest.raises(NetnsError, match=f"no free /30 left in the pool {network.subnet}"):
+        AgentNetwork.create("second", subnet=str(network.subnet))

@@ -23,6 +23,7 @@ import ctypes
 import errno
 import fcntl
 import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -144,8 +145,14 @@ class _Libc:
             raise OSError(err, f"setns(CLONE_NEWNET) on fd {fd}: {os.strerror(err)}")
 
 
-def _in_thread(libc: _Libc, netns_fd: int | None, fn, *args):
-    """Run ``fn(*args)`` in a new thread that first enters ``netns_fd`` (None: unshare a new one).
+NEW_NETNS = "new"        # _in_thread: unshare a fresh namespace first
+HOST_NETNS = "host"      # _in_thread: stay in the supervisor's namespace
+
+
+def _in_thread(libc: _Libc, where, fn, *args):
+    """Run ``fn(*args)`` in a new thread that first enters ``where``: a namespace fd,
+    ``NEW_NETNS`` or ``HOST_NETNS``. Even host-side netlink work runs here: pyroute2's
+    synchronous API drives its own asyncio loop, which must not meet a loop the caller runs.
 
     INVARIANT: only this short-lived thread ever changes namespace; it ends when ``fn`` returns,
     so the caller's threads stay in the supervisor's namespace.
@@ -154,12 +161,12 @@ def _in_thread(libc: _Libc, netns_fd: int | None, fn, *args):
 
     def body() -> None:
         try:
-            if netns_fd is None:
+            if where == NEW_NETNS:
                 if libc.unshare(CLONE_NEWNET) != 0:
                     err = ctypes.get_errno()
                     raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
-            else:
-                libc.enter(netns_fd)
+            elif where != HOST_NETNS:
+                libc.enter(where)
             result["value"] = fn(*args)
         except BaseException as exc:  # handed to the caller's thread
             result["error"] = exc
@@ -201,19 +208,24 @@ def _process_start_time(pid: int) -> str | None:
     return stat.rpartition(")")[2].split()[19]
 
 
-def _nameservers(path: str = "/etc/resolv.conf") -> list[ipaddress.IPv4Network]:
+# systemd-resolved keeps its upstream servers in the second file (the first may say 127.0.0.53)
+RESOLV_CONF_PATHS = ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf")
+
+
+def _nameservers(*paths: str) -> list[ipaddress.IPv4Network]:
     found = []
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                fields = line.split()
-                if len(fields) >= 2 and fields[0] == "nameserver":
-                    try:
-                        found.append(ipaddress.IPv4Network(fields[1]))
-                    except ValueError:
-                        pass  # IPv6 nameservers cannot clash with an IPv4 pool
-    except OSError:
-        pass
+    for path in paths or RESOLV_CONF_PATHS:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    fields = line.split()
+                    if len(fields) >= 2 and fields[0] == "nameserver":
+                        try:
+                            found.append(ipaddress.IPv4Network(fields[1]))
+                        except ValueError:
+                            pass  # IPv6 nameservers cannot clash with an IPv4 pool
+        except OSError:
+            pass
     return found
 
 
@@ -257,6 +269,45 @@ class _PoolLock:
 
 def _host_ifname(subnet: ipaddress.IPv4Network) -> str:
     return f"{HOST_IFNAME_PREFIX}{int(subnet.network_address):08x}"
+
+
+def _add_host_end(pool: ipaddress.IPv4Network, run_id: str,
+                  netns_fd: int) -> ipaddress.IPv4Network:
+    """In the supervisor's namespace, under the pool lock: pick a free /30, make the veth pair
+    (the peer born inside the agent's namespace) and set up the host end. Returns the /30."""
+    pid = os.getpid()
+    alias = (f"{ALIAS_PREFIX} run={''.join(run_id.split())[:64]} pid={pid} "
+             f"start={_process_start_time(pid)}")
+    with _PoolLock(), IPRoute() as ipr:
+        chosen = _pick_subnet(pool, _networks_in_use(ipr))
+        if chosen is None:
+            raise NetnsError(f"no free /{SUBNET_PREFIX} left in the pool {pool} "
+                             f"(each running agent holds one)")
+        host_ifname, host_address = _host_ifname(chosen), str(next(chosen.hosts()))
+        ipr.link("add", ifname=host_ifname, kind="veth",
+                 peer={"ifname": AGENT_IFNAME, "net_ns_fd": netns_fd})
+        try:
+            index = ipr.link_lookup(ifname=host_ifname)[0]
+            ipr.link("set", index=index, ifalias=alias)
+            _write_sysctls(host_ifname, HOST_END_SYSCTLS)
+            ipr.addr("add", index=index, address=host_address, prefixlen=SUBNET_PREFIX)
+            ipr.link("set", index=index, state="up")
+        except BaseException:
+            ipr.link("del", ifname=host_ifname)
+            raise
+    return chosen
+
+
+def _delete_link(ifname: str) -> bool:
+    """Delete ``ifname`` (a veth takes its peer with it); False if it was already gone."""
+    try:
+        with IPRoute() as ipr:
+            ipr.link("del", ifname=ifname)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
+        return False
+    return True
 
 
 def _configure_inside(agent: str) -> None:
@@ -313,6 +364,7 @@ class AgentNetwork:
         self.dns_port: int | None = None
         self.proxy_port: int | None = None
         self._nft = shutil.which("nft") or "/usr/sbin/nft"
+        self._conntrack: _ConntrackLookup | None = None
         self._closed = False
 
     # -- building --------------------------------------------------------------------------
@@ -334,19 +386,14 @@ class AgentNetwork:
             raise NetnsError(f"address pool {subnet}: needs room for a /{SUBNET_PREFIX}")
         libc = _Libc.load()
         try:
-            netns_fd = _in_thread(libc, None, _open_own_netns)
+            netns_fd = _in_thread(libc, NEW_NETNS, _open_own_netns)
         except OSError as exc:
             raise NetnsUnavailable(f"cannot create a network namespace: {exc}") from None
         network = None
         try:
-            with _PoolLock(), IPRoute() as ipr:
-                chosen = _pick_subnet(pool, _networks_in_use(ipr))
-                if chosen is None:
-                    raise NetnsError(f"no free /{SUBNET_PREFIX} left in the pool {pool} "
-                                     f"(each running agent holds one)")
-                network = cls(run_id=run_id, libc=libc, netns_fd=netns_fd, subnet=chosen,
-                              host_ifname=_host_ifname(chosen))
-                network._add_host_end(ipr)
+            chosen = _in_thread(libc, HOST_NETNS, _add_host_end, pool, run_id, netns_fd)
+            network = cls(run_id=run_id, libc=libc, netns_fd=netns_fd, subnet=chosen,
+                          host_ifname=_host_ifname(chosen))
             _in_thread(libc, netns_fd, _configure_inside, network.agent_address)
         except BaseException as exc:
             if network is not None:
@@ -358,18 +405,6 @@ class AgentNetwork:
                                  f"{exc}") from None
             raise
         return network
-
-    def _add_host_end(self, ipr: IPRoute) -> None:
-        pid = os.getpid()
-        alias = (f"{ALIAS_PREFIX} run={''.join(self.run_id.split())[:64]} pid={pid} "
-                 f"start={_process_start_time(pid)}")
-        ipr.link("add", ifname=self.host_ifname, kind="veth",
-                 peer={"ifname": AGENT_IFNAME, "net_ns_fd": self.netns_fd})
-        index = ipr.link_lookup(ifname=self.host_ifname)[0]
-        ipr.link("set", index=index, ifalias=alias)
-        _write_sysctls(self.host_ifname, HOST_END_SYSCTLS)
-        ipr.addr("add", index=index, address=self.host_address, prefixlen=SUBNET_PREFIX)
-        ipr.link("set", index=index, state="up")
 
     def install_redirects(self, dns_port: int, proxy_port: int, *,
                           loopback_dns: bool = True) -> None:
@@ -442,8 +477,10 @@ class AgentNetwork:
             to_port = self.proxy_port if proto == socket.IPPROTO_TCP else self.dns_port
         if to_port is None:
             raise NetnsError("install_redirects has not run: there is nothing to look up")
-        return _in_thread(self._libc, self.netns_fd, _conntrack_original, proto,
-                          self.host_address, self.agent_address, to_port, agent_port)
+        if self._conntrack is None:
+            self._conntrack = _in_thread(self._libc, self.netns_fd, _ConntrackLookup.open_here)
+        return self._conntrack.original(proto, self.host_address, self.agent_address, to_port,
+                                        agent_port)
 
     def counters(self) -> dict[str, int]:
         """Packets counted by the ruleset's named counters (``redirected_dns``,
@@ -452,8 +489,6 @@ class AgentNetwork:
         self._check_open()
         if self.dns_port is None:
             return {}
-        import json
-
         text = _in_thread(self._libc, self.netns_fd, _run_nft, self._nft, "", "-j", "list",
                           "counters", "table", "inet", "agentd")
         found = {}
@@ -476,13 +511,13 @@ class AgentNetwork:
             return
         self._closed = True
         try:
-            with IPRoute() as ipr:
-                ipr.link("del", ifname=self.host_ifname)
+            _in_thread(self._libc, HOST_NETNS, _delete_link, self.host_ifname)
         except NetlinkError as exc:
-            if exc.code != errno.ENODEV:
-                raise NetnsError(f"deleting {self.host_ifname} for run {self.run_id}: "
-                                 f"{exc}") from None
+            raise NetnsError(f"deleting {self.host_ifname} for run {self.run_id}: "
+                             f"{exc}") from None
         finally:
+            if self._conntrack is not None:
+                self._conntrack.close()
             os.close(self.netns_fd)
 
     def _check_open(self) -> None:
@@ -507,6 +542,10 @@ def cleanup_stale() -> list[str]:
     the pid in its alias is gone or is now another process. Returns the deleted names."""
     if os.geteuid() != 0:
         raise NetnsUnavailable(f"removing veth pairs needs root; euid is {os.geteuid()}")
+    return _in_thread(_Libc.load(), HOST_NETNS, _remove_stale)
+
+
+def _remove_stale() -> list[str]:
     removed = []
     with _PoolLock(), IPRoute() as ipr:
         for msg in ipr.link("dump"):
@@ -535,7 +574,7 @@ def cleanup_stale() -> list[str]:
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_GET = 1
-NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
+NLM_F_REQUEST = 0x1
 NLA_F_NESTED = 0x8000
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY = 1, 2
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
@@ -560,36 +599,61 @@ def _parse_nlas(data: bytes) -> dict[int, bytes]:
     return found
 
 
-def _conntrack_original(proto: int, host: str, agent: str, host_port: int,
-                        agent_port: int) -> tuple[str, int] | None:
-    """Ask ctnetlink (in the calling thread's namespace) for the entry whose reply tuple is
-    host:host_port -> agent:agent_port; return the original tuple's destination."""
-    reply = _nla(CTA_TUPLE_REPLY | NLA_F_NESTED,
-                 _nla(CTA_TUPLE_IP | NLA_F_NESTED,
-                      _nla(CTA_IP_V4_SRC, socket.inet_aton(host))
-                      + _nla(CTA_IP_V4_DST, socket.inet_aton(agent)))
-                 + _nla(CTA_TUPLE_PROTO | NLA_F_NESTED,
-                        _nla(CTA_PROTO_NUM, bytes([proto]))
-                        + _nla(CTA_PROTO_SRC_PORT, struct.pack("!H", host_port))
-                        + _nla(CTA_PROTO_DST_PORT, struct.pack("!H", agent_port))))
-    body = struct.pack("=BBH", socket.AF_INET, 0, 0) + reply
-    header = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
-                         NLM_F_REQUEST | NLM_F_ACK, 1, 0)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                       NETLINK_NETFILTER) as sock:
+class _ConntrackLookup:
+    """One ctnetlink socket opened inside the agent's namespace (it stays bound there) and
+    reused for every lookup; a lock keeps request and answer together across threads."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.seq = 0
+
+    @classmethod
+    def open_here(cls) -> "_ConntrackLookup":
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             NETLINK_NETFILTER)
         sock.settimeout(2.0)
-        sock.send(header + body)
-        answer = sock.recv(65536)
-    length, kind = struct.unpack_from("=IH", answer, 0)
-    if kind == NLMSG_ERROR:
-        code = -struct.unpack_from("=i", answer, 16)[0]
-        if code == errno.ENOENT:
+        sock.bind((0, 0))
+        return cls(sock)
+
+    def original(self, proto: int, host: str, agent: str, host_port: int,
+                 agent_port: int) -> tuple[str, int] | None:
+        """The original destination of the entry whose reply tuple is host:host_port ->
+        agent:agent_port, or None when conntrack has no such entry."""
+        reply = _nla(CTA_TUPLE_REPLY | NLA_F_NESTED,
+                     _nla(CTA_TUPLE_IP | NLA_F_NESTED,
+                          _nla(CTA_IP_V4_SRC, socket.inet_aton(host))
+                          + _nla(CTA_IP_V4_DST, socket.inet_aton(agent)))
+                     + _nla(CTA_TUPLE_PROTO | NLA_F_NESTED,
+                            _nla(CTA_PROTO_NUM, bytes([proto]))
+                            + _nla(CTA_PROTO_SRC_PORT, struct.pack("!H", host_port))
+                            + _nla(CTA_PROTO_DST_PORT, struct.pack("!H", agent_port))))
+        body = struct.pack("=BBH", socket.AF_INET, 0, 0) + reply
+        with self.lock:
+            self.seq += 1
+            # INVARIANT: no NLM_F_ACK, so a GET has exactly one answer (the entry or an error)
+            header = struct.pack("=IHHII", 16 + len(body),
+                                 (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+                                 NLM_F_REQUEST, self.seq, 0)
+            self.sock.send(header + body)
+            while True:
+                answer = self.sock.recv(65536)
+                length, kind, _flags, seq = struct.unpack_from("=IHHI", answer, 0)
+                if seq == self.seq:
+                    break
+        if kind == NLMSG_ERROR:
+            code = -struct.unpack_from("=i", answer, 16)[0]
+            if code == errno.ENOENT:
+                return None
+            raise NetnsError(f"conntrack lookup for {agent}:{agent_port}: {os.strerror(code)}")
+        attrs = _parse_nlas(answer[20:length])
+        orig = _parse_nlas(attrs.get(CTA_TUPLE_ORIG, b""))
+        ip = _parse_nlas(orig.get(CTA_TUPLE_IP, b""))
+        ports = _parse_nlas(orig.get(CTA_TUPLE_PROTO, b""))
+        if CTA_IP_V4_DST not in ip or CTA_PROTO_DST_PORT not in ports:
             return None
-        raise NetnsError(f"conntrack lookup for {agent}:{agent_port}: {os.strerror(code)}")
-    attrs = _parse_nlas(answer[20:length])
-    orig = _parse_nlas(attrs.get(CTA_TUPLE_ORIG, b""))
-    ip = _parse_nlas(orig.get(CTA_TUPLE_IP, b""))
-    ports = _parse_nlas(orig.get(CTA_TUPLE_PROTO, b""))
-    if CTA_IP_V4_DST not in ip or CTA_PROTO_DST_PORT not in ports:
-        return None
-    return socket.inet_ntoa(ip[CTA_IP_V4_DST]), struct.unpack("!H", ports[CTA_PROTO_DST_PORT])[0]
+        return (socket.inet_ntoa(ip[CTA_IP_V4_DST]),
+                struct.unpack("!H", ports[CTA_PROTO_DST_PORT])[0])
+
+    def close(self) -> None:
+        self.sock.close()
