@@ -349,6 +349,68 @@ def test_quick_resolve_first_then_resolve(upstream):
     assert asked == ["other.test"] and [c[3] for c in judge.calls] == [LOCAL, LOCAL]
 
 
+def test_connection_header_cannot_drop_framing(proxy, upstream):
+    """``Connection: content-length`` must not make the body pass as a second, unjudged request."""
+    smuggled = b"POST /admin HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    request = (f"GET http://upstream.test:{upstream.port}/ok HTTP/1.1\r\nHost: x\r\n"
+               f"Connection: content-length\r\nContent-Length: {len(smuggled)}\r\n\r\n"
+               ).encode() + smuggled
+    reply = raw_exchange(proxy.address, request)
+    assert reply.count(b"HTTP/1.1 200") == 1
+    assert [(s["method"], s["path"], s["body"]) for s in upstream.seen] == [
+        ("GET", "/ok", smuggled)]
+
+
+def test_expect_continue_answered_after_judging(proxy, upstream):
+    with socket.create_connection(proxy.address, timeout=5) as conn:
+        conn.sendall(f"GET http://upstream.test:{upstream.port}/e HTTP/1.1\r\nHost: x\r\n"
+                     "Expect: 100-continue\r\nContent-Length: 5\r\n\r\n".encode())
+        assert conn.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        conn.sendall(b"hello")
+        reply = b""
+        while not reply.endswith(b"ok GET /e"):
+            reply += conn.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 200") and upstream.seen[0]["body"] == b"hello"
+    assert "expect" not in upstream.seen[0]["headers"]
+
+
+def test_stale_kept_alive_upstream_is_reopened(judge):
+    """An upstream that closes an idle kept-alive connection: the next GET is sent again once,
+    on a new connection to the same judged address."""
+    listener = socket.create_server((LOCAL, 0))
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            conn.close()          # silently, without Connection: close
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    try:
+        with EgressProxy((LOCAL, 0), judge=judge, resolve=resolve) as running:
+            conn = http.client.HTTPConnection(*running.address, timeout=5)
+            statuses = []
+            for path in ("/1", "/2"):
+                conn.request("GET", f"http://{LOCAL}:{port}{path}")
+                response = conn.getresponse()
+                response.read()
+                statuses.append(response.status)
+                time.sleep(0.1)
+            conn.close()
+    finally:
+        listener.close()
+    assert statuses == [200, 200] and len(accepted) == 2
+
+
 def test_unreachable_upstream_502_and_unresolvable(proxy, decisions):
     closed = socket.socket()
     closed.bind((LOCAL, 0))

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
                         "proxy-authorization", "te", "trailer", "upgrade"})
 ALLOWING = frozenset({"allow", "warn"})
+# INVARIANT: a header named in Connection is dropped, but never the framing or Host: dropping
+# Content-Length while relaying the body would let the body pass as an unjudged next request.
+_NEVER_NAMED_AWAY = frozenset({"content-length", "transfer-encoding", "host"})
 FAIL_CLOSED_ID = "agentd:fail_closed"
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -770,7 +773,7 @@ class EgressProxy:
             client.writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
             await self._tunnel(client, up_reader, up_writer)
             return False
-        return await self._forward(client, head, request)
+        return await self._forward(client, head, request, record)
 
     async def _connect(self, client: _Client, dest_ip: str, port: int, record: dict[str, Any],
                        request: _Request | None = None
@@ -845,9 +848,11 @@ class EgressProxy:
 
     # -- relaying ----------------------------------------------------------------------------
 
-    async def _forward(self, client: _Client, head: RequestHead, request: _Request) -> bool:
+    async def _forward(self, client: _Client, head: RequestHead, request: _Request,
+                       record: dict[str, Any]) -> bool:
         assert client.upstream is not None
         named = {token.strip().lower() for token in (head.get("connection") or "").split(",")}
+        named -= _NEVER_NAMED_AWAY
         lines = [f"{head.method} {request.path} {request.version}"]
         host_value = head.get("host") if client.original is not None else None
         if not host_value:
@@ -855,9 +860,13 @@ class EgressProxy:
         lines.append(f"Host: {host_value}")
         for name, value in head.fields:
             lowered = name.lower()
-            if lowered in HOP_BY_HOP or lowered in named or lowered == "host":
+            if lowered in HOP_BY_HOP or lowered in named or lowered in ("host", "expect"):
                 continue
             lines.append(f"{name}: {value}")
+        if request.body != "none" and (head.get("expect") or "").lower() == "100-continue":
+            # Judged, allowed and connected: the client may send its body now. The upstream
+            # is not asked (its own 100 would arrive only after the body).
+            client.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if request.version == "HTTP/1.0":
             lines.append("Connection: close")
         request_head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -881,7 +890,6 @@ class EgressProxy:
                     raise _UpstreamBroken(str(exc)) from None
                 if stale and attempt == 1:
                     # The kept-alive upstream closed while idle: same judged address, once more.
-                    record = {"dest": f"{_url_host(key[0])}:{key[1]}", "url": request.url}
                     if await self._connect(client, key[0], key[1], record, request) is not None:
                         continue
                 await self._simple(client, request, 502, "Bad Gateway",
@@ -919,6 +927,7 @@ class EgressProxy:
                 length_field = value.strip()
         if "close" in named:
             upstream_close = True
+        named -= _NEVER_NAMED_AWAY
         if status == 101:
             raise _UpstreamBroken("upstream switched protocols without an upgrade request")
         if request.method == "HEAD" or status in (204, 304):
