@@ -550,6 +550,18 @@ def test_transparent_http_uses_host_header(upstream, decisions):
     assert decisions[0]["mode"] == "transparent"
 
 
+def test_lookup_naming_the_proxy_itself_means_explicit_mode(upstream):
+    """A lookup that reports the listener's own address (conntrack's answer for a client that
+    used HTTP_PROXY) leaves the connection in explicit mode."""
+    holder = {}
+    with EgressProxy((LOCAL, 0), judge=Judge(), resolve=resolve,
+                     original_destination=lambda sock: holder["address"]) as running:
+        holder["address"] = running.address
+        conn, response, _ = via_proxy(running, "GET", f"http://upstream.test:{upstream.port}/x")
+        conn.close()
+    assert response.status == 200 and upstream.seen[0]["path"] == "/x"
+
+
 def client_hello(server_name: str | None) -> bytes:
     """A real ClientHello from the ssl module, without any network."""
     context = ssl.create_default_context()

@@ -302,10 +302,20 @@ def original_destination(sock: socket.socket) -> tuple[str, int] | None:
             address = socket.inet_ntoa(raw[4:8])
     except OSError:
         return None
-    local_address = local[0][7:] if local[0].startswith("::ffff:") else local[0]
-    if (address, port) == (str(ipaddress.ip_address(local_address)), local[1]):
+    if _same_endpoint((address, port), local):
         return None
     return address, port
+
+
+def _same_endpoint(original: tuple[str, int], local: tuple) -> bool:
+    def canonical(ip: str) -> str:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+        mapped = getattr(address, "ipv4_mapped", None)
+        return str(mapped or address)
+    try:
+        return (canonical(original[0]), int(original[1])) == (canonical(local[0]), int(local[1]))
+    except (ValueError, TypeError, IndexError):
+        return False
 
 
 def _clean(text: str, limit: int = 300) -> str:
@@ -507,6 +517,8 @@ class EgressProxy:
             except Exception as exc:
                 log.warning("egress proxy: original destination lookup failed: %r", exc)
                 original = None
+            if original is not None and _same_endpoint(original, sock.getsockname()):
+                original = None   # the client came to the proxy itself (HTTP_PROXY): explicit
             client = _Client(reader, writer, original)
             if original is None:
                 await self._serve_http(client, b"")
