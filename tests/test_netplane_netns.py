@@ -162,13 +162,16 @@ def tcp_exchange(address, port, payload=b"hello"):
         return local, sock.recv(100)
 
 
-def serve_one(listener, reply=b"ok"):
+def serve_one(listener, reply=b"ok", network=None):
+    """Accept one connection, read, answer; with ``network`` also return what
+    ``redirected_destination`` says of the accepted socket."""
     conn, peer = listener.accept()
     with conn:
         conn.settimeout(5)
         data = conn.recv(100)
+        redirected = network.redirected_destination(conn) if network else None
         conn.sendall(reply)
-    return peer, data
+    return (peer, data, redirected) if network else (peer, data)
 
 
 @needs_netns
@@ -177,7 +180,8 @@ def test_a_server_on_the_host_address_is_reachable_from_inside(network):
     with bound(network.host_address, socket.SOCK_STREAM) as listener:
         network.install_redirects(dns_port=5300, proxy_port=listener.getsockname()[1])
         child = Child(network, tcp_exchange, network.host_address, listener.getsockname()[1])
-        peer, data = serve_one(listener, b"welcome")
+        peer, data, redirected = serve_one(listener, b"welcome", network)
+        assert redirected is None
         # not redirected: the original destination is the proxy itself
         assert network.original_destination(peer[1]) == (network.host_address,
                                                          listener.getsockname()[1])
@@ -273,7 +277,8 @@ def test_web_traffic_reaches_the_proxy_which_learns_the_real_destination(network
     with bound(network.host_address, socket.SOCK_STREAM) as proxy:
         network.install_redirects(dns_port=5300, proxy_port=proxy.getsockname()[1])
         child = Child(network, tcp_exchange, "203.0.113.7", port, b"GET / HTTP/1.0\r\n\r\n")
-        peer, data = serve_one(proxy, b"HTTP/1.0 204 No Content\r\n\r\n")
+        peer, data, redirected = serve_one(proxy, b"HTTP/1.0 204 No Content\r\n\r\n", network)
+        assert redirected == ("203.0.113.7", port)
         assert network.original_destination(peer[1]) == ("203.0.113.7", port)
         assert child.result()[1][1] == b"HTTP/1.0 204 No Content\r\n\r\n"
     assert (peer[0], data) == (network.agent_address, b"GET / HTTP/1.0\r\n\r\n")

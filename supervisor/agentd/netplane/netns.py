@@ -482,6 +482,22 @@ class AgentNetwork:
         return self._conntrack.original(proto, self.host_address, self.agent_address, to_port,
                                         agent_port)
 
+    def redirected_destination(self, sock: socket.socket) -> tuple[str, int] | None:
+        """For a connection the supervisor accepted from the agent (``sock``): where the agent
+        was really connecting when ``install_redirects`` sent it here, or None when it was not
+        redirected (it came straight to this socket, e.g. through ``HTTP_PROXY``, or is not
+        the agent's). Same shape as ``proxy.original_destination(sock)``, which reads
+        ``SO_ORIGINAL_DST`` and so cannot see NAT done in this namespace: pass this method as
+        the proxy's ``original_destination``."""
+        local, peer = sock.getsockname(), sock.getpeername()
+        if peer[0] != self.agent_address or local[0] != self.host_address:
+            return None
+        proto = socket.IPPROTO_TCP if sock.type == socket.SOCK_STREAM else socket.IPPROTO_UDP
+        found = self.original_destination(peer[1], proto, to_port=local[1])
+        if found is None or found == (self.host_address, local[1]):
+            return None
+        return found
+
     def counters(self) -> dict[str, int]:
         """Packets counted by the ruleset's named counters (``redirected_dns``,
         ``redirected_web``, ``refused_tcp``, ``refused_other``); {} before
