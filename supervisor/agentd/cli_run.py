@@ -30,13 +30,21 @@ __all__ = ["run", "ps", "resume", "kill"]
               help="OCI seccomp profile with the baseline denials (default: seccomp_profiles/default.json).")
 @click.option("--embedded", is_flag=True,
               help="Supervise here even when the agentd daemon runs (default: use the daemon).")
+@click.option("--network", type=click.Choice(["auto", "plane", "off"]), default="auto",
+              show_default=True, envvar="AGENTD_NETWORK", show_envvar=True,
+              help="plane: the agent gets its own network namespace whose only ways out are "
+                   "agentd's DNS stub and HTTP proxy (names and URLs are judged; needs root); "
+                   "off: connect() is judged by address only; auto: plane when possible, else "
+                   "off with a warning.")
+@click.option("--dns-upstream", default=None, metavar="IP[:PORT],...",
+              help="Resolvers the run's DNS stub forwards to (default: /etc/resolv.conf's).")
 @click.option("--explain-sandbox", is_flag=True,
               help="Print which layer (tracer, Landlock, seccomp baseline) enforces each part of "
                    "the policy on this kernel, then exit without running anything.")
 @click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
 def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log: str | None,
-        mode: str, seccomp_profile: str | None, embedded: bool, explain_sandbox: bool,
-        command: tuple[str, ...]) -> None:
+        mode: str, seccomp_profile: str | None, embedded: bool, network: str,
+        dns_upstream: str | None, explain_sandbox: bool, command: tuple[str, ...]) -> None:
     """Run CMD under a policy enforced at the OS level (ptrace + seccomp-bpf, and Landlock where
     the policy's file rules are directory hierarchies).
 
@@ -66,7 +74,8 @@ def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log
                                        seccomp_profile=seccomp_profile))
     from .run_main import run_agent
 
-    run_agent(policy_name, workspace, agent_id, audit_log, mode, seccomp_profile, command)
+    run_agent(policy_name, workspace, agent_id, audit_log, mode, seccomp_profile, command,
+              network=network, dns_upstream=dns_upstream)
 
 
 def _short_command(argv: list[str], width: int = 60) -> str:

@@ -22,8 +22,10 @@ _OPTIONS = {
     "--policy": ("policy_name", True), "--workspace": ("workspace", True),
     "--agent-id": ("agent_id", True), "--audit-log": ("audit_log", True),
     "--mode": ("mode", True), "--seccomp-profile": ("seccomp_profile", True),
-    "--embedded": ("embedded", False),
+    "--embedded": ("embedded", False), "--network": ("network", True),
+    "--dns-upstream": ("dns_upstream", True),
 }
+NETWORK_MODES = ("auto", "plane", "off")
 
 
 class _Terminated(BaseException):
@@ -48,7 +50,8 @@ def parse_run_args(args: list[str]) -> dict | None:
     """The parameters of ``agentd run ARGS`` as click would give them, or None to let click parse."""
     params: dict = {"policy_name": "strict", "workspace": None, "agent_id": None, "audit_log": None,
                     "mode": "enforce", "seccomp_profile": None, "embedded": False,
-                    "explain_sandbox": False}   # --explain-sandbox itself goes to click
+                    "explain_sandbox": False,
+                    "network": os.environ.get("AGENTD_NETWORK") or "auto", "dns_upstream": None}   # --explain-sandbox itself goes to click
     i = 0
     while i < len(args):
         arg = args[i]
@@ -76,7 +79,8 @@ def parse_run_args(args: list[str]) -> dict | None:
         params[param] = value
         i += 1
     command = tuple(args[i:])
-    if not command or params["mode"] not in ("enforce", "audit"):
+    if not command or params["mode"] not in ("enforce", "audit") \
+            or params["network"] not in NETWORK_MODES:
         return None
     if params["workspace"] is not None and not os.path.isdir(params["workspace"]):
         return None
@@ -89,7 +93,8 @@ def parse_run_args(args: list[str]) -> dict | None:
 
 
 def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, audit_log: str | None,
-              mode: str, seccomp_profile: str | None, command: tuple[str, ...]) -> None:
+              mode: str, seccomp_profile: str | None, command: tuple[str, ...],
+              network: str = "auto", dns_upstream: str | None = None) -> None:
     """Supervise ``command`` here (not through the daemon); exits with the agent's status."""
     import signal
 
@@ -153,6 +158,21 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
     def terminate(signum, frame):  # agentd kill RUN_ID, or a plain kill of the supervisor
         raise _Terminated()
 
+    plane = _start_plane(network, dns_upstream, session, run_id)
+    agent_env = dict(os.environ)
+    child_steps = []
+    if plane is not None:
+        agent_env.update(plane.environment())
+        session.network = plane.view()
+        child_steps.append(plane.enter)   # first: setns needs the privileges Landlock keeps
+    if landlock is not None:
+        child_steps.append(landlock.apply)
+
+    def started(pid: int, tracer) -> None:
+        registration.update(agent_pid=pid)
+        if plane is not None:
+            plane.kill_agent = lambda: _kill_from_another_thread(tracer)
+
     status = None
     try:
         try:
@@ -162,8 +182,7 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
         signal.signal(signal.SIGTERM, terminate)
         status = runner.supervise(
             list(command), policy, session, profile=seccomp_profile,
-            on_started=lambda pid, tracer: registration.update(agent_pid=pid),
-            child_steps=(landlock.apply,) if landlock is not None else ())
+            env=agent_env, on_started=started, child_steps=child_steps)
     except runner.HostError as exc:
         _fail(str(exc), 125)
     except runner.FilterError as exc:
@@ -178,6 +197,8 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if landlock is not None:
             landlock.close()
+        if plane is not None:
+            plane.close()
         registration.remove()
         try:
             recorder.close()
@@ -207,6 +228,65 @@ def _prepare_landlock(policy, mode: str):
     for warning in (*plan.warnings, *problems):
         _say(f"agentd run: warning: {warning}")
     return prepared
+
+
+def parse_upstream(text: str | None) -> list[tuple[str, int]] | None:
+    """``--dns-upstream 192.0.2.53,[2001:db8::53]:5353`` -> [(ip, port), ...]; None = default."""
+    if not text:
+        return None
+    import ipaddress
+
+    servers = []
+    for item in text.split(","):
+        item = item.strip()
+        host, port = item, 53
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            if rest:
+                port = int(rest.lstrip(":"))
+        elif item.count(":") == 1:
+            host, _, port_text = item.partition(":")
+            port = int(port_text)
+        ipaddress.ip_address(host)   # ValueError for a name: the stub needs an address
+        servers.append((host, port))
+    return servers
+
+
+def _start_plane(network: str, dns_upstream: str | None, session, run_id: str):
+    """The run's network plane (netplane/plane.py), or None with the reason said on stderr.
+
+    ``auto``: the plane when this host can build it (root, nftables), else connect()-level
+    control with a warning; ``plane``: refuse to run without it; ``off``: connect()-level only.
+    """
+    if network == "off":
+        return None
+    try:
+        upstream = parse_upstream(dns_upstream)
+    except ValueError as exc:
+        _fail(f"--dns-upstream {dns_upstream!r}: {exc} (give IP[:PORT], comma separated)")
+    from .netplane.plane import NetworkPlane, PlaneUnavailable
+
+    try:
+        return NetworkPlane.start(session, run_id, upstream=upstream)
+    except PlaneUnavailable as exc:
+        if network == "plane":
+            _fail(f"--network plane: {exc}", 125)
+        _say(f"agentd run: warning: no network plane ({exc}); network access is judged at "
+             "connect() only: no names, no URLs (--network off silences this)")
+        return None
+    except Exception as exc:  # noqa: BLE001 - the DNS stub or proxy could not start
+        _fail(f"cannot start the network plane: {exc} (--network off runs without it)", 125)
+
+
+def _kill_from_another_thread(tracer) -> None:
+    """``tracer.kill_tree`` from the proxy's thread: the tracer's task table may change while
+    it is read; retry until one pass completes (each pass kills what it saw)."""
+    for _ in range(10):
+        try:
+            tracer.kill_tree()
+            return
+        except RuntimeError:   # dictionary changed size during iteration
+            continue
 
 
 def explain_sandbox(policy_name: str, workspace: str | None, mode: str) -> str:

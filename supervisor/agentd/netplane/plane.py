@@ -1,0 +1,217 @@
+"""One run's network plane: the namespace, the DNS stub and the proxy, wired to the policy.
+
+Owns the composition (issue 6): ``NetworkPlane.start`` builds the agent's network namespace
+(``netns.AgentNetwork``), starts the DNS stub and the HTTP proxy on the supervisor's end of the
+veth, points the namespace's redirects at them, and hands the supervisor three things: a child
+step (``enter``: the agent's process joins the namespace between fork and exec), the proxy
+variables for the agent's environment, and a ``decide.NetworkView`` (names the stub resolved,
+the plane's own endpoints) for judging connect() at the tracer. The proxy's judge evaluates
+``network_request`` on the method and full URL (``https://host:port/`` for TLS) together with
+``network_connect`` on ``host:port`` and on the address it will really connect to, with
+``method``, ``headers`` and ``dest_ip`` in the context; the most restrictive answer wins, and
+every evaluation is recorded in the run's FlightRecorder from the thread that made it (the
+recorders are thread-safe). A kill verdict from the proxy kills the agent tree; a stop verdict
+is refused like a block (a request cannot be held for review: the agent's TCP client would time
+out). Any error while judging refuses (fail closed). Without root there is no namespace:
+``start`` raises ``PlaneUnavailable`` with the reason, and the caller warns and keeps the
+connect()-level control of the tracer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import urllib.parse
+from typing import Callable
+
+from .. import decide as D
+from ..decode import Action
+from .dns import DnsStub, NameBook
+from .netns import AgentNetwork, NetnsError, NetnsUnavailable
+from .proxy import EgressProxy
+
+__all__ = ["NetworkPlane", "PlaneUnavailable", "PROXY_VARIABLES"]
+
+log = logging.getLogger("agentd.netplane")
+
+# Both spellings: curl and Python read the lower-case ones, many other tools the upper-case.
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class PlaneUnavailable(RuntimeError):
+    """The network plane cannot be built here (not root, no nftables, no namespaces)."""
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class NetworkPlane:
+    """A running plane. ``session`` is the run's ``Session`` (its ``policy`` is read at each
+    decision, so a daemon reload applies at once; its ``record`` writes the audit log);
+    ``kill_agent`` kills the agent tree (a kill verdict from the proxy)."""
+
+    def __init__(self, session, network: AgentNetwork, dns: DnsStub, proxy: EgressProxy):
+        self.session = session
+        self.network = network
+        self.dns = dns
+        self.proxy = proxy
+        self.kill_agent: Callable[[], None] | None = None
+        host = network.host_address
+        self.endpoints = frozenset({f"{host}:{dns.addresses[0][1]}", f"{host}:{proxy.address[1]}"})
+
+    # -- building -------------------------------------------------------------------------
+    @classmethod
+    def start(cls, session, run_id: str, *,
+              upstream: list[tuple[str, int]] | None = None) -> "NetworkPlane":
+        try:
+            network = AgentNetwork.create(run_id)
+        except (NetnsUnavailable, NetnsError, OSError) as exc:
+            raise PlaneUnavailable(str(exc)) from None
+        dns = proxy = None
+        plane = None
+        try:
+            book = NameBook()
+            dns = DnsStub([(network.host_address, 0)], upstream=upstream, book=book,
+                          on_query=lambda report: plane and plane._dns_query(report))
+            proxy = EgressProxy((network.host_address, 0),
+                                judge=lambda *args: plane._judge(*args),
+                                resolve=lambda host: plane._resolve(host),
+                                # the DNAT happened in the agent's namespace: its conntrack
+                                # knows the original destination, SO_ORIGINAL_DST here does not
+                                original_destination=lambda sock: network.original_destination(
+                                    sock.getpeername()[1]))
+            plane = cls(session, network, dns, proxy)
+            dns.start()
+            proxy.start()
+            network.install_redirects(dns.addresses[0][1], proxy.address[1])
+        except BaseException as exc:
+            for part in (proxy, dns, network):
+                if part is not None:
+                    try:
+                        part.close()
+                    except Exception:  # noqa: BLE001 - the first error is the one to report
+                        log.exception("closing the half-built network plane")
+            if isinstance(exc, (NetnsUnavailable, NetnsError)):
+                raise PlaneUnavailable(str(exc)) from None
+            raise
+        return plane
+
+    def close(self) -> None:
+        for part in (self.proxy, self.dns, self.network):
+            try:
+                part.close()
+            except Exception:  # noqa: BLE001 - close every part
+                log.exception("closing the network plane")
+
+    # -- what the supervisor uses ---------------------------------------------------------
+    def enter(self) -> None:
+        """Child step: the agent's process joins the namespace (before the privilege drop)."""
+        self.network.enter()
+
+    def environment(self) -> dict[str, str]:
+        url = f"http://{self.network.host_address}:{self.proxy.address[1]}"
+        return {name: url for name in PROXY_VARIABLES}
+
+    def view(self) -> D.NetworkView:
+        return D.NetworkView(self.dns.book.names_for, self.endpoints)
+
+    def describe(self) -> str:
+        return (f"network namespace with one veth to {self.network.host_address}; DNS stub "
+                f"{self.network.host_address}:{self.dns.addresses[0][1]} (upstream "
+                f"{', '.join(f'{ip}:{port}' for ip, port in self.dns.upstream)}), proxy "
+                f"{self.network.host_address}:{self.proxy.address[1]}")
+
+    # -- the proxy's and the stub's callbacks (their threads) -------------------------------
+    def _resolve(self, host: str) -> list[str]:
+        """Addresses for ``host``: a literal stays itself; a name the agent resolved through
+        the stub gets the same answer (what the agent saw is what is judged); any other name is
+        asked of the stub itself, so the proxy and the agent see one answer, from one upstream,
+        recorded once, and the name book learns it."""
+        if _is_address(host.strip("[]")):
+            return [host.strip("[]")]
+        known = self.dns.book.addresses_for(host)
+        if known:
+            return list(known)
+        import dns.resolver
+
+        resolver = dns.resolver.Resolver(configure=False)
+        ip, port = self.dns.addresses[0]
+        resolver.nameservers = [ip]
+        resolver.port = port
+        resolver.lifetime = 5.0
+        found: list[str] = []
+        for qtype in ("A", "AAAA"):
+            try:
+                found += [rdata.to_text() for rdata in resolver.resolve(host, qtype)]
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                continue
+            except dns.exception.DNSException as exc:
+                if not found:
+                    raise OSError(f"cannot resolve {host}: {exc}") from None
+        return found
+
+    def _judge(self, method: str, url: str, headers: dict[str, str], dest_ip: str) -> D.Evaluation:
+        session = self.session
+        context = {"agent_id": session.agent_id, "method": method, "headers": headers,
+                   "dest_ip": dest_ip, "syscall": "proxy"}
+        try:
+            parts = urllib.parse.urlsplit(url)
+            host = (parts.hostname or "").lower()
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 0)
+            names = () if _is_address(host) else (host,)
+            policy = session.policy
+            evaluations = [D._evaluate(policy, Action("network_request", url), context)]
+            if dest_ip:
+                ip_form = f"[{dest_ip}]:{port}" if ":" in dest_ip else f"{dest_ip}:{port}"
+                evaluations += D._connect_evaluations(
+                    policy, Action("network_connect", ip_form), context,
+                    D.NetworkView(lambda ip: names))
+            else:   # the name did not resolve: judged by name (the proxy then answers 502)
+                del context["dest_ip"]
+                evaluations += [D._evaluate(policy, Action("network_connect", f"{name}:{port}"),
+                                            context) for name in names]
+        except Exception as exc:  # INVARIANT: an error while deciding denies (fail closed)
+            evaluations = [D.Evaluation("network_request", url, "deny", "block",
+                                        f"fail closed: error while judging: {exc!r}",
+                                        ("agentd:fail_closed",))]
+        worst = max(evaluations, key=lambda e: D.OUTCOME_RANK[e.outcome])
+        enforced = worst.outcome
+        if session.audit_only and enforced not in ("allow", "warn"):
+            enforced = "allow (audit mode)"
+        for evaluation in evaluations:
+            if not session.record(None, "proxy", evaluation, enforced=enforced, method=method):
+                # INVARIANT: nothing passes unrecorded
+                return D.Evaluation("network_request", url, "deny", "block",
+                                    "fail closed: the audit record could not be written",
+                                    ("agentd:fail_closed",))
+        if session.audit_only:
+            return D.Evaluation(worst.action_type, worst.target, "allow", "allow",
+                                f"audit mode: {worst.reason}", worst.pattern_ids)
+        if worst.outcome == "kill" and self.kill_agent is not None:
+            session.killed = True
+            self.kill_agent()
+        return worst
+
+    def _dns_query(self, report: dict) -> None:
+        refused = bool(report.get("refused"))
+        addresses = report.get("addresses") or ()
+        if refused:
+            reason = f"refused at the DNS stage: {report.get('reason') or ''}".rstrip(": ")
+        elif report.get("reason"):
+            reason = f"{report.get('rcode')}: {report['reason']}"
+        else:
+            reason = (f"resolved through the run's DNS stub ({report.get('rcode')}): "
+                      f"{', '.join(addresses) or 'no address'}")
+        evaluation = D.Evaluation(
+            "dns_query", f"{report.get('name')} {report.get('qtype')}",
+            "deny" if refused else "allow", "block" if refused else "allow", reason)
+        self.session.record(None, "dns", evaluation, enforced=evaluation.outcome,
+                            client=report.get("client"), rcode=report.get("rcode"),
+                            addresses=list(addresses))
+
