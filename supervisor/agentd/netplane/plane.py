@@ -84,8 +84,7 @@ class NetworkPlane:
                                 resolve=lambda host: plane._resolve(host),
                                 # the DNAT happened in the agent's namespace: its conntrack
                                 # knows the original destination, SO_ORIGINAL_DST here does not
-                                original_destination=lambda sock: network.original_destination(
-                                    sock.getpeername()[1]))
+                                original_destination=network.redirected_destination)
             plane = cls(session, network, dns, proxy)
             dns.start()
             proxy.start()
