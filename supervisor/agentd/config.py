@@ -99,6 +99,13 @@ class DaemonConfig(_Strict):
                                 "may always launch any policy; nobody else unless granted.")
     audit: AuditSettings = Field(default_factory=AuditSettings)
     max_runs: int = Field(256, ge=1, description="Concurrent agents; more are refused.")
+    network: Literal["plane", "off"] = Field(
+        "plane", description="plane: each agent gets its own network namespace whose only ways "
+        "out are its supervisor's DNS stub and HTTP proxy (names and URLs are judged; "
+        "docs/network.md); off: connect() is judged by address only.")
+    dns_upstream: list[str] = Field(
+        default_factory=list, description="Resolvers (IP or IP:PORT) the DNS stubs forward to "
+        "(empty: the nameservers of /etc/resolv.conf).")
 
     def may_launch(self, uid: int, gids: set[int], policy: str, mode: str) -> str | None:
         """None when allowed, else the reason for the refusal."""

@@ -30,6 +30,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -698,7 +699,8 @@ class Daemon:
             user=user_name, policy=entry, mode=mode, policy_dir=self.config.policy_dir,
             runs_dir=self.config.runs_dir, audit_path=self.config.audit.path,
             seccomp_profile=self.config.seccomp_profile,
-            cgroup_procs=cgroup.join_path() if cgroup else None)
+            cgroup_procs=cgroup.join_path() if cgroup else None,
+            network=self.config.network, dns_upstream=",".join(self.config.dns_upstream))
         daemon_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
@@ -819,6 +821,8 @@ class SupervisorPlan:
     audit_path: str
     seccomp_profile: str | None
     cgroup_procs: str | None
+    network: str = "plane"                           # DaemonConfig.network
+    dns_upstream: str = ""                           # comma separated, "" = resolv.conf's
     latencies: list = field(default_factory=list)   # (wall ns, cpu ns) per stop, for stats
 
 
@@ -831,9 +835,16 @@ class PipeRecorder:
         self.fd = fd
         self.count = 0
         self.sending = False
+        # The network plane's threads (DNS stub, proxy) record too. Re-entrant: a signal
+        # handler in the thread that holds it queues its message (``pending``) instead.
+        self.lock = threading.RLock()
         self.pending: list[dict] = []   # messages from a signal handler that hit a send
 
     def send(self, message: dict) -> None:
+        with self.lock:
+            self._send(message)
+
+    def _send(self, message: dict) -> None:
         if self.sending:
             # INVARIANT: lines never interleave; a signal handler's message waits its turn.
             self.pending.append(message)
@@ -855,8 +866,9 @@ class PipeRecorder:
     def record(self, **fields: Any) -> None:
         from agent_os.flight_recorder import json_safe
 
-        self.send({"t": "rec", "f": {k: json_safe(v) for k, v in fields.items()}})
-        self.count += 1
+        with self.lock:
+            self._send({"t": "rec", "f": {k: json_safe(v) for k, v in fields.items()}})
+            self.count += 1
 
     def close(self) -> None:
         pass
@@ -1048,17 +1060,39 @@ def _trace(plan, policy, session, recorder, registration) -> tuple[int, bool]:
                 if slot < 50_000:
                     latencies[slot] = sample
 
+    from .run_main import _kill_from_another_thread, parse_upstream
+
+    plane = None
+    env = dict(plan.env)
+    steps: list = [_DropPrivileges(plan)]
+    if plan.network == "plane":
+        from .netplane.plane import NetworkPlane, PlaneUnavailable
+        try:
+            plane = NetworkPlane.start(session, plan.run_id,
+                                       upstream=parse_upstream(plan.dns_upstream))
+        except (PlaneUnavailable, ValueError) as exc:
+            # The administrator asked for the plane: no run without it (fail closed).
+            raise runner.HostError(f"cannot build the network plane: {exc}") from None
+        env.update(plane.environment())
+        session.network = plane.view()
+        steps.insert(0, plane.enter)   # setns needs the privileges the next step drops
+
     def started(pid: int, tracer) -> None:
         recorder.send({"t": "started", "agent_pid": pid})
         registration.update(agent_pid=pid)
+        if plane is not None:
+            plane.kill_agent = lambda: _kill_from_another_thread(tracer)
 
     try:
         status = runner.supervise(plan.argv, policy, session, profile=plan.seccomp_profile,
-                                  env=plan.env, on_started=started,
-                                  child_steps=(_DropPrivileges(plan),), on_syscall=timed)
+                                  env=env, on_started=started, child_steps=steps,
+                                  on_syscall=timed)
     except FileNotFoundError as exc:
         os.write(2, f"agentd run: {exc}\n".encode())
         return 127 << 8, False
+    finally:
+        if plane is not None:
+            plane.close()
     return status, session.killed
 
 

@@ -257,9 +257,8 @@ class DnsStub:
                 self._adopt(sock)
             for ip, port in listen:
                 self._bind_pair(ip, int(port))
+            # An explicit empty list is a host without a resolver: every query gets SERVFAIL.
             servers = list(upstream) if upstream is not None else system_nameservers()
-            if not servers:
-                raise DnsStubError("no upstream nameserver")
             self._upstream = [(str(ip), int(port)) for ip, port in servers]
             own = {(_address_key(ip), port) for ip, port in self.addresses}
             for ip, port in self._upstream:
@@ -630,7 +629,8 @@ class DnsStub:
             except (_UpstreamFailure, OSError) as exc:
                 failures.append(f"{_endpoint((ip, port))}: {exc or type(exc).__name__}")
         else:
-            report.update(rcode="SERVFAIL", reason="upstream failed: " + "; ".join(failures))
+            report.update(rcode="SERVFAIL", reason="upstream failed: " + "; ".join(failures)
+                          if failures else "no upstream nameserver on this host")
             response = dns.message.make_response(query, recursion_available=True)
             response.set_rcode(dns.rcode.SERVFAIL)
             return response.to_wire()

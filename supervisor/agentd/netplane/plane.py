@@ -26,7 +26,7 @@ from typing import Callable
 
 from .. import decide as D
 from ..decode import Action
-from .dns import DnsStub, NameBook
+from .dns import DnsStub, DnsStubError, NameBook, system_nameservers
 from .netns import AgentNetwork, NetnsError, NetnsUnavailable
 from .proxy import EgressProxy
 
@@ -75,6 +75,14 @@ class NetworkPlane:
             raise PlaneUnavailable(str(exc)) from None
         dns = proxy = None
         plane = None
+        if upstream is None:
+            try:
+                upstream = system_nameservers()
+            except DnsStubError as exc:
+                # A host without a resolver: the agent's names fail (SERVFAIL), as they would
+                # without agentd; literal addresses still work through the proxy.
+                log.warning("the DNS stub has no upstream: %s", exc)
+                upstream = []
         try:
             book = NameBook()
             dns = DnsStub([(network.host_address, 0)], upstream=upstream, book=book,
@@ -82,6 +90,8 @@ class NetworkPlane:
             proxy = EgressProxy((network.host_address, 0),
                                 judge=lambda *args: plane._judge(*args),
                                 resolve=lambda host: plane._resolve(host),
+                                quick_resolve=book.addresses_for,   # no thread hop when known
+                                on_decision=lambda record: plane._proxy_outcome(record),
                                 # the DNAT happened in the agent's namespace: its conntrack
                                 # knows the original destination, SO_ORIGINAL_DST here does not
                                 original_destination=network.redirected_destination)
@@ -196,6 +206,19 @@ class NetworkPlane:
             session.killed = True
             self.kill_agent()
         return worst
+
+    def _proxy_outcome(self, record: dict) -> None:
+        """What the judge did not see: a malformed request (400/431/501) and an upstream that
+        could not be reached (502). Judged requests were recorded by ``_judge``."""
+        status = record.get("status")
+        if record.get("evaluation") is not None and status != 502:
+            return
+        target = record.get("url") or f"{record.get('host')}:{record.get('port')}"
+        reason = record.get("reason") or f"HTTP {status}"
+        evaluation = D.Evaluation("network_request", str(target), "deny", "block",
+                                  f"proxy answered {status}: {reason}")
+        self.session.record(None, "proxy", evaluation, enforced="block", status=status,
+                            client=record.get("client"))
 
     def _dns_query(self, report: dict) -> None:
         refused = bool(report.get("refused"))
