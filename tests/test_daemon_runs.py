@@ -267,3 +267,17 @@ def test_an_agent_cannot_ask_the_daemon_for_another_run(daemon):
     assert not escaped.exists()
     result = daemon.run([daemon.argv([], "x")[0], "ps"], user="nobody")
     assert result.returncode == 0
+
+
+def test_each_daemon_run_gets_its_own_network_plane(daemon):
+    """config network: plane (the default): the agent, running as the caller, sits in its own
+    network namespace (loopback + one veth), with the proxy variables pointing at its
+    supervisor's end; the host's interfaces are not there."""
+    code = ("import os, socket; print(sorted(n for _, n in socket.if_nameindex()));"
+            "print(os.environ.get('HTTPS_PROXY')); print(os.readlink('/proc/self/ns/net'))")
+    result = daemon.run(py(code), user="nobody")
+    assert result.returncode == 0, result.stderr
+    names, proxy, netns = result.stdout.splitlines()
+    assert names == "['eth0', 'lo']", names
+    assert proxy.startswith("http://10.255."), proxy
+    assert netns != os.readlink("/proc/self/ns/net")
