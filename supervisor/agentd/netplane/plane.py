@@ -191,7 +191,9 @@ class NetworkPlane:
                                         ("agentd:fail_closed",))]
         worst = max(evaluations, key=lambda e: D.OUTCOME_RANK[e.outcome])
         enforced = worst.outcome
-        if session.audit_only and enforced not in ("allow", "warn"):
+        if enforced == "stop":
+            enforced = "block (a proxied request cannot be held for review)"
+        if session.audit_only and worst.outcome not in ("allow", "warn"):
             enforced = "allow (audit mode)"
         for evaluation in evaluations:
             if not session.record(None, "proxy", evaluation, enforced=enforced, method=method):
