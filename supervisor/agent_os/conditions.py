@@ -266,7 +266,7 @@ def _destination_check(label: str, inside: bool):
         where = netaddr.destination(target, ctx)
         if not where.addresses:
             return Check(False, f"{label}: destination address unknown ({where.source})")
-        sets = netaddr.compile_address_sets(items)
+        sets = netaddr.build_address_sets(items)  # validated when the pattern was made
         for address in where.addresses:
             hit = sets.match(address)
             if inside and hit is None:

@@ -52,6 +52,13 @@ ADDRESS_SETS: Mapping[str, tuple[IPNetwork, ...]] = types.MappingProxyType({
                           "2001:db8::/32", "3fff::/20", "fec0::/10", "64:ff9b:1::/48"),
 })
 INTERNAL_PARTS = frozenset(ADDRESS_SETS)  # every named set above is internal
+# The same sets as integer ranges per IP version, for a classification without object compares.
+_RANGES: Mapping[int, tuple[tuple[str, int, int], ...]] = types.MappingProxyType({
+    version: tuple((name, int(net.network_address), int(net.broadcast_address))
+                   for name, networks in ADDRESS_SETS.items() for net in networks
+                   if net.version == version)
+    for version in (4, 6)
+})
 SET_NAMES: tuple[str, ...] = (*ADDRESS_SETS, "internal", "public")
 
 _GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
@@ -181,8 +188,8 @@ def effective_addresses(address: IPAddress) -> tuple[IPAddress, ...]:
 
 
 def _named_sets(address: IPAddress) -> set[str]:
-    names = {name for name, networks in ADDRESS_SETS.items()
-             if any(address.version == net.version and address in net for net in networks)}
+    number = int(address)
+    names = {name for name, low, high in _RANGES[address.version] if low <= number <= high}
     if not names and address.version == 6 and address not in _GLOBAL_UNICAST_V6:
         names.add("reserved")
     return names
@@ -261,10 +268,23 @@ def compile_address_sets(items: Iterable[Any]) -> AddressSets:
     problem = validate_address_sets(items)
     if problem:
         raise ValueError(problem)
-    names = frozenset(i.strip() for i in items if i.strip() in SET_NAMES)
-    networks = tuple((i.strip(), ipaddress.ip_network(i.strip())) for i in items
-                     if i.strip() not in SET_NAMES)
-    return AddressSets(names, networks)
+    return build_address_sets(items)
+
+
+def build_address_sets(items: Iterable[str]) -> AddressSets:
+    """``compile_address_sets`` for a list already validated (a pattern's condition value).
+
+    Skips the diagnostics; an item that is neither a set name nor a CIDR still raises ValueError.
+    """
+    names: list[str] = []
+    networks: list[tuple[str, IPNetwork]] = []
+    for item in items:
+        text = item.strip()
+        if text in SET_NAMES:
+            names.append(text)
+        else:
+            networks.append((text, ipaddress.ip_network(text)))
+    return AddressSets(frozenset(names), tuple(networks))
 
 
 # --- the destination of an action ---------------------------------------------------------------
