@@ -25,6 +25,7 @@ if str(HERE.parent) not in sys.path:      # tests/helpers (cbuild, try_syscall)
     sys.path.insert(0, str(HERE.parent))
 
 from escape_harness import AGENTD, PROBE_DIR, Arena, ProbeEscaped  # noqa: E402
+from helpers.agentd_run import agentd_run_help, tracing_unavailable  # noqa: E402
 
 DEFAULT_ATTEMPTS = 100_000
 _TALLY = pytest.StashKey[dict]()
@@ -76,40 +77,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             write(f"  {key.upper()}: {nodeid}")
 
 
-def _agentd_run_help() -> tuple[str | None, str]:
-    """(why `agentd run` cannot be used, or None; its --help text)."""
-    try:
-        done = subprocess.run([AGENTD, "run", "--help"], capture_output=True, text=True,
-                              timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"`agentd run --help` cannot run: {exc}", ""
-    if done.returncode != 0:
-        return (f"`agentd run` is not available yet (`agentd run --help` exited "
-                f"{done.returncode}: {done.stderr.strip()[:200]})"), ""
-    return None, done.stdout
-
-
-
-def _tracing_unavailable() -> str | None:
-    try:
-        with open("/proc/self/status") as handle:
-            status = dict(line.split(":", 1) for line in handle if ":" in line)
-    except OSError:
-        return "cannot read /proc/self/status"
-    if status.get("TracerPid", "0").strip() != "0":
-        return "the test runner is itself traced: agentd cannot trace its children"
-    if not status.get("Seccomp", "").strip():
-        return "kernel without seccomp"
-    return None
-
-
 @pytest.fixture(scope="session")
 def agentd_argv() -> list[str]:
     """``agentd run`` and the options every sandboxed probe gets. ``--embedded``: the run is
     supervised by the `agentd run` process itself even where an agentd daemon listens, so the
     agent's parent is its supervisor (the probes that attack "the supervisor" aim at ppid)."""
-    missing, help_text = _agentd_run_help()
-    reason = missing or _tracing_unavailable()
+    missing, help_text = agentd_run_help()
+    reason = missing or tracing_unavailable()
     if reason:
         pytest.skip(reason)
     return [AGENTD, "run", *(["--embedded"] if "--embedded" in help_text else [])]

@@ -3,7 +3,8 @@
 ``write_policy(dir, patterns)`` writes a YAML policy (default allow) from a list of pattern
 dicts; ``run_agentd(...)`` runs ``agentd run`` as a subprocess and returns the completed process
 with the audit log's records attached (``.records``). ``needs_tracing`` skips a test, with the
-reason, on a host where ptrace + seccomp cannot work.
+reason, on a host where ptrace + seccomp cannot work (``tracing_unavailable`` says why), and
+``agentd_run_help`` says whether ``agentd run`` itself can start (the escape suite uses both).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ AGENTD = str(Path(sys.executable).with_name("agentd"))
 PYTHON = sys.executable
 
 
-def _tracing_unavailable() -> str | None:
+def tracing_unavailable() -> str | None:
+    """Why ``agentd run`` cannot trace its children on this host, or None."""
     try:
         with open("/proc/self/status") as handle:
             status = dict(line.split(":", 1) for line in handle if ":" in line)
@@ -40,8 +42,21 @@ def _tracing_unavailable() -> str | None:
     return None
 
 
-needs_tracing = pytest.mark.skipif(_tracing_unavailable() is not None,
-                                   reason=_tracing_unavailable() or "")
+needs_tracing = pytest.mark.skipif(tracing_unavailable() is not None,
+                                   reason=tracing_unavailable() or "")
+
+
+def agentd_run_help() -> tuple[str | None, str]:
+    """(why `agentd run` cannot be used, or None; its --help text)."""
+    try:
+        done = subprocess.run([AGENTD, "run", "--help"], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`agentd run --help` cannot run: {exc}", ""
+    if done.returncode != 0:
+        return (f"`agentd run` is not available yet (`agentd run --help` exited "
+                f"{done.returncode}: {done.stderr.strip()[:200]})"), ""
+    return None, done.stdout
 
 
 def write_policy(directory: Path, patterns: list[dict], default_action: str = "allow",
