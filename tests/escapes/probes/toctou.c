@@ -3,7 +3,9 @@
  * One probe per mode; each makes ATTEMPTS tries and prints "successes=K attempts=N" on stdout
  * (plus, for the read modes, the first protected content it got: the harness looks for the
  * marker in the output). Paths of unequal length are padded with leading slashes so the flip is
- * a plain overwrite of one buffer.
+ * a plain overwrite of one buffer. A probe is a racer (a flipper of the argument, or a thread that
+ * swaps links and directories) and an attempt (one syscall and how to tell a win): race() runs
+ * the tries and counts them.
  *
  *   toctou open-thread    ALLOWED DENIED N   a thread flips the buffer; main opens + reads it
  *   toctou open-clonevm   ALLOWED DENIED N   a second process made by clone(CLONE_VM) flips it
@@ -134,33 +136,6 @@ static void load_allowed(const char *path)
     close(fd);
 }
 
-/* One open + read; 1 when it returned something other than the allowed file's content. */
-static int try_read(const char *buffer, int *printed)
-{
-    char got[256];
-    int fd = open(buffer, O_RDONLY);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, got, sizeof got - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    got[n] = 0;
-    if (strcmp(got, allowed_content) == 0)
-        return 0;
-    if (!*printed) {
-        printf("got: %s", got);
-        *printed = 1;
-    }
-    return 1;
-}
-
-static void report(long successes, long attempts)
-{
-    printf("successes=%ld attempts=%ld\n", successes, attempts);
-    fflush(stdout);
-}
-
 enum flipper_kind { FLIP_THREAD, FLIP_CLONEVM, FLIP_FORK };
 
 struct flipper {
@@ -222,15 +197,22 @@ struct shared {
     char buffer[PATH_BUF];
 };
 
-static struct shared *new_shared(void)
+static void *new_shared(size_t size)
 {
-    struct shared *s = mmap(NULL, sizeof *s, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                            -1, 0);
+    void *s = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (s == MAP_FAILED) {
         perror("mmap");
         exit(2);
     }
-    memset(s, 0, sizeof *s);
+    memset(s, 0, size);
+    return s;
+}
+
+/* A shared buffer flipping between ALLOWED and DENIED (padded), described by ``f``. */
+static struct shared *shared_flip(struct flip *f, const char *allowed, const char *denied)
+{
+    struct shared *s = new_shared(sizeof *s);
+    prepare(f, s->buffer, &s->stop, &s->flips, allowed, denied);
     return s;
 }
 
@@ -241,107 +223,207 @@ static void wait_for_flips(atomic_long *flips)
         sched_yield();
 }
 
-static int mode_open(enum flipper_kind kind, const char *allowed, const char *denied, long n)
+/* --- the race loop: N tries of one attempt against a racer that changes what it names --- */
+
+enum outcome {
+    MISS,   /* the sandbox held (or the race was lost) */
+    HIT,    /* an escape: count it and go on */
+    WON,    /* an escape that ends the probe (the damage is done) */
+    ABORT,  /* the try could not be made: stop, not counting it */
+};
+
+typedef enum outcome (*attempt_fn)(void *context);
+
+struct tally {
+    long successes, attempts;
+};
+
+static struct tally race(long n, attempt_fn attempt, void *context)
 {
-    struct shared *s = new_shared();
-    struct flip f;
-    struct flipper fl;
-    int printed = 0;
-    long successes = 0, i;
-    load_allowed(allowed);
-    prepare(&f, s->buffer, &s->stop, &s->flips, allowed, denied);
-    start_flipper(&fl, kind, &f);
-    wait_for_flips(&s->flips);
-    for (i = 0; i < n; i++)
-        successes += try_read(s->buffer, &printed);
-    stop_flipper(&fl, &s->stop);
-    report(successes, i);
+    struct tally t = {0, 0};
+    while (t.attempts < n) {
+        enum outcome got = attempt(context);
+        if (got == ABORT)
+            break;
+        t.attempts++;
+        if (got != MISS)
+            t.successes++;
+        if (got == WON)
+            break;
+    }
+    return t;
+}
+
+static int report(struct tally t)
+{
+    printf("successes=%ld attempts=%ld\n", t.successes, t.attempts);
+    fflush(stdout);
     return 0;
 }
 
-static int mode_creat(const char *allowed, const char *denied, long n)
+/* Race against a flipper of ``kind`` rewriting ``f``'s buffer. */
+static int race_flipped(enum flipper_kind kind, struct flip *f, long n, attempt_fn attempt,
+                        void *context)
 {
-    struct shared *s = new_shared();
-    struct flip f;
     struct flipper fl;
-    long i, successes = 0;
-    prepare(&f, s->buffer, &s->stop, &s->flips, allowed, denied);
-    start_flipper(&fl, FLIP_THREAD, &f);
-    wait_for_flips(&s->flips);
-    for (i = 0; i < n; i++) {
-        int fd = open(s->buffer, O_CREAT | O_WRONLY, 0644);
-        if (fd >= 0)
-            close(fd);
-        if (access(denied, F_OK) == 0) {
-            successes = 1;
-            i++;
-            break;
-        }
-        unlink(allowed);
-    }
-    stop_flipper(&fl, &s->stop);
-    report(successes, i);
-    return 0;
+    start_flipper(&fl, kind, f);
+    wait_for_flips(f->flips);
+    struct tally t = race(n, attempt, context);
+    stop_flipper(&fl, f->stop);
+    return report(t);
 }
 
-static int mode_rename(const char *source, const char *allowed, const char *denied, long n)
+/* Race against a thread running ``racer(arg)`` until ``*stop``. */
+static int race_threaded(void *(*racer)(void *), void *arg, atomic_int *stop, long n,
+                         attempt_fn attempt, void *context)
 {
-    struct shared *s = new_shared();
-    struct flip f;
-    struct flipper fl;
-    long i, successes = 0;
-    prepare(&f, s->buffer, &s->stop, &s->flips, allowed, denied);
-    start_flipper(&fl, FLIP_THREAD, &f);
-    wait_for_flips(&s->flips);
-    for (i = 0; i < n; i++) {
-        rename(source, s->buffer);
-        if (access(denied, F_OK) == 0) {
-            successes = 1;
-            i++;
-            break;
-        }
-        if (access(allowed, F_OK) == 0 && rename(allowed, source) != 0) {
-            perror("rename back");
-            break;
-        }
-    }
-    stop_flipper(&fl, &s->stop);
-    report(successes, i);
-    return 0;
+    pthread_t thread;
+    atomic_init(stop, 0);
+    pthread_create(&thread, NULL, racer, arg);
+    struct tally t = race(n, attempt, context);
+    atomic_store(stop, 1);
+    pthread_join(thread, NULL);
+    return report(t);
 }
 
-/* Each try: fork a child that execs the flipping path. ALLOWED exits 0; DENIED is any program
- * the policy forbids: its exit status 0 counts only when it was DENIED that ran, which the
- * child tells apart by what /proc/self/exe resolved to. */
-static int mode_exec(const char *allowed, const char *denied, long n)
+/* --- attempts: one syscall each, and how to tell a win ---------------------------------- */
+
+struct read_try {
+    const char *path;
+    int printed;
+};
+
+/* One open + read; a hit when it returned something other than the allowed file's content
+ * (the first such content is printed: the harness looks for the marker). */
+static enum outcome attempt_read(void *arg)
 {
-    struct shared *s = new_shared();
-    struct flip f;
-    struct flipper fl;
-    long i, successes = 0;
-    prepare(&f, s->buffer, &s->stop, &s->flips, allowed, denied);
-    start_flipper(&fl, FLIP_FORK, &f);
-    wait_for_flips(&s->flips);
-    for (i = 0; i < n; i++) {
-        pid_t pid = fork();
-        if (pid < 0) {
-            perror("fork");
-            break;
-        }
-        if (pid == 0) {
-            char *argv[] = {"probe-exec", NULL};
-            execv(s->buffer, argv);
-            _exit(127);
-        }
-        int status;
-        waitpid(pid, &status, 0);
-        if (WIFEXITED(status) && WEXITSTATUS(status) == 42) {
-            successes++;
-        }
+    struct read_try *r = arg;
+    char got[256];
+    int fd = open(r->path, O_RDONLY);
+    if (fd < 0)
+        return MISS;
+    ssize_t n = read(fd, got, sizeof got - 1);
+    close(fd);
+    if (n <= 0)
+        return MISS;
+    got[n] = 0;
+    if (strcmp(got, allowed_content) == 0)
+        return MISS;
+    if (!r->printed) {
+        printf("got: %s", got);
+        r->printed = 1;
     }
-    stop_flipper(&fl, &s->stop);
-    report(successes, i);
-    return 0;
+    return HIT;
+}
+
+struct creat_try {
+    const char *path;
+    const char *escaped;   /* exists once a create landed where it must not */
+    const char *harmless;  /* what a harmless create made, removed after each try (or NULL) */
+};
+
+static enum outcome attempt_creat(void *arg)
+{
+    struct creat_try *c = arg;
+    int fd = open(c->path, O_CREAT | O_WRONLY, 0644);
+    if (fd >= 0)
+        close(fd);
+    if (access(c->escaped, F_OK) == 0)
+        return WON;
+    if (c->harmless)
+        unlink(c->harmless);
+    return MISS;
+}
+
+struct rename_try {
+    const char *source, *path, *allowed, *denied;
+};
+
+/* rename(SOURCE, flipping path); moved back when it landed on ALLOWED. */
+static enum outcome attempt_rename(void *arg)
+{
+    struct rename_try *r = arg;
+    rename(r->source, r->path);
+    if (access(r->denied, F_OK) == 0)
+        return WON;
+    if (access(r->allowed, F_OK) == 0 && rename(r->allowed, r->source) != 0) {
+        perror("rename back");
+        return ABORT;
+    }
+    return MISS;
+}
+
+/* fork + execv(path, argv) (stderr to /dev/null when ``quiet``) + wait: the child's status,
+ * or -1 when fork failed. */
+static int run_child(const char *path, char *const argv[], int quiet)
+{
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        return -1;
+    }
+    if (pid == 0) {
+        if (quiet)
+            dup2(open("/dev/null", O_WRONLY), 2);
+        execv(path, argv);
+        _exit(127);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    return status;
+}
+
+struct exec_try {
+    const char *path;
+    char *arg0;
+};
+
+/* Exec the path in a child; a hit when it exits 42, which only the program that must not run
+ * does (the allowed one exits 0). */
+static enum outcome attempt_exec(void *arg)
+{
+    struct exec_try *e = arg;
+    int status = run_child(e->path, (char *[]){e->arg0, NULL}, 0);
+    if (status < 0)
+        return ABORT;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 42 ? HIT : MISS;
+}
+
+struct argv_try {
+    const char *program, *arg, *target;
+};
+
+/* Run PROGRAM ARG TARGET in a child; a win when TARGET is gone. */
+static enum outcome attempt_argv(void *arg)
+{
+    struct argv_try *a = arg;
+    char *argv[] = {(char *)a->program, (char *)a->arg, (char *)a->target, NULL};
+    if (run_child(a->program, argv, 1) < 0)
+        return ABORT;
+    return access(a->target, F_OK) != 0 ? WON : MISS;
+}
+
+struct connect_try {
+    const struct sockaddr_un *addr;
+    const char *peer;      /* the peer that tells the outcome */
+    int peer_is_escape;    /* 1: a peer named ``peer`` is an escape; 0: any other peer is */
+};
+
+static enum outcome attempt_connect(void *arg)
+{
+    struct connect_try *c = arg;
+    enum outcome got = MISS;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (connect(fd, (const struct sockaddr *)c->addr, sizeof *c->addr) == 0) {
+        struct sockaddr_un peer;
+        socklen_t len = sizeof peer;
+        memset(&peer, 0, sizeof peer);
+        if (getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
+            (strcmp(peer.sun_path, c->peer) == 0) == c->peer_is_escape)
+            got = HIT;
+    }
+    close(fd);
+    return got;
 }
 
 static void *drain(void *arg)
@@ -355,6 +437,58 @@ static void *drain(void *arg)
     }
 }
 
+/* Listen on ``own`` and accept (and drop) every connection on a thread; -1 on failure. */
+static int listen_draining(const struct sockaddr_un *own, const char *what)
+{
+    static int listener;  /* read by the drain thread for the life of the probe */
+    pthread_t drainer;
+    listener = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (bind(listener, (const struct sockaddr *)own, sizeof *own) < 0 ||
+        listen(listener, 128) < 0) {
+        perror(what);
+        return -1;
+    }
+    pthread_create(&drainer, NULL, drain, &listener);
+    return 0;
+}
+
+/* --- the probes ------------------------------------------------------------------------- */
+
+static int mode_open(enum flipper_kind kind, const char *allowed, const char *denied, long n)
+{
+    struct flip f;
+    struct shared *s = shared_flip(&f, allowed, denied);
+    struct read_try r = {.path = s->buffer};
+    load_allowed(allowed);
+    return race_flipped(kind, &f, n, attempt_read, &r);
+}
+
+static int mode_creat(const char *allowed, const char *denied, long n)
+{
+    struct flip f;
+    struct shared *s = shared_flip(&f, allowed, denied);
+    struct creat_try c = {.path = s->buffer, .escaped = denied, .harmless = allowed};
+    return race_flipped(FLIP_THREAD, &f, n, attempt_creat, &c);
+}
+
+static int mode_rename(const char *source, const char *allowed, const char *denied, long n)
+{
+    struct flip f;
+    struct shared *s = shared_flip(&f, allowed, denied);
+    struct rename_try r = {.source = source, .path = s->buffer, .allowed = allowed,
+                           .denied = denied};
+    return race_flipped(FLIP_THREAD, &f, n, attempt_rename, &r);
+}
+
+/* Each try: fork a child that execs the flipping path (ALLOWED exits 0, DENIED exits 42). */
+static int mode_exec(const char *allowed, const char *denied, long n)
+{
+    struct flip f;
+    struct shared *s = shared_flip(&f, allowed, denied);
+    struct exec_try e = {.path = s->buffer, .arg0 = "probe-exec"};
+    return race_flipped(FLIP_FORK, &f, n, attempt_exec, &e);
+}
+
 /* sun_path is the flipping buffer: the sockaddr itself lives in shared memory. */
 struct shared_addr {
     atomic_int stop;
@@ -364,56 +498,29 @@ struct shared_addr {
 
 static int mode_connect(const char *allowed, const char *denied, long n)
 {
-    struct shared_addr *s = mmap(NULL, sizeof *s, PROT_READ | PROT_WRITE,
-                                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    struct shared_addr *s = new_shared(sizeof *s);
     struct flip f;
-    struct flipper fl;
     struct sockaddr_un own = {.sun_family = AF_UNIX};
-    pthread_t drainer;
-    static int listener;
-    long i, successes = 0;
-    if (s == MAP_FAILED || strlen(allowed) >= sizeof own.sun_path ||
-        strlen(denied) >= sizeof own.sun_path) {
+    struct connect_try c = {.addr = &s->addr, .peer = denied, .peer_is_escape = 1};
+    if (strlen(allowed) >= sizeof own.sun_path || strlen(denied) >= sizeof own.sun_path) {
         fprintf(stderr, "toctou: bad socket paths\n");
         return 2;
     }
-    listener = socket(AF_UNIX, SOCK_STREAM, 0);
     strcpy(own.sun_path, allowed);
     unlink(allowed);
-    if (bind(listener, (struct sockaddr *)&own, sizeof own) < 0 || listen(listener, 128) < 0) {
-        perror("bind/listen on the allowed socket");
+    if (listen_draining(&own, "bind/listen on the allowed socket") < 0)
         return 2;
-    }
-    pthread_create(&drainer, NULL, drain, &listener);
     s->addr.sun_family = AF_UNIX;
     prepare(&f, s->addr.sun_path, &s->stop, &s->flips, allowed, denied);
-    start_flipper(&fl, FLIP_THREAD, &f);
-    wait_for_flips(&s->flips);
-    for (i = 0; i < n; i++) {
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
-        if (connect(fd, (struct sockaddr *)&s->addr, sizeof s->addr) == 0) {
-            struct sockaddr_un peer;
-            socklen_t len = sizeof peer;
-            memset(&peer, 0, sizeof peer);
-            if (getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
-                strcmp(peer.sun_path, denied) == 0)
-                successes++;
-        }
-        close(fd);
-    }
-    stop_flipper(&fl, &s->stop);
-    report(successes, i);
-    return 0;
+    return race_flipped(FLIP_THREAD, &f, n, attempt_connect, &c);
 }
 
 static int mode_argv(const char *program, const char *allowed, const char *denied,
                      const char *target, long n)
 {
-    struct shared *s = new_shared();
     struct flip f;
-    struct flipper fl;
-    long i, successes = 0;
-    prepare(&f, s->buffer, &s->stop, &s->flips, allowed, denied);
+    struct shared *s = shared_flip(&f, allowed, denied);
+    struct argv_try a = {.program = program, .arg = s->buffer, .target = target};
     /* An argument cannot be padded with slashes like a path: the two must be equally long. */
     if (strlen(allowed) != strlen(denied)) {
         fprintf(stderr, "toctou: argv-shared needs arguments of equal length\n");
@@ -422,31 +529,7 @@ static int mode_argv(const char *program, const char *allowed, const char *denie
     memcpy(f.first, allowed, strlen(allowed) + 1);
     memcpy(f.second, denied, strlen(denied) + 1);
     memcpy(s->buffer, allowed, strlen(allowed) + 1);
-    start_flipper(&fl, FLIP_FORK, &f);
-    wait_for_flips(&s->flips);
-    for (i = 0; i < n; i++) {
-        pid_t pid = fork();
-        if (pid < 0) {
-            perror("fork");
-            break;
-        }
-        if (pid == 0) {
-            char *argv[] = {(char *)program, s->buffer, (char *)target, NULL};
-            int null = open("/dev/null", O_WRONLY);
-            dup2(null, 2);
-            execv(program, argv);
-            _exit(127);
-        }
-        waitpid(pid, NULL, 0);
-        if (access(target, F_OK) != 0) {
-            successes = 1;
-            i++;
-            break;
-        }
-    }
-    stop_flipper(&fl, &s->stop);
-    report(successes, i);
-    return 0;
+    return race_flipped(FLIP_FORK, &f, n, attempt_argv, &a);
 }
 
 struct swap {
@@ -485,27 +568,17 @@ static int mode_exchange(const char *dir, const char *link, long n)
 {
     struct exchange x = {.first = dir, .second = link};
     char path[PATH_BUF];
-    pthread_t thread;
-    int printed = 0;
-    long i, successes = 0;
+    struct read_try r = {.path = path};
     snprintf(path, sizeof path, "%s/secret", dir);
-    atomic_init(&x.stop, 0);
     load_allowed(path);
-    pthread_create(&thread, NULL, exchange_thread, &x);
-    for (i = 0; i < n; i++)
-        successes += try_read(path, &printed);
-    atomic_store(&x.stop, 1);
-    pthread_join(thread, NULL);
-    report(successes, i);
-    return 0;
+    return race_threaded(exchange_thread, &x, &x.stop, n, attempt_read, &r);
 }
 
 static int mode_exchange_creat(const char *dir, const char *link, long n)
 {
     struct exchange x = {.first = dir, .second = link};
     char path[PATH_BUF], target[PATH_BUF], escaped[PATH_BUF + 16];
-    pthread_t thread;
-    long i, successes = 0;
+    struct creat_try c = {.path = path, .escaped = escaped};
     ssize_t len = readlink(link, target, sizeof target - 1);
     if (len <= 0) {
         perror(link);
@@ -514,111 +587,42 @@ static int mode_exchange_creat(const char *dir, const char *link, long n)
     target[len] = 0;
     snprintf(path, sizeof path, "%s/new.txt", dir);
     snprintf(escaped, sizeof escaped, "%s/new.txt", target);
-    atomic_init(&x.stop, 0);
-    pthread_create(&thread, NULL, exchange_thread, &x);
-    for (i = 0; i < n; i++) {
-        int fd = open(path, O_CREAT | O_WRONLY, 0644);
-        if (fd >= 0)
-            close(fd);
-        if (access(escaped, F_OK) == 0) {
-            successes = 1;
-            i++;
-            break;
-        }
-    }
-    atomic_store(&x.stop, 1);
-    pthread_join(thread, NULL);
-    report(successes, i);
-    return 0;
+    return race_threaded(exchange_thread, &x, &x.stop, n, attempt_creat, &c);
 }
 
 static int mode_exchange_connect(const char *dir, const char *link, const char *name, long n)
 {
     struct exchange x = {.first = dir, .second = link};
     struct sockaddr_un own = {.sun_family = AF_UNIX}, target = {.sun_family = AF_UNIX};
-    pthread_t thread, drainer;
-    static int listener;
-    long i, successes = 0;
+    struct connect_try c = {.addr = &target, .peer = own.sun_path, .peer_is_escape = 0};
     snprintf(own.sun_path, sizeof own.sun_path, "%s/%s", dir, name);
     memcpy(target.sun_path, own.sun_path, sizeof own.sun_path);
-    listener = socket(AF_UNIX, SOCK_STREAM, 0);
-    if (bind(listener, (struct sockaddr *)&own, sizeof own) < 0 || listen(listener, 128) < 0) {
-        perror("bind/listen in DIR");
+    if (listen_draining(&own, "bind/listen in DIR") < 0)
         return 2;
-    }
-    pthread_create(&drainer, NULL, drain, &listener);
-    atomic_init(&x.stop, 0);
-    pthread_create(&thread, NULL, exchange_thread, &x);
-    for (i = 0; i < n; i++) {
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
-        if (connect(fd, (struct sockaddr *)&target, sizeof target) == 0) {
-            struct sockaddr_un peer;
-            socklen_t len = sizeof peer;
-            memset(&peer, 0, sizeof peer);
-            if (getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
-                strcmp(peer.sun_path, own.sun_path) != 0)
-                successes++;
-        }
-        close(fd);
-    }
-    atomic_store(&x.stop, 1);
-    pthread_join(thread, NULL);
-    report(successes, i);
-    return 0;
+    return race_threaded(exchange_thread, &x, &x.stop, n, attempt_connect, &c);
 }
 
 static int mode_exchange_exec(const char *dir, const char *link, const char *name, long n)
 {
     struct exchange x = {.first = dir, .second = link};
     char path[PATH_BUF];
-    pthread_t thread;
-    long i, successes = 0;
+    struct exec_try e = {.path = path, .arg0 = path};
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    atomic_init(&x.stop, 0);
-    pthread_create(&thread, NULL, exchange_thread, &x);
-    for (i = 0; i < n; i++) {
-        pid_t pid = fork();
-        if (pid < 0) {
-            perror("fork");
-            break;
-        }
-        if (pid == 0) {
-            char *argv[] = {path, NULL};
-            execv(path, argv);
-            _exit(127);
-        }
-        int status;
-        waitpid(pid, &status, 0);
-        if (WIFEXITED(status) && WEXITSTATUS(status) == 42)
-            successes++;
-    }
-    atomic_store(&x.stop, 1);
-    pthread_join(thread, NULL);
-    report(successes, i);
-    return 0;
+    return race_threaded(exchange_thread, &x, &x.stop, n, attempt_exec, &e);
 }
 
 static int mode_symlink_swap(const char *link, const char *allowed, const char *denied, long n)
 {
     struct swap w = {.link = link, .first = allowed, .second = denied};
-    pthread_t thread;
-    int printed = 0;
-    long i, successes = 0;
+    struct read_try r = {.path = link};
     snprintf(w.temp, sizeof w.temp, "%s.tmp", link);
-    atomic_init(&w.stop, 0);
     load_allowed(allowed);
     unlink(link);
     if (symlink(allowed, link) != 0) {
         perror("symlink");
         return 2;
     }
-    pthread_create(&thread, NULL, swap_thread, &w);
-    for (i = 0; i < n; i++)
-        successes += try_read(link, &printed);
-    atomic_store(&w.stop, 1);
-    pthread_join(thread, NULL);
-    report(successes, i);
-    return 0;
+    return race_threaded(swap_thread, &w, &w.stop, n, attempt_read, &r);
 }
 
 int main(int argc, char **argv)
