@@ -1155,4 +1155,8 @@ def run_daemon(config: DaemonConfig) -> None:
     setup_logging()
     if os.geteuid() != 0:
         log.warning("not running as root: agents can run only as uid %d", os.geteuid())
+    if config.network == "plane":
+        # Once here rather than in every forked supervisor: pyroute2, dnspython and asyncio
+        # cost ~120 ms to import, more than building the plane itself (~55 ms).
+        import agentd.netplane.plane  # noqa: F401
     Daemon(config).serve()
