@@ -18,7 +18,7 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -352,3 +352,31 @@ def test_permissive_records_every_connection(world, tmp_path):
     assert any(t.startswith("api.github.com:") or t.startswith(f"{PUBLIC}:") for t in
                [rec["target"] for rec in records_of(result, "network_connect")]
                + [rec["target"] for rec in records_of(result, "network_request")]), result.records[-5:]
+
+
+def _as_nobody(tmp_path, network):
+    shared = Path(tempfile.mkdtemp(prefix="agentd-nobody-", dir="/tmp"))
+    os.chmod(shared, 0o777)
+    try:
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env",
+                f"HOME={shared}", f"AGENTD_RUNS_DIR={shared}/runs", f"AGENTD_NETWORK={network}",
+                AGENTD, "run", "--embedded", "--policy", "permissive", "--workspace", str(shared),
+                "--audit-log", f"{shared}/audit.jsonl", "--", "/bin/echo", "ran"]
+        return subprocess.run(argv, cwd=shared, capture_output=True, text=True, timeout=60)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_unprivileged_run_falls_back_with_a_warning(tmp_path):
+    result = _as_nobody(tmp_path, "auto")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ran\n"
+    assert "warning: no network plane" in result.stderr and "needs root" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_unprivileged_run_that_demands_the_plane_is_refused(tmp_path):
+    result = _as_nobody(tmp_path, "plane")
+    assert result.returncode == 125, result.stderr
+    assert "--network plane" in result.stderr and result.stdout == ""
