@@ -43,7 +43,7 @@ _RE2_SAFE_TARGET = re.compile(r"[\x20-\x7e\t\n\r\f]*\Z")
 
 ESCAPE = "escape"  # a backslash and the character after it (alone at the very end)
 CLASS_OPEN = "class_open"  # ``[`` with a following ``^`` and a leading literal ``]``, if any
-CLASS_CHAR = "class_char"  # one character inside a class
+CLASS_CHAR = "class_char"  # inside a class: a ``[``, or a run of characters other than ``[ ] \``
 CLASS_CLOSE = "class_close"
 CAPTURE = "capture"  # ``(``
 NON_CAPTURING = "non_capturing"  # ``(?:``
@@ -54,14 +54,21 @@ LOOKBEHIND, NEG_LOOKBEHIND = "lookbehind", "neg_lookbehind"  # ``(?<=``, ``(?<!`
 EXTENSION = "extension"  # any other ``(?`` (atomic, conditional, comment, ``(?P=``)
 GROUP_CLOSE = "group_close"
 ANCHOR = "anchor"  # ``^`` or ``$`` outside a class
-CHAR = "char"  # any other character outside a class: a literal or an operator (``. * | {``)
+CHAR = "char"  # outside a class, a run of anything else: literals and operators (``. * | {``)
 
 LOOKAROUNDS = frozenset({LOOKAHEAD, NEG_LOOKAHEAD, LOOKBEHIND, NEG_LOOKBEHIND})
 GROUP_OPENS = LOOKAROUNDS | {CAPTURE, NON_CAPTURING, NAMED, FLAGS, EXTENSION}
-_GROUP_HEADS = (("(?<=", LOOKBEHIND), ("(?<!", NEG_LOOKBEHIND), ("(?=", LOOKAHEAD),
-                ("(?!", NEG_LOOKAHEAD), ("(?:", NON_CAPTURING), ("(?P<", NAMED))
-_FLAGS_HEAD = re.compile(r"\(\?[aiLmsux-]+:?")
-_CLASS_HEAD = re.compile(r"\[\^?\]?")  # a ']' right after '[' or '[^' is a literal
+_GROUP_KINDS = {"(": CAPTURE, "(?": EXTENSION, "(?:": NON_CAPTURING, "(?P<": NAMED,
+                "(?=": LOOKAHEAD, "(?!": NEG_LOOKAHEAD, "(?<=": LOOKBEHIND, "(?<!": NEG_LOOKBEHIND}
+# One token at a position, outside and inside a class (the group names are the kinds).
+_OUTSIDE_CLASS = re.compile(r"""(?P<escape>\\.?)
+    | (?P<class_open>\[\^?\]?)               # a ']' right after '[' or '[^' is a literal
+    | (?P<group>\((?:\?(?:<=|<!|=|!|:|P<|[aiLmsux-]+:?)?)?)
+    | (?P<group_close>\))
+    | (?P<anchor>[\^$])
+    | (?P<char>[^\\\[()^$]+)""", re.VERBOSE | re.DOTALL)
+_INSIDE_CLASS = re.compile(r"(?P<escape>\\.?)|(?P<class_close>\])|(?P<class_char>\[|[^\\\]\[]+)",
+                           re.DOTALL)
 
 
 class _RegexToken(NamedTuple):
@@ -83,34 +90,16 @@ def _regex_tokens(source: str) -> Iterator[_RegexToken]:
     such ``)`` closes one, so depth counting over tokens is parenthesis counting; an invalid
     pattern is cut all the same (``re`` rejects it later).
     """
-    i, n, in_class = 0, len(source), False
+    i, n, grammar = 0, len(source), _OUTSIDE_CLASS
     while i < n:
-        ch = source[i]
-        if ch == "\\":
-            kind, text = ESCAPE, source[i:i + 2]
-        elif in_class:
-            in_class = ch != "]"
-            kind, text = (CLASS_CHAR, ch) if in_class else (CLASS_CLOSE, ch)
-        elif ch == "[":
-            kind, text, in_class = CLASS_OPEN, _CLASS_HEAD.match(source, i).group(), True
-        elif ch == "(":
-            kind, text = _group_head(source, i)
-        elif ch == ")":
-            kind, text = GROUP_CLOSE, ch
-        else:
-            kind, text = (ANCHOR if ch in "^$" else CHAR), ch
+        found = grammar.match(source, i)
+        kind, text = found.lastgroup, found.group()
+        if kind == "group":
+            kind = _GROUP_KINDS.get(text, FLAGS)
+        elif kind in (CLASS_OPEN, CLASS_CLOSE):
+            grammar = _INSIDE_CLASS if kind == CLASS_OPEN else _OUTSIDE_CLASS
         yield _RegexToken(kind, text, i)
-        i += len(text)
-
-
-def _group_head(source: str, i: int) -> tuple[str, str]:
-    for head, kind in _GROUP_HEADS:
-        if source.startswith(head, i):
-            return kind, head
-    flags = _FLAGS_HEAD.match(source, i)
-    if flags:
-        return FLAGS, flags.group()
-    return (EXTENSION, "(?") if source.startswith("(?", i) else (CAPTURE, "(")
+        i = found.end()
 
 
 def _sets_multiline(token: _RegexToken) -> bool:
@@ -150,6 +139,8 @@ def drop_lookarounds(pattern: str) -> str:
 
     An unbalanced lookaround leaves ``pattern`` as it is (RE2 refuses it).
     """
+    if "(?" not in pattern:
+        return pattern
     tokens = list(_regex_tokens(pattern))
     out: list[str] = []
     i = 0
