@@ -116,8 +116,9 @@ def test_service_is_active_and_reports_its_status():
     assert f"0::{props['ControlGroup']}/daemon" in daemon_cgroup
     caps = Path(f"/proc/{props['MainPID']}/status").read_text()
     bound = int(next(line.split()[1] for line in caps.splitlines() if line.startswith("CapBnd")), 16)
-    # CAP_DAC_OVERRIDE 1, CAP_KILL 5, CAP_SETGID 6, CAP_SETUID 7, CAP_SYS_PTRACE 19
-    assert bound == sum(1 << c for c in (1, 5, 6, 7, 19)), hex(bound)
+    # CAP_DAC_OVERRIDE 1, CAP_KILL 5, CAP_SETGID 6, CAP_SETUID 7, CAP_NET_ADMIN 12,
+    # CAP_SYS_PTRACE 19, CAP_SYS_ADMIN 21 (the last two for the network plane)
+    assert bound == sum(1 << c for c in (1, 5, 6, 7, 12, 19, 21)), hex(bound)
     assert "agentd" in sh("systemctl", "status", "agentd", "--no-pager", check=False).stdout
 
 
@@ -129,6 +130,18 @@ def test_agent_runs_as_the_unprivileged_caller_in_its_own_cgroup():
     assert "/system.slice/agentd.service/run-d" in result.stdout
     refused = agent_run("true", policy="permissive")
     assert refused.returncode == 125 and "not granted" in refused.stderr
+
+
+def test_agent_gets_the_network_plane_under_the_units_restrictions():
+    # The plane (the config's default) needs CAP_SYS_ADMIN + CAP_NET_ADMIN and writable
+    # /proc/sys/net inside the unit's ProtectKernelTunables=: the agent's own namespace has lo and
+    # the veth end, with the sysctls the daemon wrote from inside it, and no host interface.
+    result = agent_run("cat /proc/net/dev; cat /proc/sys/net/ipv4/conf/eth0/route_localnet "
+                       "/proc/sys/net/ipv6/conf/eth0/disable_ipv6")
+    assert result.returncode == 0, result.stderr
+    names = sorted(line.split(":")[0].strip() for line in result.stdout.splitlines() if ":" in line)
+    assert names == ["eth0", "lo"], result.stdout
+    assert result.stdout.split()[-2:] == ["1", "1"], result.stdout
 
 
 def test_each_verdict():
