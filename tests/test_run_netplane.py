@@ -380,3 +380,21 @@ def test_unprivileged_run_that_demands_the_plane_is_refused(tmp_path):
     result = _as_nobody(tmp_path, "plane")
     assert result.returncode == 125, result.stderr
     assert "--network plane" in result.stderr and result.stdout == ""
+
+
+def test_a_root_agent_cannot_reconfigure_its_network(world, tmp_path):
+    """The plane's capabilities leave the agent's bounding set before exec: even root cannot
+    get CAP_NET_ADMIN back, so the nftables table of its namespace stays as agentd loaded it."""
+    ws = tmp_path / "ws"
+    ws.mkdir(exist_ok=True)
+    env = dict(os.environ, AGENTD_NETWORK="plane", AGENTD_RUNS_DIR=str(tmp_path / "runs"))
+    argv = ["ip", "netns", "exec", world["name"], AGENTD, "run", "--embedded", "--policy",
+            "permissive", "--workspace", str(ws), "--audit-log", str(tmp_path / "caps.jsonl"),
+            "--", "sh", "-c", "grep CapBnd /proc/self/status; nft flush ruleset; echo nft=$?"]
+    result = subprocess.run(argv, cwd=ws, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    bound = int(result.stdout.split()[1], 16)
+    for cap in (8, 12, 21):   # CAP_SETPCAP, CAP_NET_ADMIN, CAP_SYS_ADMIN
+        assert not bound & (1 << cap), hex(bound)
+    assert bound & (1 << 0)   # CAP_CHOWN: root keeps the rest
+    assert "nft=0" not in result.stdout and "Operation not permitted" in result.stderr

@@ -1075,7 +1075,10 @@ def _trace(plan, policy, session, recorder, registration) -> tuple[int, bool]:
             raise runner.HostError(f"cannot build the network plane: {exc}") from None
         env.update(plane.environment())
         session.network = plane.view()
-        steps.insert(0, plane.enter)   # setns needs the privileges the next step drops
+        from .capabilities import BoundingDrop
+        # setns needs the privileges the last step drops; then no agent, root or not, keeps
+        # what the plane needed (CAP_NET_ADMIN could flush the namespace's nftables table).
+        steps[:0] = [plane.enter, BoundingDrop()]
 
     def started(pid: int, tracer) -> None:
         recorder.send({"t": "started", "agent_pid": pid})

@@ -165,6 +165,8 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
         agent_env.update(plane.environment())
         session.network = plane.view()
         child_steps.append(plane.enter)   # first: setns needs the privileges Landlock keeps
+        from .capabilities import BoundingDrop
+        child_steps.append(BoundingDrop())  # a root agent keeps no CAP_NET_ADMIN/SYS_ADMIN
     if landlock is not None:
         child_steps.append(landlock.apply)
 

@@ -116,9 +116,9 @@ def test_service_is_active_and_reports_its_status():
     assert f"0::{props['ControlGroup']}/daemon" in daemon_cgroup
     caps = Path(f"/proc/{props['MainPID']}/status").read_text()
     bound = int(next(line.split()[1] for line in caps.splitlines() if line.startswith("CapBnd")), 16)
-    # CAP_DAC_OVERRIDE 1, CAP_KILL 5, CAP_SETGID 6, CAP_SETUID 7, CAP_NET_ADMIN 12,
-    # CAP_SYS_PTRACE 19, CAP_SYS_ADMIN 21 (the last two for the network plane)
-    assert bound == sum(1 << c for c in (1, 5, 6, 7, 12, 19, 21)), hex(bound)
+    # CAP_DAC_OVERRIDE 1, CAP_KILL 5, CAP_SETGID 6, CAP_SETUID 7, CAP_SETPCAP 8,
+    # CAP_NET_ADMIN 12, CAP_SYS_PTRACE 19, CAP_SYS_ADMIN 21 (8, 12, 21 for the network plane)
+    assert bound == sum(1 << c for c in (1, 5, 6, 7, 8, 12, 19, 21)), hex(bound)
     assert "agentd" in sh("systemctl", "status", "agentd", "--no-pager", check=False).stdout
 
 

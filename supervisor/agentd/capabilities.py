@@ -1,0 +1,45 @@
+"""Capabilities an agent must never carry: dropped from its bounding set before exec.
+
+Owns one child step. The network plane needs CAP_SYS_ADMIN (setns into the agent's namespace)
+and CAP_NET_ADMIN (the veth, the nftables table) in the supervisor, and the agent's child holds
+them until it execs. A root agent would keep them across exec (root's permitted set after exec
+is its bounding set), and with CAP_NET_ADMIN it could flush the nftables table of its own
+namespace. ``BoundingDrop`` removes them from the child's bounding set (``PR_CAPBSET_DROP``,
+which needs CAP_SETPCAP, dropped last), so no exec can give them back. An agent of another user
+loses every capability anyway when its child switches uid; the drop costs three prctl calls.
+A failure is an ``OSError``: the child reports it and exits (fail closed).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+__all__ = ["BoundingDrop", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SETPCAP", "PLANE_CAPS"]
+
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+CAP_SETPCAP = 8
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+# What the network plane needs in the supervisor and no agent may keep; CAP_SETPCAP last.
+PLANE_CAPS = (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_SETPCAP)
+
+
+class BoundingDrop:
+    """A child step (``runner.spawn_traced``): drop ``caps`` from the bounding set, in order.
+    A capability already outside the bounding set is skipped. Prepared in the parent (libc)."""
+
+    def __init__(self, caps: tuple[int, ...] = PLANE_CAPS):
+        self.caps = caps
+        self._prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def __call__(self) -> None:
+        for cap in self.caps:
+            present = self._prctl(PR_CAPBSET_READ, cap, 0, 0, 0)
+            if present == 0:
+                continue
+            if present < 0 or self._prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, f"cannot drop capability {cap} from the bounding set: "
+                                    f"{os.strerror(code)} (the supervisor needs CAP_SETPCAP)")
