@@ -186,17 +186,18 @@ class NetworkView:
 
 
 def split_host_port(target: str) -> tuple[str, int] | None:
-    """``1.2.3.4:80`` -> ("1.2.3.4", 80), ``[::1]:22`` -> ("::1", 22); None for other targets."""
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit():
+    """``1.2.3.4:80`` -> ("1.2.3.4", 80), ``[::1]:22`` -> ("::1", 22); None for a name, a unix
+    socket or anything malformed (``agent_os.netaddr.split_connect_target``, addresses only)."""
+    from agent_os.netaddr import split_connect_target
+
+    parsed = split_connect_target(target)
+    if parsed is None:
         return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
     try:
-        ipaddress.ip_address(host)
+        ipaddress.ip_address(parsed[0])
     except ValueError:
         return None
-    return host, int(port)
+    return parsed
 
 
 def _connect_evaluations(policy, action: Action, context: dict,
