@@ -174,6 +174,7 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
         registration.update(agent_pid=pid)
         if plane is not None:
             plane.kill_agent = lambda: _kill_from_another_thread(tracer)
+            plane.started(pid)   # the user namespace plane starts serving its child's sockets
 
     status = None
     try:
@@ -257,8 +258,10 @@ def parse_upstream(text: str | None) -> list[tuple[str, int]] | None:
 def _start_plane(network: str, dns_upstream: str | None, session, run_id: str):
     """The run's network plane (netplane/plane.py), or None with the reason said on stderr.
 
-    ``auto``: the plane when this host can build it (root, nftables), else connect()-level
-    control with a warning; ``plane``: refuse to run without it; ``off``: connect()-level only.
+    ``auto``: the plane when this host can build it, else connect()-level control with a
+    warning; ``plane``: refuse to run without it; ``off``: connect()-level only. Root gets the
+    veth plane (nftables); an ordinary user gets the user namespace plane (loopback only, the
+    stub and the proxy on sockets inside it) when the host allows unprivileged user namespaces.
     """
     if network == "off":
         return None
@@ -266,10 +269,17 @@ def _start_plane(network: str, dns_upstream: str | None, session, run_id: str):
         upstream = parse_upstream(dns_upstream)
     except ValueError as exc:
         _fail(f"--dns-upstream {dns_upstream!r}: {exc} (give IP[:PORT], comma separated)")
-    from .netplane.plane import NetworkPlane, PlaneUnavailable
+    from .netplane.plane import NetworkPlane, PlaneUnavailable, UsernsPlane
 
     try:
-        return NetworkPlane.start(session, run_id, upstream=upstream)
+        if os.geteuid() == 0:
+            return NetworkPlane.start(session, run_id, upstream=upstream)
+        try:
+            plane = UsernsPlane.start(session, run_id, upstream=upstream)
+        except PlaneUnavailable as exc:
+            raise PlaneUnavailable(f"the veth plane needs root, and {exc}") from None
+        _say(f"agentd run: network: {plane.describe()}")
+        return plane
     except PlaneUnavailable as exc:
         if network == "plane":
             _fail(f"--network plane: {exc}", 125)

@@ -199,6 +199,20 @@ class _UpstreamFailure(Exception):
     """No usable answer from any upstream (timeout, refused, broken)."""
 
 
+def _netns_cookie(sock: socket.socket | None) -> int | None:
+    """The network namespace ``sock`` was made in (SO_NETNS_COOKIE, Linux 5.14), or of a
+    socket made now when ``sock`` is None; None when the kernel cannot say (then every socket
+    counts as this namespace's, so the loop check stays as strict as it was)."""
+    so_netns_cookie = 71
+    try:
+        if sock is None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                return struct.unpack("Q", probe.getsockopt(socket.SOL_SOCKET, so_netns_cookie, 8))[0]
+        return struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, so_netns_cookie, 8))[0]
+    except OSError:
+        return None
+
+
 def _sockaddr(ip: str, port: int, kind: int) -> tuple[int, tuple]:
     family, _, _, _, sockaddr = socket.getaddrinfo(ip, port, 0, kind, 0,
                                                    socket.AI_NUMERICHOST)[0]
@@ -260,7 +274,12 @@ class DnsStub:
             # An explicit empty list is a host without a resolver: every query gets SERVFAIL.
             servers = list(upstream) if upstream is not None else system_nameservers()
             self._upstream = [(str(ip), int(port)) for ip, port in servers]
-            own = {(_address_key(ip), port) for ip, port in self.addresses}
+            # A socket made in another network namespace (the agent's) cannot loop back to an
+            # upstream that the stub asks from this one, even at the same address.
+            here = _netns_cookie(None)
+            own = {(_address_key(ip), port) for sock in self._udp + self._tcp
+                   if _netns_cookie(sock) == here
+                   for ip, port in [sock.getsockname()[:2]]}
             for ip, port in self._upstream:
                 if (_address_key(ip), port) in own:
                     raise DnsStubError(f"upstream {ip}:{port} is the stub itself (a loop)")
