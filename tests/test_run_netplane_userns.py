@@ -415,3 +415,31 @@ def test_a_supervisor_that_cannot_serve_the_sockets_stops_the_child(monkeypatch,
     err = capfd.readouterr().err
     assert "cannot start the user namespace plane: the test broke the DNS stub" in err, err
     assert "waiting for the supervisor's DNS stub and proxy" in err, err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a network namespace")
+def test_the_stub_may_listen_at_its_upstream_address_in_another_namespace():
+    """The agent's namespace holds the host's nameserver address (a /32 on its lo); the stub's
+    socket there is no loop to the upstream of the same address, asked from the supervisor's
+    namespace. The same address in the supervisor's own namespace still is one."""
+    from agentd.netplane.dns import DnsStub, DnsStubError
+
+    def make_inside():
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(0x40000000) != 0:      # this thread only: CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)   # runs in our netns
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 53))
+        return sock
+
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(sock=make_inside()))
+    thread.start()
+    thread.join()
+    stub = DnsStub(sockets=[box["sock"]], upstream=[("127.0.0.1", 53)])
+    stub.close()
+    here = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    here.bind(("127.0.0.1", 0))
+    with pytest.raises(DnsStubError, match="a loop"):
+        DnsStub(sockets=[here], upstream=[("127.0.0.1", here.getsockname()[1])])

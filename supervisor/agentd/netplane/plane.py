@@ -24,17 +24,25 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import sys
 import threading
 import urllib.parse
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .. import decide as D
 from ..decode import Action
 from .dns import DnsStub, DnsStubError, NameBook, system_nameservers
-from .netns import AgentNetwork, NetnsError, NetnsUnavailable
 from .proxy import EgressProxy
 from .userns import PROXY_ADDRESS, NamespaceHandoff, namespace_nameservers, userns_unavailable
+
+if TYPE_CHECKING:
+    from .netns import AgentNetwork
+if os.geteuid() == 0:
+    # Only root builds the veth plane (netns.py), and its pyroute2 costs ~70 ms to import: an
+    # unprivileged run (the user namespace plane) skips it. Root processes import it here, once;
+    # the daemon imports this module before it forks supervisors.
+    from . import netns as _netns  # noqa: F401
 
 __all__ = ["PolicyPlane", "NetworkPlane", "UsernsPlane", "PlaneUnavailable", "PROXY_VARIABLES"]
 
@@ -225,6 +233,8 @@ class NetworkPlane(PolicyPlane):
     @classmethod
     def start(cls, session, run_id: str, *,
               upstream: list[tuple[str, int]] | None = None) -> "NetworkPlane":
+        from .netns import AgentNetwork, NetnsError, NetnsUnavailable
+
         try:
             network = AgentNetwork.create(run_id)
         except (NetnsUnavailable, NetnsError, OSError) as exc:
