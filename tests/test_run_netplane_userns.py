@@ -69,6 +69,24 @@ def test_the_namespace_listens_where_resolv_conf_points(tmp_path):
     assert namespace_nameservers(str(tmp_path / "missing")) == [FALLBACK_NAMESERVER]
 
 
+@pytest.mark.skipif(shutil.which("unshare") is None or userns_unavailable() is not None,
+                    reason="needs unshare (util-linux) and user namespaces")
+def test_the_probe_names_what_stops_the_namespace():
+    """What /proc does not show is found by trying: here a user namespace whose own limit of
+    nested user namespaces is 0 (set by its root, as a container might), where unshare fails."""
+    code = ("from agentd.netplane.userns import NamespaceHandoff\n"
+            "print(NamespaceHandoff(['192.0.2.53']).probe())")
+    result = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "sh", "-c",
+         f"echo 0 > /proc/sys/user/max_user_namespaces && exec {PYTHON} -c \"$0\"", code],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "unshare(CLONE_NEWUSER|CLONE_NEWNET): No space left on device" in result.stdout, \
+        result.stdout
+    here = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60)
+    assert here.stdout.strip() == "None", (here.stdout, here.stderr)
+
+
 class _Session:
     agent_id = "unit"
 

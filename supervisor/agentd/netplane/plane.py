@@ -335,6 +335,11 @@ class UsernsPlane(PolicyPlane):
             upstream = _default_upstream()
         handoff = NamespaceHandoff(namespace_nameservers() if nameservers is None else nameservers,
                                    PROXY_ADDRESS)
+        reason = handoff.probe()
+        if reason is not None:
+            handoff.close()
+            raise PlaneUnavailable(f"this host refuses the agent a user + network namespace: "
+                                   f"{reason}")
         return cls(session, handoff, upstream)
 
     # -- what the supervisor uses ---------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Issue 6, for ``agentd run`` without root, where the veth plane (``netns.py``) cannot be built.
 ``userns_unavailable`` says, from ``/proc``, whether the host lets an ordinary user create a user
-namespace (and why not). ``NamespaceHandoff`` is prepared in the supervisor before ``fork()``
+namespace (and why not); ``NamespaceHandoff.probe`` tries it in a throwaway child (what /proc
+cannot show: a container's seccomp profile, a limit set in a parent namespace). ``NamespaceHandoff`` is prepared in the supervisor before ``fork()``
 (a socketpair, the ``ifreq`` buffers, the addresses to bind, ``unshare`` from libc); its
 ``child_step`` runs in the agent's child after the tracer seized it and before Landlock and the
 seccomp filter: ``unshare(CLONE_NEWUSER | CLONE_NEWNET)``, the identity maps (the agent keeps
@@ -141,8 +142,8 @@ class NamespaceHandoff:
         self._binds.append((socket.SOCK_STREAM, tuple(proxy)))
 
     # -- the child (after fork, before Landlock and seccomp) ---------------------------------
-    def child_step(self) -> None:
-        self.supervisor_end.close()
+    def _make_namespace(self) -> None:
+        """unshare, the identity maps, ``lo`` up with the aliases; OSError naming the step."""
         if self._unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
             errno = ctypes.get_errno()
             raise OSError(errno, f"network: unshare(CLONE_NEWUSER|CLONE_NEWNET): "
@@ -157,9 +158,7 @@ class NamespaceHandoff:
             except OSError as exc:
                 raise OSError(exc.errno, f"network: writing {text.decode()!r} to {path}: "
                                          f"{exc.strerror}") from None
-        control = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # in the new namespace
-        sockets: list[socket.socket] = []
-        try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as control:   # in the new namespace
             step = "bringing lo up (SIOCSIFFLAGS)"
             try:
                 flags = fcntl.ioctl(control, SIOCGIFFLAGS, self._lo)
@@ -170,27 +169,68 @@ class NamespaceHandoff:
                     step = f"giving {label} its address (SIOCSIFADDR, SIOCSIFNETMASK /32)"
                     fcntl.ioctl(control, SIOCSIFADDR, address)
                     fcntl.ioctl(control, SIOCSIFNETMASK, netmask)
-                for kind, address in self._binds:
-                    step = f"binding {'UDP' if kind == socket.SOCK_DGRAM else 'TCP'} {address[0]}:{address[1]}"
-                    sock = socket.socket(socket.AF_INET, kind)
-                    sockets.append(sock)
-                    if kind == socket.SOCK_STREAM:
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    sock.bind(address)
-                step = "handing the sockets to the supervisor"
-                socket.send_fds(self.child_end, [b"F"], [sock.fileno() for sock in sockets])
-                step = "waiting for the supervisor's DNS stub and proxy"
-                if self.child_end.recv(1) != b"A":
-                    raise OSError(0, "the supervisor closed the handoff")
             except OSError as exc:
                 raise OSError(exc.errno, f"network: {step}: {exc.strerror or exc}") from None
+
+    def child_step(self) -> None:
+        self.supervisor_end.close()
+        self._make_namespace()
+        sockets: list[socket.socket] = []
+        step = ""
+        try:
+            for kind, address in self._binds:
+                step = f"binding {'UDP' if kind == socket.SOCK_DGRAM else 'TCP'} {address[0]}:{address[1]}"
+                sock = socket.socket(socket.AF_INET, kind)
+                sockets.append(sock)
+                if kind == socket.SOCK_STREAM:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+            step = "handing the sockets to the supervisor"
+            socket.send_fds(self.child_end, [b"F"], [sock.fileno() for sock in sockets])
+            step = "waiting for the supervisor's DNS stub and proxy"
+            if self.child_end.recv(1) != b"A":
+                raise OSError(0, "the supervisor closed the handoff")
+        except OSError as exc:
+            raise OSError(exc.errno, f"network: {step}: {exc.strerror or exc}") from None
         finally:
             for sock in sockets:
                 sock.close()
-            control.close()
             self.child_end.close()
 
-    # -- the supervisor (after fork) -------------------------------------------------------
+    # -- the supervisor (before the fork) --------------------------------------------------
+    def probe(self) -> str | None:
+        """Why the namespace cannot be made here, or None: the namespace steps (unshare, maps,
+        ``lo``) in a throwaway child, about 2 ms. Catches what ``userns_unavailable`` cannot
+        read in /proc: a container's seccomp profile refusing ``unshare``, a read-only
+        ``uid_map``, a namespace without the capabilities to configure ``lo``."""
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the probe child: syscalls only, then _exit
+            code = 0
+            try:
+                os.close(read_end)
+                self._make_namespace()
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                code = 1
+                try:
+                    os.write(write_end, str(exc).encode(errors="replace")[:1000])
+                except BaseException:  # noqa: BLE001
+                    pass
+            os._exit(code)
+        os.close(write_end)
+        try:
+            chunks = []
+            while chunk := os.read(read_end, 1024):
+                chunks.append(chunk)
+        finally:
+            os.close(read_end)
+            _, status = os.waitpid(pid, 0)
+        message = b"".join(chunks).decode(errors="replace")
+        if os.waitstatus_to_exitcode(status) == 0 and not message:
+            return None
+        return message or f"the probe process ended with status {status}"
+
+    # -- the supervisor (after the fork) ---------------------------------------------------
     def forked(self) -> None:
         """The fork is done: the child has its own copy of its end; ours goes, so a child that
         dies before handing over reads as end of file, not as a long wait."""
