@@ -46,6 +46,15 @@ class Upstream:
             def _answer(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
+                    # http.server does not decode chunked bodies; read the framing as relayed
+                    # (a server that closed with it unread would reset the connection and the
+                    # kernel could drop its own answer before the proxy read it)
+                    while not body.endswith(b"0\r\n\r\n"):
+                        line = self.rfile.readline()
+                        if not line:
+                            break
+                        body += line
                 seen.append({"method": self.command, "path": self.path,
                              "headers": {k.lower(): v for k, v in self.headers.items()},
                              "body": body})

@@ -884,12 +884,14 @@ class EgressProxy:
         request_head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         for attempt in (1, 2):
             key, up_reader, up_writer = client.upstream
-            up_writer.write(request_head)
-            if request.body == "length":
-                await _copy_exactly(client.reader, up_writer, request.length)
-            elif request.body == "chunked":
-                await _relay_chunked(client.reader, up_writer, self.limits)
             try:
+                # The body too: an upstream that answers early and closes must not make the
+                # client's request vanish without an answer.
+                up_writer.write(request_head)
+                if request.body == "length":
+                    await _copy_exactly(client.reader, up_writer, request.length)
+                elif request.body == "chunked":
+                    await _relay_chunked(client.reader, up_writer, self.limits)
                 await up_writer.drain()
                 return await self._relay_response(client, request)
             except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
