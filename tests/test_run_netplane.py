@@ -19,12 +19,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
 
 from agentd.netplane.userns import userns_unavailable
+from helpers import networld
 from helpers.agentd_run import AGENTD, PYTHON, needs_tracing, read_records
 
 pytestmark = [needs_tracing, pytest.mark.skipif(
@@ -38,166 +38,16 @@ ZONE = {"api.github.com": PUBLIC, "www.example.org": PUBLIC, "internal.example":
         "metadata.example": METADATA}
 
 
-def _inside(netns_fd: int, fn, *args):
-    """fn(*args) in a thread that entered the namespace (its sockets stay there)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    box: dict = {}
-
-    def body():
-        try:
-            if libc.unshare(0x00000200) != 0:   # CLONE_FS: setns needs an unshared fs
-                raise OSError(ctypes.get_errno(), "unshare")
-            if libc.setns(netns_fd, 0x40000000) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            box["value"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001
-            box["error"] = exc
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-class Seen:
-    """What one simulated server saw."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.items: list = []
-
-    def add(self, item):
-        with self.lock:
-            self.items.append(item)
-
-    def __len__(self):
-        with self.lock:
-            return len(self.items)
-
-
-def _serve_http(sock: socket.socket, seen: Seen):
-    def handle(conn):
-        with conn:
-            conn.settimeout(5)
-            data = b""
-            try:
-                while b"\r\n\r\n" not in data and len(data) < 65536:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-            except OSError:
-                pass
-            if not data:
-                seen.add(("connection", b""))
-                return
-            line = data.split(b"\r\n", 1)[0].decode("latin-1")
-            seen.add(("request", line, data))
-            body = b"hello from the world\n"
-            try:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                             % (len(body), body))
-            except OSError:
-                pass
-
-    while True:
-        try:
-            conn, _ = sock.accept()
-        except OSError:
-            return
-        threading.Thread(target=handle, args=(conn,), daemon=True).start()
-
-
-def _serve_raw(sock: socket.socket, seen: Seen):
-    while True:
-        try:
-            conn, _ = sock.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(2)
-            try:
-                first = conn.recv(4096)
-            except OSError:
-                first = b""
-            seen.add(("connection", first))
-
-
-def _serve_dns(sock: socket.socket, seen: Seen):
-    import dns.message
-    import dns.rcode
-    import dns.rrset
-
-    while True:
-        try:
-            wire, peer = sock.recvfrom(4096)
-        except OSError:
-            return
-        try:
-            query = dns.message.from_wire(wire)
-            question = query.question[0]
-        except Exception:  # noqa: BLE001 - not a query: ignore it, as a server would
-            seen.add(("garbage", wire))
-            continue
-        name = question.name.to_text().rstrip(".").lower()
-        seen.add(name)
-        reply = dns.message.make_response(query)
-        address = ZONE.get(name)
-        if address is None:
-            reply.set_rcode(dns.rcode.NXDOMAIN)
-        elif question.rdtype == 1:   # A
-            reply.answer.append(dns.rrset.from_text(question.name, 60, "IN", "A", address))
-        sock.sendto(reply.to_wire(), peer)
-
-
 @pytest.fixture(scope="module")
 def world():
-    name = f"agentd-test-{os.urandom(3).hex()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    path = f"/run/netns/{name}"
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    sockets = []
-    try:
-        # the world's addresses on the namespace's loopback: local delivery, nothing to route
-        script = "ip link set lo up" + "".join(
-            f" && ip addr add {address}/32 dev lo" for address in (PUBLIC, DNS_SERVER, PRIVATE, METADATA))
-        subprocess.run(["ip", "netns", "exec", name, "sh", "-c", script], check=True)
-
-        def listen(kind, address, port):
-            sock = socket.socket(socket.AF_INET, kind)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((address, port))
-            if kind == socket.SOCK_STREAM:
-                sock.listen(64)
-            return sock
-
-        servers = {}
-        for key, address, port, kind, serve in (
-                ("public80", PUBLIC, 80, socket.SOCK_STREAM, _serve_http),
-                ("public443", PUBLIC, 443, socket.SOCK_STREAM, _serve_raw),
-                ("private80", PRIVATE, 80, socket.SOCK_STREAM, _serve_http),
-                ("private22", PRIVATE, 22, socket.SOCK_STREAM, _serve_raw),
-                ("metadata80", METADATA, 80, socket.SOCK_STREAM, _serve_http),
-                ("dns", DNS_SERVER, 53, socket.SOCK_DGRAM, _serve_dns)):
-            sock = _inside(fd, listen, kind, address, port)
-            sockets.append(sock)
-            seen = Seen()
-            servers[key] = seen
-            threading.Thread(target=serve, args=(sock, seen), daemon=True).start()
-        yield {"name": name, "servers": servers}
-    finally:
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-        os.close(fd)
-        subprocess.run(["ip", "netns", "delete", name], check=False)
+    with networld.world("agentd-test", (PUBLIC, DNS_SERVER, PRIVATE, METADATA), (
+            ("public80", PUBLIC, 80, socket.SOCK_STREAM, networld.serve_http),
+            ("public443", PUBLIC, 443, socket.SOCK_STREAM, networld.serve_raw),
+            ("private80", PRIVATE, 80, socket.SOCK_STREAM, networld.serve_http),
+            ("private22", PRIVATE, 22, socket.SOCK_STREAM, networld.serve_raw),
+            ("metadata80", METADATA, 80, socket.SOCK_STREAM, networld.serve_http),
+            ("dns", DNS_SERVER, 53, socket.SOCK_DGRAM, networld.dns_server(ZONE)))) as built:
+        yield built
 
 
 AGENT = r'''
@@ -279,7 +129,7 @@ def test_strict_names_urls_and_internal_networks(world, tmp_path):
     assert servers["private22"].items[before["private22"]:] == []
     assert servers["metadata80"].items[before["metadata80"]:] == []
     # the DNS stub asked the test's server, and the audit log has the query and the requests
-    assert "api.github.com" in servers["dns"].items
+    assert "api.github.com 1" in servers["dns"].items
     assert any(rec["target"].startswith("api.github.com") for rec in records_of(result, "dns_query"))
     denied = {rec["target"] for rec in records_of(result, "network_request") if rec["decision"] == "deny"}
     assert "http://api.github.com/" in denied, denied
@@ -305,7 +155,7 @@ def test_strict_https_to_a_whitelisted_name_goes_through(world, tmp_path):
     ])
     seen = servers["public443"].items[before:]
     assert len(seen) == 1, (seen, result.results)
-    assert seen[0][1].startswith(b"\x16\x03"), seen   # a TLS ClientHello came through the tunnel
+    assert seen[0].data.startswith(b"\x16\x03"), seen   # a TLS ClientHello came through the tunnel
     assert result.results["other"][0] == "error", result.results   # CONNECT refused: 403
     requests = {rec["target"]: rec["decision"] for rec in records_of(result, "network_request")}
     assert requests.get("https://api.github.com:443/") == "allow", requests
@@ -323,7 +173,7 @@ def test_read_only_allows_get_and_refuses_post(world, tmp_path):
     assert r["get"] == ["ok", [200, "hello from the world\n"]], r
     assert r["post"][0] == "http" and r["post"][1] == 403, r
     seen = servers["public80"].items[before:]
-    assert [item[1] for item in seen] == ["GET /docs?page=1 HTTP/1.1"], seen
+    assert [hit.line for hit in seen] == ["GET /docs?page=1 HTTP/1.1"], seen
 
 
 def test_transparent_redirect_of_plain_port_80(world, tmp_path):

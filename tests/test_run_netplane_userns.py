@@ -29,6 +29,7 @@ from agentd import run_main
 from agentd.netplane import plane as plane_module
 from agentd.netplane.userns import (FALLBACK_NAMESERVER, namespace_nameservers,
                                     userns_unavailable)
+from helpers import networld
 from helpers.agentd_run import AGENTD, PYTHON, deny, read_records, tracing_unavailable, write_policy
 
 ELSEWHERE = "192.0.2.1"       # TEST-NET-1, on the world's loopback: "a host out there"
@@ -124,141 +125,14 @@ def _skip_reason() -> str | None:
 needs_world = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 
 
-def _inside(netns_fd: int, fn, *args):
-    """fn(*args) in a thread that entered the namespace (its sockets stay there)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    box: dict = {}
-
-    def body():
-        try:
-            if libc.unshare(0x00000200) != 0:   # CLONE_FS: setns needs an unshared fs
-                raise OSError(ctypes.get_errno(), "unshare")
-            if libc.setns(netns_fd, 0x40000000) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            box["value"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001
-            box["error"] = exc
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-class Seen:
-    """What one server saw (thread-safe)."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.items: list = []
-
-    def add(self, item):
-        with self.lock:
-            self.items.append(item)
-
-    def since(self, count: int) -> list:
-        with self.lock:
-            return self.items[count:]
-
-    def __len__(self):
-        with self.lock:
-            return len(self.items)
-
-
-def _serve_http(sock, seen):
-    def handle(conn):
-        with conn:
-            conn.settimeout(5)
-            data = b""
-            try:
-                while b"\r\n\r\n" not in data and len(data) < 65536:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-            except OSError:
-                pass
-            seen.add(data.split(b"\r\n", 1)[0].decode("latin-1"))
-            body = b"hello from the world\n"
-            try:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                             % (len(body), body))
-            except OSError:
-                pass
-
-    while True:
-        try:
-            conn, _ = sock.accept()
-        except OSError:
-            return
-        threading.Thread(target=handle, args=(conn,), daemon=True).start()
-
-
-def _serve_dns(sock, seen):
-    import dns.message
-    import dns.rcode
-    import dns.rrset
-
-    while True:
-        try:
-            wire, peer = sock.recvfrom(4096)
-        except OSError:
-            return
-        try:
-            query = dns.message.from_wire(wire)
-            question = query.question[0]
-        except Exception:  # noqa: BLE001 - not a query
-            continue
-        name = question.name.to_text().rstrip(".").lower()
-        seen.add(f"{name} {question.rdtype}")
-        reply = dns.message.make_response(query)
-        if name != NAME:
-            reply.set_rcode(dns.rcode.NXDOMAIN)
-        elif question.rdtype == 1:
-            reply.answer.append(dns.rrset.from_text(question.name, 60, "IN", "A", "127.0.0.1"))
-        sock.sendto(reply.to_wire(), peer)
-
-
 @pytest.fixture(scope="module")
 def world():
-    name = f"agentd-userns-{os.urandom(3).hex()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    sockets = []
-    try:
-        subprocess.run(["ip", "netns", "exec", name, "sh", "-c",
-                        f"ip link set lo up && ip addr add {ELSEWHERE}/32 dev lo"], check=True)
-
-        def listen(kind, address, port):
-            sock = socket.socket(socket.AF_INET, kind)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((address, port))
-            if kind == socket.SOCK_STREAM:
-                sock.listen(64)
-            return sock
-
-        servers, ports = {}, {}
-        for key, address, port, kind, serve in (
-                ("web", "127.0.0.1", 0, socket.SOCK_STREAM, _serve_http),
-                ("elsewhere", ELSEWHERE, 80, socket.SOCK_STREAM, _serve_http),
-                ("dns", "127.0.0.1", 0, socket.SOCK_DGRAM, _serve_dns)):
-            sock = _inside(fd, listen, kind, address, port)
-            sockets.append(sock)
-            servers[key] = Seen()
-            ports[key] = sock.getsockname()[1]
-            threading.Thread(target=serve, args=(sock, servers[key]), daemon=True).start()
-        yield {"name": name, "servers": servers, "ports": ports}
-    finally:
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-        os.close(fd)
-        subprocess.run(["ip", "netns", "delete", name], check=False)
+    with networld.world("agentd-userns", (ELSEWHERE,), (
+            ("web", "127.0.0.1", 0, socket.SOCK_STREAM, networld.serve_http),
+            ("elsewhere", ELSEWHERE, 80, socket.SOCK_STREAM, networld.serve_http),
+            ("dns", "127.0.0.1", 0, socket.SOCK_DGRAM,
+             networld.dns_server({NAME: "127.0.0.1"})))) as built:
+        yield built
 
 
 AGENT = r'''
@@ -362,7 +236,7 @@ def test_names_urls_and_nothing_else_from_an_unprivileged_agent(world, shared):
     # the allowed URL reached the server through the proxy; the denied one did not
     assert r["allowed"] == ["ok", [200, "hello from the world\n"]], r
     assert r["denied"][:3] == ["http", 403, "no_denied_paths"], r
-    assert servers["web"].since(before["web"]) == ["GET /allowed?x=1 HTTP/1.1"]
+    assert [hit.line for hit in servers["web"].since(before["web"])] == ["GET /allowed?x=1 HTTP/1.1"]
     # the supervisor's loopback and every other address are out of the agent's namespace
     assert r["direct"][0] == "error" and r["direct"][2] in (111, 101), r   # ECONNREFUSED/ENETUNREACH
     assert r["elsewhere"][0] == "error" and r["elsewhere"][2] == 101, r     # ENETUNREACH
