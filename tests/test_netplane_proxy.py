@@ -464,7 +464,7 @@ def test_oversized_head_is_refused(proxy, upstream):
 def test_policy_conditions_see_method_and_headers(upstream):
     """A real policy: allowed_methods and require_auth_header get what the proxy saw."""
     from agent_os.policy import Pattern, Policy
-    from agentd.decide import _evaluate
+    from agentd.decide import evaluate_action
     from agentd.decode import Action
 
     policy = Policy(name="web", default_action="deny", patterns=[
@@ -474,7 +474,7 @@ def test_policy_conditions_see_method_and_headers(upstream):
 
     def judge(method, url, headers, dest_ip):
         context = {"method": method, "headers": headers, "dest_ip": dest_ip}
-        return _evaluate(policy, Action("network_request", url), context)
+        return evaluate_action(policy, Action("network_request", url), context)
 
     with EgressProxy((LOCAL, 0), judge=judge, resolve=resolve) as running:
         base = f"http://upstream.test:{upstream.port}/api/v1"

@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable
 from .decode import Action, DecodedSyscall, SignalTarget
 
 __all__ = ["Evaluation", "Verdict", "decide", "fail_closed", "OUTCOME_RANK", "AgentTree",
-           "containment_of_protected", "NetworkView", "split_host_port"]
+           "containment_of_protected", "NetworkView", "split_host_port", "evaluate_action",
+           "connect_evaluations"]
 
 OUTCOME_RANK = {"allow": 0, "warn": 1, "block": 2, "stop": 3, "kill": 4}
 _PROC_PID = re.compile(r"/proc/(\d+)(?:/(.*))?\Z", re.DOTALL)
@@ -81,7 +82,8 @@ def _pattern_ids(result) -> tuple[str, ...]:
     return tuple(ids)
 
 
-def _evaluate(policy, action: Action, context: dict) -> Evaluation:
+def evaluate_action(policy, action: Action, context: dict) -> Evaluation:
+    """The policy's answer on one action, as an ``Evaluation``; an exception denies."""
     try:
         result = policy.evaluate(action.action_type, action.target, context)
         outcome = _outcome(result)
@@ -200,24 +202,24 @@ def split_host_port(target: str) -> tuple[str, int] | None:
     return parsed
 
 
-def _connect_evaluations(policy, action: Action, context: dict,
+def connect_evaluations(policy, action: Action, context: dict,
                          network: NetworkView | None) -> list[Evaluation]:
     """A connect to an address is judged as that address and, when the run's DNS stub resolved
     names to it, as each ``name:port`` too, with ``dest_ip`` in the context (the address-set
     conditions read it); the most restrictive answer wins."""
     parsed = split_host_port(action.target)
     if parsed is None:
-        return [_evaluate(policy, action, context)]
+        return [evaluate_action(policy, action, context)]
     ip, port = parsed
     if network is not None and action.target in network.endpoints:
         return [Evaluation(action.action_type, action.target, "allow", "allow",
                            "the run's own network plane (DNS stub or proxy)",
                            ("agentd:network_plane",))]
     context = {**context, "dest_ip": ip}
-    evaluations = [_evaluate(policy, action, context)]
+    evaluations = [evaluate_action(policy, action, context)]
     if network is not None:
         for name in network.names_for(ip):
-            evaluations.append(_evaluate(policy, Action(action.action_type, f"{name}:{port}"),
+            evaluations.append(evaluate_action(policy, Action(action.action_type, f"{name}:{port}"),
                                          context))
     return evaluations
 
@@ -233,9 +235,9 @@ def decide(decoded: DecodedSyscall, policy, context: dict, tree: AgentTree,
         if contained is not None:
             evaluations.append(contained)
         elif action.action_type == "network_connect":
-            evaluations.extend(_connect_evaluations(policy, action, context, network))
+            evaluations.extend(connect_evaluations(policy, action, context, network))
         else:
-            evaluations.append(_evaluate(policy, action, context))
+            evaluations.append(evaluate_action(policy, action, context))
     if not evaluations:
         return Verdict("allow", "nothing to decide", ())
     worst = max(evaluations, key=lambda e: OUTCOME_RANK[e.outcome])

@@ -152,15 +152,15 @@ class PolicyPlane:
             port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 0)
             names = () if _is_address(host) else (host,)
             policy = session.policy
-            evaluations = [D._evaluate(policy, Action("network_request", url), context)]
+            evaluations = [D.evaluate_action(policy, Action("network_request", url), context)]
             if dest_ip:
                 ip_form = f"[{dest_ip}]:{port}" if ":" in dest_ip else f"{dest_ip}:{port}"
-                evaluations += D._connect_evaluations(
+                evaluations += D.connect_evaluations(
                     policy, Action("network_connect", ip_form), context,
                     D.NetworkView(lambda ip: names))
             else:   # the name did not resolve: judged by name (the proxy then answers 502)
                 del context["dest_ip"]
-                evaluations += [D._evaluate(policy, Action("network_connect", f"{name}:{port}"),
+                evaluations += [D.evaluate_action(policy, Action("network_connect", f"{name}:{port}"),
                                             context) for name in names]
         except Exception as exc:  # INVARIANT: an error while deciding denies (fail closed)
             evaluations = [D.Evaluation("network_request", url, "deny", "block",
