@@ -115,9 +115,16 @@ def test_strict_names_urls_and_internal_networks(world, tmp_path):
         ["get", "plain_http", "http://api.github.com/"],
         ["get", "internal", "http://internal.example/"],
         ["raw", "raw_private_ssh", PRIVATE, 22],
+        ["raw", "mapped_private_ssh", f"::ffff:{PRIVATE}", 22],
+        ["raw", "mapped_private_http", f"::ffff:{PRIVATE}", 80],
     ])
     r = result.results
     assert r["resolve"] == ["ok", [PUBLIC]], r
+    # an IPv4-mapped IPv6 address is judged as the IPv4 address it reaches: refused at connect()
+    for key in ("mapped_private_ssh", "mapped_private_http"):
+        assert r[key][0] == "error" and "Permission denied" in r[key][2], r
+    connects = {rec["target"]: rec["decision"] for rec in records_of(result, "network_connect")}
+    assert connects.get(f"{PRIVATE}:80") == "deny", connects
     # plaintext HTTP and internal networks: the proxy answers 403 with the pattern id
     assert r["plain_http"][0] == "http" and r["plain_http"][1] == 403, r
     assert r["internal"][0] == "http" and r["internal"][1] == 403, r
@@ -193,8 +200,11 @@ def test_permissive_records_every_connection(world, tmp_path):
     result = run_plane(world, tmp_path, "permissive", [
         ["get", "get", "http://api.github.com/"],
         ["raw", "other_port", PRIVATE, 22],
+        ["raw", "ipv6", "2001:db8::1", 443],
     ])
     assert result.results["get"][0] == "ok", result.results
+    # no IPv6 leaves the agent's namespace (docs/network.md: no IPv6 egress)
+    assert result.results["ipv6"][0] == "error", result.results
     # a port other than 53/80/443 has no way out of the agent's namespace: refused at once
     assert result.results["other_port"][0] == "error", result.results
     assert servers["private22"].items[before:] == []
