@@ -50,8 +50,8 @@ def parse_run_args(args: list[str]) -> dict | None:
     """The parameters of ``agentd run ARGS`` as click would give them, or None to let click parse."""
     params: dict = {"policy_name": "strict", "workspace": None, "agent_id": None, "audit_log": None,
                     "mode": "enforce", "seccomp_profile": None, "embedded": False,
-                    "explain_sandbox": False,
-                    "network": os.environ.get("AGENTD_NETWORK") or "auto", "dns_upstream": None}   # --explain-sandbox itself goes to click
+                    "explain_sandbox": False,   # always: --explain-sandbox itself goes to click
+                    "network": os.environ.get("AGENTD_NETWORK") or "auto", "dns_upstream": None}
     i = 0
     while i < len(args):
         arg = args[i]
@@ -89,7 +89,6 @@ def parse_run_args(args: list[str]) -> dict | None:
         return None
     params["command"] = command
     return params
-
 
 
 def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, audit_log: str | None,
@@ -164,9 +163,11 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
     if plane is not None:
         agent_env.update(plane.environment())
         session.network = plane.view()
-        child_steps.append(plane.enter)   # first: setns needs the privileges Landlock keeps
+        # First the namespace (setns, or the user namespace's unshare), while the child still
+        # holds what that needs; then no exec may bring CAP_NET_ADMIN/CAP_SYS_ADMIN back.
+        child_steps.append(plane.enter)
         from .capabilities import BoundingDrop
-        child_steps.append(BoundingDrop())  # a root agent keeps no CAP_NET_ADMIN/SYS_ADMIN
+        child_steps.append(BoundingDrop())
     if landlock is not None:
         child_steps.append(landlock.apply)
 
