@@ -3,8 +3,9 @@
 Issue 6, for ``agentd run`` without root, where the veth plane (``netns.py``) cannot be built.
 ``userns_unavailable`` says, from ``/proc``, whether the host lets an ordinary user create a user
 namespace (and why not); ``NamespaceHandoff.probe`` tries it in a throwaway child (what /proc
-cannot show: a container's seccomp profile, a limit set in a parent namespace). ``NamespaceHandoff`` is prepared in the supervisor before ``fork()``
-(a socketpair, the ``ifreq`` buffers, the addresses to bind, ``unshare`` from libc); its
+cannot show: a container's seccomp profile, a limit set in a parent namespace).
+``NamespaceHandoff`` is prepared in the supervisor before ``fork()`` (a socketpair, the
+``ifreq`` buffers, the addresses to bind, ``unshare`` from libc); its
 ``child_step`` runs in the agent's child after the tracer seized it and before Landlock and the
 seccomp filter: ``unshare(CLONE_NEWUSER | CLONE_NEWNET)``, the identity maps (the agent keeps
 its uid and gid), ``lo`` up, the nameserver addresses that are not 127.x on ``lo`` as /32
