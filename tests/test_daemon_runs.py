@@ -283,3 +283,10 @@ def test_each_daemon_run_gets_its_own_network_plane(daemon):
     assert names == "['eth0', 'lo']", names
     assert proxy.startswith("http://10.255."), proxy
     assert netns != os.readlink("/proc/self/ns/net")
+
+
+def test_network_options_of_a_daemon_run_are_said_not_to_apply(daemon):
+    result = daemon.run(["true"], options=("--network", "off"))
+    assert result.returncode == 0, result.stderr
+    assert "its configuration decides the network plane" in result.stderr
+    assert "decides the network plane" not in daemon.run(["true"]).stderr

@@ -69,6 +69,13 @@ def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log
     if not embedded:
         from . import daemon_client   # the daemon's socket is there: it supervises
         if daemon_client.available():
+            source = click.get_current_context().get_parameter_source
+            if any(source(name) == click.core.ParameterSource.COMMANDLINE
+                   for name in ("network", "dns_upstream")):
+                click.echo("agentd run: note: the agentd daemon supervises this run, and its "
+                           "configuration decides the network plane (network:, dns_upstream: in "
+                           "/etc/agentd/agentd.yaml); --network and --dns-upstream apply to "
+                           "--embedded runs", err=True)
             sys.exit(daemon_client.run(list(command), policy=policy_name, workspace=workspace,
                                        agent_id=agent_id, mode=mode, audit_log=audit_log,
                                        seccomp_profile=seccomp_profile))
