@@ -66,6 +66,7 @@ def test_explain_sandbox_names_the_layers():
     assert re.search(r"file_read\s+tracer\n", text)
     assert re.search(r"kernel side doors\s+seccomp baseline", text)
     assert f"allow {workspace}: write_file" in text   # the workspace is a writable hierarchy
+    assert "Network (--network off): network_connect is judged at connect()" in text
 
 
 def test_explain_sandbox_in_audit_mode_has_no_ruleset(tmp_path):

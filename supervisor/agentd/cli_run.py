@@ -33,9 +33,10 @@ __all__ = ["run", "ps", "resume", "kill"]
 @click.option("--network", type=click.Choice(["auto", "plane", "off"]), default="auto",
               show_default=True, envvar="AGENTD_NETWORK", show_envvar=True,
               help="plane: the agent gets its own network namespace whose only ways out are "
-                   "agentd's DNS stub and HTTP proxy (names and URLs are judged; needs root); "
-                   "off: connect() is judged by address only; auto: plane when possible, else "
-                   "off with a warning.")
+                   "agentd's DNS stub and HTTP proxy, so names and URLs are judged (root: a veth "
+                   "with ports 53/80/443 redirected; other users: a user namespace reached "
+                   "through HTTP(S)_PROXY only); off: connect() is judged by address only; "
+                   "auto: plane when possible, else off with a warning.")
 @click.option("--dns-upstream", default=None, metavar="IP[:PORT],...",
               help="Resolvers the run's DNS stub forwards to (default: /etc/resolv.conf's).")
 @click.option("--explain-sandbox", is_flag=True,
@@ -57,6 +58,10 @@ def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log
         from .run_main import explain_sandbox as explain
 
         click.echo(explain(policy_name, workspace, mode))
+        import textwrap
+
+        from .run_main import explain_network
+        click.echo("\n" + textwrap.fill(explain_network(network), 100, subsequent_indent="  "))
         if not embedded:
             from . import daemon_client
             if daemon_client.available():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["parse_run_args", "run_agent", "explain_sandbox"]
+__all__ = ["parse_run_args", "run_agent", "explain_sandbox", "explain_network"]
 
 # option -> (parameter name, takes a value)
 _OPTIONS = {
@@ -289,6 +289,37 @@ def _start_plane(network: str, dns_upstream: str | None, session, run_id: str):
         return None
     except Exception as exc:  # noqa: BLE001 - the DNS stub or proxy could not start
         _fail(f"cannot start the network plane: {exc} (--network off runs without it)", 125)
+
+
+def explain_network(network: str) -> str:
+    """The network part of ``--explain-sandbox``: which plane this run would get, and why."""
+    if network == "off":
+        return ("Network (--network off): network_connect is judged at connect() by address; "
+                "no names, no URLs.")
+    if os.geteuid() == 0:
+        import shutil
+
+        if shutil.which("nft") is None:
+            why = "nft (nftables) is not installed"
+        else:
+            return ("Network (--network %s): own network namespace with one veth to the "
+                    "supervisor; DNS (port 53) goes to the run's DNS stub, ports 80/443 to its "
+                    "HTTP proxy, everything else is refused. network_request is judged on the "
+                    "method and URL (host and port for TLS), network_connect on the address and "
+                    "the names the stub resolved to it (docs/network.md)." % network)
+    else:
+        from .netplane.userns import userns_unavailable
+
+        why = userns_unavailable()
+        if why is None:
+            return ("Network (--network %s, no root): own user + network namespace with loopback "
+                    "only; the run's DNS stub and HTTP proxy serve it there, reached through "
+                    "/etc/resolv.conf's nameservers and HTTP(S)_PROXY; no other way out "
+                    "(docs/network.md)." % network)
+    if network == "plane":
+        return f"Network (--network plane): cannot be built here ({why}): the run would be refused."
+    return (f"Network (--network auto): no plane here ({why}); network_connect is judged at "
+            "connect() by address only.")
 
 
 def _kill_from_another_thread(tracer) -> None:
