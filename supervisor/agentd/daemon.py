@@ -1060,17 +1060,17 @@ def _trace(plan, policy, session, recorder, registration) -> tuple[int, bool]:
                 if slot < 50_000:
                     latencies[slot] = sample
 
-    from .run_main import _kill_from_another_thread, parse_upstream
+    from .run_main import parse_upstream
 
     plane = None
     env = dict(plan.env)
     steps: list = [_DropPrivileges(plan)]
     if plan.network == "plane":
-        from .netplane.plane import NetworkPlane, PlaneUnavailable
+        from .netplane.plane import NetworkPlane
         try:
             plane = NetworkPlane.start(session, plan.run_id,
                                        upstream=parse_upstream(plan.dns_upstream))
-        except (PlaneUnavailable, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - PlaneUnavailable, a bad dns_upstream, ...
             # The administrator asked for the plane: no run without it (fail closed).
             raise runner.HostError(f"cannot build the network plane: {exc}") from None
         env.update(plane.environment())
@@ -1084,7 +1084,7 @@ def _trace(plan, policy, session, recorder, registration) -> tuple[int, bool]:
         recorder.send({"t": "started", "agent_pid": pid})
         registration.update(agent_pid=pid)
         if plane is not None:
-            plane.kill_agent = lambda: _kill_from_another_thread(tracer)
+            plane.attach(tracer)
 
     try:
         status = runner.supervise(plan.argv, policy, session, profile=plan.seccomp_profile,

@@ -174,7 +174,7 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
     def started(pid: int, tracer) -> None:
         registration.update(agent_pid=pid)
         if plane is not None:
-            plane.kill_agent = lambda: _kill_from_another_thread(tracer)
+            plane.attach(tracer)
             plane.started(pid)   # the user namespace plane starts serving its child's sockets
 
     status = None
@@ -320,17 +320,6 @@ def explain_network(network: str) -> str:
         return f"Network (--network plane): cannot be built here ({why}): the run would be refused."
     return (f"Network (--network auto): no plane here ({why}); network_connect is judged at "
             "connect() by address only.")
-
-
-def _kill_from_another_thread(tracer) -> None:
-    """``tracer.kill_tree`` from the proxy's thread: the tracer's task table may change while
-    it is read; retry until one pass completes (each pass kills what it saw)."""
-    for _ in range(10):
-        try:
-            tracer.kill_tree()
-            return
-        except RuntimeError:   # dictionary changed size during iteration
-            continue
 
 
 def explain_sandbox(policy_name: str, workspace: str | None, mode: str) -> str:
