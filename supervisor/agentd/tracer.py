@@ -153,7 +153,9 @@ class Tracer:
         return pid in self.tasks
 
     def thread_groups(self) -> set[int]:
-        return {task.tgid for task in self.tasks.values()}
+        # list() copies the table in one step under the GIL: the network plane's proxy thread
+        # calls kill_tree while this thread adds and removes tasks.
+        return {task.tgid for task in list(self.tasks.values())}
 
     def kill_tree(self) -> None:
         """SIGKILL every process of the agent, now and whatever reports later."""

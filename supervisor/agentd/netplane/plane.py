@@ -100,19 +100,9 @@ class PolicyPlane:
         """The agent's process exists (the supervisor, after the fork)."""
 
     def attach(self, tracer) -> None:
-        """A kill verdict from the proxy kills ``tracer``'s agent tree (from the proxy's
-        thread: the tracer's task table may change while it is read, so each pass is retried
-        until one completes; each pass kills what it saw)."""
-
-        def kill() -> None:
-            for _ in range(10):
-                try:
-                    tracer.kill_tree()
-                    return
-                except RuntimeError:   # dictionary changed size during iteration
-                    continue
-
-        self.kill_agent = kill
+        """A kill verdict from the proxy kills ``tracer``'s agent tree (``kill_tree`` is safe
+        to call from the proxy's thread)."""
+        self.kill_agent = tracer.kill_tree
 
     def proxy_url(self) -> str:
         raise NotImplementedError
