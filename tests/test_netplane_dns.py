@@ -624,3 +624,15 @@ def test_book_is_thread_safe():
     assert len(book) == 500
     found = [book.names_for(f"10.{k}.{n // 256}.{n % 256}") for k in range(4) for n in range(2000)]
     assert sum(len(names) for names in found) == 500     # the indexes agree with the entries
+
+
+def test_parse_upstream():
+    from agentd.netplane.dns import parse_upstream
+
+    assert parse_upstream(None) is None and parse_upstream("") is None
+    assert parse_upstream("192.0.2.53,[2001:db8::53]:5353, 198.51.100.1:5300,::1") == [
+        ("192.0.2.53", 53), ("2001:db8::53", 5353), ("198.51.100.1", 5300), ("::1", 53)]
+    for bad in ("resolver.example", "resolver.example:53", "192.0.2.53:99999", "192.0.2.53:x",
+                "192.0.2.53,"):
+        with pytest.raises(ValueError):
+            parse_upstream(bad)

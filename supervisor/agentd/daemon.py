@@ -1060,7 +1060,7 @@ def _trace(plan, policy, session, recorder, registration) -> tuple[int, bool]:
                 if slot < 50_000:
                     latencies[slot] = sample
 
-    from .run_main import parse_upstream
+    from .netplane.dns import parse_upstream
 
     plane = None
     env = dict(plan.env)

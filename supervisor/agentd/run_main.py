@@ -234,28 +234,6 @@ def _prepare_landlock(policy, mode: str):
     return prepared
 
 
-def parse_upstream(text: str | None) -> list[tuple[str, int]] | None:
-    """``--dns-upstream 192.0.2.53,[2001:db8::53]:5353`` -> [(ip, port), ...]; None = default."""
-    if not text:
-        return None
-    import ipaddress
-
-    servers = []
-    for item in text.split(","):
-        item = item.strip()
-        host, port = item, 53
-        if item.startswith("["):
-            host, _, rest = item[1:].partition("]")
-            if rest:
-                port = int(rest.lstrip(":"))
-        elif item.count(":") == 1:
-            host, _, port_text = item.partition(":")
-            port = int(port_text)
-        ipaddress.ip_address(host)   # ValueError for a name: the stub needs an address
-        servers.append((host, port))
-    return servers
-
-
 def _start_plane(network: str, dns_upstream: str | None, session, run_id: str):
     """The run's network plane (netplane/plane.py), or None with the reason said on stderr.
 
@@ -266,6 +244,8 @@ def _start_plane(network: str, dns_upstream: str | None, session, run_id: str):
     """
     if network == "off":
         return None
+    from .netplane.dns import parse_upstream
+
     try:
         upstream = parse_upstream(dns_upstream)
     except ValueError as exc:

@@ -39,9 +39,10 @@ import dns.rdatatype
 import dns.resolver
 import dns.rdtypes.svcbbase
 
-from ..decide import Evaluation
+from ..decide import Evaluation, split_host_port
 
-__all__ = ["NameBook", "DnsStub", "DnsStubError", "system_nameservers", "normalize_name",
+__all__ = ["NameBook", "DnsStub", "DnsStubError", "system_nameservers", "parse_upstream",
+           "normalize_name",
            "MAX_QUERY_BYTES", "MAX_CNAME_CHAIN"]
 
 log = logging.getLogger("agentd.netplane.dns")
@@ -188,6 +189,21 @@ def system_nameservers(path: str = "/etc/resolv.conf") -> list[tuple[str, int]]:
     servers = [(str(server), 53) for server in resolver.nameservers]
     if not servers:
         raise DnsStubError(f"{path}: no nameserver line")
+    return servers
+
+
+def parse_upstream(text: str | None) -> list[tuple[str, int]] | None:
+    """``--dns-upstream`` / ``dns_upstream:``: ``192.0.2.53,[2001:db8::53]:5353`` ->
+    [(ip, port), ...], port 53 when none is given; None (no text) means the default.
+    ValueError for a name or a bad port: the stub needs addresses."""
+    if not text:
+        return None
+    servers = []
+    for item in text.split(","):
+        item = item.strip()
+        host, port = split_host_port(item) or (item.strip("[]"), 53)
+        ipaddress.ip_address(host)
+        servers.append((host, port))
     return servers
 
 
