@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers.agentd_run import AGENTD, PYTHON, deny, needs_tracing, run_agentd, write_policy
+from helpers.processes import wait_for
 
 pytestmark = [needs_tracing, pytest.mark.needs_ptrace]
 
@@ -64,16 +65,6 @@ def test_sigwarn_allows_and_warns_on_the_agents_stderr(env):
     assert warned[0]["decision"] == "warn"
 
 
-def _wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
 def _held_run(runs: Path):
     for f in runs.glob("*.json") if runs.exists() else ():
         info = json.loads(f.read_text())
@@ -119,10 +110,10 @@ def test_sigstop_holds_until_the_operator_decides(env, decision):
         cwd=ws, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:
-        info = _wait_for(lambda: _held_run(runs))
+        info = wait_for(lambda: _held_run(runs))
         assert info["held"]["what"] == f"file_write {ws / 'review_me'}"
         # every agent process and thread is really stopped
-        states = _wait_for(lambda: (lambda s: s if set(s) == {"T"} else None)(
+        states = wait_for(lambda: (lambda s: s if set(s) == {"T"} else None)(
             _states(info["agent_pid"])))
         assert len(states) >= 3  # main thread, its thread, the forked child
         assert not (ws / "review_me").exists()

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from .processes import pid_alive, wait_for  # noqa: F401 - re-exported for the tests
+
 AGENTD = str(Path(sys.executable).with_name("agentd"))
 PYTHON = sys.executable
 
@@ -31,25 +33,6 @@ def cgroup2_mount() -> str | None:
         return find_unified_mount()
     except OSError:
         return None
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            state = handle.read().rsplit(b")", 1)[1].split()[0]
-        return state != b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 class DaemonUnderTest:

@@ -10,11 +10,13 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from helpers import processes
+from helpers.processes import pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
 AGENTD = shutil.which("agentd") or "/usr/local/bin/agentd"
@@ -53,13 +55,8 @@ def show(*props: str) -> dict[str, str]:
 
 
 def wait_for(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    """``processes.wait_for`` with the VM's longer default (TCG is slow)."""
+    return processes.wait_for(predicate, timeout, what, interval=0.2)
 
 
 def request(op: str, **fields) -> dict:
@@ -74,14 +71,6 @@ def as_agent(*argv: str) -> list[str]:
 def agent_run(command: str, policy: str = "vmtest", **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(as_agent("run", "--policy", policy, "--", "sh", "-c", command),
                           cwd=SHARED, capture_output=True, text=True, timeout=120, **kwargs)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != b"Z"
 
 
 @pytest.fixture(scope="module", autouse=True)
