@@ -55,6 +55,30 @@ def _attempts(layout, budget, name):
     return str(BARE_EXEC_ATTEMPTS if forks else BARE_ATTEMPTS)
 
 
+def _forbidden_program(lay) -> None:
+    """nox/forbidden (process_spawn denied) becomes a script that exits 42 and leaves
+    ws/exec_escaped: the trace a won exec race leaves."""
+    forbidden = lay.nox / "forbidden"
+    forbidden.unlink()
+    forbidden.write_text(f"#!/bin/sh\n: > {lay.ws}/exec_escaped\nexit 42\n")
+    forbidden.chmod(0o755)
+
+
+def _denied_listener():
+    """(setup, deed, cleanup) for a probe racing connect() towards a denied unix listener: a
+    won race is counted by the probe or seen by the listener."""
+    def setup(lay):
+        lay.extra["listener"] = Listener("unix_stream", "PATH", lay)
+
+    def saw(result):
+        return _count(result) or result.layout.extra["listener"].saw()
+
+    def cleanup(lay):
+        if "listener" in lay.extra:
+            lay.extra["listener"].close()
+    return setup, saw, cleanup
+
+
 @pytest.mark.parametrize("flipper", ["open-thread", "open-clonevm", "open-shared"])
 def test_read_race(arena, probe_bin, escape_attempts, flipper):
     judge(arena, Probe(
@@ -104,17 +128,12 @@ def test_directory_exchange_create_race(arena, probe_bin, escape_attempts):
 def test_directory_exchange_connect_race(arena, probe_bin, escape_attempts):
     """The swap with ws/alt -> sock/ (a denied listener's directory): the probe listens on
     ws/real/stream.sock itself and connects to that name; sock/stream.sock must never answer."""
+    listen, saw, cleanup = _denied_listener()
+
     def setup(lay):
         (lay.ws / "real").mkdir()
         (lay.ws / "alt").symlink_to(lay.sock)
-        lay.extra["listener"] = Listener("unix_stream", "PATH", lay)
-
-    def saw(result):
-        return _count(result) or result.layout.extra["listener"].saw()
-
-    def cleanup(lay):
-        if "listener" in lay.extra:
-            lay.extra["listener"].close()
+        listen(lay)
     judge(arena, Probe(
         "toctou-exchange-connect",
         lambda lay: [str(probe_bin / "toctou"), "exchange-connect", str(lay.ws / "real"),
@@ -129,10 +148,7 @@ def test_directory_exchange_exec_race(arena, probe_bin, escape_attempts):
     def setup(lay):
         (lay.ws / "real").mkdir()
         shutil.copy2("/bin/true", lay.ws / "real" / "forbidden")
-        forbidden = lay.nox / "forbidden"
-        forbidden.unlink()
-        forbidden.write_text(f"#!/bin/sh\n: > {lay.ws}/exec_escaped\nexit 42\n")
-        forbidden.chmod(0o755)
+        _forbidden_program(lay)
         (lay.ws / "alt").symlink_to(lay.nox)
     judge(arena, Probe(
         "toctou-exchange-exec",
@@ -165,10 +181,7 @@ def test_rename_race(arena, probe_bin, escape_attempts):
 def test_exec_race(arena, probe_bin, escape_attempts):
     """The forbidden program (in nox/, process_spawn denied) exits 42 and leaves a trace."""
     def setup(lay):
-        forbidden = lay.nox / "forbidden"
-        forbidden.unlink()
-        forbidden.write_text(f"#!/bin/sh\n: > {lay.ws}/exec_escaped\nexit 42\n")
-        forbidden.chmod(0o755)
+        _forbidden_program(lay)
         allowed = lay.ws / "allowed_prog"
         allowed.write_bytes(open("/bin/true", "rb").read())
         allowed.chmod(0o755)
@@ -181,15 +194,7 @@ def test_exec_race(arena, probe_bin, escape_attempts):
 
 def test_connect_race(arena, probe_bin, escape_attempts):
     """The sockaddr flips between the probe's own socket in the workspace and a denied one."""
-    def setup(lay):
-        lay.extra["listener"] = Listener("unix_stream", "PATH", lay)
-
-    def saw(result):
-        return _count(result) or result.layout.extra["listener"].saw()
-
-    def cleanup(lay):
-        if "listener" in lay.extra:
-            lay.extra["listener"].close()
+    setup, saw, cleanup = _denied_listener()
     judge(arena, Probe(
         "toctou-connect-thread",
         lambda lay: [str(probe_bin / "toctou"), "connect-thread", str(lay.ws / "ok.sock"),
