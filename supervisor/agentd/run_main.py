@@ -97,9 +97,7 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
     """Supervise ``command`` here (not through the daemon); exits with the agent's status."""
     import signal
 
-    from agent_os.errors import PolicyError
-
-    from .policy_cache import cache_dir, load_policy_cached
+    from .policy_cache import cache_dir
 
     from . import control, runner
     from .session import Session
@@ -108,17 +106,7 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
         runner.check_host()   # first: a nested run must fail before it touches anything
     except runner.HostError as exc:
         _fail(str(exc), 125)
-    workspace = os.path.realpath(workspace or os.getcwd())
-    # Targets are resolved, symlink-free paths: bind the variables to the same form.
-    variables = {"WORKSPACE": workspace, "HOME": os.path.realpath(os.path.expanduser("~")),
-                 "TMPDIR": os.path.realpath(os.environ.get("TMPDIR") or "/tmp")}
-    try:
-        policy = load_policy_cached(policy_name, variables)
-    except PolicyError as exc:
-        _fail(f"cannot load policy {policy_name!r}:\n{exc}")
-    except OSError as exc:
-        _fail(f"cannot load policy {policy_name!r}: {exc}")
-
+    policy, workspace = _load_policy(policy_name, workspace)
     landlock = _prepare_landlock(policy, mode)
     run_id = _new_run_id()
     agent_id = agent_id or f"{os.path.basename(command[0])}-{run_id}"
@@ -302,20 +290,30 @@ def explain_network(network: str) -> str:
             "connect() by address only.")
 
 
-def explain_sandbox(policy_name: str, workspace: str | None, mode: str) -> str:
-    """The text of ``agentd run --explain-sandbox``: which layer enforces which rule."""
+def _load_policy(policy_name: str, workspace: str | None):
+    """(policy, resolved workspace): the policy through the cache, with ``${WORKSPACE}``,
+    ``${HOME}`` and ``${TMPDIR}`` bound; exits 2 with the reason when it cannot be loaded."""
     from agent_os.errors import PolicyError
 
     from .policy_cache import load_policy_cached
-    from .sandbox_plan import plan_sandbox
 
     workspace = os.path.realpath(workspace or os.getcwd())
+    # Targets are resolved, symlink-free paths: bind the variables to the same form.
     variables = {"WORKSPACE": workspace, "HOME": os.path.realpath(os.path.expanduser("~")),
                  "TMPDIR": os.path.realpath(os.environ.get("TMPDIR") or "/tmp")}
     try:
-        policy = load_policy_cached(policy_name, variables)
-    except (PolicyError, OSError) as exc:
+        return load_policy_cached(policy_name, variables), workspace
+    except PolicyError as exc:
         _fail(f"cannot load policy {policy_name!r}:\n{exc}")
+    except OSError as exc:
+        _fail(f"cannot load policy {policy_name!r}: {exc}")
+
+
+def explain_sandbox(policy_name: str, workspace: str | None, mode: str) -> str:
+    """The text of ``agentd run --explain-sandbox``: which layer enforces which rule."""
+    from .sandbox_plan import plan_sandbox
+
+    policy, _ = _load_policy(policy_name, workspace)
     return plan_sandbox(policy, mode=mode).explain()
 
 
