@@ -167,6 +167,15 @@ def _flag_check(key_names: tuple[str, ...], label: str):
     return check
 
 
+def _check_created(value: bool, target: str, ctx: Mapping[str, Any], env: EvalEnv) -> Check:
+    # Only a literal true is evidence of creation: a missing or mistyped value reads as "not
+    # created by the agent", which is the restrictive reading in both uses (``true`` grants on
+    # evidence only; ``false`` puts a file nobody vouched for under the rate limit).
+    created = ctx.get("created_by_agent") is True
+    what = "created by the agent during this run" if created else "not known to be the agent's"
+    return Check(created is value, f"created_by_agent: {what}")
+
+
 def _check_methods(methods: list[str], target: str, ctx: Mapping[str, Any], env: EvalEnv) -> Check:
     method = ctx.get("method")
     if not isinstance(method, str):
@@ -285,6 +294,9 @@ CONDITIONS: dict[str, ConditionSpec] = {
                       _non_negative_int, _check_max_size),
         ConditionSpec("require_confirmation", "confirmed is true", ("confirmed",), False,
                       _boolean, _flag_check(("confirmed",), "require_confirmation")),
+        ConditionSpec("created_by_agent",
+                      "the target was (true) / was not known to be (false) created by the agent "
+                      "during this run", ("created_by_agent",), False, _boolean, _check_created),
         ConditionSpec("allowed_methods", "method is one of value", ("method",), False,
                       _methods, _check_methods),
         ConditionSpec("require_auth_header", "headers carry Authorization", ("headers", "auth_header"),

@@ -267,6 +267,9 @@ class EvaluationResult:
     signal: AgentSignal | None = None
     policy: str = ""
     message: str = ""
+    # A denial that confirmation alone would lift: an allow pattern whose only unmet condition
+    # is ``require_confirmation`` would have decided it (agentd asks the operator then).
+    confirmable: bool = False
 
     @property
     def decision(self) -> str:
@@ -592,6 +595,7 @@ class Policy:
         specific: list[Pattern] = []
         catch_alls: list[Pattern] = []
         notes: list[str] = []
+        confirmable: list[Pattern] = []
         for index in (matcher.matching(target) if found is None else found):
             pattern = group[index]
             if pattern.id in exempt:
@@ -601,8 +605,10 @@ class Policy:
                 if env is None:
                     env = EvalEnv(_dt.datetime.now(), time.monotonic(), self._condition_state,
                                   "", agent_id)
-                applies, why = self._conditions_apply(pattern, target, ctx, env)
+                applies, why, lacks_confirmation = self._conditions_apply(pattern, target, ctx, env)
                 notes.append(f"{pattern.id}: {why}")
+                if lacks_confirmation:
+                    confirmable.append(pattern)
                 if not applies:
                     continue
             (catch_alls if pattern.catch_all else specific).append(pattern)
@@ -611,11 +617,21 @@ class Policy:
             result = self._default_result(action_type)
             if notes:
                 result = _replace(result, reason=f"{result.reason} ({'; '.join(notes)})")
-            return result, False
-        winner = max(chosen, key=lambda p: (_ACTION_RANK[p.action], int(p.severity)))
-        # max() keeps the first of equals, so declaration order breaks ties
-        matched = tuple(p.id for p in chosen)
-        return self._pattern_result(winner, matched, agent_id, notes), True
+            matched_any = False
+        else:
+            winner = max(chosen, key=lambda p: (_ACTION_RANK[p.action], int(p.severity)))
+            # max() keeps the first of equals, so declaration order breaks ties
+            matched = tuple(p.id for p in chosen)
+            result = self._pattern_result(winner, matched, agent_id, notes)
+            matched_any = True
+        if confirmable and not result.allowed:
+            # Would confirmation lift the denial? The confirmable allows join the others (a
+            # specific one beats every catch-all), and no deny may be left among the chosen.
+            with_confirmation = specific + [p for p in confirmable if not p.catch_all] or \
+                catch_alls + [p for p in confirmable if p.catch_all]
+            if all(p.action != "deny" for p in with_confirmation):
+                result = _replace(result, confirmable=True)
+        return result, matched_any
 
     def _exempt_ids(self, agent_id: str) -> frozenset[str]:
         if not self.exceptions or not agent_id:
@@ -626,15 +642,30 @@ class Policy:
 
     @staticmethod
     def _conditions_apply(pattern: Pattern, target: str, ctx: Mapping[str, Any],
-                          env: EvalEnv) -> tuple[bool, str]:
+                          env: EvalEnv) -> tuple[bool, str, bool]:
+        """Whether the pattern applies, why, and whether confirmation alone is missing.
+
+        Conditions are checked in the order written and the first that does not hold ends the
+        check (so a rate condition written after ``created_by_agent: false`` counts only the
+        operations that reach it). An allow pattern whose only unmet condition is
+        ``require_confirmation`` checks the rest and reports itself as confirmable.
+        """
         env = EvalEnv(env.now, env.monotonic, env.state, pattern.id, env.agent_id)
-        checks = [CONDITIONS[name].check(value, target, ctx, env)
-                  for name, value in pattern.conditions.items()]
-        all_hold = all(c.holds for c in checks)
-        why = ", ".join(c.why for c in checks)
-        # allow grants inside the envelope; deny and warn fire outside it
-        applies = all_hold if pattern.action == "allow" else not all_hold
-        return applies, why
+        whys: list[str] = []
+        lacks_confirmation = False
+        for name, value in pattern.conditions.items():
+            check = CONDITIONS[name].check(value, target, ctx, env)
+            whys.append(check.why)
+            if check.holds:
+                continue
+            if pattern.action == "allow" and name == "require_confirmation":
+                lacks_confirmation = True
+                continue
+            # allow grants inside the envelope; deny and warn fire outside it
+            return pattern.action != "allow", ", ".join(whys), False
+        if lacks_confirmation:
+            return False, ", ".join(whys), True
+        return pattern.action == "allow", ", ".join(whys), False
 
     def _default_result(self, action_type: str) -> EvaluationResult:
         reason = f"no pattern for {action_type} matched; default action {self.default_action}"
