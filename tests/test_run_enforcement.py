@@ -156,3 +156,35 @@ os._exit(0)
     result = run_agentd(policy, [PYTHON, "-c", code], cwd=ws)
     assert result.returncode == 137
     assert not (ws / "forbidden").exists()
+
+
+def test_sigstop_on_a_path_the_kernel_still_walks_survives_the_allow(tmp_path):
+    """unlink keeps its pinned path in a window (scratch.py) until its exit stop; the syscall
+    re-issued after the operator's allow must be traced to that exit too (it once was taken for
+    a signal, and the agent died of SIGTRAP)."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "doomed").write_text("x")
+    policy = write_policy(tmp_path, [deny("hold_unlink", "file_delete", r".*/doomed$",
+                                          mode="sigstop")])
+    runs = tmp_path / "runs"
+    env = dict(os.environ, AGENTD_RUNS_DIR=str(runs))
+    proc = subprocess.Popen(
+        [AGENTD, "run", "--policy", str(policy), "--network", "off", "--audit-log",
+         str(tmp_path / "a.jsonl"), "--", PYTHON, "-c",
+         "import os; os.unlink('doomed'); print('UNLINKED', flush=True)"],
+        cwd=ws, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        info = wait_for(lambda: _held_run(runs))
+        assert (ws / "doomed").exists()
+        subprocess.run([AGENTD, "resume", info["run_id"], "--allow"], env=env, check=True,
+                       capture_output=True)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert out.strip() == "UNLINKED"
+    assert not (ws / "doomed").exists()

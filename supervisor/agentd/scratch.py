@@ -219,7 +219,7 @@ class Scratch:
                 blob.open_window()
             for index in (spec.path, spec.path2):
                 if index is not None and args[index] != 0:
-                    args[index] = _or_poison(lambda a=args[index]: blob.add(_cstring(memory, a)))
+                    args[index] = _or_poison(lambda a=args[index]: blob.add(_path_copy(memory, a)))
             if spec.argv is not None and args[spec.argv] != 0:
                 args[spec.argv] = _or_poison(lambda: _pin_argv(memory, args[spec.argv], blob))
         elif decoder in ("sockaddr", "bind"):
@@ -248,7 +248,9 @@ class Scratch:
                     lambda: _pin_msghdr(memory, args[spec.msg], blob, MMSGHDR_SIZE))
                 args[spec.vlen] = 1
         if args == before:
-            return False, False
+            # Nothing new to copy; the registers may still point at copies in the slot (a
+            # syscall re-issued after a hold): then the window is open all the same.
+            return False, in_window(regs)
         if blob.size:
             try:
                 memory.write_bytes(blob.base, blob.data())
@@ -276,12 +278,14 @@ class Scratch:
                     args[spec.how] = POISON
                     return
         try:
-            raw = _cstring(memory, args[spec.path])
+            raw = _path_copy(memory, args[spec.path])
         except (MemoryReadError, ScratchError):
             args[spec.path] = POISON
             return
         path = raw[:-1]
         rewritten = None
+        if not raw.endswith(b"\0"):
+            flags_index = None   # too long: the kernel refuses it (ENAMETOOLONG) as it is
         # The file system race (a symlink swapped in after the check): name the resolved path
         # and forbid following a symlink at its end. Only for plain open/openat/creat, where
         # O_NOFOLLOW can be added to a register (creat and openat2 keep the copied bytes);
@@ -372,6 +376,16 @@ def _resolved_for_open(tid, tgid, spec, args, path: bytes, flags: int) -> str | 
 def _s32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _path_copy(memory: TraceeMemory, address: int) -> bytes:
+    """The path at ``address`` with its NUL. A path too long for the kernel is copied as its
+    first PATH_MAX bytes, without a NUL: the kernel refuses that copy (ENAMETOOLONG) as it
+    would have refused the original, and so do the decoder and the errno probe."""
+    data, truncated = memory.read_cstring(address, MAX_PATH_BYTES)
+    if truncated:
+        return data[:MAX_PATH_BYTES]
+    return data + b"\0"
 
 
 def _cstring(memory: TraceeMemory, address: int, limit: int = MAX_PATH_BYTES) -> bytes:
