@@ -1,9 +1,11 @@
 """Carry out a verdict on a syscall stopped at its seccomp stop.
 
 Owns the *enforce* step of stop -> decode -> decide -> enforce, and nothing else: how a syscall
-is refused (orig_rax = -1 makes the kernel skip it, rax = -EACCES is what the agent sees), how it
-is held for later (skipped, with rip moved back over the 2-byte ``syscall`` instruction and rax
-set to its number, so that the thread issues it again when it runs next), how the agent tree is
+is refused (orig_rax = -1 makes the kernel skip it, rax = -EACCES is what the agent sees), or
+refused with the kernel's own errno where the kernel would fail it anyway (``refuse_probing``: a
+harmless probe runs in its place, ``errno_probe``), how it is held for later (skipped, with rip
+moved back over the 2-byte ``syscall`` instruction and rax set to its number, so that the thread
+issues it again when it runs next), how the agent tree is
 killed (a real SIGKILL to every process), and the warning line on the agent's stderr (fd 2 of the
 supervisor, which the agent shares). Audit records are written by the caller (``session``).
 An allowed open that the tracer pinned and rewrote runs as openat2 with RESOLVE_NO_SYMLINKS
@@ -15,11 +17,13 @@ from __future__ import annotations
 import errno
 import os
 import signal
+from dataclasses import dataclass
 
 from . import ptrace_api as P
+from .errno_probe import Probe
 from .scratch import in_window, openat2_form, sendmsg_form
 
-__all__ = ["allow", "refuse", "rewind", "kill_all", "warn_line", "notice_line", "SYSCALL_INSN"]
+__all__ = ["allow", "refuse", "refuse_probing", "Probing", "rewind", "kill_all", "warn_line", "notice_line", "SYSCALL_INSN"]
 
 SYSCALL_INSN = b"\x0f\x05"
 _U64 = (1 << 64) - 1
@@ -48,6 +52,31 @@ def refuse(tid: int, regs: P.Registers, error: int = errno.EACCES) -> None:
     regs.rax = (-error) & _U64
     P.setregs(tid, regs)
     _go(tid, regs)
+
+
+@dataclass
+class Probing:
+    """A refused syscall whose errno the kernel tells (``errno_probe``): the probe runs in its
+    place and, at its exit stop, ``finish`` turns the probe's result into the agent's answer
+    and gives the agent back its argument registers (a syscall preserves them)."""
+
+    probe: Probe
+    saved: tuple[int, ...]
+
+    def finish(self, regs: P.Registers) -> None:
+        regs.rax = (-self.probe.answer(regs.rax)) & _U64
+        regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = self.saved
+
+
+def refuse_probing(tid: int, regs: P.Registers, probe: Probe) -> Probing:
+    """Refuse the syscall with the errno the kernel would give it (``errno_probe``): run the
+    harmless probe instead and stop at its exit, where the caller calls ``Probing.finish``."""
+    saved = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)
+    regs.orig_rax = probe.nr
+    regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = probe.args
+    P.setregs(tid, regs)
+    P.syscall(tid)
+    return Probing(probe, saved)
 
 
 def rewind(tid: int, regs: P.Registers, nr: int) -> None:

@@ -55,6 +55,7 @@ class Task:
     install: S.Install | None = None   # the scratch region is being installed (after exec)
     mutator: bool = False          # waiting (Tracer.waiting) with one of scratch.MUTATORS
     sendmmsg_array: int = 0        # a pinned sendmmsg: the agent's array, for its exit stop
+    probing: object | None = None  # enforce.Probing: a refusal whose errno its exit stop sets
     _exe: str | None = None
     _ppid: int | None = None
     _memory: TraceeMemory | None = None
@@ -212,6 +213,11 @@ class Tracer:
                     if S.sendmmsg_result(regs, task.memory, task.sendmmsg_array):
                         P.setregs(tid, regs)
                     task.sendmmsg_array = 0
+                if task.probing is not None:
+                    regs = P.getregs(tid)
+                    task.probing.finish(regs)
+                    task.probing = None
+                    P.setregs(tid, regs)
                 self._close_window(task.tid)
                 self._resume(tid)
             elif event == K.PTRACE_EVENT_SECCOMP:
@@ -294,7 +300,7 @@ class Tracer:
     def _is_syscall_exit(self, task: Task) -> bool:
         """A SIGTRAP stop of a task in a window: its syscall-exit-stop (si_code SIGTRAP or
         SIGTRAP|0x80), or a real SIGTRAP (si_code SI_KERNEL, SI_USER, ...)?"""
-        if task.tid not in self.windows:
+        if task.tid not in self.windows and task.probing is None:
             return False
         try:
             info = _ptrace_binding.ptrace_getsiginfo(task.tid)
@@ -380,6 +386,7 @@ class Tracer:
             P.setregs(task.tid, regs)
 
     def _seccomp_stop(self, task: Task, wait: bool = True) -> None:
+        task.probing = None   # a new syscall: any earlier probe's exit has been reported
         try:
             if self.pin:
                 # its previous syscall is over, whether or not we saw the exit
