@@ -3,8 +3,10 @@
 Owns one child step. The network plane needs CAP_SYS_ADMIN (setns into the agent's namespace)
 and CAP_NET_ADMIN (the veth, the nftables table) in the supervisor, and the agent's child holds
 them until it execs. A root agent would keep them across exec (root's permitted set after exec
-is its bounding set), and with CAP_NET_ADMIN it could flush the nftables table of its own
-namespace. ``BoundingDrop`` removes them from the child's bounding set (``PR_CAPBSET_DROP``,
+is its bounding set): with CAP_NET_ADMIN it could flush the nftables table of its own
+namespace, or, without the plane, change the host's addresses and routes over netlink (which
+agentd does not judge as a network connection). Every root agent therefore loses them, plane or
+not. ``BoundingDrop`` removes them from the child's bounding set (``PR_CAPBSET_DROP``,
 which needs CAP_SETPCAP, dropped last), so no exec can give them back. An agent of another user
 loses every capability anyway when its child switches uid; the drop costs three prctl calls.
 A failure is an ``OSError``: the child reports it and exits (fail closed).

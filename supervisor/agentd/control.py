@@ -309,10 +309,15 @@ class Holder:
         self._park(tracer, task)
         self.registration.update(state="held", held={
             "pid": task.tgid, "what": what, "reason": verdict.reason,
-            "pattern_ids": list(deciding.pattern_ids) if deciding else [], "since": time.time()})
+            "pattern_ids": list(deciding.pattern_ids) if deciding else [], "since": time.time(),
+            "batch": bool(getattr(verdict, "confirmation", False))})
+        if getattr(verdict, "confirmation", False):
+            choices = ("agentd: [a]llow this batch, [d]eny it, [k]ill the agent? (the answer "
+                       "holds until a minute passes without such an action) ")
+        else:
+            choices = "agentd: [a]llow once, [d]eny, [k]ill the agent? "
         prompt = (f"\nagentd: run {self.registration.run_id} HELD: pid {task.tgid} wants {what}\n"
-                  f"agentd: {verdict.reason}\n"
-                  f"agentd: [a]llow once, [d]eny, [k]ill the agent? ")
+                  f"agentd: {verdict.reason}\n{choices}")
         decision, who = self.registration.wait_for_decision(prompt)
         self.registration.close_socket()
         from .decide import Evaluation

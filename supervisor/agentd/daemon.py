@@ -1031,6 +1031,9 @@ def _supervise_run(plan: SupervisorPlan, recorder: PipeRecorder, control_fd: int
         status, killed = _trace(plan, policy, session, recorder, registration)
     finally:
         registration.remove()
+        from .enforce import notice_line
+        for line in session.warning_summary():
+            notice_line(f"warnings repeated: {line}")
     if killed:
         return 128 + signal.SIGKILL
     return runner.exit_code(status)
@@ -1075,10 +1078,13 @@ def _trace(plan, policy, session, recorder, registration) -> tuple[int, bool]:
             raise runner.HostError(f"cannot build the network plane: {exc}") from None
         env.update(plane.environment())
         session.network = plane.view()
-        from .capabilities import BoundingDrop
         # setns needs the privileges the last step drops; then no agent, root or not, keeps
         # what the plane needed (CAP_NET_ADMIN could flush the namespace's nftables table).
-        steps[:0] = [plane.enter, BoundingDrop()]
+        steps[:0] = [plane.enter]
+    from .capabilities import BoundingDrop
+    # Without the plane a root agent shares the host's network namespace: without
+    # CAP_NET_ADMIN its netlink messages can read the network state, never change it.
+    steps.insert(1 if plane is not None else 0, BoundingDrop())
 
     def started(pid: int, tracer) -> None:
         recorder.send({"t": "started", "agent_pid": pid})

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 from .decode import Action, DecodedSyscall, SignalTarget
@@ -43,19 +43,25 @@ class Evaluation:
     signal: Any = None
     violation_mode: Any = None
     message: str = ""
+    confirmable: bool = False     # refused only for want of confirmation (require_confirmation)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What to do with the stopped syscall, and every evaluation that led there."""
+    """What to do with the stopped syscall, and every evaluation that led there.
+    ``confirmation``: a ``stop`` that asks the operator to confirm what the policy allows with
+    confirmation (every refusal among the evaluations is confirmable)."""
 
     outcome: str
     reason: str
     evaluations: tuple[Evaluation, ...] = field(default_factory=tuple)
+    confirmation: bool = False
 
     @property
     def deciding(self) -> Evaluation | None:
         for evaluation in self.evaluations:
+            if self.confirmation and evaluation.confirmable:
+                return evaluation
             if evaluation.outcome == self.outcome and self.outcome != "allow":
                 return evaluation
         return None
@@ -83,7 +89,10 @@ def _pattern_ids(result) -> tuple[str, ...]:
 
 
 def evaluate_action(policy, action: Action, context: dict) -> Evaluation:
-    """The policy's answer on one action, as an ``Evaluation``; an exception denies."""
+    """The policy's answer on one action, as an ``Evaluation``; an exception denies. The
+    action's facts (``created_by_agent``, ...) join the context."""
+    if action.facts:
+        context = {**context, **dict(action.facts)}
     try:
         result = policy.evaluate(action.action_type, action.target, context)
         outcome = _outcome(result)
@@ -92,7 +101,9 @@ def evaluate_action(policy, action: Action, context: dict) -> Evaluation:
                           f"error while evaluating: {exc!r}")
     return Evaluation(action.action_type, action.target, result.action, outcome, result.reason,
                       _pattern_ids(result), result.severity, result.signal,
-                      result.violation_mode, getattr(result, "message", "") or "")
+                      result.violation_mode, getattr(result, "message", "") or "",
+                      bool(getattr(result, "confirmable", False)) and outcome != "allow"
+                      and outcome != "warn")
 
 
 def _containment_of_signal(target: SignalTarget, tree: AgentTree) -> Evaluation:
@@ -185,6 +196,9 @@ class NetworkView:
 
     names_for: Callable[[str], tuple[str, ...]]
     endpoints: frozenset[str] = frozenset()
+    # The agent has a network namespace of its own: its loopback holds only the agent's own
+    # servers (and the plane's), nothing of the host.
+    own_loopback: bool = False
 
 
 def split_host_port(target: str) -> tuple[str, int] | None:
@@ -202,11 +216,20 @@ def split_host_port(target: str) -> tuple[str, int] | None:
     return parsed
 
 
-def connect_evaluations(policy, action: Action, context: dict,
-                         network: NetworkView | None) -> list[Evaluation]:
+def _own(action: Action, reason: str) -> Evaluation:
+    return Evaluation(action.action_type, action.target, "allow", "allow", reason,
+                      ("agentd:own_network",))
+
+
+def connect_evaluations(policy, action: Action, context: dict, network: NetworkView | None,
+                        tree: AgentTree | None = None) -> list[Evaluation]:
     """A connect to an address is judged as that address and, when the run's DNS stub resolved
     names to it, as each ``name:port`` too, with ``dest_ip`` in the context (the address-set
-    conditions read it); the most restrictive answer wins."""
+    conditions read it); the most restrictive answer wins.
+
+    The agent's own network is not an internal network (``agentd:own_network``): under a network
+    plane its loopback is its own namespace's; without one, a loopback port on which only the
+    agent's own tree listens (``own_listeners``) is let through when the policy refused it."""
     parsed = split_host_port(action.target)
     if parsed is None:
         return [evaluate_action(policy, action, context)]
@@ -215,32 +238,72 @@ def connect_evaluations(policy, action: Action, context: dict,
         return [Evaluation(action.action_type, action.target, "allow", "allow",
                            "the run's own network plane (DNS stub or proxy)",
                            ("agentd:network_plane",))]
+    loopback = _is_loopback(ip)
+    if loopback and network is not None and network.own_loopback:
+        return [_own(action, "the agent's own loopback: its network namespace holds nothing "
+                             "of the host")]
     context = {**context, "dest_ip": ip}
     evaluations = [evaluate_action(policy, action, context)]
     if network is not None:
         for name in network.names_for(ip):
             evaluations.append(evaluate_action(policy, Action(action.action_type, f"{name}:{port}"),
                                          context))
+    if loopback and tree is not None and any(e.outcome == "block" for e in evaluations) \
+            and all(e.outcome in ("allow", "warn", "block") for e in evaluations):
+        from .own_listeners import owned_listener
+
+        members = tuple(tree.members())
+        pid = context.get("pid")
+        if isinstance(pid, int) and owned_listener(members, ip, port, pid):
+            return [_own(action, f"a port only the agent's own processes listen on ({port})")]
     return evaluations
 
 
+def _is_loopback(ip: str) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
 def decide(decoded: DecodedSyscall, policy, context: dict, tree: AgentTree,
-           network: NetworkView | None = None) -> Verdict:
-    """The verdict on ``decoded``: the most restrictive outcome over all its evaluations."""
+           network: NetworkView | None = None,
+           confirmed: frozenset[str] = frozenset(),
+           declined: frozenset[str] = frozenset()) -> Verdict:
+    """The verdict on ``decoded``: the most restrictive outcome over all its evaluations.
+
+    A refusal that confirmation alone would lift becomes a ``stop`` asking the operator for it
+    (``Verdict.confirmation``), unless something else is refused too. ``confirmed`` and
+    ``declined`` are the action types of batches the operator answered: a confirmed one's
+    evaluations carry ``confirmed=true``; a declined one's are refused without asking again.
+    """
     evaluations: list[Evaluation] = []
     for target in decoded.signal_targets:
         evaluations.append(_containment_of_signal(target, tree))
     for action in decoded.actions:
         contained = _containment_of_path(action, tree)
+        asked = {**context, "confirmed": True} if action.action_type in confirmed else context
         if contained is not None:
             evaluations.append(contained)
         elif action.action_type == "network_connect":
-            evaluations.extend(connect_evaluations(policy, action, context, network))
+            evaluations.extend(connect_evaluations(policy, action, asked, network, tree))
         else:
-            evaluations.append(evaluate_action(policy, action, context))
+            evaluations.append(evaluate_action(policy, action, asked))
     if not evaluations:
         return Verdict("allow", "nothing to decide", ())
     worst = max(evaluations, key=lambda e: OUTCOME_RANK[e.outcome])
+    refusals = [e for e in evaluations if OUTCOME_RANK[e.outcome] >= OUTCOME_RANK["block"]]
+    if refusals and all(e.confirmable for e in refusals):
+        if all(e.action_type in declined for e in refusals):
+            # recorded as such: the audit record alone says why nobody was asked
+            marked = tuple(replace(e, reason=f"the operator declined this batch: {e.reason}")
+                           if e.confirmable else e for e in evaluations)
+            return Verdict("block", f"the operator declined this batch: {worst.reason}", marked)
+        return Verdict("stop", f"confirmation required: {worst.reason}", tuple(evaluations),
+                       confirmation=True)
     return Verdict(worst.outcome, worst.reason, tuple(evaluations))
 
 

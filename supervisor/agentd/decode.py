@@ -15,10 +15,11 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from . import exec_identity as _exec_identity
 from . import paths as _paths
+from . import statx as _statx
 from . import tracee_memory as _mem
 from . import syscall_table as T
 
@@ -42,10 +43,12 @@ _FAMILY_NAMES = {16: "netlink", 17: "packet", 4: "ipx", 5: "appletalk", 9: "x25"
 
 @dataclass(frozen=True)
 class Action:
-    """One thing a syscall would do, in the policy's terms."""
+    """One thing a syscall would do, in the policy's terms, with what the decoder learnt about
+    its target (``facts``: extra context for the policy, e.g. ``created_by_agent``)."""
 
     action_type: str
     target: str
+    facts: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,9 @@ class Tracee:
     tgid: int | None
     memory: _mem.TraceeMemory
     exec_identifier: "_exec_identity.ExecIdentifier | None" = None  # per run: its caches
+    # When the run began (statx.coarse_now_ns): files born since are the agent's own. None: no
+    # run (one-off decoding), nothing counts as the agent's.
+    run_started_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -182,24 +188,52 @@ def _decode_open(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     return (action,) + _shm_action(path), ()
 
 
+def _created_by_agent(t: Tracee, path: str, follow: bool = False) -> tuple[tuple[str, Any], ...]:
+    """The fact ``created_by_agent``: was ``path`` born during this run? Every file the agent's
+    tree makes is made after the run began, and a file's birth time cannot be set from user
+    space, so a birth time at or after the start is the agent's doing (docs/policies.md, batch
+    deletes). Unknown (no run, no birth time, cannot inspect) reads as not the agent's."""
+    if t.run_started_ns is None:
+        return ()
+    try:
+        born = _statx.birth_time_ns(path, follow=follow)
+    except OSError:
+        return ()
+    return (("created_by_agent", born is not None and born >= t.run_started_ns),)
+
+
 def _decode_path(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     flags = _flags(spec, args)
     path = _named_path(t, spec, args, spec.path, spec.dirfd, _follow(spec, flags), flags)
-    return (Action(spec.action_type, path),), ()
+    facts = _created_by_agent(t, path) if spec.action_type == "file_delete" else ()
+    return (Action(spec.action_type, path, facts),), ()
 
 
 def _decode_chmod(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     flags = _flags(spec, args)
-    path = _named_path(t, spec, args, spec.path, spec.dirfd, _follow(spec, flags), flags)
+    follow = _follow(spec, flags)
+    path = _named_path(t, spec, args, spec.path, spec.dirfd, follow, flags)
     mode = args[spec.mode] & 0o7777
-    return (Action("file_chmod", f"{path}:{mode:04o}"),), ()
+    if spec.fd is not None:
+        # the descriptor's own inode, whatever its name has become since
+        facts = _created_by_agent(t, f"/proc/{t.tid}/fd/{_s32(args[spec.fd])}", follow=True)
+    else:
+        facts = _created_by_agent(t, path, follow=follow)
+    return (Action("file_chmod", f"{path}:{mode:04o}", facts),), ()
+
+
+RENAME_EXCHANGE = 0x2   # renameat2: swap the two names
 
 
 def _decode_move(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     src = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[spec.path]), False)
     dst = _resolve(t, _dirfd(args, spec.dirfd2), _read_path(t, args[spec.path2]), False)
-    return (Action("file_move", f"{src} -> {dst}"), Action("file_delete", src),
-            Action("file_write", dst)), ()
+    # A move is a file_move and a write of the new name (which a file there is replaced by); the
+    # old name is not a delete: rename(tmp, file) is how programs replace a file atomically.
+    actions = [Action("file_move", f"{src} -> {dst}"), Action("file_write", dst)]
+    if _flags(spec, args) & RENAME_EXCHANGE:
+        actions += [Action("file_move", f"{dst} -> {src}"), Action("file_write", src)]
+    return tuple(actions), ()
 
 
 def _decode_link(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
@@ -298,7 +332,10 @@ _UNSPECIFIED_AS_LOOPBACK = (("0.0.0.0:", "127.0.0.1:"), ("[::]:", "[::1]:"))
 
 
 def _connect_actions(target: str | None) -> tuple[Action, ...]:
-    if not target:
+    if not target or target.startswith("netlink:"):
+        # A netlink message goes to the kernel (getifaddrs, route and address dumps), not over
+        # a network; changing the kernel's network state needs CAP_NET_ADMIN, which no agent
+        # keeps (capabilities.py).
         return ()
     actions = [Action("network_connect", target)]
     for unspecified, loopback in _UNSPECIFIED_AS_LOOPBACK:

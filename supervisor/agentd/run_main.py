@@ -154,6 +154,9 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
         # First the namespace (setns, or the user namespace's unshare), while the child still
         # holds what that needs; then no exec may bring CAP_NET_ADMIN/CAP_SYS_ADMIN back.
         child_steps.append(plane.enter)
+    if plane is not None or os.geteuid() == 0:
+        # A root agent without the plane shares the host's network namespace: without
+        # CAP_NET_ADMIN its netlink messages can read the network state, never change it.
         from .capabilities import BoundingDrop
         child_steps.append(BoundingDrop())
     if landlock is not None:
@@ -196,6 +199,8 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
             recorder.close()
         except Exception:  # noqa: BLE001 - never mask the agent's status
             pass
+        for line in session.warning_summary():
+            _say(f"agentd: warnings repeated: {line}")
         if status is not None and mode == "audit":
             _audit_summary(session)
     if session.killed:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,6 +21,8 @@ from . import decide as D
 from . import enforce as E
 from . import ptrace_api as P
 from .decode import DecodeError, Tracee, decode_syscall, syscall_args
+from .errno_probe import probe_for
+from .statx import coarse_now_ns
 from .syscall_numbers import SYSCALL_NAMES
 from .syscall_table import TABLE
 from .tracer import Task, Tracer
@@ -27,6 +30,8 @@ from .tracer import Task, Tracer
 __all__ = ["Session", "WouldDeny"]
 
 log = logging.getLogger("agentd.session")
+
+BATCH_QUIET = 60.0   # seconds without one of its actions that end a batch the operator answered
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,15 @@ class Session:
     killed: bool = False
     exec_identifier: Any = None                # exec_identity.ExecIdentifier (made for the policy)
     network: D.NetworkView | None = None       # the run's network plane (names, endpoints)
+    # Files born at or after this instant are the agent's own (decode: created_by_agent).
+    started_ns: int = field(default_factory=coarse_now_ns)
+    # action type -> (the operator's answer to a batch of these, "allow" or "deny"; monotonic
+    # deadline): the answer holds while the batch goes on (each action of the type extends it
+    # by BATCH_QUIET seconds), so a recursive delete asks once.
+    batches: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # (action type, pattern id) -> [count, first target]: a kind of warning is printed once,
+    # the rest are counted and summed up at the end (``warning_summary``)
+    warnings: dict[tuple[str, str], list] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.exec_identifier is None:
@@ -83,9 +97,11 @@ class Session:
             # tracer (a nested RET_TRACE outranks our ALLOW). Nothing of ours to decide.
             E.allow(task.tid)
             return
+        decoded = None
         try:
             decoded = decode_syscall(Tracee(task.tid, task.tgid, task.memory,
-                                            self.exec_identifier), name, nr, args)
+                                            self.exec_identifier, self.started_ns),
+                                     name, nr, args)
         except DecodeError as exc:
             verdict = D.fail_closed(name, f"cannot decode {name}: {exc}")
         except Exception as exc:  # INVARIANT: an error while decoding denies (fail closed)
@@ -95,7 +111,7 @@ class Session:
             try:
                 verdict = D.decide(decoded, self.policy, self._context(task, name),
                                    D.AgentTree(tracer.contains, tracer.thread_groups),
-                                   self.network)
+                                   self.network, *self._batch_answers(decoded))
                 verdict = self._protect(verdict)
             except Exception as exc:  # INVARIANT: fail closed
                 log.exception("pid %d: error deciding %s", task.tid, name)
@@ -103,7 +119,7 @@ class Session:
         if verdict.outcome in ("allow", "warn"):
             # Let the agent go first and write the record while it runs (the two cores work
             # in parallel); the record is still written before we wait for the next stop.
-            self._enforce(tracer, task, regs, name, nr, verdict)
+            self._enforce(tracer, task, regs, name, nr, verdict, decoded)
             if not self._record(task, name, verdict):
                 # INVARIANT: nothing runs unrecorded; we cannot take this one back, so stop all.
                 E.notice_line("killing the agent: the audit log cannot be written")
@@ -112,7 +128,25 @@ class Session:
             return
         if not self._record(task, name, verdict):
             verdict = D.fail_closed(name, "the audit record could not be written")
-        self._enforce(tracer, task, regs, name, nr, verdict)
+        self._enforce(tracer, task, regs, name, nr, verdict, decoded)
+
+    def _batch_answers(self, decoded) -> tuple[frozenset[str], frozenset[str]]:
+        """(confirmed, declined): the action types of answered batches still going on; an
+        action of one extends its batch."""
+        if not self.batches:
+            return frozenset(), frozenset()
+        now = time.monotonic()
+        answered: dict[str, set[str]] = {"allow": set(), "deny": set()}
+        for action in decoded.actions:
+            batch = self.batches.get(action.action_type)
+            if batch is None:
+                continue
+            if batch[1] < now:
+                del self.batches[action.action_type]
+                continue
+            self.batches[action.action_type] = (batch[0], now + BATCH_QUIET)
+            answered[batch[0]].add(action.action_type)
+        return frozenset(answered["allow"]), frozenset(answered["deny"])
 
     def _context(self, task: Task, name: str) -> dict:
         return {"agent_id": self.agent_id, "pid": task.tgid, "syscall": name}
@@ -134,7 +168,7 @@ class Session:
         return D.Verdict(worst.outcome, worst.reason, tuple(changed))
 
     def _enforce(self, tracer: Tracer, task: Task, regs, name: str, nr: int,
-                 verdict: D.Verdict) -> None:
+                 verdict: D.Verdict, decoded=None) -> None:
         outcome = verdict.outcome
         self.stats[outcome] = self.stats.get(outcome, 0) + 1
         if self.audit_only and outcome in ("block", "kill", "stop"):
@@ -147,12 +181,10 @@ class Session:
         if outcome == "allow":
             E.allow(task.tid)
         elif outcome == "warn":
-            deciding = verdict.deciding
-            what = f"{deciding.action_type} {deciding.target}" if deciding else name
-            E.warn_line(f"{what}: {verdict.reason} (pid {task.tgid}, {name})")
+            self._warn(task, name, verdict)
             E.allow(task.tid)
         elif outcome == "block":
-            E.refuse(task.tid, regs, errno.EACCES)
+            self._refuse(task, regs, name, decoded)
         elif outcome == "kill":
             self.killed = True
             deciding = verdict.deciding
@@ -167,10 +199,57 @@ class Session:
         elif outcome == "stop":
             if self.hold is None:
                 E.refuse(task.tid, regs, errno.EACCES)
-            else:
-                self.hold(self, tracer, task, verdict)
+                return
+            self.hold(self, tracer, task, verdict)
+            if verdict.confirmation and task.approval is not None \
+                    and task.approval[2] in ("allow", "deny"):
+                # The operator answered for the batch. Confirmed: the re-issued syscall and the
+                # rest of the batch are decided again with confirmed=true (other refusals still
+                # hold). Declined: refused, and the rest of the batch without asking again.
+                answer = task.approval[2]
+                if answer == "allow":
+                    task.approval = None
+                deadline = time.monotonic() + BATCH_QUIET
+                for evaluation in verdict.evaluations:
+                    if evaluation.confirmable:
+                        self.batches[evaluation.action_type] = (answer, deadline)
         else:  # pragma: no cover - OUTCOME_RANK has no other names
             E.refuse(task.tid, regs, errno.EACCES)
+
+    def _warn(self, task: Task, name: str, verdict: D.Verdict) -> None:
+        """A warning on the agent's stderr, once per kind (action type, pattern); the repeats
+        are counted for ``warning_summary``: hundreds of identical lines would bury the rest."""
+        deciding = verdict.deciding
+        action_type = deciding.action_type if deciding else name
+        pattern = deciding.pattern_ids[0] if deciding and deciding.pattern_ids else ""
+        seen = self.warnings.get((action_type, pattern))
+        if seen is not None:
+            seen[0] += 1
+            return
+        target = deciding.target if deciding else ""
+        self.warnings[(action_type, pattern)] = [1, verdict.reason]
+        E.warn_line(f"{action_type} {target}: {verdict.reason} (pid {task.tgid}, {name}; "
+                    f"more like it are counted)")
+
+    def warning_summary(self) -> list[str]:
+        """One line per kind of warning that came more than once: the count and the reason."""
+        return [f"{count} x {action_type} [{pattern or '-'}]: {reason}"
+                for (action_type, pattern), (count, reason) in sorted(
+                    self.warnings.items(), key=lambda item: -item[1][0]) if count > 1]
+
+    def _refuse(self, task: Task, regs, name: str, decoded) -> None:
+        """Refuse the syscall; where the kernel would have failed it anyway, with the kernel's
+        own errno (a probe runs in its place: errno_probe.py), else with EACCES."""
+        targets = tuple(a.target for a in decoded.actions) if decoded is not None else ()
+        try:
+            probe = probe_for(name, syscall_args(regs), targets, task.memory.read_bytes)
+        except Exception:  # noqa: BLE001 - the errno is a courtesy; the refusal is not
+            log.exception("pid %d: cannot build the errno probe for %s", task.tid, name)
+            probe = None
+        if probe is None:
+            E.refuse(task.tid, regs, errno.EACCES)
+        else:
+            task.probing = E.refuse_probing(task.tid, regs, probe)
 
     def _finish_operator(self, tracer: Tracer, task: Task, regs, name: str, outcome: str) -> None:
         """The re-issued syscall after an operator's decision on a held one."""

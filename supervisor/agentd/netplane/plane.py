@@ -112,7 +112,7 @@ class PolicyPlane:
         return {name: url for name in PROXY_VARIABLES}
 
     def view(self) -> D.NetworkView:
-        return D.NetworkView(self.book.names_for, self.endpoints)
+        return D.NetworkView(self.book.names_for, self.endpoints, own_loopback=True)
 
     def _lookup_address(self) -> tuple[str, int]:
         raise NotImplementedError
