@@ -6,11 +6,13 @@ Run it under agentd (the README's command)::
     agentd run --policy strict -- python3 examples/agent.py            # every attempt, in order
     agentd run --policy strict -- python3 examples/agent.py read_shadow # one attempt
 
-Each attempt prints ``-> name: what it tries`` first and ``   result`` after. Under strict, a
-CRITICAL violation (reading /etc/shadow or an SSH key, writing /etc, rm -rf, sudo) kills the whole
-agent: the run ends there with status 137 and agentd says why on stderr, so the attempts are
-ordered from the ones strict merely refuses (EACCES, the agent goes on) to the ones it kills
-for; name one to see it alone.
+Each attempt prints ``-> name: what it tries`` first and ``   result`` after. The first two are
+ordinary work that strict lets through (reading the workspace; connecting to a server the agent
+started itself on loopback). Under strict, a CRITICAL violation (an attack: reading /etc/shadow
+or an SSH key, writing /etc, sudo) kills the whole agent: the run ends there with status 137 and
+agentd says why on stderr, so the attempts are ordered from the ones strict allows, to the ones
+it merely refuses (EACCES, the agent goes on: writing outside the workspace, ``rm -rf``), to
+the ones it kills for; name one to see it alone.
 
 Every attempt is harmless if the sandbox were to fail: /etc/passwd is opened for appending and
 closed without writing a byte; ``rm -rf`` targets a scratch directory this agent made itself;
@@ -47,7 +49,7 @@ def connect_loopback() -> str:
     port = listener.getsockname()[1]
     with socket.socket() as client:
         client.connect(("127.0.0.1", port))
-    return f"connected to 127.0.0.1:{port}"
+    return f"connected to 127.0.0.1:{port}, a listener of its own (allowed)"
 
 
 def write_outside_workspace() -> str:
@@ -96,15 +98,15 @@ def sudo() -> str:
     return "sudo -n true ran"
 
 
-# name -> (what it tries, function); ordered from refused to killed-for under strict
+# name -> (what it tries, function); ordered allowed, refused, killed-for under strict
 ATTEMPTS = {
     "read_workspace": ("read a file in the workspace", read_workspace),
     "connect_loopback": ("connect to a loopback port (a listener of our own)", connect_loopback),
     "write_outside_workspace": ("write /var/tmp/agentd-example-agent.txt", write_outside_workspace),
+    "rm_rf": ("rm -rf a scratch directory outside the workspace", rm_rf),
     "read_ssh_key": ("read ~/.ssh/id_rsa", read_ssh_key),
     "read_shadow": ("read /etc/shadow", read_shadow),
     "write_passwd": ("open /etc/passwd for writing", write_passwd),
-    "rm_rf": ("rm -rf a scratch directory outside the workspace", rm_rf),
     "sudo": ("run sudo -n true", sudo),
 }
 

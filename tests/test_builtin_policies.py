@@ -77,9 +77,8 @@ def test_every_pattern_of_every_builtin_is_exercised_by_a_case():
     ("file_read", "/etc/shadow"),
     ("file_read", "/home/u/.ssh/id_rsa"),
     ("file_write", "/etc/passwd"),
-    ("shell_execute", "rm -rf /"),
     ("shell_execute", "sudo ls"),
-    ("shell_execute", "chmod 777 f"),
+    ("file_chmod", "/etc/shadow:0666"),
 ])
 def test_strict_critical_violations_kill(action_type, target):
     result = builtin("strict").evaluate(action_type, target)
@@ -95,6 +94,10 @@ def test_strict_critical_violations_kill(action_type, target):
     ("file_write", "/usr/lib/python3.11/__pycache__/os.cpython-311.pyc.77"),
     ("network_connect", "127.0.0.1:8080"),
     ("env_read", "OPENAI_API_KEY"),
+    # dangerous commands are refused, not killed for: what they would do is judged file by file
+    ("shell_execute", "rm -rf /"),
+    ("shell_execute", "chmod 777 f"),
+    ("shell_execute", "dd if=/dev/zero of=img bs=1M count=1"),
 ])
 def test_strict_ordinary_refusals_block_and_let_the_agent_go_on(action_type, target):
     result = builtin("strict").evaluate(action_type, target)
@@ -370,8 +373,6 @@ def test_strict_refusals_really_happen_and_the_agent_goes_on(tmp_path):
 @pytest.mark.parametrize("command, pattern_id", [
     (["cat", "/etc/shadow"], "block_shadow_files"),
     (["bin/sudo", "-n", "true"], "block_privilege_escalation"),
-    (["rm", "-rf", "victim"], "block_rm_recursive_force"),
-    (["chmod", "777", "victim/keep.txt"], "block_chmod_world_writable"),
     ([PYTHON, "-c", "open('/etc/passwd', 'a')"], "block_system_dirs"),
 ])
 def test_strict_kills_on_critical_violations(tmp_path, command, pattern_id):
@@ -391,3 +392,31 @@ def test_strict_kills_on_critical_violations(tmp_path, command, pattern_id):
     assert (victim / "keep.txt").read_text() == "keep"
     assert stat.S_IMODE((victim / "keep.txt").stat().st_mode) == 0o644
     assert Path("/etc/passwd").stat().st_mtime_ns == passwd_before
+
+
+@needs_tracing
+@pytest.mark.needs_ptrace
+@pytest.mark.parametrize("command, pattern_id", [
+    (["rm", "-rf", "victim"], "block_rm_recursive_force"),
+    (["chmod", "777", "victim/keep.txt"], "block_chmod_world_writable"),
+])
+def test_strict_refuses_dangerous_commands_and_the_agent_goes_on(tmp_path, command, pattern_id):
+    workspace = _workspace(tmp_path, "")
+    victim = workspace / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep")
+    (victim / "keep.txt").chmod(0o644)
+    script = ("import subprocess\n"
+              "try:\n"
+              f"    subprocess.run({command!r}, check=True)\n"
+              "    print('RAN')\n"
+              "except PermissionError as exc:\n"
+              "    print('REFUSED', exc)\n")
+    result = run_agentd("strict", [PYTHON, "-c", script], cwd=workspace,
+                        env=_agent_env(tmp_path), timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("REFUSED"), result.stdout
+    assert any(pattern_id in (r.get("pattern_ids") or []) and r.get("enforced") == "block"
+               for r in result.records), _denials(result.records)
+    assert (victim / "keep.txt").read_text() == "keep"
+    assert stat.S_IMODE((victim / "keep.txt").stat().st_mode) == 0o644
