@@ -228,12 +228,15 @@ RENAME_EXCHANGE = 0x2   # renameat2: swap the two names
 def _decode_move(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     src = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[spec.path]), False)
     dst = _resolve(t, _dirfd(args, spec.dirfd2), _read_path(t, args[spec.path2]), False)
-    # A move is a file_move and a write of the new name (which a file there is replaced by); the
-    # old name is not a delete: rename(tmp, file) is how programs replace a file atomically.
-    actions = [Action("file_move", f"{src} -> {dst}"), Action("file_write", dst)]
+    # A move is a file_move and a write of both names: the new name appears (or replaces a file
+    # there) and the old one goes away. It is not a delete of the source: rename(tmp, file) is
+    # how programs replace a file atomically. (Landlock agrees: a rename needs write rights at
+    # both ends, docs/landlock.md.)
     if _flags(spec, args) & RENAME_EXCHANGE:
-        actions += [Action("file_move", f"{dst} -> {src}"), Action("file_write", src)]
-    return tuple(actions), ()
+        return (Action("file_move", f"{src} -> {dst}"), Action("file_move", f"{dst} -> {src}"),
+                Action("file_write", dst), Action("file_write", src)), ()
+    return (Action("file_move", f"{src} -> {dst}"), Action("file_write", dst),
+            Action("file_write", src)), ()
 
 
 def _decode_link(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):

@@ -554,9 +554,8 @@ def _file_classes(policy: Any, support: ll.LandlockSupport, kind: PathKind
     classes = [ClassPlan("file_write", layers, write_reason),
                ClassPlan("file_delete", delete_layers, delete_reason),
                ClassPlan("file_move", layers,
-                         "the tracer checks file_move, file_delete of the source and file_write of "
-                         "the destination; Landlock refuses renames and links into or out of the "
-                         "allowed hierarchies")]
+                         "the tracer checks file_move and file_write of both names; Landlock "
+                         "refuses renames and links into or out of the allowed hierarchies")]
     grants.caveats.append("a hard link from outside the writable hierarchies into them is "
                           "refused by Landlock (EXDEV) even where the policy allows it: such a "
                           "link would make that file writable through an allowed name")

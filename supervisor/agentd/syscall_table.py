@@ -139,7 +139,7 @@ TABLE: Mapping[str, SyscallSpec] = MappingProxyType({
     "linkat": SyscallSpec("link", ("file_write", "file_read"), dirfd=0, path=1, dirfd2=2, path2=3,
                           flags=4, follow_last=False, follow_mask=AT_SYMLINK_FOLLOW,
                           empty_path_mask=AT_EMPTY_PATH),
-    # --- moving: file_move "src -> dst" and file_write dst (RENAME_EXCHANGE: both ways) -------
+    # --- moving: file_move "src -> dst", file_write of both names (RENAME_EXCHANGE: both ways) -
     "rename": SyscallSpec("move", ("file_move", "file_write"), path=0, path2=1),
     "renameat": SyscallSpec("move", ("file_move", "file_write"),
                             dirfd=0, path=1, dirfd2=2, path2=3),
