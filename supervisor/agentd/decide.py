@@ -2,12 +2,16 @@
 containment checks, combined into one ``Verdict``.
 
 Owns the *decide* step of stop -> decode -> decide -> enforce. The policy engine answers per
-action (``policy.evaluate(action_type, target, context) -> EvaluationResult``); a syscall with
-several actions (rename: file_move, file_delete, file_write) gets the most restrictive answer:
-kill > stop > block > warn > allow. Containment is not policy and cannot be configured away: a
-signal aimed outside the agent tree, or a write to ``/proc/PID/*`` (or a read of
-``/proc/PID/mem`` or ``/proc/PID/environ``) of a process outside it, is blocked. An exception
-while evaluating denies (fail closed). Plain data in, plain data out; the agent tree is passed in.
+action (``policy.evaluate(action_type, target, context) -> EvaluationResult``, the action's facts
+such as ``created_by_agent`` joining the context); a syscall with several actions (rename:
+file_move and two file_writes) gets the most restrictive answer: kill > stop > block > warn >
+allow. A refusal that confirmation alone would lift asks the operator (a ``stop`` with
+``Verdict.confirmation``). Containment is not policy and cannot be configured away: a signal
+aimed outside the agent tree, or a write to ``/proc/PID/*`` (or a read of ``/proc/PID/mem`` or
+``/proc/PID/environ``) of a process outside it, is blocked. The agent's own network is not an
+internal network: its own loopback under a network plane, a loopback port only its tree listens
+on without one (``agentd:own_network``). An exception while evaluating denies (fail closed).
+Plain data in, plain data out; the agent tree is passed in.
 """
 
 from __future__ import annotations
