@@ -168,12 +168,41 @@ def _flag_check(key_names: tuple[str, ...], label: str):
 
 
 def _check_created(value: bool, target: str, ctx: Mapping[str, Any], env: EvalEnv) -> Check:
-    # Only a literal true is evidence of creation: a missing or mistyped value reads as "not
-    # created by the agent", which is the restrictive reading in both uses (``true`` grants on
-    # evidence only; ``false`` puts a file nobody vouched for under the rate limit).
+    # Only a literal true is evidence: a missing or mistyped value reads as "not the agent's".
     created = ctx.get("created_by_agent") is True
-    what = "created by the agent during this run" if created else "not known to be the agent's"
+    what = "the agent's own (made during this run)" if created else "not known to be the agent's"
     return Check(created is value, f"created_by_agent: {what}")
+
+
+def _check_preexisting(value: bool, target: str, ctx: Mapping[str, Any], env: EvalEnv) -> Check:
+    # Only a literal false is evidence that nothing from before the run is at stake: a missing
+    # or mistyped value reads as "there before the run" (``false`` grants on evidence only;
+    # ``true`` puts a file nobody vouched for under a rate limit).
+    older = ctx.get("preexisting") is not False
+    what = "there before the run (or not known)" if older else "made during this run, or absent"
+    return Check(older is value, f"preexisting: {what}")
+
+
+FILE_TYPES = ("regular", "directory", "symlink", "fifo", "socket", "char_device", "block_device")
+
+
+def _file_types(value: Any) -> str | None:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        return f"expected a file type or a list of them, got {value!r}"
+    bad = [t for t in items if t not in FILE_TYPES]
+    if bad:
+        return f"unknown file type(s) {bad!r}; known: {', '.join(FILE_TYPES)}"
+    return None
+
+
+def _check_file_type(value: Any, target: str, ctx: Mapping[str, Any], env: EvalEnv) -> Check:
+    wanted = [value] if isinstance(value, str) else list(value)
+    actual = ctx.get("file_type")
+    if not isinstance(actual, str):
+        return Check(False, "file_type: context has no 'file_type'")
+    return Check(actual in wanted, f"file_type: {actual} {'in' if actual in wanted else 'not in'} "
+                                   f"{wanted}")
 
 
 def _check_methods(methods: list[str], target: str, ctx: Mapping[str, Any], env: EvalEnv) -> Check:
@@ -295,8 +324,16 @@ CONDITIONS: dict[str, ConditionSpec] = {
         ConditionSpec("require_confirmation", "confirmed is true", ("confirmed",), False,
                       _boolean, _flag_check(("confirmed",), "require_confirmation")),
         ConditionSpec("created_by_agent",
-                      "the target was (true) / was not known to be (false) created by the agent "
-                      "during this run", ("created_by_agent",), False, _boolean, _check_created),
+                      "the target (a process) is (true) / is not known to be (false) the agent's "
+                      "own, made during this run", ("created_by_agent",), False, _boolean,
+                      _check_created),
+        ConditionSpec("preexisting",
+                      "the target (a file) was there before the run began (true; also when not "
+                      "known) / was made during the run or does not exist (false)",
+                      ("preexisting",), False, _boolean, _check_preexisting),
+        ConditionSpec("file_type",
+                      "the target's file type (file_type) is the value, or one of the list",
+                      ("file_type",), False, _file_types, _check_file_type),
         ConditionSpec("allowed_methods", "method is one of value", ("method",), False,
                       _methods, _check_methods),
         ConditionSpec("require_auth_header", "headers carry Authorization", ("headers", "auth_header"),

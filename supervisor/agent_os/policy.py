@@ -646,7 +646,7 @@ class Policy:
         """Whether the pattern applies, why, and whether confirmation alone is missing.
 
         Conditions are checked in the order written and the first that does not hold ends the
-        check (so a rate condition written after ``created_by_agent: false`` counts only the
+        check (so a rate condition written after ``preexisting: true`` counts only the
         operations that reach it). An allow pattern whose only unmet condition is
         ``require_confirmation`` checks the rest and reports itself as confirmable.
         """

@@ -3,7 +3,7 @@ containment checks, combined into one ``Verdict``.
 
 Owns the *decide* step of stop -> decode -> decide -> enforce. The policy engine answers per
 action (``policy.evaluate(action_type, target, context) -> EvaluationResult``, the action's facts
-such as ``created_by_agent`` joining the context); a syscall with several actions (rename:
+such as ``preexisting`` joining the context); a syscall with several actions (rename:
 file_move and two file_writes) gets the most restrictive answer: kill > stop > block > warn >
 allow. A refusal that confirmation alone would lift asks the operator (a ``stop`` with
 ``Verdict.confirmation``). Containment is not policy and cannot be configured away: a signal
@@ -94,7 +94,7 @@ def _pattern_ids(result) -> tuple[str, ...]:
 
 def evaluate_action(policy, action: Action, context: dict) -> Evaluation:
     """The policy's answer on one action, as an ``Evaluation``; an exception denies. The
-    action's facts (``created_by_agent``, ...) join the context."""
+    action's facts (``preexisting``, ...) join the context."""
     if action.facts:
         context = {**context, **dict(action.facts)}
     try:
@@ -166,6 +166,19 @@ def _containment_of_path(action: Action, tree: AgentTree) -> Evaluation | None:
     return Evaluation(action.action_type, action.target, "deny", "block",
                       "containment: the agent may not change, or read the memory or environment "
                       "of, processes outside its tree", ("agentd:containment",))
+
+
+def _process_facts(action: Action, tree: AgentTree) -> Action:
+    """A read under ``/proc/PID/`` of one of the agent's own processes carries
+    ``created_by_agent: true``: the agent made that process (its cgroup, limits, mount table and
+    environment are its own to read)."""
+    if action.action_type != "file_read" or not action.target.startswith("/proc/"):
+        return action
+    match = _PROC_PID.match(action.target)
+    if not match:
+        return action
+    return replace(action, facts=action.facts + (("created_by_agent",
+                                                  tree.contains(int(match.group(1)))),))
 
 
 _PROTECTED_FILE_ACTIONS = frozenset({"file_write", "file_delete", "file_move", "file_chmod"})
@@ -295,7 +308,7 @@ def decide(decoded: DecodedSyscall, policy, context: dict, tree: AgentTree,
         elif action.action_type == "network_connect":
             evaluations.extend(connect_evaluations(policy, action, asked, network, tree))
         else:
-            evaluations.append(evaluate_action(policy, action, asked))
+            evaluations.append(evaluate_action(policy, _process_facts(action, tree), asked))
     if not evaluations:
         return Verdict("allow", "nothing to decide", ())
     worst = max(evaluations, key=lambda e: OUTCOME_RANK[e.outcome])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -44,7 +45,7 @@ _FAMILY_NAMES = {16: "netlink", 17: "packet", 4: "ipx", 5: "appletalk", 9: "x25"
 @dataclass(frozen=True)
 class Action:
     """One thing a syscall would do, in the policy's terms, with what the decoder learnt about
-    its target (``facts``: extra context for the policy, e.g. ``created_by_agent``)."""
+    its target (``facts``: extra context for the policy, e.g. ``preexisting``)."""
 
     action_type: str
     target: str
@@ -188,24 +189,39 @@ def _decode_open(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     return (action,) + _shm_action(path), ()
 
 
-def _created_by_agent(t: Tracee, path: str, follow: bool = False) -> tuple[tuple[str, Any], ...]:
-    """The fact ``created_by_agent``: was ``path`` born during this run? Every file the agent's
-    tree makes is made after the run began, and a file's birth time cannot be set from user
-    space, so a birth time at or after the start is the agent's doing (docs/policies.md, batch
-    deletes). Unknown (no run, no birth time, cannot inspect) reads as not the agent's."""
-    if t.run_started_ns is None:
-        return ()
+_FILE_TYPES = {stat.S_IFREG: "regular", stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink",
+               stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "char_device",
+               stat.S_IFBLK: "block_device"}
+
+
+def _file_facts(t: Tracee, path: str, follow: bool = False) -> tuple[tuple[str, Any], ...]:
+    """What the policy may ask about the file a delete or chmod is aimed at:
+
+    - ``preexisting``: was it there before the run began? Every file the agent's tree makes is
+      made after the run began, and a file's birth time cannot be set from user space, so a
+      birth time at or after the start is the agent's doing (docs/policies.md, batch deletes);
+      a name that does not exist has nothing from before the run either. Not known (no run, a
+      file system without birth times, a file that cannot be inspected) reads as there before.
+    - ``file_type``: regular, directory, symlink, ... (a set-group-ID directory is no set-ID
+      program).
+    """
     try:
-        born = _statx.birth_time_ns(path, follow=follow)
+        born, mode = _statx.birth_and_mode(path, follow=follow)
+    except FileNotFoundError:
+        return () if t.run_started_ns is None else (("preexisting", False),)
     except OSError:
         return ()
-    return (("created_by_agent", born is not None and born >= t.run_started_ns),)
+    facts: tuple[tuple[str, Any], ...] = (("file_type", _FILE_TYPES.get(stat.S_IFMT(mode),
+                                                                          "unknown")),)
+    if t.run_started_ns is not None:
+        facts += (("preexisting", born is None or born < t.run_started_ns),)
+    return facts
 
 
 def _decode_path(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     flags = _flags(spec, args)
     path = _named_path(t, spec, args, spec.path, spec.dirfd, _follow(spec, flags), flags)
-    facts = _created_by_agent(t, path) if spec.action_type == "file_delete" else ()
+    facts = _file_facts(t, path) if spec.action_type == "file_delete" else ()
     return (Action(spec.action_type, path, facts),), ()
 
 
@@ -216,9 +232,9 @@ def _decode_chmod(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     mode = args[spec.mode] & 0o7777
     if spec.fd is not None:
         # the descriptor's own inode, whatever its name has become since
-        facts = _created_by_agent(t, f"/proc/{t.tid}/fd/{_s32(args[spec.fd])}", follow=True)
+        facts = _file_facts(t, f"/proc/{t.tid}/fd/{_s32(args[spec.fd])}", follow=True)
     else:
-        facts = _created_by_agent(t, path, follow=follow)
+        facts = _file_facts(t, path, follow=follow)
     return (Action("file_chmod", f"{path}:{mode:04o}", facts),), ()
 
 

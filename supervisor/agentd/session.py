@@ -63,7 +63,7 @@ class Session:
     killed: bool = False
     exec_identifier: Any = None                # exec_identity.ExecIdentifier (made for the policy)
     network: D.NetworkView | None = None       # the run's network plane (names, endpoints)
-    # Files born at or after this instant are the agent's own (decode: created_by_agent).
+    # Files born at or after this instant are the agent's own (decode: preexisting).
     started_ns: int = field(default_factory=coarse_now_ns)
     # action type -> (the operator's answer to a batch of these, "allow" or "deny"; monotonic
     # deadline): the answer holds while the batch goes on (each action of the type extends it
