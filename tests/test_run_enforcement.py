@@ -188,3 +188,26 @@ def test_sigstop_on_a_path_the_kernel_still_walks_survives_the_allow(tmp_path):
     assert proc.returncode == 0, err
     assert out.strip() == "UNLINKED"
     assert not (ws / "doomed").exists()
+
+
+def test_repeated_warnings_are_one_line_and_a_count(tmp_path):
+    """permissive warns on deleting files that predate the run: 40 deletes are one warning line
+    on the agent's stderr and one summary line at the end, while every delete is recorded."""
+    ws = tmp_path / "ws"
+    (ws / "old").mkdir(parents=True)
+    for i in range(40):
+        (ws / "old" / f"f{i}").write_text("x")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    result = run_agentd("permissive", [PYTHON, "-c",
+                                       "import os\nfor n in os.listdir('old'): "
+                                       "os.unlink('old/' + n)"],
+                        cwd=ws, options=("--network", "off"),
+                        env=dict(os.environ, TMPDIR=str(scratch)))
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(ws / "old") == []
+    warnings = [line for line in result.stderr.splitlines() if "warning: file_delete" in line]
+    assert len(warnings) == 1, result.stderr
+    assert "agentd: warnings repeated: 40 x file_delete [warn_delete]" in result.stderr
+    warned = [r for r in result.records if r.get("decision") == "warn"]
+    assert len(warned) == 40
