@@ -153,3 +153,39 @@ def test_rm_r_of_the_users_tree_stops_for_review(tmp_path):
             proc.wait()
     assert proc.returncode == 0
     assert not tree.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root")
+def test_through_the_daemon_a_batch_is_held_and_confirmed_once(tmp_path):
+    from helpers.agentd_daemon import DaemonUnderTest, cgroup2_mount
+
+    if cgroup2_mount() is None:
+        pytest.skip("no cgroup v2 mounted: the daemon's runs need one")
+    (tmp_path / "daemon").mkdir()
+    daemon = DaemonUnderTest(tmp_path / "daemon", network="off")
+    daemon.start()
+    try:
+        ws = tmp_path / "ws"
+        (ws / "old").mkdir(parents=True)
+        for i in range(150):
+            (ws / "old" / f"f{i:03}").write_text("user data")
+        client = subprocess.Popen(
+            daemon.argv([PYTHON, "-c", DELETE_ALL], "strict"), cwd=ws,
+            env=dict(daemon.env(), TMPDIR=str(_env(tmp_path)["TMPDIR"])),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            run = daemon.wait_run(lambda r: r["state"] == "held", timeout=60)
+            assert run["held"]["batch"] is True
+            assert len(os.listdir(ws / "old")) == 50
+            assert daemon.request("resume", run_id=run["run_id"], decision="allow")["ok"]
+            out, err = client.communicate(timeout=60)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        assert client.returncode == 0, err
+        assert out.split() == ["REFUSED", "0"]
+        assert os.listdir(ws / "old") == []
+        assert len([r for r in daemon.records() if r.get("syscall") == "operator"]) == 1
+    finally:
+        daemon.stop()
