@@ -119,8 +119,10 @@ def ps(ctx: click.Context) -> None:
                        f"{cli_run._short_command(info.get('command', []), 40)}")
             held = info.get("held")
             if held:
+                batch = " (a batch: the answer covers the rest of it)" \
+                    if held.get("batch") else ""
                 click.echo(f"{'':14} pending review: pid {held.get('pid')} wants "
-                           f"{held.get('what')}: {held.get('reason')} "
+                           f"{held.get('what')}: {held.get('reason')}{batch} "
                            f"({time.time() - float(held.get('since', time.time())):.0f}s)")
         if not runs:
             click.echo("no daemon runs")
@@ -132,8 +134,12 @@ def ps(ctx: click.Context) -> None:
 
 @click.command()
 @click.argument("run_id")
-@click.option("--allow", "decision", flag_value="allow", help="Let the held syscall run once.")
-@click.option("--deny", "decision", flag_value="deny", help="Refuse it (EACCES); the agent goes on.")
+@click.option("--allow", "decision", flag_value="allow",
+              help="Let the held syscall run once; when the run waits for confirmation of a "
+                   "batch (strict's deletes), confirm the whole batch.")
+@click.option("--deny", "decision", flag_value="deny",
+              help="Refuse it (EACCES); the agent goes on. For a batch: refuse the rest of it "
+                   "without asking again.")
 @click.pass_context
 def resume(ctx: click.Context, run_id: str, decision: str | None) -> None:
     """Resume a held run (--allow/--deny) or thaw a run frozen by `agentd stop`."""

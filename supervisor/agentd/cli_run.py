@@ -112,14 +112,19 @@ def ps() -> None:
                    f"{info.get('agent_pid') or '':>7} {state:8} {str(info.get('policy', '')):12} "
                    f"{_short_command(info.get('command', []))}")
         if state == "held" and held:
+            batch = " (a batch: the answer covers the rest of it)" if held.get("batch") else ""
             click.echo(f"{'':18} held: pid {held.get('pid')} wants {held.get('what')}: "
-                       f"{held.get('reason')}")
+                       f"{held.get('reason')}{batch}")
 
 
 @click.command()
 @click.argument("run_id")
-@click.option("--allow", "decision", flag_value="allow", help="Let the held syscall run once.")
-@click.option("--deny", "decision", flag_value="deny", help="Refuse it (EACCES); the agent goes on.")
+@click.option("--allow", "decision", flag_value="allow",
+              help="Let the held syscall run once; when the run waits for confirmation of a "
+                   "batch (strict's deletes), confirm the whole batch.")
+@click.option("--deny", "decision", flag_value="deny",
+              help="Refuse it (EACCES); the agent goes on. For a batch: refuse the rest of it "
+                   "without asking again.")
 def resume(run_id: str, decision: str | None) -> None:
     """Resume a run held by a SIGSTOP verdict, allowing or denying the held action."""
     from . import control
