@@ -52,6 +52,11 @@ def test_agent_sees_the_kernels_errno(tmp_path, policy, expected):
                    f"{os.strerror(seen[case]) if seen.get(case) else seen.get(case)}"
              for case in expected if seen.get(case) != expected[case]}
     assert not wrong, wrong
+    # a call the kernel fails for its own reasons is no policy matter, and the record says so
+    refusals = {r["syscall"]: r for r in done.records
+                if "agentd:kernel_refuses" in (r.get("pattern_ids") or [])}
+    assert {"fchmod", "openat", "unlinkat", "chmod"} <= set(refusals), sorted(refusals)
+    assert "the kernel fails this call (EBADF)" in refusals["fchmod"]["reason"]
     if policy == "strict":
         # the policy really refused some of them: the errno came from the probe, not from a
         # call that ran

@@ -24,9 +24,9 @@ from typing import Any, Callable, Iterable
 
 from .decode import Action, DecodedSyscall, SignalTarget
 
-__all__ = ["Evaluation", "Verdict", "decide", "fail_closed", "OUTCOME_RANK", "AgentTree",
-           "containment_of_protected", "NetworkView", "split_host_port", "evaluate_action",
-           "connect_evaluations"]
+__all__ = ["Evaluation", "Verdict", "decide", "fail_closed", "kernel_refuses", "OUTCOME_RANK",
+           "AgentTree", "containment_of_protected", "NetworkView", "split_host_port",
+           "evaluate_action", "connect_evaluations"]
 
 OUTCOME_RANK = {"allow": 0, "warn": 1, "block": 2, "stop": 3, "kill": 4}
 _PROC_PID = re.compile(r"/proc/(\d+)(?:/(.*))?\Z", re.DOTALL)
@@ -322,6 +322,23 @@ def decide(decoded: DecodedSyscall, policy, context: dict, tree: AgentTree,
         return Verdict("stop", f"confirmation required: {worst.reason}", tuple(evaluations),
                        confirmation=True)
     return Verdict(worst.outcome, worst.reason, tuple(evaluations))
+
+
+def kernel_refuses(syscall: str, error: int, reason: str) -> Verdict:
+    """The verdict when the call is one the kernel itself would fail (decoding found a bad
+    pointer, a closed descriptor, an empty or looping path): refused without running it, and
+    no policy matter; the agent gets the kernel's errno (errno_probe)."""
+    name = _errno_name(error)
+    return Verdict("block", f"the kernel fails this call ({name}): {reason}",
+                   (Evaluation("", "", "deny", "block",
+                               f"the kernel fails this call ({name}): {reason}; not run",
+                               ("agentd:kernel_refuses",)),))
+
+
+def _errno_name(error: int) -> str:
+    import errno as errno_names
+
+    return errno_names.errorcode.get(error, str(error))
 
 
 def fail_closed(syscall: str, reason: str) -> Verdict:

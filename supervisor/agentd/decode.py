@@ -11,6 +11,7 @@ turns into a denial. Knows nothing about policies; no state.
 
 from __future__ import annotations
 
+import errno as _errno
 import ipaddress
 import os
 import re
@@ -84,7 +85,15 @@ class DecodedSyscall:
 
 
 class DecodeError(Exception):
-    """The syscall's operands could not be read or resolved completely; deny it."""
+    """The syscall's operands could not be read or resolved completely; deny it.
+
+    ``errno``: set when the kernel would fail the call for the same reason (a bad pointer, a
+    descriptor that is not open, an empty, too long or looping path): the refusal is then no
+    policy matter, and the audit record says so (``agentd:kernel_refuses``)."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
 
 
 def syscall_args(regs) -> tuple[int, ...]:
@@ -98,13 +107,19 @@ def _s32(value: int) -> int:
     return value - (1 << 32) if value & 0x80000000 else value
 
 
+# Errors of a path walk or a descriptor lookup that mean the kernel fails the call itself.
+_KERNEL_ERRORS = frozenset({_errno.ENOENT, _errno.ENOTDIR, _errno.ELOOP, _errno.ENAMETOOLONG,
+                            _errno.EBADF, _errno.EFAULT})
+
+
 def _read_path(t: Tracee, addr: int) -> str:
     try:
         data, truncated = t.memory.read_cstring(addr, _mem.MAX_PATH_BYTES)
     except _mem.MemoryReadError as exc:
-        raise DecodeError(f"cannot read path argument: {exc.strerror}") from None
+        raise DecodeError(f"cannot read path argument: {exc.strerror}", _errno.EFAULT) from None
     if truncated:
-        raise DecodeError(f"path argument at {addr:#x} is longer than {_mem.MAX_PATH_BYTES} bytes")
+        raise DecodeError(f"path argument at {addr:#x} is longer than {_mem.MAX_PATH_BYTES} bytes",
+                          _errno.ENAMETOOLONG)
     return os.fsdecode(data)
 
 
@@ -114,7 +129,8 @@ def _resolve(t: Tracee, dirfd: int, path: str, follow_last: bool, empty_ok: bool
         return _paths.resolve_tracee_path(t.tid, dirfd, path, follow_last=follow_last,
                                           empty_ok=empty_ok, tgid=t.tgid, in_root=in_root)
     except _paths.PathResolutionError as exc:
-        raise DecodeError(f"cannot resolve {path!r}: {exc.strerror}") from None
+        raise DecodeError(f"cannot resolve {path!r}: {exc.strerror}",
+                          exc.errno if exc.errno in _KERNEL_ERRORS else None) from None
 
 
 def _dirfd(args: tuple[int, ...], index: int | None) -> int:
@@ -153,7 +169,7 @@ def _fd_path(t: Tracee, fd: int) -> str:
     try:
         return _paths.fd_target(t.tid, fd)
     except _paths.PathResolutionError as exc:
-        raise DecodeError(str(exc)) from None
+        raise DecodeError(str(exc), exc.errno if exc.errno in _KERNEL_ERRORS else None) from None
 
 
 def _shm_action(path: str) -> tuple[Action, ...]:

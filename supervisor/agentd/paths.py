@@ -49,6 +49,11 @@ def _readlink(path: str) -> str:
         raise PathResolutionError(exc.errno, f"cannot read link {path}: {exc.strerror}") from None
 
 
+def _fd_errno(exc: OSError) -> int:
+    """What the kernel says of a descriptor /proc does not show: not open (EBADF)."""
+    return errno.EBADF if exc.errno == errno.ENOENT else exc.errno
+
+
 def _start_dir(pid: int, dirfd: int) -> str:
     """The absolute directory a relative path starts from."""
     if dirfd == AT_FDCWD:
@@ -58,7 +63,7 @@ def _start_dir(pid: int, dirfd: int) -> str:
     try:
         return os.readlink(f"/proc/{pid}/fd/{dirfd}")
     except OSError as exc:
-        raise PathResolutionError(exc.errno, f"pid {pid}: descriptor {dirfd} is not open: "
+        raise PathResolutionError(_fd_errno(exc), f"pid {pid}: descriptor {dirfd} is not open: "
                                              f"{exc.strerror}") from None
 
 
@@ -69,7 +74,7 @@ def fd_target(pid: int, fd: int) -> str:
     try:
         return os.readlink(f"/proc/{pid}/fd/{fd}")
     except OSError as exc:
-        raise PathResolutionError(exc.errno, f"pid {pid}: descriptor {fd} is not open: "
+        raise PathResolutionError(_fd_errno(exc), f"pid {pid}: descriptor {fd} is not open: "
                                              f"{exc.strerror}") from None
 
 

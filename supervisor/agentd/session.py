@@ -106,7 +106,10 @@ class Session:
                                             self.exec_identifier, self.started_ns),
                                      name, nr, args)
         except DecodeError as exc:
-            verdict = D.fail_closed(name, f"cannot decode {name}: {exc}")
+            if exc.errno is not None:
+                verdict = D.kernel_refuses(name, exc.errno, f"{name}: {exc}")
+            else:
+                verdict = D.fail_closed(name, f"cannot decode {name}: {exc}")
         except Exception as exc:  # INVARIANT: an error while decoding denies (fail closed)
             log.exception("pid %d: error decoding %s", task.tid, name)
             verdict = D.fail_closed(name, f"error decoding {name}: {exc!r}")
