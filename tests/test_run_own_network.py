@@ -38,6 +38,17 @@ try:
 except PermissionError:
     print("HOST refused", flush=True)
 print("IFACES", sorted(name for _, name in socket.if_nameindex()) != [], flush=True)
+probe = socket.socket()
+probe.bind(("127.0.0.1", 0))
+free_port = probe.getsockname()[1]
+probe.close()                       # now nothing listens there
+try:
+    socket.create_connection(("127.0.0.1", free_port), timeout=5).close()
+    print("FREE reached", flush=True)
+except ConnectionRefusedError:
+    print("FREE ECONNREFUSED", flush=True)
+except PermissionError:
+    print("FREE EACCES", flush=True)
 """
 
 
@@ -60,11 +71,14 @@ def test_own_loopback_server_is_reachable_and_the_hosts_is_not(tmp_path):
     finally:
         host.close()
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:4] == ["OWN hello", "UDP x", "HOST refused", "IFACES True"]
+    # a port nobody listens on: refused by the policy, and the agent gets the kernel's answer
+    assert done.stdout.split("\n")[:5] == ["OWN hello", "UDP x", "HOST refused", "IFACES True",
+                                           "FREE ECONNREFUSED"]
     own = [r for r in done.records if "agentd:own_network" in (r.get("pattern_ids") or [])]
     assert len(own) == 2   # the TCP connect and the UDP sendto
     refused = [r for r in done.records if r.get("decision") == "deny"]
-    assert [r["pattern_ids"] for r in refused] == [["block_internal_connects"]]
+    assert [r["pattern_ids"] for r in refused] == [["block_internal_connects"]] * 2
+    assert "nothing listens there: ECONNREFUSED" in refused[1]["reason"]
 
 
 SHARED_PORT = r"""

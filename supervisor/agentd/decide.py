@@ -16,6 +16,7 @@ Plain data in, plain data out; the agent tree is passed in.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
@@ -48,6 +49,7 @@ class Evaluation:
     violation_mode: Any = None
     message: str = ""
     confirmable: bool = False     # refused only for want of confirmation (require_confirmation)
+    errno: int | None = None      # refused: the kernel's own errno for it (else EACCES / probe)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,14 @@ class Verdict:
     reason: str
     evaluations: tuple[Evaluation, ...] = field(default_factory=tuple)
     confirmation: bool = False
+
+    @property
+    def errno(self) -> int | None:
+        """The errno a refusal answers when every refusing evaluation names the kernel's own
+        (a connect to a port nobody listens on: ECONNREFUSED); else None."""
+        refusing = [e for e in self.evaluations if e.outcome in ("block", "stop", "kill")]
+        errors = {e.errno for e in refusing}
+        return errors.pop() if len(errors) == 1 and refusing else None
 
     @property
     def deciding(self) -> Evaluation | None:
@@ -168,6 +178,14 @@ def _containment_of_path(action: Action, tree: AgentTree) -> Evaluation | None:
                       "of, processes outside its tree", ("agentd:containment",))
 
 
+def _socket_fd(decoded: DecodedSyscall) -> int | None:
+    """The socket descriptor of a connect, sendto or sendmsg (their first argument)."""
+    if decoded.syscall not in ("connect", "sendto", "sendmsg", "sendmmsg") or not decoded.args:
+        return None
+    value = decoded.args[0] & 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
 def _process_facts(action: Action, tree: AgentTree) -> Action:
     """A read under ``/proc/PID/`` of one of the agent's own processes carries
     ``created_by_agent: true``: the agent made that process (its cgroup, limits, mount table and
@@ -239,14 +257,16 @@ def _own(action: Action, reason: str) -> Evaluation:
 
 
 def connect_evaluations(policy, action: Action, context: dict, network: NetworkView | None,
-                        tree: AgentTree | None = None) -> list[Evaluation]:
+                        tree: AgentTree | None = None, fd: int | None = None) -> list[Evaluation]:
     """A connect to an address is judged as that address and, when the run's DNS stub resolved
     names to it, as each ``name:port`` too, with ``dest_ip`` in the context (the address-set
     conditions read it); the most restrictive answer wins.
 
     The agent's own network is not an internal network (``agentd:own_network``): under a network
     plane its loopback is its own namespace's; without one, a loopback port on which only the
-    agent's own tree listens (``own_listeners``) is let through when the policy refused it."""
+    agent's own tree listens (``own_listeners``) is let through when the policy refused it. A refused
+    loopback connect of a stream socket ``fd`` to a port nobody listens on answers the kernel's
+    own ECONNREFUSED."""
     parsed = split_host_port(action.target)
     if parsed is None:
         return [evaluate_action(policy, action, context)]
@@ -265,25 +285,32 @@ def connect_evaluations(policy, action: Action, context: dict, network: NetworkV
         for name in network.names_for(ip):
             evaluations.append(evaluate_action(policy, Action(action.action_type, f"{name}:{port}"),
                                          context))
-    if loopback and tree is not None and any(e.outcome == "block" for e in evaluations) \
+    pid = context.get("pid")
+    if loopback and tree is not None and isinstance(pid, int) \
+            and any(e.outcome == "block" for e in evaluations) \
             and all(e.outcome in ("allow", "warn", "block") for e in evaluations):
-        from .own_listeners import owned_listener
+        from . import own_listeners
 
-        members = tuple(tree.members())
-        pid = context.get("pid")
-        if isinstance(pid, int) and owned_listener(members, ip, port, pid):
+        listening = own_listeners.listeners(pid, ip, port)
+        if listening and listening <= own_listeners.held_sockets(tuple(tree.members())):
             return [_own(action, f"a port only the agent's own processes listen on ({port})")]
+        if not listening and fd is not None and own_listeners.is_stream_socket(pid, fd):
+            # the kernel refuses it anyway: the agent learns the truth, nothing of the host
+            return [replace(e, errno=errno.ECONNREFUSED,
+                            reason=f"{e.reason}; nothing listens there: ECONNREFUSED")
+                    if e.outcome == "block" else e for e in evaluations]
     return evaluations
 
 
 def _is_loopback(ip: str) -> bool:
+    """A loopback address, or the unspecified one, which the kernel sends to loopback."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return False
     if address.version == 6 and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return address.is_loopback
+    return address.is_loopback or address.is_unspecified
 
 
 def decide(decoded: DecodedSyscall, policy, context: dict, tree: AgentTree,
@@ -306,7 +333,8 @@ def decide(decoded: DecodedSyscall, policy, context: dict, tree: AgentTree,
         if contained is not None:
             evaluations.append(contained)
         elif action.action_type == "network_connect":
-            evaluations.extend(connect_evaluations(policy, action, asked, network, tree))
+            evaluations.extend(connect_evaluations(policy, action, asked, network, tree,
+                                                   _socket_fd(decoded)))
         else:
             evaluations.append(evaluate_action(policy, _process_facts(action, tree), asked))
     if not evaluations:
@@ -336,9 +364,7 @@ def kernel_refuses(syscall: str, error: int, reason: str) -> Verdict:
 
 
 def _errno_name(error: int) -> str:
-    import errno as errno_names
-
-    return errno_names.errorcode.get(error, str(error))
+    return errno.errorcode.get(error, str(error))
 
 
 def fail_closed(syscall: str, reason: str) -> Verdict:

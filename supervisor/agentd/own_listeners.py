@@ -4,21 +4,26 @@ Owns one question the decide step asks when a connect to a loopback address was 
 agent shares the host's network namespace (no network plane): does every socket listening there
 belong to the agent's own process tree? Then the connect reaches a server the agent started
 itself (a test suite's local server, a dev server and its client), not the host's internal
-network. ``owned_listener(tgids, ip, port, netns_pid)`` lists the TCP listeners and bound UDP
-sockets of the agent's network namespace (``/proc/PID/net/{tcp,tcp6,udp,udp6}``) whose local
-address covers ``ip:port`` (the address itself, or a wildcard), and the socket inodes the agent's
-processes hold (``/proc/PID/fd``). The answer is yes only when at least one such socket exists
-and all of them are the agent's: a host service on the same port (SO_REUSEPORT) makes it no.
-Costs a few hundred microseconds; asked only after a refusal.
+network. ``listeners(netns_pid, ip, port)`` lists the TCP listeners and bound UDP sockets of the
+agent's network namespace (``/proc/PID/net/{tcp,tcp6,udp,udp6}``) whose local address covers
+``ip:port`` (the address itself, or a wildcard); ``held_sockets(tgids)`` the socket inodes the
+agent's processes hold (``/proc/PID/fd``). The port is the agent's only when at least one such
+socket exists and all of them are the agent's: a host service on the same port (SO_REUSEPORT)
+makes it no. When none listens at all, a TCP connect fails in the kernel (ECONNREFUSED), and
+``is_stream_socket`` tells whether the agent's socket is one. Costs a few hundred
+microseconds; asked only after a refusal.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from typing import Iterable
 
-__all__ = ["owned_listener"]
+from .syscall_numbers import SYSCALL_NUMBERS
+
+__all__ = ["listeners", "held_sockets", "is_stream_socket"]
 
 _TCP_LISTEN = "0A"
 _UDP_UNCONNECTED = "07"   # TCP_CLOSE: a bound UDP socket without a peer
@@ -44,7 +49,17 @@ def _covers(local, destination) -> bool:
     return local == destination
 
 
-def _listeners(netns_pid: int, destination, port: int) -> set[int]:
+def listeners(netns_pid: int, ip: str, port: int) -> set[int]:
+    """The socket inodes listening on ``ip:port`` (TCP listeners, bound UDP sockets, the address
+    itself or a wildcard) in the network namespace of ``netns_pid``."""
+    try:
+        destination = ipaddress.ip_address(ip)
+    except ValueError:
+        return set()
+    if destination.version == 6 and destination.ipv4_mapped is not None:
+        destination = destination.ipv4_mapped
+    if destination.is_unspecified:   # a connect to 0.0.0.0 or :: goes to loopback
+        destination = ipaddress.ip_address("127.0.0.1" if destination.version == 4 else "::1")
     inodes: set[int] = set()
     for table, family, state in _TABLES:
         try:
@@ -64,7 +79,8 @@ def _listeners(netns_pid: int, destination, port: int) -> set[int]:
     return inodes
 
 
-def _held_sockets(tgids: Iterable[int]) -> set[int]:
+def held_sockets(tgids: Iterable[int]) -> set[int]:
+    """The socket inodes the processes ``tgids`` hold descriptors of."""
     held: set[int] = set()
     for tgid in tgids:
         directory = f"/proc/{tgid}/fd"
@@ -82,16 +98,29 @@ def _held_sockets(tgids: Iterable[int]) -> set[int]:
     return held
 
 
-def owned_listener(tgids: Iterable[int], ip: str, port: int, netns_pid: int) -> bool:
-    """True when a socket listens on ``ip:port`` in the namespace of ``netns_pid`` and every
-    such socket is held by one of the processes ``tgids``."""
+def is_stream_socket(tgid: int, fd: int) -> bool:
+    """Is descriptor ``fd`` of process ``tgid`` a stream socket (TCP), whose connect to a port
+    nobody listens on the kernel refuses (ECONNREFUSED)? False when it cannot be told. The
+    tracer may take a copy of a tracee's descriptor (pidfd_getfd); the copy is closed at once."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = libc.syscall(SYSCALL_NUMBERS["pidfd_open"], tgid, 0)
+    if pidfd < 0:
+        return False
     try:
-        destination = ipaddress.ip_address(ip)
-    except ValueError:
+        copy = libc.syscall(SYSCALL_NUMBERS["pidfd_getfd"], pidfd, fd, 0)
+    finally:
+        os.close(pidfd)
+    if copy < 0:
         return False
-    if destination.version == 6 and destination.ipv4_mapped is not None:
-        destination = destination.ipv4_mapped
-    listening = _listeners(netns_pid, destination, port)
-    if not listening:
+    try:
+        sock = socket.socket(fileno=copy)
+    except OSError:
+        os.close(copy)
         return False
-    return listening <= _held_sockets(tgids)
+    with sock:
+        try:
+            return sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM
+        except OSError:
+            return False

@@ -190,7 +190,7 @@ class Session:
             self._warn(task, name, verdict)
             E.allow(task.tid)
         elif outcome == "block":
-            self._refuse(task, regs, name, decoded)
+            self._refuse(task, regs, name, decoded, verdict)
         elif outcome == "kill":
             self.killed = True
             deciding = verdict.deciding
@@ -243,9 +243,12 @@ class Session:
                 for (action_type, pattern), (count, reason) in sorted(
                     self.warnings.items(), key=lambda item: -item[1][0]) if count > 1]
 
-    def _refuse(self, task: Task, regs, name: str, decoded) -> None:
+    def _refuse(self, task: Task, regs, name: str, decoded, verdict: D.Verdict) -> None:
         """Refuse the syscall; where the kernel would have failed it anyway, with the kernel's
         own errno (a probe runs in its place: errno_probe.py), else with EACCES."""
+        if verdict.errno is not None:
+            E.refuse(task.tid, regs, verdict.errno)
+            return
         targets = tuple(a.target for a in decoded.actions) if decoded is not None else ()
         try:
             probe = probe_for(name, syscall_args(regs), targets, task.memory.read_bytes)
