@@ -15,6 +15,17 @@ def test_no_notify_socket_is_a_no_op():
     assert sd_notify("READY=1", environ={}) is False
 
 
+def test_a_full_notify_queue_never_blocks_the_sender(tmp_path):
+    """Nobody reads the notify socket: the queue fills up (net.unix.max_dgram_qlen) and the
+    daemon's status lines are dropped instead of freezing its loop."""
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(address)
+        results = [sd_notify(f"STATUS=run {i}", environ={"NOTIFY_SOCKET": address})
+                   for i in range(200)]
+    assert results[0] is True and results[-1] is False
+
+
 @pytest.mark.parametrize("abstract", [False, True])
 def test_datagram_reaches_the_notify_socket(tmp_path, abstract):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:

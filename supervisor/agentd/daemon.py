@@ -59,7 +59,12 @@ def sd_notify(message: str, environ=os.environ) -> bool:
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         try:
-            sock.sendto(message.encode(), address)
+            # Never wait: a status line is not worth freezing the daemon's loop for, and a
+            # datagram queue whose reader lags is full after ten (net.unix.max_dgram_qlen).
+            sock.sendto(message.encode(), socket.MSG_DONTWAIT, address)
+        except BlockingIOError:
+            log.debug("sd_notify %r dropped: the notify socket's queue is full", message)
+            return False
         except OSError as exc:
             log.warning("sd_notify %r failed: %s", message, exc)
             return False
