@@ -134,12 +134,7 @@ def ps(ctx: click.Context) -> None:
 
 @click.command()
 @click.argument("run_id")
-@click.option("--allow", "decision", flag_value="allow",
-              help="Let the held syscall run once; when the run waits for confirmation of a "
-                   "batch (strict's deletes), confirm the whole batch.")
-@click.option("--deny", "decision", flag_value="deny",
-              help="Refuse it (EACCES); the agent goes on. For a batch: refuse the rest of it "
-                   "without asking again.")
+@cli_run.decision_options
 @click.pass_context
 def resume(ctx: click.Context, run_id: str, decision: str | None) -> None:
     """Resume a held run (--allow/--deny) or thaw a run frozen by `agentd stop`."""

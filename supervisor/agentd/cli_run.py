@@ -117,14 +117,21 @@ def ps() -> None:
                        f"{held.get('reason')}{batch}")
 
 
+def decision_options(command):
+    """``--allow`` / ``--deny`` of ``agentd resume`` (here and in the daemon's resume)."""
+    command = click.option(
+        "--deny", "decision", flag_value="deny",
+        help="Refuse it (EACCES); the agent goes on. For a batch: refuse the rest of it "
+             "without asking again.")(command)
+    return click.option(
+        "--allow", "decision", flag_value="allow",
+        help="Let the held syscall run once; when the run waits for confirmation of a batch "
+             "(strict's deletes), confirm the whole batch.")(command)
+
+
 @click.command()
 @click.argument("run_id")
-@click.option("--allow", "decision", flag_value="allow",
-              help="Let the held syscall run once; when the run waits for confirmation of a "
-                   "batch (strict's deletes), confirm the whole batch.")
-@click.option("--deny", "decision", flag_value="deny",
-              help="Refuse it (EACCES); the agent goes on. For a batch: refuse the rest of it "
-                   "without asking again.")
+@decision_options
 def resume(run_id: str, decision: str | None) -> None:
     """Resume a run held by a SIGSTOP verdict, allowing or denying the held action."""
     from . import control
