@@ -53,8 +53,8 @@ def run_upstream(port_queue) -> None:
 
 def run_proxy(port_queue, stop_event, quick: bool) -> None:
     from agent_os.policy import Pattern, Policy
-    from agentd.decide import _evaluate
-    from agentd.decode import Action
+    from agentd.trace.decide import _evaluate
+    from agentd.trace.decode import Action
     from agentd.netplane.proxy import EgressProxy
 
     policy = Policy(name="bench", default_action="deny", patterns=[

@@ -45,8 +45,8 @@ QUICK_SIZES = {"py_files": 200, "fork_loop": 40, "tcp_connect": 30, "git_loop": 
 
 def traced_syscalls() -> list[tuple[str, int]]:
     """agentd's traced set (what its seccomp filter returns TRACE for), as (name, number)."""
-    from agentd.syscall_numbers import SYSCALL_NUMBERS
-    from agentd.syscall_table import traced_syscalls as names
+    from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
+    from agentd.trace.syscall_table import traced_syscalls as names
 
     return sorted((name, SYSCALL_NUMBERS[name]) for name in names())
 
@@ -317,7 +317,7 @@ files; `fork_loop` is a shell loop running `/bin/true` 400 times; `tcp_connect` 
 connections to a listener the bench runs on 127.0.0.1; `git_loop` runs git init, commit of 300
 files, an edit of all of them, diff, commit, log. **Runners**, interleaved round robin in one run
 ({reps} repetitions, medians): native; `floor` — `bench/floor_tracer.c`, ptrace + seccomp with
-agentd's traced syscall set ({ntraced} syscalls, from `agentd.syscall_table`), continuing every
+agentd's traced syscall set ({ntraced} syscalls, from `agentd.trace.syscall_table`), continuing every
 stop (the floor of this design); `strace -f --seccomp-bpf -e trace=<the same set> -o /dev/null`
 (strace 6.1 lacks {missing}); `agentd run --policy permissive` with its audit log (fsync
 "interval") on the same ext4 disk. Cells: median wall time (ratio to native).
@@ -329,7 +329,7 @@ stop (the floor of this design); `strace -f --seccomp-bpf -e trace=<the same set
 README_NOTES = """
 **Reading it.** The machine is shared (other jobs, VMs under TCG at times): compare ratios within
 one run, not across runs. Start-up is wall time, `agentd run` with the default policy (strict) and
-a warm policy cache (`agentd.policy_cache`; the first run after a policy change pays ~30 ms more
+a warm policy cache (`agentd.run.policy_cache`; the first run after a policy change pays ~30 ms more
 to compile its regexes). RSS is the supervisor process alone (the agent's memory is not in it).
 
 **Where agentd's time goes** (cProfile of `py_files`, per seccomp stop): the ptrace requests

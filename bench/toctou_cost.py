@@ -1,4 +1,4 @@
-"""What the TOCTOU defence (supervisor/agentd/scratch.py) costs: before/after in the same run.
+"""What the TOCTOU defence (supervisor/agentd/trace/pinning.py) costs: before/after in the same run.
 
 Runs, interleaved, under ``agentd run --policy permissive``: with the defence (the default) and
 without it (``AGENTD_BENCH_NO_PINNING=1``, a switch for this bench only), plus native:

@@ -1,11 +1,11 @@
-"""agentd.bpf: instruction encoding, the label assembler (with long jumps) and the interpreter."""
+"""agentd.kernel.bpf: instruction encoding, the label assembler (with long jumps) and the interpreter."""
 
 from __future__ import annotations
 
 import pytest
 
-from agentd import bpf
-from agentd.bpf import Assembler, BpfError, Instruction, SeccompData
+from agentd.kernel import bpf
+from agentd.kernel.bpf import Assembler, BpfError, Instruction, SeccompData
 
 X86_64 = 0xC000003E
 

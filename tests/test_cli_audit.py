@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from agent_os.flight_recorder import FlightRecorder, head_path_for
-from agentd.cli import main
+from agentd.cli.main import main
 
 
 @pytest.fixture

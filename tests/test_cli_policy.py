@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agentd.cli import main
+from agentd.cli.main import main
 
 DATA = Path(__file__).parent / "data"
 ENTERPRISE = str(DATA / "enterprise_security.yaml")

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from agentd.cgroups import CgroupTree, find_unified_mount
+from agentd.kernel.cgroups import CgroupTree, find_unified_mount
 from helpers.agentd_daemon import cgroup2_mount, wait_for
 
 UNIFIED = ("24 1 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 "

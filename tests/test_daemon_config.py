@@ -1,4 +1,4 @@
-"""The daemon's configuration (agentd/config.py): documented defaults, unknown keys rejected
+"""The daemon's configuration (agentd/daemon/config.py): documented defaults, unknown keys rejected
 with their place named, grants decide who may launch which policy."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from agentd.config import ConfigError, DaemonConfig, Grant, load_config
+from agentd.daemon.config import ConfigError, DaemonConfig, Grant, load_config
 
 
 def test_every_field_has_a_default_and_a_description():
@@ -48,7 +48,7 @@ def test_bad_values_and_bad_yaml_name_the_file(tmp_path):
 
 
 def test_missing_default_file_means_defaults_but_an_explicit_one_must_exist(tmp_path, monkeypatch):
-    monkeypatch.setattr("agentd.config.DEFAULT_CONFIG_PATH", str(tmp_path / "absent.yaml"))
+    monkeypatch.setattr("agentd.daemon.config.DEFAULT_CONFIG_PATH", str(tmp_path / "absent.yaml"))
     assert load_config() == DaemonConfig()
     with pytest.raises(ConfigError, match="no such configuration file"):
         load_config(str(tmp_path / "absent.yaml"))

@@ -5,8 +5,8 @@ endpoints (DNS stub, proxy) are reachable whatever the policy says about their a
 from __future__ import annotations
 
 from agent_os.loader import policy_from_yaml_string
-from agentd import decide as D
-from agentd.decode import Action, DecodedSyscall
+from agentd.trace import decide as D
+from agentd.trace.decode import Action, DecodedSyscall
 
 POLICY = """
 name: net_test

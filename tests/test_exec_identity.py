@@ -18,12 +18,13 @@ from types import SimpleNamespace
 import pytest
 
 from agent_os.policy import Pattern
-from agentd import bpf, seccomp
-from agentd import exec_identity as X
-from agentd.control import RunRegistration
-from agentd.decide import Evaluation, containment_of_protected
-from agentd.decode import _connect_actions
-from agentd.syscall_numbers import syscall_number
+from agentd.kernel import bpf
+from agentd.kernel import seccomp
+from agentd.trace import exec_identity as X
+from agentd.run.registry import RunRegistration
+from agentd.trace.decide import Evaluation, containment_of_protected
+from agentd.trace.decode import _connect_actions
+from agentd.kernel.syscall_numbers import syscall_number
 
 ME = os.getpid()
 RM = os.path.realpath(shutil.which("rm") or "/bin/rm")

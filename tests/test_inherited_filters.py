@@ -1,6 +1,6 @@
 """Seccomp filters the supervisor inherits (systemd's unit hardening) against the TOCTOU rewrite.
 
-Every pinned open runs as openat2 with RESOLVE_NO_SYMLINKS (supervisor/agentd/scratch.py), and
+Every pinned open runs as openat2 with RESOLVE_NO_SYMLINKS (supervisor/agentd/trace/pinning.py), and
 the agent inherits every filter of the process that starts it. systemd's ``RestrictSUIDSGID=yes``
 answers openat2 with ENOSYS, which killed every agent under agentd.service in the loader
 ("libc.so.6: cannot open shared object file: Error 38"). Here a real filter with exactly that

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agentd import landlock as ll
+from agentd.kernel import landlock as ll
 from helpers.landlock_child import attempt, run_in_child, write_file
 
 SUPPORT = ll.probe()

@@ -25,8 +25,8 @@ from agent_os.matcher import (
     set_form,
 )
 from agent_os.policy import Pattern, Policy
-from agentd import landlock as ll
-from agentd.sandbox_plan import EXACT, Prefix, analyse, plan_sandbox
+from agentd.kernel import landlock as ll
+from agentd.run.sandbox_plan import EXACT, Prefix, analyse, plan_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS_FILES = sorted([*ROOT.glob("policies/*.yaml"), *ROOT.glob("tests/policy_cases/*.yaml"),

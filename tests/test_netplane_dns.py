@@ -29,7 +29,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from agentd.decide import Evaluation
+from agentd.trace.decide import Evaluation
 from agentd.netplane.dns import DnsStub, DnsStubError, NameBook, system_nameservers
 
 ZONE = {

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from agentd.decide import Evaluation
+from agentd.trace.decide import Evaluation
 from agentd.netplane import proxy as proxy_module
 from agentd.netplane.proxy import (BadRequest, EgressProxy, client_hello_sni, normalise_path,
                                    original_destination, parse_authority, parse_request_head)
@@ -464,8 +464,8 @@ def test_oversized_head_is_refused(proxy, upstream):
 def test_policy_conditions_see_method_and_headers(upstream):
     """A real policy: allowed_methods and require_auth_header get what the proxy saw."""
     from agent_os.policy import Pattern, Policy
-    from agentd.decide import evaluate_action
-    from agentd.decode import Action
+    from agentd.trace.decide import evaluate_action
+    from agentd.trace.decode import Action
 
     policy = Policy(name="web", default_action="deny", patterns=[
         Pattern(id="api_with_auth", action_type="network_request",
@@ -648,7 +648,7 @@ def test_real_original_dst_on_a_plain_socket_is_none():
 
 TRANSPARENT_IN_NETNS = textwrap.dedent("""
     import http.client, socket, subprocess, sys, threading, http.server
-    from agentd.decide import Evaluation
+    from agentd.trace.decide import Evaluation
     from agentd.netplane.proxy import EgressProxy
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     seen = []

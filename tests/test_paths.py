@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from agentd.paths import AT_FDCWD, PathResolutionError, resolve_tracee_path
+from agentd.trace.paths import AT_FDCWD, PathResolutionError, resolve_tracee_path
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""agentd.policy_cache: a cached policy decides exactly as a freshly loaded one; the cache is
+"""agentd.run.policy_cache: a cached policy decides exactly as a freshly loaded one; the cache is
 invalidated by any change to what the policy depends on, and a foreign or tampered entry is
 never unpickled."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent_os.loader import load_policy
-from agentd import policy_cache as C
+from agentd.run import policy_cache as C
 
 VARIABLES = {"WORKSPACE": "/home/u/ws", "HOME": "/home/u", "TMPDIR": "/tmp"}
 PROBES = [("file_read", "/etc/shadow"), ("file_read", "/home/u/ws/a.txt"),
@@ -52,7 +52,7 @@ def test_cached_policy_decides_like_a_fresh_load(cache_home, name):
 
 def test_a_hit_in_a_new_process_skips_yaml_and_decides_the_same(cache_home):
     C.load_policy_cached("strict", VARIABLES)
-    code = ("import sys; from agentd.policy_cache import load_policy_cached as L; "
+    code = ("import sys; from agentd.run.policy_cache import load_policy_cached as L; "
             f"p = L('strict', {VARIABLES!r}); "
             "print('yaml' in sys.modules, p.evaluate('file_read', '/etc/shadow', {'agent_id': 't'}).pattern_id)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from agentd.cli_run import run as click_run
-from agentd.run_main import parse_run_args
+from agentd.cli.run import run as click_run
+from agentd.run.assembly import parse_run_args
 
 LINES = [
     ["--", "/bin/true"],
@@ -47,7 +47,7 @@ def test_agentd_run_does_not_import_click_or_yaml(tmp_path):
             "atexit.register(lambda: print('click' in sys.modules, 'yaml' in sys.modules, file=sys.stderr))\n"
             "sys.argv = ['agentd', 'run', '--policy', 'permissive', '--embedded', '--audit-log', "
             f"{str(tmp_path / 'audit.jsonl')!r}, '--', '/bin/sh', '-c', 'exit 7']\n"
-            "from agentd.entry import main\nmain()\n")
+            "from agentd.cli.entry import main\nmain()\n")
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert first.returncode == 7, first.stderr

@@ -13,7 +13,7 @@ import pytest
 
 from helpers.agentd_run import PYTHON, deny, needs_tracing, run_agentd, write_policy
 from helpers.cbuild import try_syscall  # noqa: F401  (a pytest fixture)
-from agentd.syscall_numbers import syscall_number
+from agentd.kernel.syscall_numbers import syscall_number
 
 pytestmark = [needs_tracing, pytest.mark.needs_ptrace]
 

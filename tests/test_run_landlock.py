@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agentd import landlock
+from agentd.kernel import landlock
 from helpers.agentd_run import AGENTD, PYTHON, needs_tracing, run_agentd
 
 LAYERS = str(Path(__file__).parent / "data" / "landlock_layers.py")

@@ -10,11 +10,12 @@ import socket
 import subprocess
 import sys
 
-from agentd import bpf, runner
-from agentd.kernel_consts import AUDIT_ARCH_X86_64
-from agentd.seccomp import SECCOMP_RET_ALLOW, SECCOMP_RET_TRACE
-from agentd.syscall_numbers import SYSCALL_NUMBERS
-from agentd.syscall_table import traced_syscalls
+from agentd.kernel import bpf
+from agentd.run import supervise as runner
+from agentd.kernel.consts import AUDIT_ARCH_X86_64
+from agentd.kernel.seccomp import SECCOMP_RET_ALLOW, SECCOMP_RET_TRACE
+from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
+from agentd.trace.syscall_table import traced_syscalls
 
 ACTION_MASK = 0xFFFF0000
 

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from agent_os.loader import load_policy, policy_from_yaml_string
 from agent_os.policy import Pattern, Policy, PolicyException, Severity, ViolationMode
 from agent_os.stack import PolicyStack
-from agentd import landlock as ll
+from agentd.kernel import landlock as ll
 from helpers.landlock_child import attempt, run_in_child, write_file
-from agentd.sandbox_plan import (
+from agentd.run.sandbox_plan import (
     EXACT,
     EXACT_OR_NEWLINE,
     LANDLOCK,

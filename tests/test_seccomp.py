@@ -1,4 +1,4 @@
-"""agentd.seccomp: the filter as data, compiled and run in the BPF interpreter on seccomp_data
+"""agentd.kernel.seccomp: the filter as data, compiled and run in the BPF interpreter on seccomp_data
 tables, the profile loader, and the real kernel: a forked child installs the filter and the test
 checks what the kernel did (the errno, the SIGSYS, the directory that was not created)."""
 
@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from agentd import bpf, kernel_consts as kc, seccomp
-from agentd.bpf import SeccompData
-from agentd.seccomp import (
+from agentd.kernel import bpf
+from agentd.kernel import consts as kc
+from agentd.kernel import seccomp
+from agentd.kernel.bpf import SeccompData
+from agentd.kernel.seccomp import (
     ENOSYS,
     EPERM,
     KILL_PROCESS,
@@ -34,7 +36,7 @@ from agentd.seccomp import (
     load_profile,
     parse_profile,
 )
-from agentd.syscall_numbers import MAX_SYSCALL_NR, SYSCALL_NAMES, SYSCALL_NUMBERS, syscall_number
+from agentd.kernel.syscall_numbers import MAX_SYSCALL_NR, SYSCALL_NAMES, SYSCALL_NUMBERS, syscall_number
 from helpers.cbuild import try_syscall  # noqa: F401  (a pytest fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -324,7 +326,7 @@ def test_allowed_syscalls_stay_in_the_kernels_action_cache(default_program, prof
 
 
 def test_build_is_byte_for_byte_reproducible(tmp_path):
-    script = ("import hashlib; from agentd import bpf, seccomp\n"
+    script = ("import hashlib; from agentd.kernel import bpf, seccomp\n"
               f"p = seccomp.load_profile({str(DEFAULT_PROFILE)!r})\n"
               f"print(hashlib.sha256(bpf.encode(seccomp.build_filter(p.spec({sorted(TRACED)!r})))).hexdigest())")
     digests = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,

@@ -14,10 +14,10 @@ import struct
 import pytest
 
 from agent_os.action_types import ACTION_TYPES
-from agentd import seccomp
-from agentd.decode import DecodeError, decode_syscall, format_sockaddr
-from agentd.syscall_numbers import SYSCALL_NUMBERS
-from agentd.syscall_table import (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, O_APPEND, O_CREAT,
+from agentd.kernel import seccomp
+from agentd.trace.decode import DecodeError, decode_syscall, format_sockaddr
+from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
+from agentd.trace.syscall_table import (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, O_APPEND, O_CREAT,
                                   O_NOFOLLOW, O_RDWR, O_TRUNC, O_WRONLY, TABLE, traced_syscalls)
 
 AT_FDCWD = -100 & 0xFFFFFFFFFFFFFFFF

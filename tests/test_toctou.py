@@ -1,4 +1,4 @@
-"""The TOCTOU defence (supervisor/agentd/scratch.py): the sealed scratch region and the pinning.
+"""The TOCTOU defence (supervisor/agentd/trace/pinning.py): the sealed scratch region and the pinning.
 
 Real programs under the real ``agentd run``: the region exists at its fixed address in every
 program after exec (also in forked children and threads), it is read-only and sealed (every way
@@ -16,8 +16,8 @@ import pytest
 from helpers.agentd_run import PYTHON, needs_tracing, run_agentd, write_policy
 from helpers.cbuild import build_c_helper
 
-from agentd import scratch as S
-from agentd.syscall_table import TABLE
+from agentd.trace import pinning as S
+from agentd.trace.syscall_table import TABLE
 
 pytestmark = [needs_tracing, pytest.mark.needs_ptrace]
 

@@ -29,7 +29,7 @@ PYTHON = sys.executable
 
 def cgroup2_mount() -> str | None:
     try:
-        from agentd.cgroups import find_unified_mount
+        from agentd.kernel.cgroups import find_unified_mount
         return find_unified_mount()
     except OSError:
         return None
@@ -131,7 +131,7 @@ class DaemonUnderTest:
                                 text=True, **kwargs)
 
     def request(self, op: str, raw: bytes | None = None, **fields) -> dict:
-        from agentd import daemon_client
+        from agentd.daemon import client as daemon_client
         return daemon_client.request(op, path=self.socket_path, **fields)
 
     def runs(self) -> list[dict]:

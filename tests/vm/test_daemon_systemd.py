@@ -60,7 +60,7 @@ def wait_for(predicate, timeout=60.0, what="condition"):
 
 
 def request(op: str, **fields) -> dict:
-    from agentd import daemon_client
+    from agentd.daemon import client as daemon_client
     return daemon_client.request(op, path=SOCKET, **fields)
 
 

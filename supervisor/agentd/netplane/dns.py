@@ -39,7 +39,7 @@ import dns.rdatatype
 import dns.resolver
 import dns.rdtypes.svcbbase
 
-from ..decide import Evaluation, split_host_port
+from agentd.trace.decide import Evaluation, split_host_port
 
 __all__ = ["NameBook", "DnsStub", "DnsStubError", "system_nameservers", "parse_upstream",
            "normalize_name",

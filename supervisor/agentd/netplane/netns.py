@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agentd.kernel_consts import CLONE_NEWNET
+from agentd.kernel.consts import CLONE_NEWNET
 
 __all__ = [
     "DEFAULT_POOL",

@@ -30,8 +30,8 @@ import threading
 import urllib.parse
 from typing import TYPE_CHECKING, Callable
 
-from .. import decide as D
-from ..decode import Action
+from agentd.trace import decide as D
+from agentd.trace.decode import Action
 from .dns import DnsStub, DnsStubError, NameBook, system_nameservers
 from .proxy import EgressProxy
 from .userns import PROXY_ADDRESS, NamespaceHandoff, namespace_nameservers, userns_unavailable

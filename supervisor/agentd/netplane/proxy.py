@@ -28,7 +28,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from ..decide import OUTCOME_RANK, Evaluation
+from agentd.trace.decide import OUTCOME_RANK, Evaluation
 
 __all__ = ["EgressProxy", "Limits", "RequestHead", "BadRequest", "parse_request_head",
            "parse_authority", "normalise_path", "client_hello_sni", "original_destination",

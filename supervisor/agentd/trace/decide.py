@@ -289,7 +289,7 @@ def connect_evaluations(policy, action: Action, context: dict, network: NetworkV
     if loopback and tree is not None and isinstance(pid, int) \
             and any(e.outcome == "block" for e in evaluations) \
             and all(e.outcome in ("allow", "warn", "block") for e in evaluations):
-        from . import own_listeners
+        from agentd.kernel import procfs as own_listeners
 
         listening = own_listeners.listeners(pid, ip, port)
         if listening and listening <= own_listeners.held_sockets(tuple(tree.members())):

@@ -7,7 +7,7 @@ signal N). ``parse_run_args`` understands the well-formed ``agentd run`` command
 else (``--help``, an unknown or incomplete option, a workspace that is not a directory) returns
 None and the caller hands the line to click, whose messages are the reference. Start-up time
 matters here (agents start many short commands): click costs ~15 ms to import, so the console
-entry (``agentd.entry``) calls this module directly, and every heavy module is imported late.
+entry (``agentd.cli.entry``) calls this module directly, and every heavy module is imported late.
 """
 
 from __future__ import annotations
@@ -99,8 +99,9 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
 
     from .policy_cache import cache_dir
 
-    from . import control, runner
-    from .session import Session
+    from . import registry as control
+    from . import supervise as runner
+    from agentd.trace.session import Session
 
     try:
         runner.check_host()   # first: a nested run must fail before it touches anything
@@ -157,7 +158,7 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
     if plane is not None or os.geteuid() == 0:
         # A root agent without the plane shares the host's network namespace: without
         # CAP_NET_ADMIN its netlink messages can read the network state, never change it.
-        from .capabilities import BoundingDrop
+        from agentd.kernel.capabilities import BoundingDrop
         child_steps.append(BoundingDrop())
     if landlock is not None:
         child_steps.append(landlock.apply)
@@ -237,13 +238,13 @@ def _start_plane(network: str, dns_upstream: str | None, session, run_id: str):
     """
     if network == "off":
         return None
-    from .netplane.dns import parse_upstream
+    from agentd.netplane.dns import parse_upstream
 
     try:
         upstream = parse_upstream(dns_upstream)
     except ValueError as exc:
         _fail(f"--dns-upstream {dns_upstream!r}: {exc} (give IP[:PORT], comma separated)")
-    from .netplane.plane import NetworkPlane, PlaneUnavailable, UsernsPlane
+    from agentd.netplane.plane import NetworkPlane, PlaneUnavailable, UsernsPlane
 
     try:
         if os.geteuid() == 0:
@@ -281,7 +282,7 @@ def explain_network(network: str) -> str:
                     "method and URL (host and port for TLS), network_connect on the address and "
                     "the names the stub resolved to it (docs/network.md)." % network)
     else:
-        from .netplane.userns import userns_unavailable
+        from agentd.netplane.userns import userns_unavailable
 
         why = userns_unavailable()
         if why is None:

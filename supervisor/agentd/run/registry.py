@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import enforce as E
-from . import ptrace_api as P
-from . import tracee_memory as M
+from agentd.trace import enforce as E
+from agentd.kernel import ptrace as P
+from agentd.kernel import tracee_memory as M
 
 __all__ = ["runs_dir", "RunRegistration", "list_runs", "send_decision", "Holder", "DECISIONS"]
 
@@ -320,7 +320,7 @@ class Holder:
                   f"agentd: {verdict.reason}\n{choices}")
         decision, who = self.registration.wait_for_decision(prompt)
         self.registration.close_socket()
-        from .decide import Evaluation
+        from agentd.trace.decide import Evaluation
         session.record(task, "operator", Evaluation(
             deciding.action_type if deciding else "", deciding.target if deciding else "",
             "allow" if decision == "allow" else "deny", decision,

@@ -3,7 +3,7 @@
 This module owns the question the kernel answers on every syscall of the agent before the tracer
 sees anything: refuse it here (a baseline denial), stop for the tracer (SECCOMP_RET_TRACE), or let
 it run. A ``FilterSpec`` (traced names, denied names, argument rules) is data; ``build_filter``
-compiles it with the assembler of ``agentd.bpf`` into a program that checks the architecture first
+compiles it with the assembler of ``agentd.kernel.bpf`` into a program that checks the architecture first
 (ia32 and x32 are killed), then finds the syscall number in a binary search tree of JGE over
 number ranges. ``TRACER_INVARIANTS`` are denials every filter carries whatever the profile says,
 because without them a process escapes the tracer. ``load_profile`` reads the OCI/Docker seccomp
@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from agentd import bpf
-from agentd.kernel_consts import (
+from agentd.kernel import bpf
+from agentd.kernel.consts import (
     AUDIT_ARCH_X86_64,
     CLONE_UNTRACED,
     PERSONALITY_QUERY,
@@ -42,7 +42,7 @@ from agentd.kernel_consts import (
     TIOCSTI,
     X32_SYSCALL_BIT,
 )
-from agentd.syscall_numbers import MAX_SYSCALL_NR, SYSCALL_NAMES, SYSCALL_NUMBERS
+from agentd.kernel.syscall_numbers import MAX_SYSCALL_NR, SYSCALL_NAMES, SYSCALL_NUMBERS
 
 U64_MASK = 0xFFFFFFFFFFFFFFFF
 MAX_ERRNO = 4095  # SECCOMP_RET_DATA holds 16 bits, but the kernel only honours -4095..-1

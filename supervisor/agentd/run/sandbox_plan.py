@@ -30,7 +30,7 @@ from typing import Any
 from agent_os.matcher import REGEX_FLAGS, engine_regex_source
 from agent_os.policy import Pattern, ViolationMode
 
-from agentd import landlock as ll
+from agentd.kernel import landlock as ll
 
 # --- what a regex can match: a finite set of literal prefixes -------------------------------------
 

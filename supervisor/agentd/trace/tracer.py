@@ -23,18 +23,18 @@ import signal
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import kernel_consts as K
+from agentd.kernel import consts as K
 from ptrace.binding import func as _ptrace_binding
 
-from . import ptrace_api as P
-from . import scratch as S
-from .syscall_numbers import SYSCALL_NAMES
+from agentd.kernel import ptrace as P
+from . import pinning as S
+from agentd.kernel.syscall_numbers import SYSCALL_NAMES
 from .syscall_table import TABLE
-from .tracee_memory import TraceeMemory
+from agentd.kernel.tracee_memory import TraceeMemory
 
 __all__ = ["Task", "Tracer"]
 
-log = logging.getLogger("agentd.tracer")
+log = logging.getLogger("agentd.trace.tracer")
 
 _STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 _NEW_TASK_EVENTS = frozenset({K.PTRACE_EVENT_FORK, K.PTRACE_EVENT_VFORK, K.PTRACE_EVENT_CLONE})

@@ -22,17 +22,17 @@ from typing import Any, Callable
 
 from . import decide as D
 from . import enforce as E
-from . import ptrace_api as P
+from agentd.kernel import ptrace as P
 from .decode import DecodeError, Tracee, decode_syscall, syscall_args
 from .errno_probe import probe_for
-from .statx import coarse_now_ns
-from .syscall_numbers import SYSCALL_NAMES
+from agentd.kernel.statx import coarse_now_ns
+from agentd.kernel.syscall_numbers import SYSCALL_NAMES
 from .syscall_table import TABLE
 from .tracer import Task, Tracer
 
 __all__ = ["Session", "WouldDeny"]
 
-log = logging.getLogger("agentd.session")
+log = logging.getLogger("agentd.trace.session")
 
 BATCH_QUIET = 60.0   # seconds without one of its actions that end a batch the operator answered
 

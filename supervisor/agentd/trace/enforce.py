@@ -19,9 +19,9 @@ import os
 import signal
 from dataclasses import dataclass
 
-from . import ptrace_api as P
+from agentd.kernel import ptrace as P
 from .errno_probe import Probe
-from .scratch import in_window, openat2_form, sendmsg_form
+from .pinning import in_window, openat2_form, sendmsg_form
 
 __all__ = ["allow", "refuse", "refuse_probing", "Probing", "rewind", "kill_all", "warn_line", "notice_line", "SYSCALL_INSN"]
 

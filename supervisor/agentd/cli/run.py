@@ -3,7 +3,7 @@
 Owns the click surface of supervised runs: the options of ``agentd run`` (with ``--help``, and
 the messages for a wrong command line), the daemon hand-off, and ``ps``/``resume``/``kill``. The
 run itself is ``run_main.run_agent``; on a well-formed command line the console entry
-(``agentd.entry``) calls it without importing click at all, so that ``agentd run -- /bin/true``
+(``agentd.cli.entry``) calls it without importing click at all, so that ``agentd run -- /bin/true``
 starts fast. Heavy modules are imported inside the commands.
 """
 
@@ -55,15 +55,15 @@ def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log
     agentd run --policy strict --explain-sandbox
     """
     if explain_sandbox:
-        from .run_main import explain_sandbox as explain
+        from agentd.run.assembly import explain_sandbox as explain
 
         click.echo(explain(policy_name, workspace, mode))
         import textwrap
 
-        from .run_main import explain_network
+        from agentd.run.assembly import explain_network
         click.echo("\n" + textwrap.fill(explain_network(network), 100, subsequent_indent="  "))
         if not embedded:
-            from . import daemon_client
+            from agentd.daemon import client as daemon_client
             if daemon_client.available():
                 click.echo("\nNote: the agentd daemon is running, so `agentd run` without "
                            "--embedded is supervised by it, and daemon runs use no Landlock "
@@ -72,7 +72,7 @@ def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log
     if not command:
         raise click.UsageError("missing the command to run (agentd run [OPTIONS] -- CMD [ARGS]...)")
     if not embedded:
-        from . import daemon_client   # the daemon's socket is there: it supervises
+        from agentd.daemon import client as daemon_client  # the daemon's socket is there: it supervises
         if daemon_client.available():
             source = click.get_current_context().get_parameter_source
             if any(source(name) == click.core.ParameterSource.COMMANDLINE
@@ -84,7 +84,7 @@ def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log
             sys.exit(daemon_client.run(list(command), policy=policy_name, workspace=workspace,
                                        agent_id=agent_id, mode=mode, audit_log=audit_log,
                                        seccomp_profile=seccomp_profile))
-    from .run_main import run_agent
+    from agentd.run.assembly import run_agent
 
     run_agent(policy_name, workspace, agent_id, audit_log, mode, seccomp_profile, command,
               network=network, dns_upstream=dns_upstream)
@@ -98,7 +98,7 @@ def _short_command(argv: list[str], width: int = 60) -> str:
 @click.command()
 def ps() -> None:
     """List the supervised runs of this user."""
-    from . import control
+    from agentd.run import registry as control
 
     runs = control.list_runs()
     if not runs:
@@ -134,7 +134,7 @@ def decision_options(command):
 @decision_options
 def resume(run_id: str, decision: str | None) -> None:
     """Resume a run held by a SIGSTOP verdict, allowing or denying the held action."""
-    from . import control
+    from agentd.run import registry as control
 
     if decision is None:
         raise click.UsageError("say --allow or --deny")
@@ -153,7 +153,7 @@ def resume(run_id: str, decision: str | None) -> None:
 @click.argument("run_id")
 def kill(run_id: str) -> None:
     """Kill a run's whole agent tree (its supervisor exits 137)."""
-    from . import control
+    from agentd.run import registry as control
 
     try:
         pid = control.kill_run(run_id)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from . import syscall_table as T
 from .paths import AT_FDCWD
-from .syscall_numbers import SYSCALL_NUMBERS
+from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
 
 __all__ = ["Probe", "probe_for", "WALK_ERRORS"]
 

@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 from . import exec_identity as _exec_identity
 from . import paths as _paths
-from . import statx as _statx
-from . import tracee_memory as _mem
+from agentd.kernel import statx as _statx
+from agentd.kernel import tracee_memory as _mem
 from . import syscall_table as T
 
 __all__ = ["Action", "SignalTarget", "Tracee", "DecodedSyscall", "DecodeError", "decode_syscall",

@@ -4,7 +4,7 @@ Owns only the dispatch. ``agentd run`` with a well-formed command line (see
 ``run_main.parse_run_args``) and no daemon to hand over to goes straight to
 ``run_main.run_agent``: importing click and building the command groups costs more than a
 quarter of the start-up budget, and agents start many short commands. Every other command line,
-``--help`` and every malformed one included, goes to the click group ``agentd.cli.main``,
+``--help`` and every malformed one included, goes to the click group ``agentd.cli.main.main``,
 which stays the reference for parsing and messages.
 """
 
@@ -18,20 +18,20 @@ __all__ = ["main"]
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["run"]:
-        from .run_main import parse_run_args
+        from agentd.run.assembly import parse_run_args
 
         params = parse_run_args(args[1:])
         if params is not None:
             embedded = params.pop("embedded")
             params.pop("explain_sandbox")   # always False here: that option goes to click
-            from .daemon_client import available
+            from agentd.daemon.client import available
 
             if embedded or not available():
-                from .run_main import run_agent
+                from agentd.run.assembly import run_agent
 
                 run_agent(**params)   # exits with the agent's status
                 return
-    from .cli import main as click_main
+    from .main import main as click_main
 
     click_main()
 

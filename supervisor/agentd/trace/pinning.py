@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 from . import paths as _paths
 from . import syscall_table as T
-from .syscall_numbers import SYSCALL_NUMBERS
-from .tracee_memory import MAX_PATH_BYTES, MemoryReadError, TraceeMemory
+from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
+from agentd.kernel.tracee_memory import MAX_PATH_BYTES, MemoryReadError, TraceeMemory
 
 __all__ = ["SCRATCH_BASE", "SCRATCH_SIZE", "SLOT_SIZE", "SLOT_COUNT", "POISON", "ScratchError",
            "Install", "Scratch", "pinned_names", "send_deferred", "REGISTERS", "openat2_form",

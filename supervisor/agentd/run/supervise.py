@@ -16,13 +16,14 @@ import os
 import signal
 from typing import Any, Callable, Mapping, Sequence
 
-from . import ptrace_api as P
+from agentd.kernel import ptrace as P
 
 __all__ = ["HostError", "FilterError", "check_host", "prepare_filter", "untraced_rules",
            "filter_environment", "spawn_traced", "exit_code", "DEFAULT_PROFILE", "supervise"]
 
-DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "seccomp_profiles", "default.json")
+# <repo>/seccomp_profiles/default.json (this file is <repo>/supervisor/agentd/run/supervise.py)
+DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))), "seccomp_profiles", "default.json")
 
 
 class HostError(RuntimeError):
@@ -74,7 +75,7 @@ def untraced_rules(traced: frozenset[str]) -> tuple:
     mirrors a case where ``decode`` returns no action; nothing that decodes to an action is
     ever untraced.
     """
-    from .seccomp import UNTRACED, ArgCondition, ArgRule
+    from agentd.kernel.seccomp import UNTRACED, ArgCondition, ArgRule
 
     rules = (
         ArgRule("sendto", (ArgCondition(4, "eq", 0),), UNTRACED,
@@ -87,14 +88,15 @@ def untraced_rules(traced: frozenset[str]) -> tuple:
 
 def prepare_filter(profile_path: str | None, traced: frozenset[str]):
     """The seccomp program, compiled and laid out in memory, ready for ``install()``."""
-    from . import seccomp
+    from agentd.kernel import seccomp
 
-    path = profile_path or (DEFAULT_PROFILE if os.path.exists(DEFAULT_PROFILE) else None)
+    path = profile_path or DEFAULT_PROFILE
+    if not os.path.exists(path):
+        # INVARIANT: no run without its baseline (namespaces, io_uring, mount, ... refused):
+        # a missing profile is an error, never a quieter filter.
+        raise FilterError(f"seccomp profile {path} does not exist")
     try:
-        if path is not None:
-            spec = seccomp.load_profile(path).spec(traced)
-        else:
-            spec = seccomp.FilterSpec(traced=traced)
+        spec = seccomp.load_profile(path).spec(traced)
         spec = seccomp.FilterSpec(spec.traced, spec.denied, spec.arg_rules + untraced_rules(traced))
         return seccomp.prepare(seccomp.build_filter(spec))
     except ValueError as exc:  # SeccompProfileError, unknown names
@@ -201,11 +203,11 @@ def supervise(argv: list[str], policy, session, *, profile: str | None = None,
     filter is installed (``spawn_traced``). ``on_syscall(tracer, task)`` replaces
     ``session.on_syscall`` as the stop handler (the daemon wraps it to time each decision).
     """
-    from .syscall_table import traced_syscalls
-    from .tracer import Tracer
+    from agentd.trace.syscall_table import traced_syscalls
+    from agentd.trace.tracer import Tracer
 
     check_host()
-    from .seccomp import probe_kernel
+    from agentd.kernel.seccomp import probe_kernel
 
     missing = probe_kernel()
     if missing:
@@ -216,7 +218,7 @@ def supervise(argv: list[str], policy, session, *, profile: str | None = None,
     context = {"agent_id": session.agent_id, "pid": os.getpid(), "syscall": "execve"}
 
     def removed(name: str, result: Any) -> None:
-        from .decide import Evaluation
+        from agentd.trace.decide import Evaluation
         reason = getattr(result, "reason", None) or f"error while evaluating: {result!r}"
         session.record(None, "execve", Evaluation(
             "env_read", name, "deny", "block", f"removed from the environment: {reason}",

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from agentd.kernel_consts import (
+from agentd.kernel.consts import (
     BPF_MAXINSNS,
     SECCOMP_DATA_ARGS_OFFSET,
     SECCOMP_DATA_SIZE,

@@ -28,7 +28,7 @@ def _provide_libc() -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
         return
-    module = types.ModuleType("ptrace.ctypes_libc", "the C library (provided by agentd.ptrace_api)")
+    module = types.ModuleType("ptrace.ctypes_libc", "the C library (provided by agentd.kernel.ptrace)")
     module.LIBC_FILENAME = "libc.so.6"
     module.libc = libc
     sys.modules["ptrace.ctypes_libc"] = module
@@ -40,7 +40,7 @@ from ptrace import PtraceError  # noqa: E402 - after _provide_libc
 from ptrace.binding import func as _binding  # noqa: E402
 from ptrace.binding.linux_struct import user_regs_struct  # noqa: E402
 
-from . import kernel_consts as K  # noqa: E402
+from . import consts as K  # noqa: E402
 
 __all__ = [
     "PtraceError", "Registers", "traceme", "seize", "setoptions", "cont", "syscall", "listen", "interrupt",

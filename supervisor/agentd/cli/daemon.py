@@ -13,14 +13,14 @@ import time
 
 import click
 
-from . import cli_run
+from . import run as cli_run
 
 __all__ = ["daemon", "reload", "stop", "ps", "resume", "kill"]
 
 
 def _daemon_request(op: str, **fields) -> dict | None:
     """The daemon's answer, or None when no daemon runs here."""
-    from . import daemon_client
+    from agentd.daemon import client as daemon_client
 
     if not daemon_client.available():
         return None
@@ -38,7 +38,7 @@ def _daemon_request(op: str, **fields) -> dict | None:
 @click.option("--check", is_flag=True, help="Validate the configuration and every policy, then exit.")
 def daemon(config_path: str | None, print_config: bool, check: bool) -> None:
     """Run the agentd service (as root, normally from agentd.service)."""
-    from .config import ConfigError, load_config
+    from agentd.daemon.config import ConfigError, load_config
 
     try:
         config = load_config(config_path)
@@ -49,7 +49,7 @@ def daemon(config_path: str | None, print_config: bool, check: bool) -> None:
         import yaml
         click.echo(yaml.safe_dump(config.model_dump(), sort_keys=False))
         return
-    from .daemon import PolicyStore, run_daemon
+    from agentd.daemon.service import PolicyStore, run_daemon
 
     if check:
         entries, errors = PolicyStore(config.policy_dir).build()
@@ -105,7 +105,7 @@ def stop(run_id: str) -> None:
 @click.pass_context
 def ps(ctx: click.Context) -> None:
     """List runs: the daemon's (yours; all for root) and this user's standalone ones."""
-    from . import control
+    from agentd.run import registry as control
 
     answer = _daemon_request("ps")
     if answer is not None and answer.get("ok"):

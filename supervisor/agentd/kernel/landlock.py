@@ -8,7 +8,7 @@ dropped and each drop is reported). ``prepare`` runs in the supervisor before ``
 an ``O_PATH`` descriptor per rule, creates the kernel ruleset and adds every rule, so that
 ``PreparedRuleset.apply`` in the forked child makes only two system calls (``prctl(NO_NEW_PRIVS)``
 and ``landlock_restrict_self``). It knows nothing about policies: which rights to handle and which
-hierarchies to allow is decided by ``agentd.sandbox_plan``. A kernel without Landlock is not an
+hierarchies to allow is decided by ``agentd.run.sandbox_plan``. A kernel without Landlock is not an
 error here: ``probe`` and ``prepare`` return the reason as a warning and the caller decides what
 to say; nothing is printed and nothing degrades silently.
 """
@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from agentd.kernel_consts import PR_SET_NO_NEW_PRIVS
-from agentd.syscall_numbers import SYSCALL_NUMBERS
+from agentd.kernel.consts import PR_SET_NO_NEW_PRIVS
+from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
 
 SYS_LANDLOCK_CREATE_RULESET = SYSCALL_NUMBERS["landlock_create_ruleset"]  # 444 on x86_64
 SYS_LANDLOCK_ADD_RULE = SYSCALL_NUMBERS["landlock_add_rule"]  # 445

@@ -132,7 +132,7 @@ def spawn_denied_dirs(policy: Any) -> tuple[str, ...]:
     """Existing directories that a process_spawn deny pattern of ``policy`` names by a literal
     prefix (``/tmp/x/nox/.*`` -> ``/tmp/x/nox``): their files join the content index, so a copy
     of a program there is known as that program."""
-    from .sandbox_plan import _layers, match_prefixes
+    from agentd.run.sandbox_plan import _layers, match_prefixes
 
     found: list[str] = []
     for layer in _layers(policy):

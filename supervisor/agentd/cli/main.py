@@ -13,15 +13,15 @@ import click
 
 # command name -> (module, attribute). Imported only when the command is invoked or listed.
 _LAZY_COMMANDS: dict[str, tuple[str, str]] = {
-    "policy": ("agentd.cli_policy", "policy"),
-    "audit": ("agentd.cli_audit", "audit"),
-    "run": ("agentd.cli_run", "run"),
-    "ps": ("agentd.cli_daemon", "ps"),          # daemon runs first, then cli_run's
-    "resume": ("agentd.cli_daemon", "resume"),
-    "kill": ("agentd.cli_daemon", "kill"),
-    "daemon": ("agentd.cli_daemon", "daemon"),
-    "reload": ("agentd.cli_daemon", "reload"),
-    "stop": ("agentd.cli_daemon", "stop"),
+    "policy": ("agentd.cli.policy", "policy"),
+    "audit": ("agentd.cli.audit", "audit"),
+    "run": ("agentd.cli.run", "run"),
+    "ps": ("agentd.cli.daemon", "ps"),          # daemon runs first, then cli_run's
+    "resume": ("agentd.cli.daemon", "resume"),
+    "kill": ("agentd.cli.daemon", "kill"),
+    "daemon": ("agentd.cli.daemon", "daemon"),
+    "reload": ("agentd.cli.daemon", "reload"),
+    "stop": ("agentd.cli.daemon", "stop"),
 }
 
 

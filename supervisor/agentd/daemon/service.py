@@ -40,7 +40,7 @@ from .config import DaemonConfig
 __all__ = ["sd_notify", "setup_logging", "PolicyStore", "PolicyEntry", "Run", "Daemon",
            "PROTOCOL_LIMIT"]
 
-log = logging.getLogger("agentd.daemon")
+log = logging.getLogger("agentd.daemon.service")
 
 PROTOCOL_LIMIT = 1 << 20        # one request line; longer is garbage and closes the connection
 SO_PEERGROUPS = 59              # Linux 4.13; not in Python's socket module
@@ -244,7 +244,7 @@ class Daemon:
     def start(self) -> None:
         from agent_os.flight_recorder import FlightRecorder
 
-        from . import cgroups
+        from agentd.kernel import cgroups
 
         self.store.load()
         log.info("policies loaded: %s", ", ".join(f"{e.name}@{e.version}" for e in
@@ -404,7 +404,7 @@ class Daemon:
         if tracer != "0":
             return f"the caller (pid {pid}) is traced by pid {tracer}"
         if self.cgroups is not None:
-            from .cgroups import own_cgroup
+            from agentd.kernel.cgroups import own_cgroup
             try:
                 where = own_cgroup(pid)
             except OSError:
@@ -583,7 +583,7 @@ class Daemon:
         return {"ok": True, "state": "frozen" if frozen else "freezing"}
 
     def _op_resume(self, conn, request) -> dict:
-        from . import control
+        from agentd.run import registry as control
 
         run, error = self._find(conn, request)
         if error:
@@ -627,7 +627,7 @@ class Daemon:
     def _kill_run(self, run: Run, why: str) -> None:
         log.info("run %s: killing: %s", run.run_id, why, extra={"RUN_ID": run.run_id})
         if self._held_info(run) is not None:
-            from . import control
+            from agentd.run import registry as control
             try:
                 control.send_decision(run.run_id, "kill", self.config.runs_dir)
             except (OSError, LookupError, RuntimeError, ValueError):
@@ -944,7 +944,7 @@ def _supervisor_main(plan: SupervisorPlan, daemon_pid: int, stdio: list[int], re
     sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
     from agent_os.errors import PolicyError
 
-    from . import runner
+    from agentd.run import supervise as runner
     try:
         code = _supervise_run(plan, recorder, 4)
     except _Terminated:
@@ -991,8 +991,9 @@ def _variables(plan: SupervisorPlan) -> dict[str, str]:
 def _supervise_run(plan: SupervisorPlan, recorder: PipeRecorder, control_fd: int) -> int:
     from agent_os.loader import policy_from_yaml_string
 
-    from . import control, runner
-    from .session import Session
+    from agentd.run import registry as control
+    from agentd.run import supervise as runner
+    from agentd.trace.session import Session
 
     variables = _variables(plan)
     policy = policy_from_yaml_string(plan.policy.text, variables, [plan.policy_dir],
@@ -1017,10 +1018,10 @@ def _supervise_run(plan: SupervisorPlan, recorder: PipeRecorder, control_fd: int
                 raise ValueError("the policy snapshot does not match its version")
             new = policy_from_yaml_string(text, variables, [plan.policy_dir], name=message["path"])
         except Exception as exc:  # noqa: BLE001 - keep the old policy, say so
-            logging.getLogger("agentd.daemon").error("policy switch failed: %s", exc)
+            logging.getLogger("agentd.daemon.service").error("policy switch failed: %s", exc)
             return
         session.policy = new
-        from .decide import Evaluation
+        from agentd.trace.decide import Evaluation
         session.record(None, "reload", Evaluation(
             "policy_reload", f"{message['name']}@{message['version']}", "allow", "allow",
             f"the daemon reloaded policy {message['name']}: now version {message['version']}"),
@@ -1036,7 +1037,7 @@ def _supervise_run(plan: SupervisorPlan, recorder: PipeRecorder, control_fd: int
         status, killed = _trace(plan, policy, session, recorder, registration)
     finally:
         registration.remove()
-        from .enforce import notice_line
+        from agentd.trace.enforce import notice_line
         for line in session.warning_summary():
             notice_line(f"warnings repeated: {line}")
     if killed:
@@ -1047,7 +1048,7 @@ def _supervise_run(plan: SupervisorPlan, recorder: PipeRecorder, control_fd: int
 def _trace(plan, policy, session, recorder, registration) -> tuple[int, bool]:
     """``runner.supervise`` for another user: the agent's child joins its cgroup and drops to
     the caller before the filter is installed, and every decision is timed."""
-    from . import runner
+    from agentd.run import supervise as runner
 
     latencies = plan.latencies
     seen = [0]
@@ -1068,13 +1069,13 @@ def _trace(plan, policy, session, recorder, registration) -> tuple[int, bool]:
                 if slot < 50_000:
                     latencies[slot] = sample
 
-    from .netplane.dns import parse_upstream
+    from agentd.netplane.dns import parse_upstream
 
     plane = None
     env = dict(plan.env)
     steps: list = [_DropPrivileges(plan)]
     if plan.network == "plane":
-        from .netplane.plane import NetworkPlane
+        from agentd.netplane.plane import NetworkPlane
         try:
             plane = NetworkPlane.start(session, plan.run_id,
                                        upstream=parse_upstream(plan.dns_upstream))
@@ -1086,7 +1087,7 @@ def _trace(plan, policy, session, recorder, registration) -> tuple[int, bool]:
         # setns needs the privileges the last step drops; then no agent, root or not, keeps
         # what the plane needed (CAP_NET_ADMIN could flush the namespace's nftables table).
         steps[:0] = [plane.enter]
-    from .capabilities import BoundingDrop
+    from agentd.kernel.capabilities import BoundingDrop
     # Without the plane a root agent shares the host's network namespace: without
     # CAP_NET_ADMIN its netlink messages can read the network state, never change it.
     steps.insert(1 if plane is not None else 0, BoundingDrop())
@@ -1111,7 +1112,7 @@ def _trace(plan, policy, session, recorder, registration) -> tuple[int, bool]:
 
 
 def _registration_base():
-    from .control import RunRegistration
+    from agentd.run.registry import RunRegistration
     return RunRegistration
 
 
@@ -1130,7 +1131,7 @@ class _DaemonRegistration(_registration_base()):  # type: ignore[misc]
 
 
 def _holder_base():
-    from .control import Holder
+    from agentd.run.registry import Holder
     return Holder
 
 
@@ -1153,7 +1154,7 @@ class _FreezingHolder(_holder_base()):  # type: ignore[misc]
             finally:
                 os.close(fd)
         except OSError as exc:
-            logging.getLogger("agentd.daemon").warning("cgroup freeze=%s: %s", value, exc)
+            logging.getLogger("agentd.daemon.service").warning("cgroup freeze=%s: %s", value, exc)
 
     def _park(self, tracer, held_task) -> None:
         super()._park(tracer, held_task)

@@ -1,0 +1,9 @@
+"""agentd.cli.main: the command line, one module per command group.
+
+Owns the console entry (``entry``: ``agentd run`` takes a fast path without click), the click
+group (``main``) and the commands: ``run``/``ps``/``resume``/``kill`` (``run``), the daemon's
+(``daemon``), ``policy`` (``policy``) and ``audit`` (``audit``).
+
+May import everything below it: ``agentd.daemon.service``, ``agentd.run``, ``agentd.netplane``,
+``agentd.trace``, ``agentd.kernel`` and ``agent_os``.
+"""

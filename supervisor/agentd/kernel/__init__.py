@@ -1,0 +1,12 @@
+"""agentd.kernel: the kernel bindings, one module per subsystem, and nothing about policies.
+
+Owns the raw interfaces agentd drives: ptrace requests (``ptrace``), seccomp-bpf filters and their
+assembler/interpreter (``seccomp``, ``bpf``), Landlock rulesets (``landlock``), the x86_64
+syscall numbers and kernel constants (``syscall_numbers``, ``consts``), reads and writes of a
+tracee's memory (``tracee_memory``), the one reader of ``/proc`` (``procfs``), cgroup v2
+(``cgroups``), the capability bounding set (``capabilities``) and statx birth times (``statx``).
+
+May import: the standard library, python-ptrace's bindings, and other ``agentd.kernel``
+modules. Never ``agentd.trace``, ``agentd.run``, ``agentd.netplane``, ``agentd.daemon.service`` or
+``agentd.cli.main`` (tests/test_layers.py checks it).
+"""
