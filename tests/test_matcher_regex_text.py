@@ -26,7 +26,8 @@ from agent_os.matcher import (
 )
 from agent_os.policy import Pattern, Policy
 from agentd.kernel import landlock as ll
-from agentd.run.sandbox_plan import EXACT, Prefix, analyse, plan_sandbox
+from agent_os.prefixes import EXACT, Prefix
+from agentd.run.sandbox_plan import analyse, plan_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS_FILES = sorted([*ROOT.glob("policies/*.yaml"), *ROOT.glob("tests/policy_cases/*.yaml"),

@@ -23,18 +23,8 @@ from agent_os.policy import Pattern, Policy, PolicyException, Severity, Violatio
 from agent_os.stack import PolicyStack
 from agentd.kernel import landlock as ll
 from helpers.landlock_child import attempt, run_in_child, write_file
-from agentd.run.sandbox_plan import (
-    EXACT,
-    EXACT_OR_NEWLINE,
-    LANDLOCK,
-    PREFIX,
-    REMOVE_RIGHTS,
-    TRACER,
-    Prefix,
-    match_prefixes,
-    may_match_starting_with,
-    plan_sandbox,
-)
+from agent_os.prefixes import EXACT, EXACT_OR_NEWLINE, PREFIX, Prefix, match_prefixes, may_match_starting_with
+from agentd.run.sandbox_plan import LANDLOCK, REMOVE_RIGHTS, TRACER, plan_sandbox
 
 ABI7 = ll.LandlockSupport(7)
 ALL_DIRS = lambda path: "dir"  # noqa: E731 - plan as if every directory existed

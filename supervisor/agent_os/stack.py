@@ -98,3 +98,11 @@ class PolicyStack:
         for layer in self.layers:
             stack.enter_context(layer.elevated_privileges(agent_id))
         return stack
+
+
+def policy_layers(policy: Any) -> list[Any]:
+    """A PolicyStack's policies in order (nested stacks flattened), or ``[policy]``."""
+    layers = getattr(policy, "layers", None)
+    if layers is None:
+        return [policy]
+    return [leaf for layer in layers for leaf in policy_layers(layer)]

@@ -5,7 +5,7 @@ kernel enforce by itself through Landlock, soundly? Landlock is an allow-list ("
 except beneath these hierarchies"), so it may only ever refuse what the policy refuses: a Landlock
 rule that refused something the policy allows would break the agent. ``plan_sandbox`` therefore
 proves, per access class, that the policy is "deny by default, allow only targets that start with
-these literal directory prefixes" (``match_prefixes`` reads each regex with ``re._parser`` and takes
+these literal directory prefixes" (``agent_os.prefixes.match_prefixes`` reads each regex and takes
 only literal prefixes; anything it does not understand ends the prefix, so the bound it returns
 always contains every string the regex can match), and puts the class under Landlock only when the
 proof holds and the kernel's ABI can express it without refusing more. Everything it cannot prove
@@ -23,195 +23,16 @@ import stat
 import textwrap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from re import _constants as sre_constants
-from re import _parser as sre_parser
 from typing import Any
 
-from agent_os.matcher import REGEX_FLAGS, engine_regex_source
+from agent_os.matcher import engine_regex_source
 from agent_os.policy import Pattern, ViolationMode
+from agent_os.prefixes import EXACT_OR_NEWLINE, PREFIX, Prefix, match_prefixes, may_match_starting_with
+from agent_os.stack import policy_layers
 
 from agentd.kernel import landlock as ll
 
-# --- what a regex can match: a finite set of literal prefixes -------------------------------------
-
-PREFIX = "prefix"  # every match starts with ``text``
-EXACT = "exact"  # the only match is ``text`` (``\Z``)
-EXACT_OR_NEWLINE = "exact_or_newline"  # ``text`` or ``text + "\n"`` (Python's ``$``)
-
-_OPEN, _STOP, _END, _END_NL = "open", "stop", "end", "end_nl"
-_STATE_KIND = {_OPEN: PREFIX, _STOP: PREFIX, _END: EXACT, _END_NL: EXACT_OR_NEWLINE}
-PREFIX_LIMIT = 64  # alternations beyond this many prefixes end the prefix (still a sound bound)
-
-
-@dataclass(frozen=True, order=True)
-class Prefix:
-    text: str
-    kind: str  # PREFIX | EXACT | EXACT_OR_NEWLINE
-
-
-def _sequence(items: Iterable[tuple[Any, Any]], flags: int) -> list[tuple[str, str]]:
-    results: dict[tuple[str, str], None] = {("", _OPEN): None}
-    for op, av in items:
-        if not any(state == _OPEN for _, state in results):
-            break
-        alternatives = _token(op, av, flags)
-        grown: dict[tuple[str, str], None] = {}
-        for text, state in results:
-            if state != _OPEN:
-                grown[(text, state)] = None
-                continue
-            for more, new_state in alternatives:
-                grown[(text + more, new_state)] = None
-        if len(grown) > PREFIX_LIMIT:  # stop here: the prefixes so far still bound the language
-            return [(t, _STOP if s == _OPEN else s) for t, s in results]
-        results = grown
-    return list(results)
-
-
-def _token(op: Any, av: Any, flags: int) -> list[tuple[str, str]]:
-    """The literal continuations one parsed token allows; ``[("", _STOP)]`` when unknown."""
-    c = sre_constants
-    if op is c.LITERAL:
-        return [(chr(av), _OPEN)]
-    if op is c.IN:
-        if av and all(item_op is c.LITERAL for item_op, _ in av):
-            return [(chr(code), _OPEN) for _, code in av]
-        return [("", _STOP)]
-    if op is c.AT:
-        if av is c.AT_END:  # '$': end, or before a final newline (anywhere before one: MULTILINE)
-            return [("", _STOP if flags & c.SRE_FLAG_MULTILINE else _END_NL)]
-        if av is c.AT_END_STRING:
-            return [("", _END)]
-        return [("", _OPEN)]  # other assertions consume nothing: ignoring them only widens
-    if op is c.SUBPATTERN:
-        _group, add_flags, del_flags, body = av
-        inner_flags = (flags | add_flags) & ~del_flags
-        if inner_flags & c.SRE_FLAG_IGNORECASE:
-            return [("", _STOP)]
-        return _sequence(body, inner_flags)
-    if op is getattr(c, "ATOMIC_GROUP", None):
-        return _sequence(av, flags)
-    if op is c.BRANCH:
-        out: dict[tuple[str, str], None] = {}
-        for branch in av[1]:
-            out.update(dict.fromkeys(_sequence(branch, flags)))
-        if len(out) > PREFIX_LIMIT:
-            return [("", _STOP)]
-        return list(out)
-    if op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)):
-        low, high, body = av
-        if high == 0:
-            return [("", _OPEN)]
-        once = _sequence(body, flags)
-        if low == 0 and high == 1:
-            return [("", _OPEN)] + once
-        if low == 1 and high == 1:
-            return once
-        if low >= 1:  # at least one copy, then we know nothing more
-            return [(text, _STOP) for text, _ in once]
-        return [("", _STOP)]
-    if op in (c.ASSERT, c.ASSERT_NOT):
-        return [("", _OPEN)]
-    return [("", _STOP)]  # ANY, NOT_LITERAL, CATEGORY, GROUPREF, ...: the prefix ends here
-
-
-def match_prefixes(regex: str) -> tuple[Prefix, ...]:
-    """Literal prefixes such that every ``s`` that ``re.match(regex, s, DOTALL)`` accepts starts
-    with one of them.
-
-    Raises ``ValueError`` when no such bound can be trusted (case-insensitive matching). A
-    ``Prefix("", PREFIX)`` in the result means "anything".
-    """
-    parsed = sre_parser.parse(regex, REGEX_FLAGS)
-    flags = parsed.state.flags
-    if flags & sre_constants.SRE_FLAG_IGNORECASE:
-        raise ValueError("it matches case-insensitively, so its letters are not literal")
-    # re.match needs no full match: whatever is still open at the end may continue freely.
-    return tuple(sorted({Prefix(text, _STATE_KIND[state]) for text, state
-                         in _sequence(list(parsed), flags)}))
-
-
-def may_match_starting_with(regex: str, start: str) -> bool:
-    """Whether ``re.match(regex, t, DOTALL)`` may accept some ``t`` that starts with ``start``.
-
-    A small NFA walk over the parsed regex against ``start``; whatever it does not understand
-    it assumes can match (so False is a proof, True may be a false alarm).
-    """
-    parsed = sre_parser.parse(regex, REGEX_FLAGS)
-    flags = parsed.state.flags
-    return bool(_walk(list(parsed), {0}, start, flags))
-
-
-def _char_in(items: list[tuple[Any, Any]], char: str) -> bool:
-    c = sre_constants
-    code, hit, negate = ord(char), False, False
-    for op, av in items:
-        if op is c.NEGATE:
-            negate = True
-        elif op is c.LITERAL:
-            hit |= code == av
-        elif op is c.RANGE:
-            hit |= av[0] <= code <= av[1]
-        elif op is c.CATEGORY and av is c.CATEGORY_DIGIT:
-            hit |= char.isdecimal()
-        elif op is c.CATEGORY and av is c.CATEGORY_NOT_DIGIT:
-            hit |= not char.isdecimal()
-        else:
-            return True  # unknown: assume it matches
-    return hit != negate
-
-
-def _walk(items: list[tuple[Any, Any]], positions: set[int], start: str, flags: int) -> set[int]:
-    """Positions in ``start`` reachable after ``items``; ``len(start)`` absorbs anything."""
-    c = sre_constants
-    end = len(start)
-    for op, av in items:
-        if not positions:
-            return positions
-        if flags & c.SRE_FLAG_IGNORECASE:
-            positions = set(range(min(positions), end + 1))
-            continue
-        if op in (c.LITERAL, c.NOT_LITERAL, c.ANY, c.IN):
-            nxt = set()
-            for pos in positions:
-                if pos == end:
-                    nxt.add(end)
-                    continue
-                char = start[pos]
-                if (op is c.ANY or (op is c.LITERAL and ord(char) == av)
-                        or (op is c.NOT_LITERAL and ord(char) != av)
-                        or (op is c.IN and _char_in(av, char))):
-                    nxt.add(pos + 1)
-            positions = nxt
-        elif op is c.AT:
-            if av in (c.AT_END, c.AT_END_STRING) and not flags & c.SRE_FLAG_MULTILINE:
-                positions = {p for p in positions if p == end}  # the target ends here
-        elif op is c.SUBPATTERN:
-            _group, add_flags, del_flags, body = av
-            positions = _walk(list(body), positions, start, (flags | add_flags) & ~del_flags)
-        elif op is getattr(c, "ATOMIC_GROUP", None):
-            positions = _walk(list(av), positions, start, flags)
-        elif op is c.BRANCH:
-            positions = set().union(*(_walk(list(b), set(positions), start, flags)
-                                      for b in av[1]))
-        elif op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)):
-            low, high, body = av
-            current = set(positions)
-            for _ in range(min(low, end + 1)):
-                current = _walk(list(body), current, start, flags)
-            reached = set(current)
-            copies = low
-            while current and copies < high and copies <= low + end + 1:
-                current = _walk(list(body), current, start, flags) - reached
-                reached |= current
-                copies += 1
-            positions = reached
-        elif op in (c.ASSERT, c.ASSERT_NOT):
-            continue  # consumes nothing; ignoring it only widens
-        else:  # back-references, conditionals: assume they can consume anything
-            positions = set(range(min(positions), end + 1))
-    return positions
-
+# --- what a regex can match: agent_os.prefixes -----------------------------------------------------
 
 # --- policy analysis: is an action type an allow-list, and of what? -------------------------------
 
@@ -239,14 +60,6 @@ class NotProvable:
     reason: str
 
 
-def _layers(policy: Any) -> list[Any]:
-    """A PolicyStack's policies in order (nested stacks flattened), or ``[policy]``."""
-    layers = getattr(policy, "layers", None)
-    if layers is None:
-        return [policy]
-    return [leaf for layer in layers for leaf in _layers(layer)]
-
-
 def _blocks(pattern: Pattern, layer: Any) -> bool:
     """A deny pattern that always refuses (not SIGWARN, LOG_ONLY or SIGSTOP)."""
     mode = pattern.violation_mode or layer.violation_mode
@@ -261,7 +74,7 @@ def analyse(policy: Any, action_type: str) -> AllowList | NotProvable:
     every pattern that could decide it refuses and the fallback (the first unconditional,
     non-exempted blocking catch-all, else the default action) refuses too.
     """
-    layers = _layers(policy)
+    layers = policy_layers(policy)
     allowing: list[tuple[Pattern, tuple[Prefix, ...]]] = []
     basis = None
     for layer in layers:
@@ -694,6 +507,6 @@ def explain_sandbox(policy: Any, *, mode: str = "enforce",
     return plan_sandbox(policy, support=support, mode=mode).explain()
 
 
-__all__ = ["Prefix", "match_prefixes", "may_match_starting_with", "AllowList", "NotProvable",
-           "analyse", "ClassPlan", "SandboxPlan", "plan_sandbox", "explain_sandbox", "path_kind", "PREFIX", "EXACT",
-           "EXACT_OR_NEWLINE", "TRACER", "LANDLOCK", "SECCOMP", "WRITE_RIGHTS", "REMOVE_RIGHTS"]
+__all__ = ["AllowList", "NotProvable", "analyse", "ClassPlan", "SandboxPlan", "plan_sandbox",
+           "explain_sandbox", "path_kind", "TRACER", "LANDLOCK", "SECCOMP", "WRITE_RIGHTS",
+           "REMOVE_RIGHTS"]

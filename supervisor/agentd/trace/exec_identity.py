@@ -132,10 +132,11 @@ def spawn_denied_dirs(policy: Any) -> tuple[str, ...]:
     """Existing directories that a process_spawn deny pattern of ``policy`` names by a literal
     prefix (``/tmp/x/nox/.*`` -> ``/tmp/x/nox``): their files join the content index, so a copy
     of a program there is known as that program."""
-    from agentd.run.sandbox_plan import _layers, match_prefixes
+    from agent_os.prefixes import match_prefixes
+    from agent_os.stack import policy_layers
 
     found: list[str] = []
-    for layer in _layers(policy):
+    for layer in policy_layers(policy):
         for pattern in getattr(layer, "patterns", ()):
             if pattern.action_type != "process_spawn" or pattern.action != "deny":
                 continue
