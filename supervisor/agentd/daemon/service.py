@@ -1007,7 +1007,7 @@ def _supervise_run(plan: SupervisorPlan, recorder: PipeRecorder, control_fd: int
     session = Session(policy, plan.run_id, plan.agent_id, recorder=recorder,
                       audit_only=plan.mode == "audit",
                       protected_paths=(plan.audit_path, plan.runs_dir + "/"),
-                      hold=_FreezingHolder(registration, plan.cgroup_procs))
+                      review=_FreezingReview(registration, plan.cgroup_procs))
 
     def switch_policy(signum, frame) -> None:
         try:
@@ -1130,13 +1130,13 @@ class _DaemonRegistration(_registration_base()):  # type: ignore[misc]
         return super().wait_for_decision(prompt)
 
 
-def _holder_base():
-    from agentd.run.registry import Holder
-    return Holder
+def _review_base():
+    from agentd.run.registry import OperatorReview
+    return OperatorReview
 
 
-class _FreezingHolder(_holder_base()):  # type: ignore[misc]
-    """The SIGSTOP verdict under the daemon: park as ``control.Holder`` does, then also freeze
+class _FreezingReview(_review_base()):  # type: ignore[misc]
+    """The SIGSTOP verdict under the daemon: once the tracer has parked the agent, also freeze
     the run's cgroup, so nothing of the agent runs until the decision; thaw before resuming."""
 
     def __init__(self, registration, cgroup_procs: str | None):
@@ -1154,15 +1154,14 @@ class _FreezingHolder(_holder_base()):  # type: ignore[misc]
             finally:
                 os.close(fd)
         except OSError as exc:
-            logging.getLogger("agentd.daemon.service").warning("cgroup freeze=%s: %s", value, exc)
+            logging.getLogger("agentd.daemon").warning("cgroup freeze=%s: %s", value, exc)
 
-    def _park(self, tracer, held_task) -> None:
-        super()._park(tracer, held_task)
+    def __call__(self, hold) -> tuple[str, str]:
         self._set_frozen("1")
-
-    def _unpark(self, tracer) -> None:
-        self._set_frozen("0")
-        super()._unpark(tracer)
+        try:
+            return super().__call__(hold)
+        finally:
+            self._set_frozen("0")
 
 
 def run_daemon(config: DaemonConfig) -> None:

@@ -141,7 +141,7 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
                       protected_paths=(log_path, registration.directory + "/",
                                        # a policy cache entry is unpickled by later runs
                                        os.path.realpath(cache_dir()) + "/"),
-                      hold=control.Holder(registration))
+                      review=control.OperatorReview(registration))
 
     def terminate(signum, frame):  # agentd kill RUN_ID, or a plain kill of the supervisor
         raise _Terminated()

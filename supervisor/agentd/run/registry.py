@@ -1,17 +1,15 @@
-"""Runs and their control: the runs directory, the SIGSTOP hold, and the operator's decision.
+"""Runs and their control: the runs directory, the control socket, and the operator's decision.
 
 Owns what other terminals see of a run and how they act on it. Each run registers
 ``<runs>/<run_id>.json`` (supervisor pid, agent pid, command, policy, state) next to a unix
 socket ``<runs>/<run_id>.sock`` (mode 0600); ``<runs>`` is ``$AGENTD_RUNS_DIR``, else
 ``/run/agentd/runs`` for root, else ``$XDG_RUNTIME_DIR/agentd/runs`` (``/tmp/agentd-UID/runs``).
-A SIGSTOP verdict calls ``hold``: the held syscall is rewound (it is issued again later), every
-agent process gets a real SIGSTOP, the tracer collects the stops and detaches, so the processes
-sit in state ``T``; then the supervisor waits, blocking in ``select`` on the socket and (on a
-terminal) stdin, for allow / deny / kill. Only the operator may answer: connections queued
-before the hold are dropped, a peer (SO_PEERCRED) in the agent's tree or of another user is
-refused, and the socket is closed again after each decision. Allow or deny re-seizes every task, sends SIGCONT and
-answers the re-issued syscall once; kill kills the tree. ``agentd kill`` signals the supervisor
-with SIGTERM, which kills the tree whatever state it is in.
+A SIGSTOP verdict parks the agent (``agentd.trace.hold``: every process really stopped, in state
+``T``); then ``OperatorReview`` waits, blocking in ``select`` on the socket and (on a terminal)
+stdin, for allow / deny / kill. Only the operator may answer: connections queued before the
+hold are dropped, a peer (SO_PEERCRED) in the agent's tree or of another user is refused, and
+the socket is closed again after each decision. ``agentd kill`` signals the supervisor with
+SIGTERM, which kills the tree whatever state it is in.
 """
 
 from __future__ import annotations
@@ -25,13 +23,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from agentd.trace import enforce as E
-from agentd.kernel import ptrace as P
-from agentd.kernel import tracee_memory as M
+from agentd.trace.hold import DECISIONS
 
-__all__ = ["runs_dir", "RunRegistration", "list_runs", "send_decision", "Holder", "DECISIONS"]
-
-DECISIONS = ("allow", "deny", "kill")
+__all__ = ["runs_dir", "RunRegistration", "list_runs", "send_decision", "kill_run", "find_run",
+           "OperatorReview", "DECISIONS"]
 
 
 def runs_dir() -> str:
@@ -283,98 +278,34 @@ def kill_run(run_id: str, directory: str | None = None) -> int:
     return pid
 
 
-class Holder:
-    """The SIGSTOP verdict: park the agent for review, then carry out the operator's decision."""
+class OperatorReview:
+    """The operator's side of a SIGSTOP verdict (``agentd.trace.hold``): once the tracer has
+    parked and detached the agent, say so in the runs directory, prompt on the terminal, wait
+    for allow / deny / kill on the control socket or stdin, and return ``(decision, who)``."""
 
     def __init__(self, registration: RunRegistration):
         self.registration = registration
 
-    def __call__(self, session, tracer, task, verdict) -> None:
-        regs = P.getregs(task.tid)
-        nr = regs.orig_rax
-        args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)
-        try:
-            insn = M.read_bytes(task.tid, regs.rip - 2, 2)
-        except OSError:
-            insn = b""
-        if insn != E.SYSCALL_INSN:
-            # Not entered through `syscall` (cannot be re-issued): refuse instead of holding.
-            E.refuse(task.tid, regs)
-            return
-        E.rewind(task.tid, regs, nr)
-        self.registration.agent = tracer.contains
-        self.registration.open_socket()
+    def __call__(self, hold) -> tuple[str, str]:
+        verdict = hold.verdict
         deciding = verdict.deciding
-        what = f"{deciding.action_type} {deciding.target}" if deciding else f"syscall {nr}"
-        self._park(tracer, task)
+        what = f"{deciding.action_type} {deciding.target}" if deciding else f"syscall {hold.nr}"
+        batch = bool(getattr(verdict, "confirmation", False))
+        self.registration.agent = hold.contains
+        self.registration.open_socket()
         self.registration.update(state="held", held={
-            "pid": task.tgid, "what": what, "reason": verdict.reason,
+            "pid": hold.task.tgid, "what": what, "reason": verdict.reason,
             "pattern_ids": list(deciding.pattern_ids) if deciding else [], "since": time.time(),
-            "batch": bool(getattr(verdict, "confirmation", False))})
-        if getattr(verdict, "confirmation", False):
+            "batch": batch})
+        if batch:
             choices = ("agentd: [a]llow this batch, [d]eny it, [k]ill the agent? (the answer "
                        "holds until a minute passes without such an action) ")
         else:
             choices = "agentd: [a]llow once, [d]eny, [k]ill the agent? "
-        prompt = (f"\nagentd: run {self.registration.run_id} HELD: pid {task.tgid} wants {what}\n"
-                  f"agentd: {verdict.reason}\n{choices}")
-        decision, who = self.registration.wait_for_decision(prompt)
-        self.registration.close_socket()
-        from agentd.trace.decide import Evaluation
-        session.record(task, "operator", Evaluation(
-            deciding.action_type if deciding else "", deciding.target if deciding else "",
-            "allow" if decision == "allow" else "deny", decision,
-            f"operator decision via {who} on a held syscall"), enforced=decision)
-        self.registration.update(state="running", held=None)
-        if decision == "kill":
-            session.killed = True
-            tracer.kill_tree()
-            # Detached tasks are not reported to us any more: only our own child is reaped.
-            tracer.tasks = {tracer.root_pid: tracer.tasks[tracer.root_pid]} \
-                if tracer.root_pid in tracer.tasks else {}
-            return
-        self._unpark(tracer)
-        task.approval = (nr, args, decision)
-
-    def _park(self, tracer, held_task) -> None:
-        """Every task to a real group-stop, then detached: state T in /proc/PID/stat."""
-        tracer.stopping = True
-        for task in tracer.tasks.values():
-            task.parked = False
-            if task.listening:
-                task.listening = False
-                try:
-                    P.interrupt(task.tid)
-                except P.PtraceError:
-                    pass
-        for tgid in tracer.thread_groups():
-            try:
-                os.kill(tgid, signal.SIGSTOP)
-            except ProcessLookupError:
-                pass
-        P.cont(held_task.tid)  # back to user space, where the pending SIGSTOP is taken
-        while tracer.tasks and any(not t.parked for t in tracer.tasks.values()):
-            if not tracer.step():
-                break
-        for task in list(tracer.tasks.values()):
-            try:
-                P.detach(task.tid, 0)
-            except P.PtraceError as exc:
-                if exc.errno != errno.ESRCH:
-                    raise
-        tracer.stopping = False
-
-    def _unpark(self, tracer) -> None:
-        for task in tracer.tasks.values():
-            task.parked = False
-            task.resuming = True
-            try:
-                P.seize(task.tid, P.TRACE_OPTIONS)
-            except P.PtraceError as exc:
-                if exc.errno != errno.ESRCH:
-                    raise
-        for tgid in tracer.thread_groups():
-            try:
-                os.kill(tgid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+        prompt = (f"\nagentd: run {self.registration.run_id} HELD: pid {hold.task.tgid} wants "
+                  f"{what}\nagentd: {verdict.reason}\n{choices}")
+        try:
+            return self.registration.wait_for_decision(prompt)
+        finally:
+            self.registration.close_socket()
+            self.registration.update(state="running", held=None)

@@ -23,7 +23,8 @@ from agentd.kernel import ptrace as P
 from .errno_probe import Probe
 from .pinning import in_window, openat2_form, sendmsg_form
 
-__all__ = ["allow", "refuse", "refuse_probing", "Probing", "rewind", "kill_all", "warn_line", "notice_line", "SYSCALL_INSN"]
+__all__ = ["allow", "refuse", "refuse_probing", "Probing", "rewind", "kill", "warn_line",
+           "notice_line", "SYSCALL_INSN"]
 
 SYSCALL_INSN = b"\x0f\x05"
 _U64 = (1 << 64) - 1
@@ -92,13 +93,15 @@ def rewind(tid: int, regs: P.Registers, nr: int) -> None:
     P.setregs(tid, regs)
 
 
-def kill_all(pids) -> None:
-    """A real SIGKILL to every process of the agent (thread groups die whole)."""
-    for pid in list(pids):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def kill(tracer, tid: int, regs: P.Registers) -> None:
+    """The SIGKILL verdict: skip the syscall (it must not run even for an instant), SIGKILL
+    every process of the agent (the tracer kills whatever reports later too), let the task go
+    to its death."""
+    regs.orig_rax = _U64
+    regs.rax = (-errno.EACCES) & _U64
+    P.setregs(tid, regs)
+    tracer.kill_tree()
+    _go(tid, regs)
 
 
 def warn_line(text: str) -> None:

@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 from . import decide as D
 from . import enforce as E
+from . import hold
+from .hold import Hold
 from agentd.kernel import ptrace as P
 from .decode import DecodeError, Tracee, decode_syscall, syscall_args
 from .errno_probe import probe_for
@@ -57,7 +59,9 @@ class Session:
     recorder: Any = None                       # FlightRecorder or None
     audit_only: bool = False                   # --mode audit
     protected_paths: tuple[str, ...] = ()      # the audit log, the run's control files
-    hold: Callable[["Session", Tracer, Task, D.Verdict], str] | None = None
+    # the operator, asked about a stop verdict once the tree is parked (hold.py): returns
+    # (decision, who); None: a stop verdict is refused instead
+    review: Callable[[Hold], tuple[str, str]] | None = None
     would_deny: list[WouldDeny] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     killed: bool = False
@@ -84,11 +88,6 @@ class Session:
         nr = regs.orig_rax
         name = SYSCALL_NAMES.get(nr, f"syscall_{nr}")
         args = syscall_args(regs)
-        if tracer.stopping:
-            # The agent is being parked for a review: issue this syscall again after it.
-            E.rewind(task.tid, regs, nr)
-            E.allow(task.tid)
-            return
         if task.approval is not None:
             approved_nr, approved_args, outcome = task.approval
             task.approval = None
@@ -197,30 +196,37 @@ class Session:
             what = f"{deciding.action_type} {deciding.target}" if deciding else name
             E.notice_line(f"killing the agent: {what}: {verdict.reason} (pid {task.tgid}, {name})")
             # The syscall must not run even for an instant: skip it, then kill every process.
-            regs.orig_rax = (1 << 64) - 1
-            regs.rax = (-errno.EACCES) & ((1 << 64) - 1)
-            P.setregs(task.tid, regs)
-            tracer.kill_tree()
-            E.allow(task.tid)
+            E.kill(tracer, task.tid, regs)
         elif outcome == "stop":
-            if self.hold is None:
+            if self.review is None or not hold.begin(tracer, task, regs, verdict, self.review,
+                                                     self._answered):
                 E.refuse(task.tid, regs, errno.EACCES)
-                return
-            self.hold(self, tracer, task, verdict)
-            if verdict.confirmation and task.approval is not None \
-                    and task.approval[2] in ("allow", "deny"):
-                # The operator answered for the batch. Confirmed: the re-issued syscall and the
-                # rest of the batch are decided again with confirmed=true (other refusals still
-                # hold). Declined: refused, and the rest of the batch without asking again.
-                answer = task.approval[2]
-                if answer == "allow":
-                    task.approval = None
-                deadline = time.monotonic() + BATCH_QUIET
-                for evaluation in verdict.evaluations:
-                    if evaluation.confirmable:
-                        self.batches[evaluation.action_type] = (answer, deadline)
         else:  # pragma: no cover - OUTCOME_RANK has no other names
             E.refuse(task.tid, regs, errno.EACCES)
+
+    def _answered(self, held: Hold, decision: str, who: str) -> None:
+        """The operator answered a hold: record it, and remember it for the re-issued syscall
+        (allow or deny once) or, for a batch, for the rest of the batch."""
+        verdict = held.verdict
+        deciding = verdict.deciding
+        self.record(held.task, "operator", D.Evaluation(
+            deciding.action_type if deciding else "", deciding.target if deciding else "",
+            "allow" if decision == "allow" else "deny", decision,
+            f"operator decision via {who} on a held syscall"), enforced=decision)
+        if decision == "kill":
+            self.killed = True
+            return
+        held.task.approval = (held.nr, held.args, decision)
+        if verdict.confirmation:
+            # Confirmed: the re-issued syscall and the rest of the batch are decided again with
+            # confirmed=true (other refusals still hold). Declined: refused, and the rest of the
+            # batch without asking again.
+            if decision == "allow":
+                held.task.approval = None
+            deadline = time.monotonic() + BATCH_QUIET
+            for evaluation in verdict.evaluations:
+                if evaluation.confirmable:
+                    self.batches[evaluation.action_type] = (decision, deadline)
 
     def _warn(self, task: Task, name: str, verdict: D.Verdict) -> None:
         """A warning on the agent's stderr, once per kind (action type, pattern); the repeats
@@ -261,13 +267,9 @@ class Session:
             task.probing = E.refuse_probing(task.tid, regs, probe)
 
     def _finish_operator(self, tracer: Tracer, task: Task, regs, name: str, outcome: str) -> None:
-        """The re-issued syscall after an operator's decision on a held one."""
+        """The re-issued syscall after an operator's allow or deny of a held one."""
         if outcome == "allow":
             E.allow(task.tid)
-        elif outcome == "kill":
-            self.killed = True
-            tracer.kill_tree()
-            E.refuse(task.tid, regs, errno.EACCES)
         else:
             E.refuse(task.tid, regs, errno.EACCES)
 

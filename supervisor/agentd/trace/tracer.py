@@ -27,7 +27,10 @@ from agentd.kernel import consts as K
 from ptrace.binding import func as _ptrace_binding
 
 from agentd.kernel import ptrace as P
+from . import enforce as E
+from . import hold as holds
 from . import pinning as S
+from .hold import Hold
 from agentd.kernel.syscall_numbers import SYSCALL_NAMES
 from .syscall_table import TABLE
 from agentd.kernel.tracee_memory import TraceeMemory
@@ -146,7 +149,7 @@ class Tracer:
         self.tasks: dict[int, Task] = {root_pid: Task(root_pid, root_pid)}
         self.root_status: int | None = None
         self.killing = False      # a SIGKILL verdict: everything that reports is killed
-        self.stopping = False     # a SIGSTOP verdict: everything that reports is parked
+        self.hold: Hold | None = None   # a SIGSTOP verdict: everything that reports is parked
 
     # --- the agent tree --------------------------------------------------------------------
     def contains(self, pid: int) -> bool:
@@ -169,11 +172,21 @@ class Tracer:
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self) -> int:
-        """Trace until no task is left; return the root's wait status."""
+        """Trace until no task is left; return the root's wait status. A hold (SIGSTOP
+        verdict) is concluded here, between two waits, once every task is parked (hold.py)."""
         while self.tasks:
+            if self.hold is not None and holds.ready(self):
+                holds.conclude(self)
+                continue
             if not self.step():
                 break
         return self.root_status if self.root_status is not None else 0
+
+    def forget_detached(self) -> None:
+        """After a kill verdict on a held (detached) tree: the detached tasks report to nobody;
+        only the root, our own child, is still reaped here."""
+        root = self.tasks.get(self.root_pid)
+        self.tasks = {self.root_pid: root} if root is not None else {}
 
     def step(self, pid: int = -1) -> bool:
         """Handle one wait status; False when no traced child is left."""
@@ -199,7 +212,7 @@ class Tracer:
             task = self._adopt(tid, parent=0)
         sig = os.WSTOPSIG(status)
         event = status >> 16
-        if self.waiting and (self.stopping or self.killing):
+        if self.waiting and (self.hold is not None or self.killing):
             self.release_waiting()  # parked or killed like everyone else, not left waiting
         try:
             if self.killing:
@@ -323,7 +336,8 @@ class Tracer:
         a MUTATOR waits while another task's window is open, and a pinned path syscall waits
         while another task's mutator runs (it may be in the kernel already when we check).
         Rewritten opens need neither: they run with RESOLVE_NO_SYMLINKS."""
-        if not self.windows or self.windows == {task.tid} or self.killing or self.stopping:
+        if not self.windows or self.windows == {task.tid} or self.killing \
+                or self.hold is not None:
             return False
         name = SYSCALL_NAMES.get(P.getregs(task.tid).orig_rax)
         if name in S.MUTATORS:
@@ -394,16 +408,18 @@ class Tracer:
                 if wait and self._must_wait(task):
                     return
                 self._pin(task)
+            if self.hold is not None:
+                # The agent is being parked for a review: issue this syscall again after it.
+                regs = P.getregs(task.tid)
+                E.rewind(task.tid, regs, regs.orig_rax)
+                self._resume(task.tid)
+                return
             self.on_seccomp(self, task)
         except P.PtraceError:
             raise
         except Exception:  # INVARIANT: a bug in the handler refuses the syscall (fail closed)
             log.exception("pid %d: error handling a seccomp stop; refusing the syscall", task.tid)
-            regs = P.getregs(task.tid)
-            regs.orig_rax = (1 << 64) - 1
-            regs.rax = (-errno.EACCES) & ((1 << 64) - 1)
-            P.setregs(task.tid, regs)
-            self._resume(task.tid)
+            E.refuse(task.tid, P.getregs(task.tid), errno.EACCES)
 
     def _resume(self, tid: int, sig: int = 0) -> None:
         try:
@@ -415,7 +431,7 @@ class Tracer:
     def _adopt(self, tid: int, parent: int, tgid: int | None = None) -> Task:
         task = Task(tid, tgid if tgid is not None else _read_tgid(tid), parent)
         self.tasks[tid] = task
-        if self.killing or self.stopping:
+        if self.killing or self.hold is not None:
             try:
                 os.kill(tid, signal.SIGKILL if self.killing else signal.SIGSTOP)
             except ProcessLookupError:
@@ -423,7 +439,7 @@ class Tracer:
         return task
 
     def _event_stop(self, task: Task, sig: int) -> None:
-        if self.stopping and sig in _STOP_SIGNALS:
+        if self.hold is not None and sig in _STOP_SIGNALS:
             task.parked = True  # group-stop reached: stays in this ptrace-stop until detached
             return
         if task.resuming or sig not in _STOP_SIGNALS:
