@@ -395,13 +395,12 @@ class Daemon:
     def _confined(self, pid: int) -> str | None:
         """Is the peer an agent (ours, or traced by anyone)? An agent that could ask the daemon
         for a new run would start a process outside its own tree, under another policy."""
-        try:
-            with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
-                tracer = next((line.split()[1] for line in handle
-                               if line.startswith("TracerPid:")), "0")
-        except OSError:
+        from agentd.kernel import procfs
+
+        tracer = procfs.tracer_of(pid)
+        if tracer is None:
             return "the caller's process is gone"
-        if tracer != "0":
+        if tracer != 0:
             return f"the caller (pid {pid}) is traced by pid {tracer}"
         if self.cgroups is not None:
             from agentd.kernel.cgroups import own_cgroup

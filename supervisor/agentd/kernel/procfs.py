@@ -1,17 +1,17 @@
-"""Is a loopback port the agent's own? Read from /proc: its sockets and the agent's descriptors.
+"""The one reader of /proc: what the kernel says there about processes and sockets.
 
-Owns one question the decide step asks when a connect to a loopback address was refused and the
-agent shares the host's network namespace (no network plane): does every socket listening there
-belong to the agent's own process tree? Then the connect reaches a server the agent started
-itself (a test suite's local server, a dev server and its client), not the host's internal
-network. ``listeners(netns_pid, ip, port)`` lists the TCP listeners and bound UDP sockets of the
-agent's network namespace (``/proc/PID/net/{tcp,tcp6,udp,udp6}``) whose local address covers
-``ip:port`` (the address itself, or a wildcard); ``held_sockets(tgids)`` the socket inodes the
-agent's processes hold (``/proc/PID/fd``). The port is the agent's only when at least one such
+Owns the parsing of ``/proc/PID/stat`` (``stat``: state, parent, process group, start time; the
+fields after the last ``)``, since the command name may hold anything), ``/proc/PID/status``
+(``status``: its ``Key: value`` lines; ``tgid_of``, ``tracer_of``), the process list
+(``pids``), and what the agent's own network asks of ``/proc/PID/net`` and its descriptors:
+``listeners(netns_pid, ip, port)`` lists the TCP listeners and bound UDP sockets of a network
+namespace (``/proc/PID/net/{tcp,tcp6,udp,udp6}``) whose local address covers ``ip:port`` (the
+address itself, or a wildcard); ``held_sockets(tgids)`` the socket inodes processes hold
+(``/proc/PID/fd``); ``is_stream_socket`` whether a descriptor of a process is a TCP socket (a
+copy taken with pidfd_getfd, closed at once). A port is the agent's only when at least one such
 socket exists and all of them are the agent's: a host service on the same port (SO_REUSEPORT)
-makes it no. When none listens at all, a TCP connect fails in the kernel (ECONNREFUSED), and
-``is_stream_socket`` tells whether the agent's socket is one. Costs a few hundred
-microseconds; asked only after a refusal.
+makes it no; when none listens at all, a TCP connect fails in the kernel (ECONNREFUSED). Every
+reader returns None, an empty result or raises OSError as its docstring says; none caches.
 """
 
 from __future__ import annotations
@@ -19,11 +19,67 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from dataclasses import dataclass
 from typing import Iterable
 
 from .syscall_numbers import SYSCALL_NUMBERS
 
-__all__ = ["listeners", "held_sockets", "is_stream_socket"]
+__all__ = ["ProcStat", "stat", "status", "tgid_of", "tracer_of", "pids", "listeners",
+           "held_sockets", "is_stream_socket"]
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of /proc/PID/stat agentd reads."""
+
+    state: str        # R, S, D, T (stopped), t (tracing stop), Z, ...
+    ppid: int
+    pgrp: int
+    start_time: str   # clock ticks since boot: tells a reused pid from its owner
+
+
+def stat(pid: int | str) -> ProcStat | None:
+    """/proc/PID/stat, or None when the process is gone or the file is unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2:].split()
+    try:
+        return ProcStat(fields[0].decode("ascii", "replace"), int(fields[1]), int(fields[2]),
+                        fields[19].decode("ascii", "replace"))
+    except (IndexError, ValueError):
+        return None
+
+
+def status(pid: int | str) -> dict[str, str]:
+    """/proc/PID/status as ``{key: value}`` (values stripped); empty when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+            return {key: value.strip() for key, _, value in
+                    (line.partition(":") for line in handle) if value}
+    except OSError:
+        return {}
+
+
+def tgid_of(tid: int) -> int:
+    """The thread group (process) a thread belongs to; ``tid`` itself when it cannot be read."""
+    try:
+        return int(status(tid).get("Tgid", tid))
+    except ValueError:
+        return tid
+
+
+def tracer_of(pid: int | str) -> int | None:
+    """The pid tracing ``pid`` (0: none), or None when it cannot be read."""
+    value = status(pid).get("TracerPid")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def pids() -> list[int]:
+    """Every process id /proc shows now."""
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
 
 _TCP_LISTEN = "0A"
 _UDP_UNCONNECTED = "07"   # TCP_CLOSE: a bound UDP socket without a peer

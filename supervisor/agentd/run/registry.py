@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from agentd.kernel import procfs
 from agentd.trace.hold import DECISIONS
 
 __all__ = ["runs_dir", "RunRegistration", "list_runs", "send_decision", "kill_run", "find_run",
@@ -211,12 +212,8 @@ class RunRegistration:
 
 
 def _parent_pid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return 0
-    return int(stat[stat.rfind(b")") + 2:].split()[1])
+    info = procfs.stat(pid)
+    return info.ppid if info is not None else 0
 
 
 def list_runs(directory: str | None = None) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ import os
 import signal
 from typing import Any, Callable, Mapping, Sequence
 
+from agentd.kernel import procfs
 from agentd.kernel import ptrace as P
 
 __all__ = ["HostError", "FilterError", "check_host", "prepare_filter", "untraced_rules",
@@ -36,12 +37,8 @@ class FilterError(ValueError):
 
 def check_host() -> None:
     """Refuse early, with the fix, when tracing cannot work here."""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as handle:
-            status = dict(line.split(":", 1) for line in handle if ":" in line)
-    except OSError:
-        status = {}
-    tracer = status.get("TracerPid", "0").strip()
+    status = procfs.status("self")
+    tracer = status.get("TracerPid", "0")
     if tracer not in ("", "0"):
         raise HostError(
             f"agentd is itself being traced (TracerPid {tracer}: a debugger, strace, or another "

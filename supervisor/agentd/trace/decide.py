@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
+from agentd.kernel import procfs
+
 from .decode import Action, DecodedSyscall, SignalTarget
 
 __all__ = ["Evaluation", "Verdict", "decide", "fail_closed", "kernel_refuses", "OUTCOME_RANK",
@@ -139,19 +141,13 @@ def _containment_of_signal(target: SignalTarget, tree: AgentTree) -> Evaluation:
 def _pgrp_inside(pgid: int, tree: AgentTree) -> bool:
     """True when every process of group ``pgid`` belongs to the agent (and the group exists)."""
     found = False
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    for pid in procfs.pids():
+        info = procfs.stat(pid)
+        if info is None or info.pgrp != pgid:
             continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if int(fields[2]) == pgid:
-            found = True
-            if not tree.contains(int(entry)):
-                return False
+        found = True
+        if not tree.contains(pid):
+            return False
     return found
 
 
@@ -264,7 +260,7 @@ def connect_evaluations(policy, action: Action, context: dict, network: NetworkV
 
     The agent's own network is not an internal network (``agentd:own_network``): under a network
     plane its loopback is its own namespace's; without one, a loopback port on which only the
-    agent's own tree listens (``own_listeners``) is let through when the policy refused it. A refused
+    agent's own tree listens (``procfs.listeners``) is let through when the policy refused it. A refused
     loopback connect of a stream socket ``fd`` to a port nobody listens on answers the kernel's
     own ECONNREFUSED."""
     parsed = split_host_port(action.target)
@@ -289,12 +285,10 @@ def connect_evaluations(policy, action: Action, context: dict, network: NetworkV
     if loopback and tree is not None and isinstance(pid, int) \
             and any(e.outcome == "block" for e in evaluations) \
             and all(e.outcome in ("allow", "warn", "block") for e in evaluations):
-        from agentd.kernel import procfs as own_listeners
-
-        listening = own_listeners.listeners(pid, ip, port)
-        if listening and listening <= own_listeners.held_sockets(tuple(tree.members())):
+        listening = procfs.listeners(pid, ip, port)
+        if listening and listening <= procfs.held_sockets(tuple(tree.members())):
             return [_own(action, f"a port only the agent's own processes listen on ({port})")]
-        if not listening and fd is not None and own_listeners.is_stream_socket(pid, fd):
+        if not listening and fd is not None and procfs.is_stream_socket(pid, fd):
             # the kernel refuses it anyway: the agent learns the truth, nothing of the host
             return [replace(e, errno=errno.ECONNREFUSED,
                             reason=f"{e.reason}; nothing listens there: ECONNREFUSED")

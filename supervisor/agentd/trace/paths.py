@@ -19,6 +19,8 @@ import errno
 import os
 import stat
 
+from agentd.kernel import procfs
+
 __all__ = ["PathResolutionError", "resolve_tracee_path", "AT_FDCWD", "MAX_SYMLINKS"]
 
 AT_FDCWD = -100
@@ -28,18 +30,6 @@ PATH_MAX = 4096
 
 class PathResolutionError(OSError):
     """The path could not be resolved the way the kernel would resolve it."""
-
-
-def _tgid_of(pid: int) -> int:
-    """The thread group id of task ``pid`` (a thread's /proc/self is its process)."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return pid
 
 
 def _readlink(path: str) -> str:
@@ -134,7 +124,7 @@ def resolve_tracee_path(pid: int, dirfd: int, path: str | bytes, follow_last: bo
         if not root and len(resolved) == 2 and resolved[0] == "proc" \
                 and component in ("self", "thread-self"):
             if tgid is None:
-                tgid = _tgid_of(pid)
+                tgid = procfs.tgid_of(pid)   # a thread's /proc/self is its process
             if component == "self":
                 resolved[1] = str(tgid)
                 continue

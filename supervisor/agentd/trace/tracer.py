@@ -26,6 +26,7 @@ from typing import Callable
 from agentd.kernel import consts as K
 from ptrace.binding import func as _ptrace_binding
 
+from agentd.kernel import procfs
 from agentd.kernel import ptrace as P
 from . import enforce as E
 from . import hold as holds
@@ -81,7 +82,8 @@ class Task:
     @property
     def ppid(self) -> int:
         if self._ppid is None:
-            self._ppid = _read_ppid(self.tgid)
+            info = procfs.stat(self.tgid)
+            self._ppid = info.ppid if info is not None else 0
         return self._ppid
 
     def forget_process_facts(self) -> None:
@@ -94,26 +96,6 @@ class Task:
         if self._memory is not None:
             self._memory.close()
             self._memory = None
-
-
-def _read_ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-        return int(stat[stat.rfind(b")") + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _read_tgid(tid: int) -> int:
-    try:
-        with open(f"/proc/{tid}/status", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return tid
 
 
 def describe_status(status: int) -> str:
@@ -429,7 +411,7 @@ class Tracer:
                 raise
 
     def _adopt(self, tid: int, parent: int, tgid: int | None = None) -> Task:
-        task = Task(tid, tgid if tgid is not None else _read_tgid(tid), parent)
+        task = Task(tid, tgid if tgid is not None else procfs.tgid_of(tid), parent)
         self.tasks[tid] = task
         if self.killing or self.hold is not None:
             try:
