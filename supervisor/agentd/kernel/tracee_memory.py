@@ -4,9 +4,9 @@ Owns how the supervisor copies syscall arguments (paths, argv arrays, sockaddrs,
 stopped tracee: ``process_vm_readv(2)`` page by page, so that a string ending just before an
 unmapped page is still read, with ``/proc/PID/mem`` as the fallback when the syscall is refused.
 ``TraceeMemory`` keeps ``/proc/PID/mem`` open for one task (one ``pread`` per read, no ctypes on
-the hot path; reopened after exec, which replaces the address space). Every read has an upper
-bound; ``read_cstring`` says whether it stopped at the bound
-(``truncated``) so the caller can deny what it could not read completely. Stateless.
+the hot path; reopened after exec, which replaces the address space); ``read_bytes`` reads once
+from any task. Every read has an upper bound; ``TraceeMemory.read_cstring`` says whether it
+stopped at the bound (``truncated``) so the caller can deny what it could not read completely.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import ctypes
 import errno
 import os
 
-__all__ = ["MemoryReadError", "TraceeMemory", "read_bytes", "read_cstring", "read_pointer_array",
-           "PAGE_SIZE"]
+__all__ = ["MemoryReadError", "TraceeMemory", "read_bytes", "PAGE_SIZE", "MAX_PATH_BYTES"]
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 MAX_PATH_BYTES = 4096  # PATH_MAX, including the terminating NUL
@@ -86,55 +85,6 @@ def read_bytes(pid: int, addr: int, length: int) -> bytes:
         raise MemoryReadError(errno.EFAULT, f"pid {pid}: only {len(data)} of {length} bytes "
                                             f"readable at {addr:#x}")
     return data
-
-
-def read_cstring(pid: int, addr: int, max_bytes: int = MAX_PATH_BYTES) -> tuple[bytes, bool]:
-    """The NUL-terminated string at ``addr``, without the NUL, read in page-bounded chunks.
-
-    Returns ``(data, truncated)``: ``truncated`` is True when no NUL was found within
-    ``max_bytes`` bytes. Raises MemoryReadError for NULL or unreadable memory before the NUL.
-    """
-    if addr == 0:
-        raise MemoryReadError(errno.EFAULT, f"pid {pid}: NULL string pointer")
-    chunks: list[bytes] = []
-    total = 0
-    cursor = addr
-    while total < max_bytes:
-        # Never cross a page boundary in one read: the next page may be unmapped.
-        want = min(PAGE_SIZE - (cursor % PAGE_SIZE), max_bytes - total)
-        data = _readv_once(pid, cursor, want)
-        if not data:
-            raise MemoryReadError(errno.EFAULT, f"pid {pid}: string at {addr:#x} runs into "
-                                                f"unreadable memory at {cursor:#x}")
-        nul = data.find(b"\0")
-        if nul >= 0:
-            chunks.append(data[:nul])
-            return b"".join(chunks), False
-        chunks.append(data)
-        total += len(data)
-        cursor += len(data)
-    return b"".join(chunks), True
-
-
-def read_pointer_array(pid: int, addr: int, max_items: int) -> tuple[list[int], bool]:
-    """The NULL-terminated array of pointers at ``addr`` (argv, envp): ``(pointers, truncated)``."""
-    if addr == 0:
-        return [], False
-    pointers: list[int] = []
-    cursor = addr
-    while len(pointers) < max_items:
-        want = min(PAGE_SIZE - (cursor % PAGE_SIZE), (max_items - len(pointers)) * 8)
-        want -= want % 8 or 0
-        if want == 0:
-            want = 8
-        data = read_bytes(pid, cursor, want)
-        for i in range(0, len(data), 8):
-            ptr = int.from_bytes(data[i:i + 8], "little")
-            if ptr == 0:
-                return pointers, False
-            pointers.append(ptr)
-        cursor += len(data)
-    return pointers, True
 
 
 _ADDRESS_LIMIT = 1 << 63  # pread offsets are signed; user space ends far below this anyway
@@ -219,7 +169,9 @@ class TraceeMemory:
         return data
 
     def read_cstring(self, addr: int, max_bytes: int = MAX_PATH_BYTES) -> tuple[bytes, bool]:
-        """``(data, truncated)`` for the NUL-terminated string at ``addr`` (see read_cstring)."""
+        """The NUL-terminated string at ``addr``, without the NUL: ``(data, truncated)``, where
+        ``truncated`` says no NUL came within ``max_bytes``; MemoryReadError for NULL or
+        unreadable memory before the NUL."""
         chunks: list[bytes] = []
         total = 0
         while total < max_bytes:

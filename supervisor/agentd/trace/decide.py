@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable

@@ -23,12 +23,12 @@ from . import exec_identity as _exec_identity
 from . import paths as _paths
 from agentd.kernel import statx as _statx
 from agentd.kernel import tracee_memory as _mem
-from . import syscall_table as T
+from . import syscall_table
 
 __all__ = ["Action", "SignalTarget", "Tracee", "DecodedSyscall", "DecodeError", "decode_syscall",
            "syscall_args", "format_sockaddr"]
 
-SyscallSpec_ = T.SyscallSpec
+SyscallSpec_ = syscall_table.SyscallSpec
 
 MAX_ARGV_ITEMS = 65536
 MAX_ARGV_BYTES = 2 * 1024 * 1024  # the kernel's default ARG_MAX region
@@ -194,13 +194,13 @@ def _decode_open(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
         flags = args[spec.flags] & 0xFFFFFFFF
     else:
         flags = spec.fixed_flags
-    follow = not flags & T.O_NOFOLLOW
+    follow = not flags & syscall_table.O_NOFOLLOW
     # RESOLVE_IN_ROOT scopes the walk to the dirfd; the other RESOLVE_* flags only make the
     # kernel refuse more, so resolving without them names the same file or a refused one.
     path = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[spec.path]),
-                    follow_last=follow and not (flags & T.O_CREAT and flags & T.O_EXCL),
-                    in_root=bool(resolve & T.RESOLVE_IN_ROOT))
-    writes = (flags & T.O_ACCMODE) in (T.O_WRONLY, T.O_RDWR) or flags & T.WRITE_FLAGS
+                    follow_last=follow and not (flags & syscall_table.O_CREAT and flags & syscall_table.O_EXCL),
+                    in_root=bool(resolve & syscall_table.RESOLVE_IN_ROOT))
+    writes = (flags & syscall_table.O_ACCMODE) in (syscall_table.O_WRONLY, syscall_table.O_RDWR) or flags & syscall_table.WRITE_FLAGS
     action = Action("file_write" if writes else "file_read", path)
     return (action,) + _shm_action(path), ()
 
@@ -469,7 +469,7 @@ _DECODERS: dict[str, Callable] = {
     "pidfd_signal": _decode_pidfd_signal,
 }
 # INVARIANT: every decoder the table names exists.
-assert {spec.decoder for spec in T.TABLE.values()} <= set(_DECODERS)
+assert {spec.decoder for spec in syscall_table.TABLE.values()} <= set(_DECODERS)
 
 
 def _as_tracee(tracee: Tracee | int) -> Tracee:
@@ -483,7 +483,7 @@ def decode_syscall(tracee: Tracee | int, name: str, nr: int,
     """Decode syscall ``name`` (number ``nr``, register ``args``) stopped in ``tracee`` (a
     ``Tracee``, or a bare tid for one-off use)."""
     t = _as_tracee(tracee)
-    spec = T.TABLE.get(name)
+    spec = syscall_table.TABLE.get(name)
     if spec is None:
         raise DecodeError(f"syscall {name} ({nr}) stopped but is not in the syscall table")
     if name == "kill" and _s32(args[1]) == 0:

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 from dataclasses import dataclass
 
-from agentd.kernel import ptrace as P
+from agentd.kernel import ptrace
 from .errno_probe import Probe
 from .pinning import in_window, openat2_form, sendmsg_form
 
@@ -32,26 +31,26 @@ _U64 = (1 << 64) - 1
 
 def allow(tid: int) -> None:
     """Let the syscall run (a pinned open as openat2 with RESOLVE_NO_SYMLINKS: scratch.py)."""
-    regs = P.getregs(tid)
+    regs = ptrace.getregs(tid)
     if openat2_form(regs) or sendmsg_form(regs):
-        P.setregs(tid, regs)
+        ptrace.setregs(tid, regs)
     _go(tid, regs)
 
 
-def _go(tid: int, regs: P.Registers) -> None:
+def _go(tid: int, regs: ptrace.Registers) -> None:
     # A syscall whose path the kernel still walks stops again at its exit, where the tracer
     # closes its window (renames elsewhere in the tree wait for that: scratch.MUTATORS).
     if in_window(regs):
-        P.syscall(tid)
+        ptrace.syscall(tid)
     else:
-        P.cont(tid)
+        ptrace.cont(tid)
 
 
-def refuse(tid: int, regs: P.Registers, error: int = errno.EACCES) -> None:
+def refuse(tid: int, regs: ptrace.Registers, error: int = errno.EACCES) -> None:
     """Skip the syscall; the agent sees -1 with ``errno = error``."""
     regs.orig_rax = _U64            # -1: no syscall
     regs.rax = (-error) & _U64
-    P.setregs(tid, regs)
+    ptrace.setregs(tid, regs)
     _go(tid, regs)
 
 
@@ -64,23 +63,23 @@ class Probing:
     probe: Probe
     saved: tuple[int, ...]
 
-    def finish(self, regs: P.Registers) -> None:
+    def finish(self, regs: ptrace.Registers) -> None:
         regs.rax = (-self.probe.answer(regs.rax)) & _U64
         regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = self.saved
 
 
-def refuse_probing(tid: int, regs: P.Registers, probe: Probe) -> Probing:
+def refuse_probing(tid: int, regs: ptrace.Registers, probe: Probe) -> Probing:
     """Refuse the syscall with the errno the kernel would give it (``errno_probe``): run the
     harmless probe instead and stop at its exit, where the caller calls ``Probing.finish``."""
     saved = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)
     regs.orig_rax = probe.nr
     regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = probe.args
-    P.setregs(tid, regs)
-    P.syscall(tid)
+    ptrace.setregs(tid, regs)
+    ptrace.syscall(tid)
     return Probing(probe, saved)
 
 
-def rewind(tid: int, regs: P.Registers, nr: int) -> None:
+def rewind(tid: int, regs: ptrace.Registers, nr: int) -> None:
     """Skip the syscall now so that the thread re-issues it when it next runs.
 
     The registers that carry the arguments (rdi, rsi, rdx, r10, r8, r9) are untouched by a
@@ -90,16 +89,16 @@ def rewind(tid: int, regs: P.Registers, nr: int) -> None:
     regs.orig_rax = _U64
     regs.rax = nr
     regs.rip = (regs.rip - len(SYSCALL_INSN)) & _U64
-    P.setregs(tid, regs)
+    ptrace.setregs(tid, regs)
 
 
-def kill(tracer, tid: int, regs: P.Registers) -> None:
+def kill(tracer, tid: int, regs: ptrace.Registers) -> None:
     """The SIGKILL verdict: skip the syscall (it must not run even for an instant), SIGKILL
     every process of the agent (the tracer kills whatever reports later too), let the task go
     to its death."""
     regs.orig_rax = _U64
     regs.rax = (-errno.EACCES) & _U64
-    P.setregs(tid, regs)
+    ptrace.setregs(tid, regs)
     tracer.kill_tree()
     _go(tid, regs)
 

@@ -32,7 +32,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from . import syscall_table as T
+from . import syscall_table
 from .paths import AT_FDCWD
 from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
 
@@ -81,18 +81,18 @@ class Probe:
 
 def _open_error(target: str, flags: int) -> int | None:
     """The errors the kernel's open finds in the file itself before any security check."""
-    if flags & T.O_TMPFILE == T.O_TMPFILE:
+    if flags & syscall_table.O_TMPFILE == syscall_table.O_TMPFILE:
         return None
     try:
         st = os.lstat(target)
     except OSError:
         return None
     if stat.S_ISLNK(st.st_mode):
-        return errno.ELOOP if flags & T.O_NOFOLLOW and not flags & T.O_PATH else None
-    writes = (flags & T.O_ACCMODE) in (T.O_WRONLY, T.O_RDWR) or flags & T.O_CREAT
+        return errno.ELOOP if flags & syscall_table.O_NOFOLLOW and not flags & syscall_table.O_PATH else None
+    writes = (flags & syscall_table.O_ACCMODE) in (syscall_table.O_WRONLY, syscall_table.O_RDWR) or flags & syscall_table.O_CREAT
     if stat.S_ISDIR(st.st_mode) and writes:
         return errno.EISDIR
-    if flags & T.O_DIRECTORY and not stat.S_ISDIR(st.st_mode):
+    if flags & syscall_table.O_DIRECTORY and not stat.S_ISDIR(st.st_mode):
         return errno.ENOTDIR
     return None
 
@@ -113,7 +113,7 @@ def _s32(value: int) -> int:
 
 def _access(dirfd: int | None, path: int, follow: bool, empty_ok: bool = False,
             **more) -> Probe:
-    at_flags = (0 if follow else T.AT_SYMLINK_NOFOLLOW) | (T.AT_EMPTY_PATH if empty_ok else 0)
+    at_flags = (0 if follow else syscall_table.AT_SYMLINK_NOFOLLOW) | (syscall_table.AT_EMPTY_PATH if empty_ok else 0)
     return Probe(NR_FACCESSAT2, ((AT_FDCWD if dirfd is None else dirfd) & _U64, path, F_OK,
                                  at_flags, 0, 0), **more)
 
@@ -131,7 +131,7 @@ def probe_for(name: str, args: tuple[int, ...], targets: tuple[str, ...] = (),
     a missing parent from a missing name, and for an open's own errors). ``read_how(address)``
     reads 8 bytes of the tracee (openat2's flags live in its ``struct open_how``).
     """
-    spec = T.TABLE.get(name)
+    spec = syscall_table.TABLE.get(name)
     if spec is None:
         return None
     decoder = spec.decoder
@@ -145,9 +145,9 @@ def probe_for(name: str, args: tuple[int, ...], targets: tuple[str, ...] = (),
             flags = spec.fixed_flags
         else:
             flags = _how_flags(read_how, args[spec.how])
-        creating = bool(flags & T.O_CREAT) and flags & T.O_TMPFILE != T.O_TMPFILE
-        exclusive = creating and bool(flags & T.O_EXCL)
-        follow = not flags & T.O_NOFOLLOW and not exclusive
+        creating = bool(flags & syscall_table.O_CREAT) and flags & syscall_table.O_TMPFILE != syscall_table.O_TMPFILE
+        exclusive = creating and bool(flags & syscall_table.O_EXCL)
+        follow = not flags & syscall_table.O_NOFOLLOW and not exclusive
         target = targets[0] if targets else None
         return _access(dirfd, args[spec.path], follow,
                        if_exists=errno.EEXIST if exclusive else errno.EACCES,

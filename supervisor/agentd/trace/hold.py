@@ -30,7 +30,7 @@ import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from agentd.kernel import ptrace as P
+from agentd.kernel import ptrace
 from agentd.kernel import tracee_memory
 
 from . import enforce
@@ -79,15 +79,15 @@ def begin(tracer: "Tracer", task: "Task", regs, verdict: "Verdict",
         if other.listening:   # in a group-stop of its own: make it report again
             other.listening = False
             try:
-                P.interrupt(other.tid)
-            except P.PtraceError:
+                ptrace.interrupt(other.tid)
+            except ptrace.PtraceError:
                 pass
     for tgid in tracer.thread_groups():
         try:
             os.kill(tgid, signal.SIGSTOP)
         except ProcessLookupError:
             pass
-    P.cont(task.tid)   # back to user space, where the pending SIGSTOP is taken
+    ptrace.cont(task.tid)   # back to user space, where the pending SIGSTOP is taken
     return True
 
 
@@ -102,8 +102,8 @@ def conclude(tracer: "Tracer") -> None:
     assert hold is not None
     for task in list(tracer.tasks.values()):
         try:
-            P.detach(task.tid, 0)
-        except P.PtraceError as exc:
+            ptrace.detach(task.tid, 0)
+        except ptrace.PtraceError as exc:
             if exc.errno != errno.ESRCH:
                 raise
     decision, who = hold.review(hold)
@@ -118,8 +118,8 @@ def conclude(tracer: "Tracer") -> None:
         task.parked = False
         task.resuming = True
         try:
-            P.seize(task.tid, P.TRACE_OPTIONS)
-        except P.PtraceError as exc:
+            ptrace.seize(task.tid, ptrace.TRACE_OPTIONS)
+        except ptrace.PtraceError as exc:
             if exc.errno != errno.ESRCH:
                 raise
     for tgid in tracer.thread_groups():

@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import paths as _paths
-from . import syscall_table as T
+from . import syscall_table
 from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
 from agentd.kernel.tracee_memory import MAX_PATH_BYTES, MemoryReadError, TraceeMemory
 
@@ -88,10 +88,10 @@ MUTATORS = frozenset({"rename", "renameat", "renameat2", "rmdir", "unlink", "unl
 
 def pinned_names() -> frozenset[str]:
     """The traced syscalls whose memory operands are pinned (everything with a pointer)."""
-    return frozenset(name for name, spec in T.TABLE.items() if _has_pointer(spec))
+    return frozenset(name for name, spec in syscall_table.TABLE.items() if _has_pointer(spec))
 
 
-def _has_pointer(spec: T.SyscallSpec) -> bool:
+def _has_pointer(spec: syscall_table.SyscallSpec) -> bool:
     return any(i is not None for i in (spec.path, spec.path2, spec.how, spec.argv, spec.addr,
                                       spec.msg))
 
@@ -201,7 +201,7 @@ class Scratch:
         setregs(tid, restored)
 
     # --- pinning -----------------------------------------------------------------------------
-    def pin(self, tid: int, tgid: int, memory: TraceeMemory, spec: T.SyscallSpec,
+    def pin(self, tid: int, tgid: int, memory: TraceeMemory, spec: syscall_table.SyscallSpec,
             regs) -> tuple[bool, bool]:
         """Copy the memory operands of the stopped syscall into ``tid``'s slot and point its
         registers at the copies. Returns ``(changed, window)``: whether a register changed (the
@@ -297,7 +297,7 @@ class Scratch:
             raw = os.fsencode(rewritten) + b"\0"
             if spec.dirfd is not None:
                 args[spec.dirfd] = _paths.AT_FDCWD & _U64
-            args[flags_index] = (args[flags_index] | T.O_NOFOLLOW) & _U64
+            args[flags_index] = (args[flags_index] | syscall_table.O_NOFOLLOW) & _U64
             # The struct open_how that ``openat2_form`` turns the call into once it is allowed:
             # no symlink anywhere on the (resolved) path, so a directory swapped for a symlink
             # after the check makes the kernel refuse (ELOOP).
@@ -315,7 +315,7 @@ class Scratch:
 VALID_OPEN_FLAGS = 0o3 | 0o100 | 0o200 | 0o400 | 0o1000 | 0o2000 | 0o4000 | 0o10000 | 0o20000 \
     | 0o40000 | 0o100000 | 0o200000 | 0o400000 | 0o1000000 | 0o2000000 | 0o10000000 \
     | 0o20000000 | 0o4000000
-O_PATH_FLAGS = T.O_DIRECTORY | T.O_NOFOLLOW | T.O_PATH | 0o2000000
+O_PATH_FLAGS = syscall_table.O_DIRECTORY | syscall_table.O_NOFOLLOW | syscall_table.O_PATH | 0o2000000
 RESOLVE_NO_SYMLINKS = 0x04
 PINNED_OPEN_PATH_OFFSET = 24     # a rewritten open: open_how at the slot's start, path after it
 _NR_OPEN, _NR_OPENAT, _NR_OPENAT2 = (SYSCALL_NUMBERS[n] for n in ("open", "openat", "openat2"))
@@ -323,9 +323,9 @@ _NR_OPEN, _NR_OPENAT, _NR_OPENAT2 = (SYSCALL_NUMBERS[n] for n in ("open", "opena
 
 def _open_how(flags: int, mode: int) -> bytes:
     flags &= VALID_OPEN_FLAGS
-    if flags & T.O_PATH:
+    if flags & syscall_table.O_PATH:
         flags &= O_PATH_FLAGS
-    mode = mode & 0o7777 if flags & (T.O_CREAT | T.O_TMPFILE) else 0
+    mode = mode & 0o7777 if flags & (syscall_table.O_CREAT | syscall_table.O_TMPFILE) else 0
     return (flags.to_bytes(8, "little") + mode.to_bytes(8, "little")
             + RESOLVE_NO_SYMLINKS.to_bytes(8, "little"))
 
@@ -358,7 +358,7 @@ def _resolved_for_open(tid, tgid, spec, args, path: bytes, flags: int) -> str | 
     if not text or text.startswith(("/proc", "/dev/fd", "/dev/std")):
         return None
     dirfd = _paths.AT_FDCWD if spec.dirfd is None else _s32(args[spec.dirfd])
-    follow = not flags & T.O_NOFOLLOW and not (flags & T.O_CREAT and flags & T.O_EXCL)
+    follow = not flags & syscall_table.O_NOFOLLOW and not (flags & syscall_table.O_CREAT and flags & syscall_table.O_EXCL)
     try:
         resolved = _paths.resolve_tracee_path(tid, dirfd, text, follow_last=follow, tgid=tgid)
     except (_paths.PathResolutionError, OSError):

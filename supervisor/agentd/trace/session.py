@@ -20,11 +20,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import decide as D
-from . import enforce as E
+from . import decide
+from . import enforce
 from . import hold
 from .hold import Hold
-from agentd.kernel import ptrace as P
+from agentd.kernel import ptrace
 from .decode import DecodeError, Tracee, decode_syscall, syscall_args
 from .errno_probe import probe_for
 from agentd.kernel.statx import coarse_now_ns
@@ -66,7 +66,7 @@ class Session:
     stats: dict[str, int] = field(default_factory=dict)
     killed: bool = False
     exec_identifier: Any = None                # exec_identity.ExecIdentifier (made for the policy)
-    network: D.NetworkView | None = None       # the run's network plane (names, endpoints)
+    network: decide.NetworkView | None = None       # the run's network plane (names, endpoints)
     # Files born at or after this instant are the agent's own (decode: preexisting).
     started_ns: int = field(default_factory=coarse_now_ns)
     # action type -> (the operator's answer to a batch of these, "allow" or "deny"; monotonic
@@ -84,7 +84,7 @@ class Session:
 
     # --- called by the tracer at every seccomp stop --------------------------------------
     def on_syscall(self, tracer: Tracer, task: Task) -> None:
-        regs = P.getregs(task.tid)
+        regs = ptrace.getregs(task.tid)
         nr = regs.orig_rax
         name = SYSCALL_NAMES.get(nr, f"syscall_{nr}")
         args = syscall_args(regs)
@@ -97,7 +97,7 @@ class Session:
         if name not in TABLE:
             # Our filter allowed this number; a filter the agent stacked on ours asked for a
             # tracer (a nested RET_TRACE outranks our ALLOW). Nothing of ours to decide.
-            E.allow(task.tid)
+            enforce.allow(task.tid)
             return
         decoded = None
         try:
@@ -106,33 +106,33 @@ class Session:
                                      name, nr, args)
         except DecodeError as exc:
             if exc.errno is not None:
-                verdict = D.kernel_refuses(name, exc.errno, f"{name}: {exc}")
+                verdict = decide.kernel_refuses(name, exc.errno, f"{name}: {exc}")
             else:
-                verdict = D.fail_closed(name, f"cannot decode {name}: {exc}")
+                verdict = decide.fail_closed(name, f"cannot decode {name}: {exc}")
         except Exception as exc:  # INVARIANT: an error while decoding denies (fail closed)
             log.exception("pid %d: error decoding %s", task.tid, name)
-            verdict = D.fail_closed(name, f"error decoding {name}: {exc!r}")
+            verdict = decide.fail_closed(name, f"error decoding {name}: {exc!r}")
         else:
             try:
-                verdict = D.decide(decoded, self.policy, self._context(task, name),
-                                   D.AgentTree(tracer.contains, tracer.thread_groups),
+                verdict = decide.decide(decoded, self.policy, self._context(task, name),
+                                   decide.AgentTree(tracer.contains, tracer.thread_groups),
                                    self.network, *self._batch_answers(decoded))
                 verdict = self._protect(verdict)
             except Exception as exc:  # INVARIANT: fail closed
                 log.exception("pid %d: error deciding %s", task.tid, name)
-                verdict = D.fail_closed(name, f"error deciding {name}: {exc!r}")
+                verdict = decide.fail_closed(name, f"error deciding {name}: {exc!r}")
         if verdict.outcome in ("allow", "warn"):
             # Let the agent go first and write the record while it runs (the two cores work
             # in parallel); the record is still written before we wait for the next stop.
             self._enforce(tracer, task, regs, name, nr, verdict, decoded)
             if not self._record(task, name, verdict):
                 # INVARIANT: nothing runs unrecorded; we cannot take this one back, so stop all.
-                E.notice_line("killing the agent: the audit log cannot be written")
+                enforce.notice_line("killing the agent: the audit log cannot be written")
                 self.killed = True
                 tracer.kill_tree()
             return
         if not self._record(task, name, verdict):
-            verdict = D.fail_closed(name, "the audit record could not be written")
+            verdict = decide.fail_closed(name, "the audit record could not be written")
         self._enforce(tracer, task, regs, name, nr, verdict, decoded)
 
     def _batch_answers(self, decoded) -> tuple[frozenset[str], frozenset[str]]:
@@ -156,24 +156,24 @@ class Session:
     def _context(self, task: Task, name: str) -> dict:
         return {"agent_id": self.agent_id, "pid": task.tgid, "syscall": name}
 
-    def _protect(self, verdict: D.Verdict) -> D.Verdict:
+    def _protect(self, verdict: decide.Verdict) -> decide.Verdict:
         """The supervisor's own files (audit log, control socket) are not the agent's to touch."""
         if not self.protected_paths:
             return verdict
         changed = list(verdict.evaluations)
         hit = False
         for i, evaluation in enumerate(changed):
-            protected = D.containment_of_protected(evaluation, self.protected_paths)
+            protected = decide.containment_of_protected(evaluation, self.protected_paths)
             if protected is not None:
                 changed[i] = protected
                 hit = True
         if not hit:
             return verdict
-        worst = max(changed, key=lambda e: D.OUTCOME_RANK[e.outcome])
-        return D.Verdict(worst.outcome, worst.reason, tuple(changed))
+        worst = max(changed, key=lambda e: decide.OUTCOME_RANK[e.outcome])
+        return decide.Verdict(worst.outcome, worst.reason, tuple(changed))
 
     def _enforce(self, tracer: Tracer, task: Task, regs, name: str, nr: int,
-                 verdict: D.Verdict, decoded=None) -> None:
+                 verdict: decide.Verdict, decoded=None) -> None:
         outcome = verdict.outcome
         self.stats[outcome] = self.stats.get(outcome, 0) + 1
         if self.audit_only and outcome in ("block", "kill", "stop"):
@@ -184,32 +184,32 @@ class Session:
                                                      evaluation.pattern_ids))
             outcome = "allow"
         if outcome == "allow":
-            E.allow(task.tid)
+            enforce.allow(task.tid)
         elif outcome == "warn":
             self._warn(task, name, verdict)
-            E.allow(task.tid)
+            enforce.allow(task.tid)
         elif outcome == "block":
             self._refuse(task, regs, name, decoded, verdict)
         elif outcome == "kill":
             self.killed = True
             deciding = verdict.deciding
             what = f"{deciding.action_type} {deciding.target}" if deciding else name
-            E.notice_line(f"killing the agent: {what}: {verdict.reason} (pid {task.tgid}, {name})")
+            enforce.notice_line(f"killing the agent: {what}: {verdict.reason} (pid {task.tgid}, {name})")
             # The syscall must not run even for an instant: skip it, then kill every process.
-            E.kill(tracer, task.tid, regs)
+            enforce.kill(tracer, task.tid, regs)
         elif outcome == "stop":
             if self.review is None or not hold.begin(tracer, task, regs, verdict, self.review,
                                                      self._answered):
-                E.refuse(task.tid, regs, errno.EACCES)
+                enforce.refuse(task.tid, regs, errno.EACCES)
         else:  # pragma: no cover - OUTCOME_RANK has no other names
-            E.refuse(task.tid, regs, errno.EACCES)
+            enforce.refuse(task.tid, regs, errno.EACCES)
 
     def _answered(self, held: Hold, decision: str, who: str) -> None:
         """The operator answered a hold: record it, and remember it for the re-issued syscall
         (allow or deny once) or, for a batch, for the rest of the batch."""
         verdict = held.verdict
         deciding = verdict.deciding
-        self.record(held.task, "operator", D.Evaluation(
+        self.record(held.task, "operator", decide.Evaluation(
             deciding.action_type if deciding else "", deciding.target if deciding else "",
             "allow" if decision == "allow" else "deny", decision,
             f"operator decision via {who} on a held syscall"), enforced=decision)
@@ -228,7 +228,7 @@ class Session:
                 if evaluation.confirmable:
                     self.batches[evaluation.action_type] = (decision, deadline)
 
-    def _warn(self, task: Task, name: str, verdict: D.Verdict) -> None:
+    def _warn(self, task: Task, name: str, verdict: decide.Verdict) -> None:
         """A warning on the agent's stderr, once per kind (action type, pattern); the repeats
         are counted for ``warning_summary``: hundreds of identical lines would bury the rest."""
         deciding = verdict.deciding
@@ -240,7 +240,7 @@ class Session:
             return
         target = deciding.target if deciding else ""
         self.warnings[(action_type, pattern)] = [1, verdict.reason]
-        E.warn_line(f"{action_type} {target}: {verdict.reason} (pid {task.tgid}, {name}; "
+        enforce.warn_line(f"{action_type} {target}: {verdict.reason} (pid {task.tgid}, {name}; "
                     f"more like it are counted)")
 
     def warning_summary(self) -> list[str]:
@@ -249,11 +249,11 @@ class Session:
                 for (action_type, pattern), (count, reason) in sorted(
                     self.warnings.items(), key=lambda item: -item[1][0]) if count > 1]
 
-    def _refuse(self, task: Task, regs, name: str, decoded, verdict: D.Verdict) -> None:
+    def _refuse(self, task: Task, regs, name: str, decoded, verdict: decide.Verdict) -> None:
         """Refuse the syscall; where the kernel would have failed it anyway, with the kernel's
         own errno (a probe runs in its place: errno_probe.py), else with EACCES."""
         if verdict.errno is not None:
-            E.refuse(task.tid, regs, verdict.errno)
+            enforce.refuse(task.tid, regs, verdict.errno)
             return
         targets = tuple(a.target for a in decoded.actions) if decoded is not None else ()
         try:
@@ -262,19 +262,19 @@ class Session:
             log.exception("pid %d: cannot build the errno probe for %s", task.tid, name)
             probe = None
         if probe is None:
-            E.refuse(task.tid, regs, errno.EACCES)
+            enforce.refuse(task.tid, regs, errno.EACCES)
         else:
-            task.probing = E.refuse_probing(task.tid, regs, probe)
+            task.probing = enforce.refuse_probing(task.tid, regs, probe)
 
     def _finish_operator(self, tracer: Tracer, task: Task, regs, name: str, outcome: str) -> None:
         """The re-issued syscall after an operator's allow or deny of a held one."""
         if outcome == "allow":
-            E.allow(task.tid)
+            enforce.allow(task.tid)
         else:
-            E.refuse(task.tid, regs, errno.EACCES)
+            enforce.refuse(task.tid, regs, errno.EACCES)
 
     # --- the audit record ------------------------------------------------------------------
-    def _record(self, task: Task, name: str, verdict: D.Verdict, **extra: Any) -> bool:
+    def _record(self, task: Task, name: str, verdict: decide.Verdict, **extra: Any) -> bool:
         """One record per evaluation; False when any could not be written."""
         if self.recorder is None:
             return True
@@ -285,7 +285,7 @@ class Session:
             ok = self.record(task, name, evaluation, enforced=enforced, **extra) and ok
         return ok
 
-    def record(self, task: Task | None, name: str, evaluation: D.Evaluation, **extra: Any) -> bool:
+    def record(self, task: Task | None, name: str, evaluation: decide.Evaluation, **extra: Any) -> bool:
         if self.recorder is None:
             return True
         fields = extra

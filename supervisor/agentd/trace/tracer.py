@@ -20,17 +20,16 @@ import errno
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-from agentd.kernel import consts as K
-from ptrace.binding import func as _ptrace_binding
+from agentd.kernel import consts
 
 from agentd.kernel import procfs
-from agentd.kernel import ptrace as P
-from . import enforce as E
+from agentd.kernel import ptrace
+from . import enforce
 from . import hold as holds
-from . import pinning as S
+from . import pinning
 from .hold import Hold
 from agentd.kernel.syscall_numbers import SYSCALL_NAMES
 from .syscall_table import TABLE
@@ -41,7 +40,7 @@ __all__ = ["Task", "Tracer"]
 log = logging.getLogger("agentd.trace.tracer")
 
 _STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
-_NEW_TASK_EVENTS = frozenset({K.PTRACE_EVENT_FORK, K.PTRACE_EVENT_VFORK, K.PTRACE_EVENT_CLONE})
+_NEW_TASK_EVENTS = frozenset({consts.PTRACE_EVENT_FORK, consts.PTRACE_EVENT_VFORK, consts.PTRACE_EVENT_CLONE})
 
 
 @dataclass
@@ -56,7 +55,7 @@ class Task:
     resuming: bool = False         # re-seized after a SIGSTOP verdict: run on its next stop
     parked: bool = False           # stopped for a SIGSTOP verdict, waiting to be detached
     approval: tuple | None = None  # (nr, args, outcome): a one-shot operator decision
-    install: S.Install | None = None   # the scratch region is being installed (after exec)
+    install: pinning.Install | None = None   # the scratch region is being installed (after exec)
     mutator: bool = False          # waiting (Tracer.waiting) with one of scratch.MUTATORS
     sendmmsg_array: int = 0        # a pinned sendmmsg: the agent's array, for its exit stop
     probing: object | None = None  # enforce.Probing: a refusal whose errno its exit stop sets
@@ -118,14 +117,14 @@ class Tracer:
         # The TOCTOU defence; AGENTD_BENCH_NO_PINNING=1 turns it off, for bench/toctou_cost.py
         # only (the agent cannot set the supervisor's environment).
         self.pin = pin if pin is not None else os.environ.get("AGENTD_BENCH_NO_PINNING") != "1"
-        self.scratch = S.Scratch()
+        self.scratch = pinning.Scratch()
         # tids inside a syscall whose path the kernel still walks (until their exit stop), and
         # the MUTATORS of other tasks that wait for them (scratch.py)
         self.windows: set[int] = set()
         self.mutating: set[int] = set()   # the windows that are MUTATORS
         self.waiting: list[Task] = []
         self.root_exec_done = False   # before it, the root is the supervisor's own child code
-        self._pinned = S.pinned_names()
+        self._pinned = pinning.pinned_names()
         self.on_seccomp = on_seccomp
         self.on_exit = on_exit
         self.tasks: dict[int, Task] = {root_pid: Task(root_pid, root_pid)}
@@ -173,7 +172,7 @@ class Tracer:
     def step(self, pid: int = -1) -> bool:
         """Handle one wait status; False when no traced child is left."""
         try:
-            tid, status = os.waitpid(pid, K.WALL)
+            tid, status = os.waitpid(pid, consts.WALL)
         except ChildProcessError:
             self.tasks.clear()
             return False
@@ -204,51 +203,51 @@ class Tracer:
                 self._installing_stop(task, sig, event)
             elif event == 0 and sig == signal.SIGTRAP and self._is_syscall_exit(task):
                 if task.sendmmsg_array:
-                    regs = P.getregs(tid)
-                    if S.sendmmsg_result(regs, task.memory, task.sendmmsg_array):
-                        P.setregs(tid, regs)
+                    regs = ptrace.getregs(tid)
+                    if pinning.sendmmsg_result(regs, task.memory, task.sendmmsg_array):
+                        ptrace.setregs(tid, regs)
                     task.sendmmsg_array = 0
                 if task.probing is not None:
-                    regs = P.getregs(tid)
+                    regs = ptrace.getregs(tid)
                     task.probing.finish(regs)
                     task.probing = None
-                    P.setregs(tid, regs)
+                    ptrace.setregs(tid, regs)
                 self._close_window(task.tid)
                 self._resume(tid)
-            elif event == K.PTRACE_EVENT_SECCOMP:
+            elif event == consts.PTRACE_EVENT_SECCOMP:
                 self._seccomp_stop(task)
             elif event in _NEW_TASK_EVENTS:
-                new_tid = P.geteventmsg(tid)
+                new_tid = ptrace.geteventmsg(tid)
                 if new_tid not in self.tasks:
                     # fork/vfork make a process; clone may make either: ask /proc
                     self._adopt(new_tid, parent=tid,
-                                tgid=None if event == K.PTRACE_EVENT_CLONE else new_tid)
+                                tgid=None if event == consts.PTRACE_EVENT_CLONE else new_tid)
                 else:
                     self.tasks[new_tid].parent = tid
                 self._resume(tid)
-            elif event == K.PTRACE_EVENT_EXEC:
-                former = P.geteventmsg(tid)
+            elif event == consts.PTRACE_EVENT_EXEC:
+                former = ptrace.geteventmsg(tid)
                 if former != tid:
                     gone = self.tasks.pop(former, None)  # a non-leader thread exec'd: now `tid`
                     if gone is not None:
                         gone.release()
                     self.scratch.release(former)
                 task.forget_process_facts()
-                self._close_window(former)   # the exec's walk is over; P.cont ends its trace
+                self._close_window(former)   # the exec's walk is over; ptrace.cont ends its trace
                 self._close_window(tid)
                 if task.tgid == self.root_pid:
                     self.root_exec_done = True
                 if self.pin:
                     self._begin_install(task)
                 self._resume(tid)
-            elif event == K.PTRACE_EVENT_STOP:
+            elif event == consts.PTRACE_EVENT_STOP:
                 self._event_stop(task, sig)
             elif event == 0:
                 self._signal_delivery(task, sig)
             else:
                 log.warning("pid %d: unexpected stop: %s", tid, describe_status(status))
                 self._resume(tid)
-        except P.PtraceError as exc:
+        except ptrace.PtraceError as exc:
             if exc.errno == errno.ESRCH:
                 return  # killed under our feet; its exit is reported next
             raise
@@ -256,8 +255,8 @@ class Tracer:
     # --- the scratch region (TOCTOU) -------------------------------------------------------------
     def _begin_install(self, task: Task) -> None:
         try:
-            task.install = self.scratch.begin_install(task.tid, task.memory, P.getregs, P.setregs)
-        except S.ScratchError as exc:
+            task.install = self.scratch.begin_install(task.tid, task.memory, ptrace.getregs, ptrace.setregs)
+        except pinning.ScratchError as exc:
             self._install_failed(task, exc)
 
     def _installing_stop(self, task: Task, sig: int, event: int) -> None:
@@ -265,17 +264,17 @@ class Tracer:
         install = task.install
         assert install is not None
         if event == 0 and sig == signal.SIGTRAP \
-                and self.scratch.is_stub_trap(install, P.getregs(task.tid)):
+                and self.scratch.is_stub_trap(install, ptrace.getregs(task.tid)):
             try:
-                self.scratch.finish_install(task.tid, install, task.memory, P.getregs,
-                                            P.setregs)
-            except S.ScratchError as exc:
+                self.scratch.finish_install(task.tid, install, task.memory, ptrace.getregs,
+                                            ptrace.setregs)
+            except pinning.ScratchError as exc:
                 self._install_failed(task, exc)
                 self._resume(task.tid)
                 return
             task.install = None
             self._resume(task.tid)
-            S.send_deferred(task.tid, install.deferred)
+            pinning.send_deferred(task.tid, install.deferred)
             return
         elif event == 0:
             install.deferred.append(sig)  # delivered once the program is restored
@@ -298,10 +297,10 @@ class Tracer:
         if task.tid not in self.windows and task.probing is None:
             return False
         try:
-            info = _ptrace_binding.ptrace_getsiginfo(task.tid)
-        except P.PtraceError:
+            code = ptrace.getsiginfo_code(task.tid)
+        except ptrace.PtraceError:
             return False
-        return info.si_code in (signal.SIGTRAP, signal.SIGTRAP | 0x80)
+        return code in (signal.SIGTRAP, signal.SIGTRAP | 0x80)
 
     def _close_window(self, tid: int) -> None:
         if tid in self.windows:
@@ -321,8 +320,8 @@ class Tracer:
         if not self.windows or self.windows == {task.tid} or self.killing \
                 or self.hold is not None:
             return False
-        name = SYSCALL_NAMES.get(P.getregs(task.tid).orig_rax)
-        if name in S.MUTATORS:
+        name = SYSCALL_NAMES.get(ptrace.getregs(task.tid).orig_rax)
+        if name in pinning.MUTATORS:
             wait = True
         elif name in self._pinned and name not in ("open", "openat"):
             # ... and behind a waiting mutator, which would otherwise starve
@@ -331,7 +330,7 @@ class Tracer:
         else:
             wait = False
         if wait:
-            task.mutator = name in S.MUTATORS
+            task.mutator = name in pinning.MUTATORS
             self.waiting.append(task)
         return wait
 
@@ -355,7 +354,7 @@ class Tracer:
         """Copy the stopped syscall's memory operands to the scratch slot (``scratch.pin``)."""
         if task.tgid == self.root_pid and not self.root_exec_done:
             return  # the supervisor's child execing the agent: no agent code has run yet
-        regs = P.getregs(task.tid)
+        regs = ptrace.getregs(task.tid)
         name = SYSCALL_NAMES.get(regs.orig_rax)
         task.sendmmsg_array = 0
         if name not in self._pinned:
@@ -368,18 +367,18 @@ class Tracer:
                 task.sendmmsg_array = array
             if window:
                 self.windows.add(task.tid)
-                if name in S.MUTATORS:
+                if name in pinning.MUTATORS:
                     self.mutating.add(task.tid)
-        except S.ScratchError as exc:
+        except pinning.ScratchError as exc:
             # INVARIANT: an operand that could not be pinned is never read by the kernel:
             # poison every pointer, the decoder then refuses the syscall (and records why).
             log.warning("pid %d: cannot pin the operands of %s: %s", task.tid, name, exc)
             for index in (spec.path, spec.path2, spec.how, spec.argv, spec.addr, spec.msg):
                 if index is not None:
-                    setattr(regs, S.REGISTERS[index], S.POISON)
+                    setattr(regs, pinning.REGISTERS[index], pinning.POISON)
             changed = True
         if changed:
-            P.setregs(task.tid, regs)
+            ptrace.setregs(task.tid, regs)
 
     def _seccomp_stop(self, task: Task, wait: bool = True) -> None:
         task.probing = None   # a new syscall: any earlier probe's exit has been reported
@@ -392,21 +391,21 @@ class Tracer:
                 self._pin(task)
             if self.hold is not None:
                 # The agent is being parked for a review: issue this syscall again after it.
-                regs = P.getregs(task.tid)
-                E.rewind(task.tid, regs, regs.orig_rax)
+                regs = ptrace.getregs(task.tid)
+                enforce.rewind(task.tid, regs, regs.orig_rax)
                 self._resume(task.tid)
                 return
             self.on_seccomp(self, task)
-        except P.PtraceError:
+        except ptrace.PtraceError:
             raise
         except Exception:  # INVARIANT: a bug in the handler refuses the syscall (fail closed)
             log.exception("pid %d: error handling a seccomp stop; refusing the syscall", task.tid)
-            E.refuse(task.tid, P.getregs(task.tid), errno.EACCES)
+            enforce.refuse(task.tid, ptrace.getregs(task.tid), errno.EACCES)
 
     def _resume(self, tid: int, sig: int = 0) -> None:
         try:
-            P.cont(tid, sig)
-        except P.PtraceError as exc:
+            ptrace.cont(tid, sig)
+        except ptrace.PtraceError as exc:
             if exc.errno != errno.ESRCH:
                 raise
 
@@ -434,7 +433,7 @@ class Tracer:
         # A group-stop of the agent's own making (SIGSTOP, ^Z): leave it stopped, but let the
         # kernel tell us about SIGCONT.
         task.listening = True
-        P.listen(task.tid)
+        ptrace.listen(task.tid)
 
     def _signal_delivery(self, task: Task, sig: int) -> None:
         # Re-inject the signal: the tracer is not the agent's signal filter.
