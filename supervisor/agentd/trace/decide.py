@@ -16,21 +16,51 @@ Plain data in, plain data out; the agent tree is passed in.
 
 from __future__ import annotations
 
+import enum
 import errno
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Literal, Mapping, Protocol
+
+from agent_os.policy import EvaluationResult, Severity, ViolationMode
+from agent_os.signals import AgentSignal
 
 from agentd.kernel import procfs
 
 from .decode import Action, DecodedSyscall, SignalTarget
 
-__all__ = ["Evaluation", "Verdict", "decide", "fail_closed", "kernel_refuses", "OUTCOME_RANK",
-           "AgentTree", "containment_of_protected", "NetworkView", "split_host_port",
-           "evaluate_action", "connect_evaluations"]
+__all__ = ["Evaluation", "Verdict", "Outcome", "Decision", "PolicyEngine", "decide",
+           "fail_closed", "kernel_refuses", "OUTCOME_RANK", "AgentTree", "containment_of_protected",
+           "NetworkView", "split_host_port", "evaluate_action", "connect_evaluations"]
 
-OUTCOME_RANK = {"allow": 0, "warn": 1, "block": 2, "stop": 3, "kill": 4}
+class Outcome(enum.StrEnum):
+    """What happens to a syscall, from the most lenient to the most severe. A ``StrEnum``: an
+    outcome is its own name in the audit record (``enforced``) and compares equal to it."""
+
+    ALLOW = "allow"   # let it run
+    WARN = "warn"     # let it run, with a line on the agent's stderr (SIGWARN)
+    BLOCK = "block"   # skip it; the agent gets EACCES or the kernel's own errno
+    STOP = "stop"     # hold the agent for the operator's review (SIGSTOP)
+    KILL = "kill"     # skip it and kill the agent's whole tree (SIGKILL)
+
+    @property
+    def refuses(self) -> bool:
+        return OUTCOME_RANK[self] >= OUTCOME_RANK[Outcome.BLOCK]
+
+
+OUTCOME_RANK: Mapping[str, int] = MappingProxyType(
+    {outcome: rank for rank, outcome in enumerate(Outcome)})
+Decision = Literal["allow", "deny", "warn"]   # the policy engine's answer (EvaluationResult.action)
+
+
+class PolicyEngine(Protocol):
+    """What the supervisor needs of a policy: agent_os's ``Policy`` and ``PolicyStack`` (and
+    anything else that answers like them)."""
+
+    def evaluate(self, action_type: str, target: str,
+                 context: Mapping[str, Any] | None = None) -> EvaluationResult: ...
 _PROC_PID = re.compile(r"/proc/(\d+)(?:/(.*))?\Z", re.DOTALL)
 _PROC_MEM = re.compile(r"(?:task/\d+/)?mem")
 
@@ -41,13 +71,13 @@ class Evaluation:
 
     action_type: str
     target: str
-    decision: str                 # allow | deny | warn
-    outcome: str                  # allow | warn | block | stop | kill
+    decision: Decision
+    outcome: Outcome
     reason: str
     pattern_ids: tuple[str, ...] = ()
-    severity: Any = None
-    signal: Any = None
-    violation_mode: Any = None
+    severity: Severity | None = None
+    signal: AgentSignal | None = None
+    violation_mode: ViolationMode | None = None
     message: str = ""
     confirmable: bool = False     # refused only for want of confirmation (require_confirmation)
     errno: int | None = None      # refused: the kernel's own errno for it (else EACCES / probe)
@@ -59,7 +89,7 @@ class Verdict:
     ``confirmation``: a ``stop`` that asks the operator to confirm what the policy allows with
     confirmation (every refusal among the evaluations is confirmable)."""
 
-    outcome: str
+    outcome: Outcome
     reason: str
     evaluations: tuple[Evaluation, ...] = field(default_factory=tuple)
     confirmation: bool = False
@@ -68,7 +98,7 @@ class Verdict:
     def errno(self) -> int | None:
         """The errno a refusal answers when every refusing evaluation names the kernel's own
         (a connect to a port nobody listens on: ECONNREFUSED); else None."""
-        refusing = [e for e in self.evaluations if e.outcome in ("block", "stop", "kill")]
+        refusing = [e for e in self.evaluations if e.outcome.refuses]
         errors = {e.errno for e in refusing}
         return errors.pop() if len(errors) == 1 and refusing else None
 
@@ -77,7 +107,7 @@ class Verdict:
         for evaluation in self.evaluations:
             if self.confirmation and evaluation.confirmable:
                 return evaluation
-            if evaluation.outcome == self.outcome and self.outcome != "allow":
+            if evaluation.outcome == self.outcome and self.outcome != Outcome.ALLOW:
                 return evaluation
         return None
 
@@ -90,11 +120,12 @@ class AgentTree:
         self.members = members
 
 
-def _outcome(result) -> str:
-    mode = getattr(result.violation_mode, "name", None)
+def _outcome(result: EvaluationResult) -> Outcome:
+    mode = result.violation_mode
     if not result.allowed:
-        return {"SIGKILL": "kill", "SIGSTOP": "stop"}.get(mode, "block")
-    return "warn" if mode == "SIGWARN" else "allow"
+        return {ViolationMode.SIGKILL: Outcome.KILL,
+                ViolationMode.SIGSTOP: Outcome.STOP}.get(mode, Outcome.BLOCK)  # type: ignore[arg-type]
+    return Outcome.WARN if mode is ViolationMode.SIGWARN else Outcome.ALLOW
 
 
 def _pattern_ids(result) -> tuple[str, ...]:
@@ -103,7 +134,7 @@ def _pattern_ids(result) -> tuple[str, ...]:
     return tuple(ids)
 
 
-def evaluate_action(policy, action: Action, context: dict) -> Evaluation:
+def evaluate_action(policy: PolicyEngine, action: Action, context: dict) -> Evaluation:
     """The policy's answer on one action, as an ``Evaluation``; an exception denies. The
     action's facts (``preexisting``, ...) join the context."""
     if action.facts:
@@ -112,13 +143,12 @@ def evaluate_action(policy, action: Action, context: dict) -> Evaluation:
         result = policy.evaluate(action.action_type, action.target, context)
         outcome = _outcome(result)
     except Exception as exc:  # INVARIANT: an error while deciding denies (fail closed)
-        return Evaluation(action.action_type, action.target, "deny", "block",
+        return Evaluation(action.action_type, action.target, "deny", Outcome.BLOCK,
                           f"error while evaluating: {exc!r}")
     return Evaluation(action.action_type, action.target, result.action, outcome, result.reason,
                       _pattern_ids(result), result.severity, result.signal,
                       result.violation_mode, getattr(result, "message", "") or "",
-                      bool(getattr(result, "confirmable", False)) and outcome != "allow"
-                      and outcome != "warn")
+                      bool(getattr(result, "confirmable", False)) and outcome.refuses)
 
 
 def _containment_of_signal(target: SignalTarget, tree: AgentTree) -> Evaluation:
@@ -131,8 +161,9 @@ def _containment_of_signal(target: SignalTarget, tree: AgentTree) -> Evaluation:
     else:
         inside = False
     if inside:
-        return Evaluation("process_signal", what, "allow", "allow", "target is inside the agent tree")
-    return Evaluation("process_signal", what, "deny", "block",
+        return Evaluation("process_signal", what, "allow", Outcome.ALLOW,
+                          "target is inside the agent tree")
+    return Evaluation("process_signal", what, "deny", Outcome.BLOCK,
                       "containment: the agent may only signal its own processes",
                       ("agentd:containment",))
 
@@ -159,7 +190,7 @@ def _containment_of_path(action: Action, tree: AgentTree) -> Evaluation | None:
     if action.action_type == "file_write" and _PROC_MEM.fullmatch(rest):
         # Even the agent's own memory: /proc/PID/mem writes read-only pages, and the scratch
         # copies the decisions are made on are read-only pages (scratch.py, TOCTOU).
-        return Evaluation(action.action_type, action.target, "deny", "block",
+        return Evaluation(action.action_type, action.target, "deny", Outcome.BLOCK,
                           "containment: the agent may not write process memory through /proc",
                           ("agentd:containment",))
     if tree.contains(int(match.group(1))):
@@ -168,7 +199,7 @@ def _containment_of_path(action: Action, tree: AgentTree) -> Evaluation | None:
     # env_read removed from the agent's own) of a process outside the tree are off limits.
     if action.action_type == "file_read" and rest.rsplit("/", 1)[-1] not in ("mem", "environ"):
         return None
-    return Evaluation(action.action_type, action.target, "deny", "block",
+    return Evaluation(action.action_type, action.target, "deny", Outcome.BLOCK,
                       "containment: the agent may not change, or read the memory or environment "
                       "of, processes outside its tree", ("agentd:containment",))
 
@@ -211,7 +242,7 @@ def containment_of_protected(evaluation: Evaluation,
         return None
     if not any(target.startswith(path) for path in protected_paths):
         return None
-    return Evaluation(evaluation.action_type, evaluation.target, "deny", "block", reason,
+    return Evaluation(evaluation.action_type, evaluation.target, "deny", Outcome.BLOCK, reason,
                       ("agentd:containment",))
 
 
@@ -247,11 +278,12 @@ def split_host_port(target: str) -> tuple[str, int] | None:
 
 
 def _own(action: Action, reason: str) -> Evaluation:
-    return Evaluation(action.action_type, action.target, "allow", "allow", reason,
+    return Evaluation(action.action_type, action.target, "allow", Outcome.ALLOW, reason,
                       ("agentd:own_network",))
 
 
-def connect_evaluations(policy, action: Action, context: dict, network: NetworkView | None,
+def connect_evaluations(policy: PolicyEngine, action: Action, context: dict,
+                        network: NetworkView | None,
                         tree: AgentTree | None = None, fd: int | None = None) -> list[Evaluation]:
     """A connect to an address is judged as that address and, when the run's DNS stub resolved
     names to it, as each ``name:port`` too, with ``dest_ip`` in the context (the address-set
@@ -267,7 +299,7 @@ def connect_evaluations(policy, action: Action, context: dict, network: NetworkV
         return [evaluate_action(policy, action, context)]
     ip, port = parsed
     if network is not None and action.target in network.endpoints:
-        return [Evaluation(action.action_type, action.target, "allow", "allow",
+        return [Evaluation(action.action_type, action.target, "allow", Outcome.ALLOW,
                            "the run's own network plane (DNS stub or proxy)",
                            ("agentd:network_plane",))]
     loopback = _is_loopback(ip)
@@ -282,8 +314,8 @@ def connect_evaluations(policy, action: Action, context: dict, network: NetworkV
                                          context))
     pid = context.get("pid")
     if loopback and tree is not None and isinstance(pid, int) \
-            and any(e.outcome == "block" for e in evaluations) \
-            and all(e.outcome in ("allow", "warn", "block") for e in evaluations):
+            and any(e.outcome == Outcome.BLOCK for e in evaluations) \
+            and all(OUTCOME_RANK[e.outcome] <= OUTCOME_RANK[Outcome.BLOCK] for e in evaluations):
         listening = procfs.listeners(pid, ip, port)
         if listening and listening <= procfs.held_sockets(tuple(tree.members())):
             return [_own(action, f"a port only the agent's own processes listen on ({port})")]
@@ -291,7 +323,7 @@ def connect_evaluations(policy, action: Action, context: dict, network: NetworkV
             # the kernel refuses it anyway: the agent learns the truth, nothing of the host
             return [replace(e, errno=errno.ECONNREFUSED,
                             reason=f"{e.reason}; nothing listens there: ECONNREFUSED")
-                    if e.outcome == "block" else e for e in evaluations]
+                    if e.outcome == Outcome.BLOCK else e for e in evaluations]
     return evaluations
 
 
@@ -306,7 +338,7 @@ def _is_loopback(ip: str) -> bool:
     return address.is_loopback or address.is_unspecified
 
 
-def decide(decoded: DecodedSyscall, policy, context: dict, tree: AgentTree,
+def decide(decoded: DecodedSyscall, policy: PolicyEngine, context: dict, tree: AgentTree,
            network: NetworkView | None = None,
            confirmed: frozenset[str] = frozenset(),
            declined: frozenset[str] = frozenset()) -> Verdict:
@@ -331,16 +363,16 @@ def decide(decoded: DecodedSyscall, policy, context: dict, tree: AgentTree,
         else:
             evaluations.append(evaluate_action(policy, _process_facts(action, tree), asked))
     if not evaluations:
-        return Verdict("allow", "nothing to decide", ())
+        return Verdict(Outcome.ALLOW, "nothing to decide", ())
     worst = max(evaluations, key=lambda e: OUTCOME_RANK[e.outcome])
-    refusals = [e for e in evaluations if OUTCOME_RANK[e.outcome] >= OUTCOME_RANK["block"]]
+    refusals = [e for e in evaluations if e.outcome.refuses]
     if refusals and all(e.confirmable for e in refusals):
         if all(e.action_type in declined for e in refusals):
             # recorded as such: the audit record alone says why nobody was asked
             marked = tuple(replace(e, reason=f"the operator declined this batch: {e.reason}")
                            if e.confirmable else e for e in evaluations)
-            return Verdict("block", f"the operator declined this batch: {worst.reason}", marked)
-        return Verdict("stop", f"confirmation required: {worst.reason}", tuple(evaluations),
+            return Verdict(Outcome.BLOCK, f"the operator declined this batch: {worst.reason}", marked)
+        return Verdict(Outcome.STOP, f"confirmation required: {worst.reason}", tuple(evaluations),
                        confirmation=True)
     return Verdict(worst.outcome, worst.reason, tuple(evaluations))
 
@@ -350,8 +382,8 @@ def kernel_refuses(syscall: str, error: int, reason: str) -> Verdict:
     pointer, a closed descriptor, an empty or looping path): refused without running it, and
     no policy matter; the agent gets the kernel's errno (errno_probe)."""
     name = _errno_name(error)
-    return Verdict("block", f"the kernel fails this call ({name}): {reason}",
-                   (Evaluation("", "", "deny", "block",
+    return Verdict(Outcome.BLOCK, f"the kernel fails this call ({name}): {reason}",
+                   (Evaluation("", "", "deny", Outcome.BLOCK,
                                f"the kernel fails this call ({name}): {reason}; not run",
                                ("agentd:kernel_refuses",)),))
 
@@ -362,6 +394,6 @@ def _errno_name(error: int) -> str:
 
 def fail_closed(syscall: str, reason: str) -> Verdict:
     """The verdict when decoding failed: refuse the syscall and say why."""
-    return Verdict("block", reason,
-                   (Evaluation("", "", "deny", "block", f"fail closed: {reason}",
+    return Verdict(Outcome.BLOCK, reason,
+                   (Evaluation("", "", "deny", Outcome.BLOCK, f"fail closed: {reason}",
                                ("agentd:fail_closed",)),))

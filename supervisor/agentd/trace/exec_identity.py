@@ -24,9 +24,12 @@ import re
 import stat
 from dataclasses import dataclass, field
 from glob import glob
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from . import paths as _paths
+
+if TYPE_CHECKING:   # decide imports decode, which imports this module
+    from .decide import PolicyEngine
 
 __all__ = ["ExecIdentity", "ExecIdentifier", "IdentityError", "STANDARD_BIN_DIRS",
            "parse_shebang", "loader_program", "is_loader_name", "spawn_denied_dirs"]
@@ -128,7 +131,7 @@ def loader_program(args: list[str]) -> tuple[str | None, list[str]]:
     return None, []
 
 
-def spawn_denied_dirs(policy: Any) -> tuple[str, ...]:
+def spawn_denied_dirs(policy: "PolicyEngine") -> tuple[str, ...]:
     """Existing directories that a process_spawn deny pattern of ``policy`` names by a literal
     prefix (``/tmp/x/nox/.*`` -> ``/tmp/x/nox``): their files join the content index, so a copy
     of a program there is known as that program."""
@@ -232,7 +235,7 @@ class ExecIdentifier:
         self.loader_inodes: set[tuple[int, int]] | None = None
 
     @classmethod
-    def for_policy(cls, policy: Any) -> ExecIdentifier:
+    def for_policy(cls, policy: "PolicyEngine") -> ExecIdentifier:
         try:
             extra = spawn_denied_dirs(policy)
         except Exception:  # no directories to add: the standard index still holds

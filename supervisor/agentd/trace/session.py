@@ -18,21 +18,31 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from . import decide
+from .decide import Outcome
 from . import enforce
 from . import hold
 from .hold import Hold
 from agentd.kernel import ptrace
 from .decode import DecodeError, Tracee, decode_syscall, syscall_args
 from .errno_probe import probe_for
+from .exec_identity import ExecIdentifier
 from agentd.kernel.statx import coarse_now_ns
 from agentd.kernel.syscall_numbers import SYSCALL_NAMES
 from .syscall_table import TABLE
 from .tracer import Task, Tracer
 
-__all__ = ["Session", "WouldDeny"]
+__all__ = ["Session", "WouldDeny", "AuditRecorder"]
+
+class AuditRecorder(Protocol):
+    """Where a session writes its records: agent_os's ``FlightRecorder``, or the daemon's pipe
+    to its writer. ``record`` raises when the record could not be written (the caller then
+    refuses the syscall, or kills the agent for one already let go)."""
+
+    def record(self, **fields: Any) -> Any: ...
+
 
 log = logging.getLogger("agentd.trace.session")
 
@@ -53,10 +63,10 @@ class WouldDeny:
 
 @dataclass
 class Session:
-    policy: Any
+    policy: decide.PolicyEngine
     run_id: str
     agent_id: str
-    recorder: Any = None                       # FlightRecorder or None
+    recorder: AuditRecorder | None = None      # agent_os's FlightRecorder, the daemon's pipe
     audit_only: bool = False                   # --mode audit
     protected_paths: tuple[str, ...] = ()      # the audit log, the run's control files
     # the operator, asked about a stop verdict once the tree is parked (hold.py): returns
@@ -65,7 +75,7 @@ class Session:
     would_deny: list[WouldDeny] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     killed: bool = False
-    exec_identifier: Any = None                # exec_identity.ExecIdentifier (made for the policy)
+    exec_identifier: ExecIdentifier | None = None   # made for the policy when not given
     network: decide.NetworkView | None = None       # the run's network plane (names, endpoints)
     # Files born at or after this instant are the agent's own (decode: preexisting).
     started_ns: int = field(default_factory=coarse_now_ns)
@@ -79,7 +89,6 @@ class Session:
 
     def __post_init__(self) -> None:
         if self.exec_identifier is None:
-            from .exec_identity import ExecIdentifier
             self.exec_identifier = ExecIdentifier.for_policy(self.policy)
 
     # --- called by the tracer at every seccomp stop --------------------------------------
@@ -121,7 +130,7 @@ class Session:
             except Exception as exc:  # INVARIANT: fail closed
                 log.exception("pid %d: error deciding %s", task.tid, name)
                 verdict = decide.fail_closed(name, f"error deciding {name}: {exc!r}")
-        if verdict.outcome in ("allow", "warn"):
+        if not verdict.outcome.refuses:
             # Let the agent go first and write the record while it runs (the two cores work
             # in parallel); the record is still written before we wait for the next stop.
             self._enforce(tracer, task, regs, name, nr, verdict, decoded)
@@ -176,28 +185,28 @@ class Session:
                  verdict: decide.Verdict, decoded=None) -> None:
         outcome = verdict.outcome
         self.stats[outcome] = self.stats.get(outcome, 0) + 1
-        if self.audit_only and outcome in ("block", "kill", "stop"):
+        if self.audit_only and outcome.refuses:
             for evaluation in verdict.evaluations:
-                if evaluation.outcome in ("block", "kill", "stop"):
+                if evaluation.outcome.refuses:
                     self.would_deny.append(WouldDeny(task.tgid, name, evaluation.action_type,
                                                      evaluation.target, evaluation.outcome,
                                                      evaluation.pattern_ids))
-            outcome = "allow"
-        if outcome == "allow":
+            outcome = Outcome.ALLOW
+        if outcome == Outcome.ALLOW:
             enforce.allow(task.tid)
-        elif outcome == "warn":
+        elif outcome == Outcome.WARN:
             self._warn(task, name, verdict)
             enforce.allow(task.tid)
-        elif outcome == "block":
+        elif outcome == Outcome.BLOCK:
             self._refuse(task, regs, name, decoded, verdict)
-        elif outcome == "kill":
+        elif outcome == Outcome.KILL:
             self.killed = True
             deciding = verdict.deciding
             what = f"{deciding.action_type} {deciding.target}" if deciding else name
             enforce.notice_line(f"killing the agent: {what}: {verdict.reason} (pid {task.tgid}, {name})")
             # The syscall must not run even for an instant: skip it, then kill every process.
             enforce.kill(tracer, task.tid, regs)
-        elif outcome == "stop":
+        elif outcome == Outcome.STOP:
             if self.review is None or not hold.begin(tracer, task, regs, verdict, self.review,
                                                      self._answered):
                 enforce.refuse(task.tid, regs, errno.EACCES)
@@ -278,7 +287,7 @@ class Session:
         """One record per evaluation; False when any could not be written."""
         if self.recorder is None:
             return True
-        enforced = "allow (audit mode)" if self.audit_only and verdict.outcome != "allow" \
+        enforced = "allow (audit mode)" if self.audit_only and verdict.outcome.refuses \
             else verdict.outcome
         ok = True
         for evaluation in verdict.evaluations:
