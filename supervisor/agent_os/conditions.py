@@ -231,7 +231,9 @@ def _check_auth_header(required: bool, target: str, ctx: Mapping[str, Any], env:
 def _check_where(required: bool, target: str, ctx: Mapping[str, Any], env: EvalEnv) -> Check:
     if not required:
         return Check(True, "require_where_clause: not required")
-    query = ctx.get("query") if isinstance(ctx.get("query"), str) else target
+    query = ctx.get("query")
+    if not isinstance(query, str):
+        query = target
     if _WHERE.search(_QUOTED.sub("''", query)):
         return Check(True, "require_where_clause: WHERE clause present")
     return Check(False, "require_where_clause: statement has no WHERE clause")
@@ -272,8 +274,9 @@ def _check_days(days: list[str], target: str, ctx: Mapping[str, Any], env: EvalE
     if now is None:
         return Check(False, "days: context 'now' is not a datetime")
     today = WEEKDAYS[now.weekday()]
-    allowed = {_weekday(d) for d in days}
-    return Check(today in allowed, f"days: {today} {'in' if today in allowed else 'not in'} {sorted(allowed)}")
+    allowed = {day for day in map(_weekday, days) if day is not None}   # validated names
+    verdict = "in" if today in allowed else "not in"
+    return Check(today in allowed, f"days: {today} {verdict} {sorted(allowed)}")
 
 
 def _check_rate(limit: int, target: str, ctx: Mapping[str, Any], env: EvalEnv) -> Check:

@@ -727,6 +727,7 @@ class FlightRecorder:
 
     def _recover_torn(self, fd: int, tail: _Tail) -> None:
         """Move a torn last fragment into ``<log>.torn``, cut it off, and say so in the chain."""
+        assert tail.torn_start is not None   # the caller found one
         fragment = _pread_all(fd, tail.size - tail.torn_start, tail.torn_start)
         torn_path = Path(os.fspath(self.path) + ".torn")
         digest = hashlib.sha256(fragment).hexdigest()

@@ -503,6 +503,7 @@ class _DocumentReader:
         kwargs["source"] = self.file
         try:
             if is_merge:
+                assert strategy is not None   # read_merge gives one whenever it gives parts
                 return MergedPolicy(parts, strategy, **kwargs)
             return Policy(extends=parents or None, **kwargs)
         except (ValueError, TypeError) as exc:
@@ -605,7 +606,8 @@ class _DocumentReader:
                 if name is _INVALID:
                     ok = False
                     continue
-                part = self.load_reference(name, item, "merge")
+                reference = self.load_reference(name, item, "merge")
+                part = reference if isinstance(reference, Policy) else None
             if isinstance(part, Policy):
                 parts.append(part)
             else:

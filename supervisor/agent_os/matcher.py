@@ -93,6 +93,8 @@ def _regex_tokens(source: str) -> Iterator[_RegexToken]:
     i, n, grammar = 0, len(source), _OUTSIDE_CLASS
     while i < n:
         found = grammar.match(source, i)
+        # INVARIANT: each grammar ends in an alternative that takes any one character
+        assert found is not None and found.lastgroup is not None
         kind, text = found.lastgroup, found.group()
         if kind == "group":
             kind = _GROUP_KINDS.get(text, FLAGS)

@@ -177,12 +177,12 @@ def effective_addresses(address: IPAddress) -> tuple[IPAddress, ...]:
     IPv4-mapped, IPv4-compatible (but not ``::`` and ``::1``) and NAT64 addresses are their IPv4
     address; a 6to4 address is itself and its embedded IPv4 address; others are themselves.
     """
-    if address.version == 6:
-        if address in _MAPPED:
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
             return (address.ipv4_mapped,)
         if address in _NAT64 or (address in _COMPATIBLE and int(address) > 1):
             return (ipaddress.IPv4Address(int(address) & 0xFFFFFFFF),)
-        if address in _SIX_TO_FOUR:
+        if address.sixtofour is not None:
             return (address, address.sixtofour)
     return (address,)
 

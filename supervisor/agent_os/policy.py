@@ -209,7 +209,7 @@ class Pattern:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Pattern) and self.to_dict() == other.to_dict()
 
-    __hash__ = None  # mutable (enabled): not hashable
+    __hash__ = None  # type: ignore[assignment]  # mutable (enabled): not hashable
 
     def __repr__(self) -> str:
         return (f"Pattern(id={self.id!r}, action_type={self.action_type!r}, "
@@ -376,16 +376,19 @@ class Policy:
         self.description = description
         self.version = str(version)
         self.extends = tuple(parents)
-        inherited_default = parents[-1].default_action if parents else "allow"
-        self.default_action = _check_action(default_action or inherited_default)
+        inherited_default: str = parents[-1].default_action if parents else "allow"
+        self.default_action: str = _check_action(default_action or inherited_default)
         if violation_mode is None and parents:
-            violation_mode = next((p.violation_mode for p in reversed(parents)
-                                   if p.violation_mode is not None), None)
-        self.violation_mode = None if violation_mode is None else ViolationMode.parse(violation_mode)
+            violation_mode = next((parent_mode for parent_mode in
+                                   (p.violation_mode for p in reversed(parents))
+                                   if parent_mode is not None), None)
+        self.violation_mode: ViolationMode | None = (
+            None if violation_mode is None else ViolationMode.parse(violation_mode))
         self.violation_handler = violation_handler
         self.exceptions: list[PolicyException] = [e for p in parents for e in p.exceptions]
         self.exceptions.extend(exceptions or ())
-        self.settings = {**{k: v for p in parents for k, v in p.settings.items()}, **(settings or {})}
+        inherited: dict[str, Any] = {k: v for p in parents for k, v in p.settings.items()}
+        self.settings: dict[str, Any] = {**inherited, **(settings or {})}
         self.metadata = dict(metadata or {})
         self.log_level = log_level
         self.source = source
@@ -535,7 +538,7 @@ class Policy:
         if not isinstance(target, str):
             return self._fail_closed(f"target must be a string, got {type(target).__name__}"), True
         compiled = self._compiled or self._compiled_state()
-        key = None
+        key: str | tuple | None = None
         who = None
         if action_type not in compiled.volatile_types:
             keys = compiled.cache_keys.get(action_type, ())
@@ -693,9 +696,10 @@ class Policy:
                     else ViolationMode.SIGWARN)
             return EvaluationResult(True, "warn", reason, winner.id, matched, severity, mode,
                                     _MODE_SIGNAL.get(mode), self.name, message)
-        mode = winner.violation_mode or self.violation_mode
-        if mode is None:  # the severity table, with the safety floor: a deny blocks at least
-            mode = ViolationMode.SIGKILL if severity == Severity.CRITICAL else ViolationMode.BLOCK
+        chosen = winner.violation_mode or self.violation_mode
+        if chosen is None:  # the severity table, with the safety floor: a deny blocks at least
+            chosen = ViolationMode.SIGKILL if severity == Severity.CRITICAL else ViolationMode.BLOCK
+        mode = chosen
         if agent_id and agent_id in self._elevated and severity < Severity.CRITICAL:
             return EvaluationResult(True, "warn", f"{reason} (elevated privileges for {agent_id})",
                                     winner.id, matched, severity, ViolationMode.SIGWARN,

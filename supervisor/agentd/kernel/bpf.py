@@ -290,12 +290,12 @@ class Assembler:
     def _branch(self, code: int, k: int, if_true: str | None, if_false: str | None) -> None:
         if not 0 <= k <= U32_MASK:
             raise BpfError(f"jump constant {k:#x} does not fit in 32 bits")
-        following = None
         if if_true is None or if_false is None:
             following = self.new_label("next")
-        self._items.append(_Branch(code, k, if_true or following, if_false or following))
-        if following is not None:
+            self._items.append(_Branch(code, k, if_true or following, if_false or following))
             self._items.append(_Label(following))
+        else:
+            self._items.append(_Branch(code, k, if_true, if_false))
 
     def assemble(self) -> list[Instruction]:
         self._check_jumps(self._items)  # on the program as written, before any rewriting
@@ -442,7 +442,7 @@ class Assembler:
         return rewritten
 
     def _encode(self, items: list[_Item], positions: dict[str, int]) -> list[Instruction]:
-        program = []
+        program: list[Instruction] = []
         for item in items:
             if isinstance(item, _Label):
                 continue

@@ -30,8 +30,8 @@ def _provide_libc() -> None:
     except OSError:
         return
     module = types.ModuleType("ptrace.ctypes_libc", "the C library (provided by agentd.kernel.ptrace)")
-    module.LIBC_FILENAME = "libc.so.6"
-    module.libc = libc
+    setattr(module, "LIBC_FILENAME", "libc.so.6")
+    setattr(module, "libc", libc)
     sys.modules["ptrace.ctypes_libc"] = module
 
 

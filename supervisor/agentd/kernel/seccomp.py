@@ -14,6 +14,8 @@ the kernel lacks. Why a builder of our own rather than libseccomp: docs/architec
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import ctypes
 import errno as errno_codes
 import json
@@ -535,7 +537,7 @@ SUPPORTED_ACTIONS = KILL_ACTIONS | {"SCMP_ACT_ERRNO", "SCMP_ACT_ALLOW", "SCMP_AC
 PROFILE_OPS = {"SCMP_CMP_EQ": "eq", "SCMP_CMP_NE": "ne", "SCMP_CMP_MASKED_EQ": "masked_eq"}
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -655,9 +657,10 @@ def _parse_arg(arg: object, syscall: str, where: str, fail) -> ArgCondition:
     index, value, value_two, op = arg.get("index"), arg.get("value"), arg.get("valueTwo", 0), arg.get("op")
     if not _is_int(index) or not 0 <= index < 6:
         raise fail(where, f"index {index!r} is not in 0..5")
-    for label, number in (("value", value), ("valueTwo", value_two)):
-        if not _is_int(number) or not 0 <= number <= U64_MASK:
-            raise fail(where, f"{label} {number!r} is not an unsigned 64-bit integer")
+    if not _is_int(value) or not 0 <= value <= U64_MASK:
+        raise fail(where, f"value {value!r} is not an unsigned 64-bit integer")
+    if not _is_int(value_two) or not 0 <= value_two <= U64_MASK:
+        raise fail(where, f"valueTwo {value_two!r} is not an unsigned 64-bit integer")
     if op not in PROFILE_OPS:
         raise fail(where, f"op {op!r} is not supported (supported: {sorted(PROFILE_OPS)})")
     width = 32 if index in KERNEL_INT_ARGS.get(syscall, frozenset()) else 64

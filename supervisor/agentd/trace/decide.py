@@ -22,7 +22,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Literal, Mapping, Protocol
+from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, cast
 
 from agent_os.policy import EvaluationResult, Severity, ViolationMode
 from agent_os.signals import AgentSignal
@@ -145,7 +145,8 @@ def evaluate_action(policy: PolicyEngine, action: Action, context: dict) -> Eval
     except Exception as exc:  # INVARIANT: an error while deciding denies (fail closed)
         return Evaluation(action.action_type, action.target, "deny", Outcome.BLOCK,
                           f"error while evaluating: {exc!r}")
-    return Evaluation(action.action_type, action.target, result.action, outcome, result.reason,
+    return Evaluation(action.action_type, action.target, cast(Decision, result.action), outcome,
+                      result.reason,
                       _pattern_ids(result), result.severity, result.signal,
                       result.violation_mode, getattr(result, "message", "") or "",
                       bool(getattr(result, "confirmable", False)) and outcome.refuses)

@@ -197,7 +197,7 @@ def _decode_open(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     follow = not flags & syscall_table.O_NOFOLLOW
     # RESOLVE_IN_ROOT scopes the walk to the dirfd; the other RESOLVE_* flags only make the
     # kernel refuse more, so resolving without them names the same file or a refused one.
-    path = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[spec.path]),
+    path = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[syscall_table.operand(spec.path)]),
                     follow_last=follow and not (flags & syscall_table.O_CREAT and flags & syscall_table.O_EXCL),
                     in_root=bool(resolve & syscall_table.RESOLVE_IN_ROOT))
     writes = (flags & syscall_table.O_ACCMODE) in (syscall_table.O_WRONLY, syscall_table.O_RDWR) or flags & syscall_table.WRITE_FLAGS
@@ -245,7 +245,7 @@ def _decode_chmod(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     flags = _flags(spec, args)
     follow = _follow(spec, flags)
     path = _named_path(t, spec, args, spec.path, spec.dirfd, follow, flags)
-    mode = args[spec.mode] & 0o7777
+    mode = args[syscall_table.operand(spec.mode)] & 0o7777
     if spec.fd is not None:
         # the descriptor's own inode, whatever its name has become since
         facts = _file_facts(t, f"/proc/{t.tid}/fd/{_s32(args[spec.fd])}", follow=True)
@@ -258,8 +258,8 @@ RENAME_EXCHANGE = 0x2   # renameat2: swap the two names
 
 
 def _decode_move(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
-    src = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[spec.path]), False)
-    dst = _resolve(t, _dirfd(args, spec.dirfd2), _read_path(t, args[spec.path2]), False)
+    src = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[syscall_table.operand(spec.path)]), False)
+    dst = _resolve(t, _dirfd(args, spec.dirfd2), _read_path(t, args[syscall_table.operand(spec.path2)]), False)
     # A move is a file_move and a write of both names: the new name appears (or replaces a file
     # there) and the old one goes away. It is not a delete of the source: rename(tmp, file) is
     # how programs replace a file atomically. (Landlock agrees: a rename needs write rights at
@@ -274,9 +274,9 @@ def _decode_move(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
 def _decode_link(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     flags = _flags(spec, args)
     empty_ok = bool(spec.empty_path_mask and flags & spec.empty_path_mask)
-    old = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[spec.path]),
+    old = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[syscall_table.operand(spec.path)]),
                    _follow(spec, flags), empty_ok)
-    new = _resolve(t, _dirfd(args, spec.dirfd2), _read_path(t, args[spec.path2]), False)
+    new = _resolve(t, _dirfd(args, spec.dirfd2), _read_path(t, args[syscall_table.operand(spec.path2)]), False)
     # A hard link aliases the inode: whatever the new name allows, the old file suffers. So
     # linking needs the right to read and to write the old file, and to create the new name.
     return (Action("file_write", new), Action("file_read", old), Action("file_write", old)), ()
@@ -306,12 +306,12 @@ def _read_argv(t: Tracee, address: int) -> list[str]:
 def _decode_exec(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     flags = _flags(spec, args)
     path = _named_path(t, spec, args, spec.path, spec.dirfd, _follow(spec, flags), flags)
-    argv = _read_argv(t, args[spec.argv])
+    argv = _read_argv(t, args[syscall_table.operand(spec.argv)])
     # argv[0] is chosen by the caller, and a name is not an identity: judge what really runs
     # (a copy's original, the shebang's interpreter, the loader's program; exec_identity.py).
     fd = None
     if spec.dirfd is not None and spec.empty_path_mask and flags & spec.empty_path_mask \
-            and _read_path(t, args[spec.path]) == "":
+            and _read_path(t, args[syscall_table.operand(spec.path)]) == "":
         fd = _dirfd(args, spec.dirfd)
     identifier = t.exec_identifier or _exec_identity.ExecIdentifier()
     try:
@@ -389,7 +389,7 @@ def _read_sockaddr(t: Tracee, address: int, length: int) -> bytes:
 
 
 def _decode_sockaddr(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
-    address, length = args[spec.addr], args[spec.addrlen] & 0xFFFFFFFF
+    address, length = args[syscall_table.operand(spec.addr)], args[syscall_table.operand(spec.addrlen)] & 0xFFFFFFFF
     if address == 0 or length == 0:
         return (), ()  # sendto on a connected socket: judged at connect()
     target = format_sockaddr(t, _read_sockaddr(t, address, length))
@@ -397,7 +397,7 @@ def _decode_sockaddr(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
 
 
 def _decode_bind(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
-    address, length = args[spec.addr], args[spec.addrlen] & 0xFFFFFFFF
+    address, length = args[syscall_table.operand(spec.addr)], args[syscall_table.operand(spec.addrlen)] & 0xFFFFFFFF
     if address == 0 or length < 3:
         return (), ()
     raw = _read_sockaddr(t, address, length)
@@ -413,7 +413,7 @@ def _decode_sendmsg(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     actions: list[Action] = []
     for i in range(count):
         try:
-            header = t.memory.read_bytes(args[spec.msg] + i * stride, 16)
+            header = t.memory.read_bytes(args[syscall_table.operand(spec.msg)] + i * stride, 16)
         except _mem.MemoryReadError as exc:
             raise DecodeError(f"cannot read struct msghdr: {exc.strerror}") from None
         name = int.from_bytes(header[0:8], "little")
@@ -428,7 +428,7 @@ def _decode_sendmsg(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
 def _decode_signal(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     # kill(pid, sig), tkill(tid, sig), tgkill(tgid, tid, sig), rt_sigqueueinfo(tgid, sig, ..),
     # rt_tgsigqueueinfo(tgid, tid, sig, ..), pidfd_open(pid, flags)
-    target = _s32(args[spec.pid])
+    target = _s32(args[syscall_table.operand(spec.pid)])
     if target > 0:
         return (), (SignalTarget("pid", target),)
     if target == 0:
@@ -439,7 +439,7 @@ def _decode_signal(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
 
 
 def _decode_pidfd_signal(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
-    fd = _s32(args[spec.fd])
+    fd = _s32(args[syscall_table.operand(spec.fd)])
     try:
         with open(f"/proc/{t.tid}/fdinfo/{fd}", "rb") as handle:
             for line in handle:

@@ -149,7 +149,7 @@ def probe_for(name: str, args: tuple[int, ...], targets: tuple[str, ...] = (),
         exclusive = creating and bool(flags & syscall_table.O_EXCL)
         follow = not flags & syscall_table.O_NOFOLLOW and not exclusive
         target = targets[0] if targets else None
-        return _access(dirfd, args[spec.path], follow,
+        return _access(dirfd, args[syscall_table.operand(spec.path)], follow,
                        if_exists=errno.EEXIST if exclusive else errno.EACCES,
                        creates=creating,
                        parent=os.path.dirname(target) if target and creating else None,
@@ -157,7 +157,7 @@ def probe_for(name: str, args: tuple[int, ...], targets: tuple[str, ...] = (),
     flags = 0 if spec.flags is None else args[spec.flags] & 0xFFFFFFFF
     if spec.fd is not None and spec.path is None:
         return _fd(_s32(args[spec.fd]))
-    if decoder == "path" and spec.dirfd is not None and args[spec.path] == 0:
+    if decoder == "path" and spec.dirfd is not None and args[syscall_table.operand(spec.path)] == 0:
         return _fd(dirfd if dirfd is not None else AT_FDCWD)   # utimensat(fd, NULL, ...)
     follow = spec.follow_last
     if spec.nofollow_mask and flags & spec.nofollow_mask:
@@ -167,9 +167,9 @@ def probe_for(name: str, args: tuple[int, ...], targets: tuple[str, ...] = (),
     empty_ok = bool(spec.empty_path_mask and flags & spec.empty_path_mask)
     if name in _EXCLUSIVE:
         target = targets[0] if targets else None
-        return _access(dirfd, args[spec.path], False, if_exists=errno.EEXIST, creates=True,
+        return _access(dirfd, args[syscall_table.operand(spec.path)], False, if_exists=errno.EEXIST, creates=True,
                        parent=os.path.dirname(target) if target else None)
     # Everything else needs its (first) path to exist: the file to change, remove, move, link
     # or run. A second path (the new name of a move or link) is not probed: its errors are
     # reported as EACCES (docs/security.md).
-    return _access(dirfd, args[spec.path], follow, empty_ok)
+    return _access(dirfd, args[syscall_table.operand(spec.path)], follow, empty_ok)

@@ -41,7 +41,7 @@ def _readlink(path: str) -> str:
 
 def _fd_errno(exc: OSError) -> int:
     """What the kernel says of a descriptor /proc does not show: not open (EBADF)."""
-    return errno.EBADF if exc.errno == errno.ENOENT else exc.errno
+    return errno.EBADF if exc.errno in (None, errno.ENOENT) else exc.errno
 
 
 def _start_dir(pid: int, dirfd: int) -> str:

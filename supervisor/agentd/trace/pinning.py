@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from agentd.kernel import ptrace
+
 from . import paths as _paths
 from . import syscall_table
 from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
@@ -102,7 +104,7 @@ class Install:
 
     entry: int                     # rip at the exec stop: where the stub runs
     code: bytes                    # the program's bytes the stub overwrites
-    regs: object                   # the registers at the exec stop, restored at the end
+    regs: ptrace.Registers         # the registers at the exec stop, restored at the end
     deferred: list[int] = field(default_factory=list)   # signals that arrived meanwhile
 
 
@@ -223,30 +225,30 @@ class Scratch:
             if spec.argv is not None and args[spec.argv] != 0:
                 args[spec.argv] = _or_poison(lambda: _pin_argv(memory, args[spec.argv], blob))
         elif decoder in ("sockaddr", "bind"):
-            address, length = args[spec.addr], args[spec.addrlen] & 0xFFFFFFFF
+            address, length = args[syscall_table.operand(spec.addr)], args[syscall_table.operand(spec.addrlen)] & 0xFFFFFFFF
             # A longer sockaddr is refused by the kernel (EINVAL) before it reads any of it.
             if address != 0 and 0 < length <= SOCKADDR_MAX:
                 try:
                     raw = memory.read_bytes(address, length)
                 except MemoryReadError:
-                    args[spec.addr] = POISON
+                    args[syscall_table.operand(spec.addr)] = POISON
                 else:
                     if _names_unix_path(raw):
                         blob.open_window()
-                    args[spec.addr] = _or_poison(lambda: blob.add(raw))
+                    args[syscall_table.operand(spec.addr)] = _or_poison(lambda: blob.add(raw))
         elif decoder == "sendmsg" and spec.vlen is None:
-            if args[spec.msg] != 0:
-                args[spec.msg] = _or_poison(lambda: _pin_msghdr(memory, args[spec.msg], blob))
+            if args[syscall_table.operand(spec.msg)] != 0:
+                args[syscall_table.operand(spec.msg)] = _or_poison(lambda: _pin_msghdr(memory, args[syscall_table.operand(spec.msg)], blob))
         elif decoder == "sendmsg":
             # sendmmsg: the kernel writes each msg_len back into the array, which a read-only
             # copy cannot take. One message per call: pinned, run as sendmsg (``sendmsg_form``),
             # and the tracer writes msg_len and the count 1 at the exit stop (partial sends are
             # sendmmsg's documented behaviour; callers loop).
-            if args[spec.msg] != 0 and args[spec.vlen] & 0xFFFFFFFF:
+            if args[syscall_table.operand(spec.msg)] != 0 and args[syscall_table.operand(spec.vlen)] & 0xFFFFFFFF:
                 blob.open_window()
-                args[spec.msg] = _or_poison(
-                    lambda: _pin_msghdr(memory, args[spec.msg], blob, MMSGHDR_SIZE))
-                args[spec.vlen] = 1
+                args[syscall_table.operand(spec.msg)] = _or_poison(
+                    lambda: _pin_msghdr(memory, args[syscall_table.operand(spec.msg)], blob, MMSGHDR_SIZE))
+                args[syscall_table.operand(spec.vlen)] = 1
         if args == before:
             # Nothing new to copy; the registers may still point at copies in the slot (a
             # syscall re-issued after a hold): then the window is open all the same.

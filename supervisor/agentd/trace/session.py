@@ -220,7 +220,7 @@ class Session:
         deciding = verdict.deciding
         self.record(held.task, "operator", decide.Evaluation(
             deciding.action_type if deciding else "", deciding.target if deciding else "",
-            "allow" if decision == "allow" else "deny", decision,
+            "allow" if decision == "allow" else "deny", Outcome(decision),
             f"operator decision via {who} on a held syscall"), enforced=decision)
         if decision == "kill":
             self.killed = True

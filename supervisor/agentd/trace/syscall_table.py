@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping
 
-__all__ = ["SyscallSpec", "TABLE", "traced_syscalls", "spec_for",
+__all__ = ["SyscallSpec", "TABLE", "traced_syscalls", "spec_for", "operand",
            "O_ACCMODE", "O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "O_NOFOLLOW",
            "O_TMPFILE", "O_PATH", "AT_SYMLINK_NOFOLLOW", "AT_SYMLINK_FOLLOW", "AT_EMPTY_PATH",
            "AT_REMOVEDIR"]
@@ -88,7 +88,8 @@ def _path(action_type: str, path: int | None = None, dirfd: int | None = None,
                        **more)
 
 
-_NOFOLLOW_AT = dict(nofollow_mask=AT_SYMLINK_NOFOLLOW, empty_path_mask=AT_EMPTY_PATH)
+_NOFOLLOW_AT: dict[str, Any] = dict(nofollow_mask=AT_SYMLINK_NOFOLLOW,
+                                    empty_path_mask=AT_EMPTY_PATH)
 
 TABLE: Mapping[str, SyscallSpec] = MappingProxyType({
     # --- opening: flags decide read or write; /dev/shm/* is also memory_access -------------
@@ -165,6 +166,14 @@ TABLE: Mapping[str, SyscallSpec] = MappingProxyType({
     "pidfd_open": SyscallSpec("signal", (), pid=0),
     "pidfd_send_signal": SyscallSpec("pidfd_signal", (), fd=0),
 })
+
+
+def operand(index: int | None) -> int:
+    """The register index of an operand the decoder at hand needs: the table gives it for every
+    syscall that decoder serves (a missing one is a bug in the table, refused like any error)."""
+    if index is None:
+        raise LookupError("syscall table: the decoder needs an operand this spec does not give")
+    return index
 
 
 def traced_syscalls() -> frozenset[str]:

@@ -58,7 +58,7 @@ class Task:
     install: pinning.Install | None = None   # the scratch region is being installed (after exec)
     mutator: bool = False          # waiting (Tracer.waiting) with one of scratch.MUTATORS
     sendmmsg_array: int = 0        # a pinned sendmmsg: the agent's array, for its exit stop
-    probing: object | None = None  # enforce.Probing: a refusal whose errno its exit stop sets
+    probing: enforce.Probing | None = None  # a refusal whose errno its exit stop sets
     _exe: str | None = None
     _ppid: int | None = None
     _memory: TraceeMemory | None = None
