@@ -82,6 +82,10 @@ class Evaluation:
     confirmable: bool = False     # refused only for want of confirmation (require_confirmation)
     errno: int | None = None      # refused: the kernel's own errno for it (else EACCES / probe)
 
+    def __post_init__(self) -> None:
+        if type(self.outcome) is not Outcome:   # a plain word from a caller: one of the five
+            object.__setattr__(self, "outcome", Outcome(self.outcome))
+
 
 @dataclass(frozen=True)
 class Verdict:

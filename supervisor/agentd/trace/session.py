@@ -46,6 +46,8 @@ class AuditRecorder(Protocol):
 
 log = logging.getLogger("agentd.trace.session")
 
+# the operator's answer to a hold, as what happens to the held syscall
+_OPERATOR_OUTCOMES = {"allow": Outcome.ALLOW, "deny": Outcome.BLOCK, "kill": Outcome.KILL}
 BATCH_QUIET = 60.0   # seconds without one of its actions that end a batch the operator answered
 
 
@@ -220,7 +222,7 @@ class Session:
         deciding = verdict.deciding
         self.record(held.task, "operator", decide.Evaluation(
             deciding.action_type if deciding else "", deciding.target if deciding else "",
-            "allow" if decision == "allow" else "deny", Outcome(decision),
+            "allow" if decision == "allow" else "deny", _OPERATOR_OUTCOMES[decision],
             f"operator decision via {who} on a held syscall"), enforced=decision)
         if decision == "kill":
             self.killed = True
