@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from agentd.daemon.service import sd_notify
+from agentd.daemon.systemd import sd_notify
 from helpers.agentd_daemon import DaemonUnderTest
 
 

@@ -49,7 +49,8 @@ def daemon(config_path: str | None, print_config: bool, check: bool) -> None:
         import yaml
         click.echo(yaml.safe_dump(config.model_dump(), sort_keys=False))
         return
-    from agentd.daemon.service import PolicyStore, run_daemon
+    from agentd.daemon.policy_store import PolicyStore
+    from agentd.daemon.service import run_daemon
 
     if check:
         entries, errors = PolicyStore(config.policy_dir).build()

@@ -3,15 +3,15 @@
 Owns the daemon's event loop and the per-run supervisor processes. One single-threaded loop
 (``selectors``; signals arrive through ``signal.set_wakeup_fd``, no polling) serves the control
 socket (newline-delimited JSON; callers identified by SO_PEERCRED / SO_PEERGROUPS), the record
-pipes of the supervisors and systemd's notify protocol (READY, STATUS, WATCHDOG — the datagram
-protocol done here, no dependency). Each run is one forked supervisor process
-(``_supervisor_main``): new session, PR_SET_PDEATHSIG(SIGKILL) so it dies with the daemon, the
-caller's stdin/stdout/stderr (received with SCM_RIGHTS) as its own, and the standalone machinery
-of ``runner``/``session``/``control`` to trace the agent with EXITKILL — so if the daemon dies,
+pipes of the supervisors and systemd's notify protocol (READY, STATUS, WATCHDOG: ``systemd``).
+Each run is one forked supervisor process (``_supervisor_main``): new session,
+PR_SET_PDEATHSIG(SIGKILL) so it dies with the daemon, the caller's stdin/stdout/stderr
+(received with SCM_RIGHTS) as its own, and the standalone machinery of
+``runner``/``session``/``control`` to trace the agent with EXITKILL — so if the daemon dies,
 its supervisors die, and with them every agent. The agent's child joins its own cgroup
 (``cgroups.RunCgroup``) and drops to the caller's uid, gid and groups before it installs the
 seccomp filter and execs. The supervisor sends its audit records over a pipe; the daemon is the
-single writer of the hash-chained FlightRecorder. Policies are snapshots (``PolicyStore``):
+single writer of the hash-chained FlightRecorder. Policies are snapshots (``policy_store``):
 ``reload``/SIGHUP validates every policy first and swaps all or nothing; running supervisors get
 the new text by content hash (SIGUSR1) and record the switch.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -36,121 +35,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import DaemonConfig
+from .policy_store import PolicyEntry, PolicyStore, policy_version
+from .systemd import sd_notify, setup_logging
 
-__all__ = ["sd_notify", "setup_logging", "PolicyStore", "PolicyEntry", "Run", "Daemon",
-           "PROTOCOL_LIMIT"]
+__all__ = ["Run", "Daemon", "run_daemon", "PROTOCOL_LIMIT"]
 
 log = logging.getLogger("agentd.daemon.service")
 
 PROTOCOL_LIMIT = 1 << 20        # one request line; longer is garbage and closes the connection
 SO_PEERGROUPS = 59              # Linux 4.13; not in Python's socket module
 PR_SET_PDEATHSIG = 1
-
-
-# --- systemd: notify protocol and journal ----------------------------------------------------
-
-def sd_notify(message: str, environ=os.environ) -> bool:
-    """Send one sd_notify datagram (``READY=1``, ``STATUS=...``, ``WATCHDOG=1``) to
-    ``$NOTIFY_SOCKET``; a no-op returning False when systemd did not ask for it."""
-    address = environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        try:
-            # Never wait: a status line is not worth freezing the daemon's loop for, and a
-            # datagram queue whose reader lags is full after ten (net.unix.max_dgram_qlen).
-            sock.sendto(message.encode(), socket.MSG_DONTWAIT, address)
-        except BlockingIOError:
-            log.debug("sd_notify %r dropped: the notify socket's queue is full", message)
-            return False
-        except OSError as exc:
-            log.warning("sd_notify %r failed: %s", message, exc)
-            return False
-    return True
-
-
-def setup_logging(level: int = logging.INFO) -> logging.Handler:
-    """Journal with structured fields (systemd-python's JournalHandler) when importable, else
-    stderr — which systemd also routes to the journal, without the fields."""
-    try:
-        from systemd.journal import JournalHandler  # type: ignore[import-not-found]
-        handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER="agentd")
-    except ImportError:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("agentd[%(process)d]: %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    return handler
-
-
-# --- policies as validated snapshots ----------------------------------------------------------
-
-@dataclass(frozen=True)
-class PolicyEntry:
-    name: str
-    path: str
-    text: str
-    version: str        # sha256 of the text, first 16 hex digits
-
-
-class PolicyStore:
-    """Every policy a run may name: the built-ins, overridden by ``<policy_dir>/<name>.yaml``.
-    ``load()`` builds a complete new snapshot or raises with every error; the caller swaps."""
-
-    def __init__(self, policy_dir: str):
-        self.policy_dir = policy_dir
-        self.entries: dict[str, PolicyEntry] = {}
-
-    def search_path(self) -> list[str]:
-        return [self.policy_dir]
-
-    def build(self) -> tuple[dict[str, PolicyEntry], list[str]]:
-        from agent_os.loader import BUILTIN_POLICY_DIR, policy_from_yaml_string
-
-        sources: dict[str, str] = {}
-        for directory in (str(BUILTIN_POLICY_DIR), self.policy_dir):
-            try:
-                names = sorted(os.listdir(directory))
-            except FileNotFoundError:
-                continue
-            for file_name in names:
-                if file_name.endswith(".yaml") and not file_name.startswith("."):
-                    sources[file_name[:-5]] = os.path.join(directory, file_name)
-        entries: dict[str, PolicyEntry] = {}
-        errors: list[str] = []
-        placeholder = {"WORKSPACE": "/nonexistent/workspace", "HOME": "/nonexistent/home",
-                       "TMPDIR": "/tmp"}
-        for name, path in sources.items():
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    text = handle.read()
-                policy_from_yaml_string(text, placeholder, self.search_path(), name=path)
-            except Exception as exc:  # PolicyError, OSError, anything: the policy is invalid
-                errors.append(f"{path}:\n{exc}" if "\n" in str(exc) else f"{exc}"
-                              if str(exc).startswith(path) else f"{path}: {exc}")
-                continue
-            entries[name] = PolicyEntry(name, path, text,
-                                        hashlib.sha256(text.encode()).hexdigest()[:16])
-        return entries, errors
-
-    def load(self) -> dict[str, tuple[str | None, str]]:
-        """Swap in a new snapshot; returns {name: (old version, new version)} of what changed.
-        Raises ValueError listing every error when any policy is invalid (nothing swapped)."""
-        entries, errors = self.build()
-        if errors:
-            raise ValueError("\n".join(errors))
-        changed = {}
-        for name, entry in entries.items():
-            old = self.entries.get(name)
-            if old is None or old.version != entry.version:
-                changed[name] = (old.version if old else None, entry.version)
-        for name in set(self.entries) - set(entries):
-            changed[name] = (self.entries[name].version, "removed")
-        self.entries = entries
-        return changed
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -673,10 +567,7 @@ class Daemon:
         entry = self.store.entries.get(policy_name)
         if entry is None:
             if conn.uid == 0 and "/" in policy_name and os.path.isfile(policy_name):
-                with open(policy_name, encoding="utf-8") as handle:
-                    text = handle.read()
-                entry = PolicyEntry(policy_name, policy_name, text,
-                                    hashlib.sha256(text.encode()).hexdigest()[:16])
+                entry = PolicyEntry.from_file(policy_name)
             else:
                 return {"ok": False, "error": f"unknown policy {policy_name!r}; the daemon "
                         f"knows: {', '.join(sorted(self.store.entries))}"}
@@ -1013,7 +904,7 @@ def _supervise_run(plan: SupervisorPlan, recorder: PipeRecorder, control_fd: int
             message = json.loads(os.read(control_fd, 1 << 16).split(b"\n")[0])
             with open(message["path"], encoding="utf-8") as handle:
                 text = handle.read()
-            if hashlib.sha256(text.encode()).hexdigest()[:16] != message["version"]:
+            if policy_version(text) != message["version"]:
                 raise ValueError("the policy snapshot does not match its version")
             new = policy_from_yaml_string(text, variables, [plan.policy_dir], name=message["path"])
         except Exception as exc:  # noqa: BLE001 - keep the old policy, say so
