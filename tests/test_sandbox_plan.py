@@ -275,13 +275,16 @@ def test_a_deny_that_lets_through_counts_as_allowing() -> None:
     assert {r.path for r in plan.ruleset.path_rules} == {"/ws", "/etc"}
 
 
-def test_deletes_that_are_not_an_allow_list_keep_writes_with_the_tracer() -> None:
-    # file_delete default allow, file_move not refused: mv /elsewhere/x /ws/x is allowed by the
-    # policy and Landlock would refuse it (EXDEV), so nothing goes under Landlock
+def test_deletes_that_are_not_an_allow_list_leave_removal_to_the_tracer() -> None:
+    # file_delete default allow, file_move not refused: the tracer checks a rename as a write of
+    # both names, so the policy refuses mv /elsewhere/x /ws/x as Landlock does; writes go under
+    # Landlock, removal stays with the tracer
     policy = _write_policy(ALLOW_WS, DENY_ALL, default="allow")
     plan = plan_sandbox(policy, support=ABI7, kind=ALL_DIRS)
-    assert plan.layers_for("file_write") == (TRACER,)
-    assert "EXDEV" in next(c.reason for c in plan.classes if c.name == "file_write")
+    assert plan.layers_for("file_write") == (TRACER, LANDLOCK)
+    assert plan.layers_for("file_delete") == (TRACER,)
+    assert not plan.ruleset.handled_fs & REMOVE_RIGHTS
+    assert not policy.evaluate("file_write", "/elsewhere/x").allowed
 
 
 def test_deletes_stay_with_the_tracer_when_renames_are_refused() -> None:

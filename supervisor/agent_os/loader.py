@@ -440,42 +440,9 @@ class _DocumentReader:
                                 "the merged parts decide defaults and violation modes; put "
                                 f"{key!r} into the parts under merge.policies")
 
-        kwargs: dict[str, Any] = {}
-        metadata: dict[str, Any] = {}
-        for key in ("name", "description"):
-            if key in top and not _is_null(top[key][1]):
-                value = self.text(top[key][1], key)
-                if value is not _INVALID:
-                    kwargs[key] = value
-        if "version" in top and not _is_null(top["version"][1]):
-            value = self.scalar(top["version"][1], (str, int, float), "version",
-                                expected="a string such as \"1.0.0\"")
-            if value is not _INVALID:
-                kwargs["version"] = str(value)
-        for key in DESCRIPTIVE_KEYS:
-            if key in top and not _is_null(top[key][1]):
-                value = self.scalar(top[key][1], (str, _dt.date), key)
-                if value is not _INVALID:
-                    metadata[key] = value.isoformat() if isinstance(value, _dt.date) else value
-        if "name" not in kwargs and default_name:
-            kwargs["name"] = default_name
-
+        kwargs = self._policy_header(top, default_name)
         if not is_merge:
             self.read_defaults(top, kwargs)
-        for key in ("settings", "metadata"):
-            if key in top and not _is_null(top[key][1]):
-                node = top[key][1]
-                if not isinstance(node, MappingNode):
-                    self.report(node, None, f"{key} must be a mapping, got {_kind(node)}")
-                    continue
-                value = self.value(node, None, key)
-                if value is not _INVALID:
-                    if key == "metadata":
-                        metadata = {**metadata, **value}
-                    else:
-                        kwargs["settings"] = value
-        if metadata:
-            kwargs["metadata"] = metadata
 
         parents: list[Policy] = []
         parents_ok = True
@@ -509,6 +476,45 @@ class _DocumentReader:
         except (ValueError, TypeError) as exc:
             self.report(root, None, f"cannot build the policy: {exc}")
             return None
+
+    def _policy_header(self, top: dict[str, tuple[Node, Node]],
+                       default_name: str | None) -> dict[str, Any]:
+        """A policy's name, description, version, settings and metadata (the descriptive keys
+        such as author and dates included), as keyword arguments of ``Policy``."""
+        kwargs: dict[str, Any] = {}
+        metadata: dict[str, Any] = {}
+        for key in ("name", "description"):
+            if key in top and not _is_null(top[key][1]):
+                value = self.text(top[key][1], key)
+                if value is not _INVALID:
+                    kwargs[key] = value
+        if "version" in top and not _is_null(top["version"][1]):
+            value = self.scalar(top["version"][1], (str, int, float), "version",
+                                expected="a string such as \"1.0.0\"")
+            if value is not _INVALID:
+                kwargs["version"] = str(value)
+        for key in DESCRIPTIVE_KEYS:
+            if key in top and not _is_null(top[key][1]):
+                value = self.scalar(top[key][1], (str, _dt.date), key)
+                if value is not _INVALID:
+                    metadata[key] = value.isoformat() if isinstance(value, _dt.date) else value
+        if "name" not in kwargs and default_name:
+            kwargs["name"] = default_name
+        for key in ("settings", "metadata"):
+            if key in top and not _is_null(top[key][1]):
+                node = top[key][1]
+                if not isinstance(node, MappingNode):
+                    self.report(node, None, f"{key} must be a mapping, got {_kind(node)}")
+                    continue
+                value = self.value(node, None, key)
+                if value is not _INVALID:
+                    if key == "metadata":
+                        metadata = {**metadata, **value}
+                    else:
+                        kwargs["settings"] = value
+        if metadata:
+            kwargs["metadata"] = metadata
+        return kwargs
 
     def read_defaults(self, top: dict[str, tuple[Node, Node]], kwargs: dict[str, Any]) -> None:
         given: dict[str, tuple[Any, Node]] = {}
@@ -652,6 +658,20 @@ class _DocumentReader:
         if fields is None:
             return None
         kwargs: dict[str, Any] = {}
+        self._pattern_target(node, fields, kwargs, pid, prefix)
+        self._pattern_response(fields, kwargs, pid, prefix)
+        self._pattern_extras(fields, kwargs, pid, prefix)
+        if self.problems != before:
+            return None
+        try:
+            return Pattern(**kwargs)
+        except (ValueError, TypeError) as exc:  # the object model's own checks, as a backstop
+            self.report(node, pid, f"{prefix}{exc}")
+            return None
+
+    def _pattern_target(self, node: Node, fields: dict, kwargs: dict[str, Any], pid: str | None,
+                        prefix: str) -> None:
+        """A pattern's id, action type and regex (both required) into ``kwargs``."""
         if "id" in fields:
             value = self.text(fields["id"][1], "id", pid, prefix)
             if value is not _INVALID:
@@ -679,6 +699,10 @@ class _DocumentReader:
                 regex = self.expand_and_compile(value, value_node, pid, prefix)
                 if regex is not None:
                     kwargs["pattern"] = regex
+
+    def _pattern_response(self, fields: dict, kwargs: dict[str, Any], pid: str | None,
+                          prefix: str) -> None:
+        """A pattern's action, severity and violation mode into ``kwargs``."""
         if "action" in fields:
             value = self.choice(fields["action"][1], "action", ACTIONS, pid, prefix,
                                 _ACTION_SYNONYMS)
@@ -697,6 +721,10 @@ class _DocumentReader:
             value = self.choice(fields["violation_mode"][1], "violation mode", _MODES, pid, prefix)
             if value is not _INVALID:
                 kwargs["violation_mode"] = value
+
+    def _pattern_extras(self, fields: dict, kwargs: dict[str, Any], pid: str | None,
+                        prefix: str) -> None:
+        """A pattern's message, description, enabled flag, metadata and conditions."""
         for key in ("message", "description"):
             if key in fields and not _is_null(fields[key][1]):
                 value = self.text(fields[key][1], key, pid, prefix)
@@ -720,14 +748,6 @@ class _DocumentReader:
             conditions = self.read_conditions(fields["conditions"][1], pid, prefix)
             if conditions is not None:
                 kwargs["conditions"] = conditions
-        if self.problems != before:
-            return None
-        try:
-            return Pattern(**kwargs)
-        except (ValueError, TypeError) as exc:  # the object model's own checks, as a backstop
-            self.report(node, pid, f"{prefix}{exc}")
-            return None
-
     def expand_and_compile(self, regex: str, node: Node, pid: str | None,
                            prefix: str) -> str | None:
         expanded, unbound = expand_variables(regex, self.session.variables)

@@ -397,6 +397,44 @@ class _FilterAssembler:
         self.asm.ja(self.ret_label(otherwise))
 
 
+def _rules_by_name(full: FilterSpec) -> dict[str, list[ArgRule]]:
+    """Each syscall's argument rules that can matter: denying rules first, then UNTRACED ones
+    (which only matter for a traced syscall); an unconditional denial makes its rules moot."""
+    rules_by_name: dict[str, list[ArgRule]] = {}
+    ordered = sorted(full.arg_rules, key=lambda rule: isinstance(rule.outcome, Untraced))
+    for rule in ordered:
+        if rule.syscall in full.denied:
+            continue
+        if isinstance(rule.outcome, Untraced) and rule.syscall not in full.traced:
+            continue
+        rules_by_name.setdefault(rule.syscall, []).append(rule)
+    return rules_by_name
+
+
+def _outcome_ranges(full: FilterSpec, rules_by_name: dict[str, list[ArgRule]]
+                    ) -> list[tuple[int, tuple[str, object]]]:
+    """The syscall numbers cut into ranges of one outcome each: ``(first number, outcome)``,
+    sorted, where an outcome is ``("ret", action)`` or ``("rules", name)``."""
+    def outcome(nr: int) -> tuple[str, object]:
+        name = SYSCALL_NAMES.get(nr)
+        if nr > MAX_SYSCALL_NR:
+            return ("ret", ENOSYS.action)
+        if name is None:
+            return ("ret", SECCOMP_RET_ALLOW)  # a hole: the kernel answers ENOSYS itself
+        if name in full.denied:
+            return ("ret", full.denied[name].action)
+        if name in rules_by_name:
+            return ("rules", name)
+        return ("ret", SECCOMP_RET_TRACE if name in full.traced else SECCOMP_RET_ALLOW)
+
+    ranges: list[tuple[int, tuple[str, object]]] = []
+    for nr in range(MAX_SYSCALL_NR + 2):
+        this = outcome(nr)
+        if not ranges or ranges[-1][1] != this:
+            ranges.append((nr, this))
+    return ranges
+
+
 def build_filter(spec: FilterSpec) -> list[bpf.Instruction]:
     """Compile ``spec`` plus ``TRACER_INVARIANTS`` into a seccomp BPF program.
 
@@ -411,35 +449,8 @@ def build_filter(spec: FilterSpec) -> list[bpf.Instruction]:
     _check_names(full.traced, "traced syscalls")
     _check_names(full.denied, "denied syscalls")
     _check_names((rule.syscall for rule in full.arg_rules), "argument rules")
-
-    rules_by_name: dict[str, list[ArgRule]] = {}
-    # Denying rules first, then UNTRACED ones (which only matter for a traced syscall); an
-    # unconditional denial makes a syscall's rules moot.
-    ordered = sorted(full.arg_rules, key=lambda rule: isinstance(rule.outcome, Untraced))
-    for rule in ordered:
-        if rule.syscall in full.denied:
-            continue
-        if isinstance(rule.outcome, Untraced) and rule.syscall not in full.traced:
-            continue
-        rules_by_name.setdefault(rule.syscall, []).append(rule)
-
-    def outcome(nr: int) -> tuple[str, object]:
-        name = SYSCALL_NAMES.get(nr)
-        if nr > MAX_SYSCALL_NR:
-            return ("ret", ENOSYS.action)
-        if name is None:
-            return ("ret", SECCOMP_RET_ALLOW)  # a hole: the kernel answers ENOSYS itself
-        if name in full.denied:
-            return ("ret", full.denied[name].action)
-        if name in rules_by_name:
-            return ("rules", name)
-        return ("ret", SECCOMP_RET_TRACE if name in full.traced else SECCOMP_RET_ALLOW)
-
-    ranges: list[tuple[int, tuple[str, object]]] = []  # (first number, outcome), sorted
-    for nr in range(MAX_SYSCALL_NR + 2):
-        this = outcome(nr)
-        if not ranges or ranges[-1][1] != this:
-            ranges.append((nr, this))
+    rules_by_name = _rules_by_name(full)
+    ranges = _outcome_ranges(full, rules_by_name)
 
     out = _FilterAssembler()
     asm = out.asm
@@ -592,20 +603,7 @@ def parse_profile(document: object, source: str = "<profile>") -> ProfileDenials
     rules: list[ArgRule] = []
     traced: set[str] = set()
     for position, entry in enumerate(entries):
-        where = f"syscalls[{position}]"
-        if not isinstance(entry, dict):
-            raise fail(where, "an entry is a JSON object")
-        names = entry.get("names", [entry["name"]] if "name" in entry else None)
-        if isinstance(names, list) and names and all(isinstance(name, str) for name in names):
-            where = f"{where} ({', '.join(names)})"
-        else:
-            raise fail(where, "needs 'names', a non-empty list of syscall names")
-        unknown = sorted(set(entry) - ENTRY_KEYS)
-        if unknown:
-            raise fail(where, f"unsupported key(s) {unknown} (supported: {sorted(ENTRY_KEYS)})")
-        bad_names = [name for name in names if name not in SYSCALL_NUMBERS]
-        if bad_names:
-            raise fail(where, f"unknown x86_64 syscall name(s): {', '.join(bad_names)}")
+        names, where = _entry_names(entry, f"syscalls[{position}]", fail)
         action = entry.get("action")
         if action not in SUPPORTED_ACTIONS:
             raise fail(where, f"action {action!r} is not supported (supported: {sorted(SUPPORTED_ACTIONS)})")
@@ -646,6 +644,24 @@ def parse_profile(document: object, source: str = "<profile>") -> ProfileDenials
             else:
                 denied[name] = denial
     return ProfileDenials(source, denied, tuple(rules), frozenset(traced))
+
+
+def _entry_names(entry: object, where: str, fail) -> tuple[list[str], str]:
+    """A profile entry's syscall names (checked against the table) and where it stands, for
+    every message about it (``syscalls[3] (mount, umount2)``)."""
+    if not isinstance(entry, dict):
+        raise fail(where, "an entry is a JSON object")
+    names = entry.get("names", [entry["name"]] if "name" in entry else None)
+    if not (isinstance(names, list) and names and all(isinstance(name, str) for name in names)):
+        raise fail(where, "needs 'names', a non-empty list of syscall names")
+    where = f"{where} ({', '.join(names)})"
+    unknown = sorted(set(entry) - ENTRY_KEYS)
+    if unknown:
+        raise fail(where, f"unsupported key(s) {unknown} (supported: {sorted(ENTRY_KEYS)})")
+    bad_names = [name for name in names if name not in SYSCALL_NUMBERS]
+    if bad_names:
+        raise fail(where, f"unknown x86_64 syscall name(s): {', '.join(bad_names)}")
+    return names, where
 
 
 def _parse_arg(arg: object, syscall: str, where: str, fail) -> ArgCondition:

@@ -290,7 +290,7 @@ def _file_classes(policy: Any, support: ll.LandlockSupport, kind: PathKind
     grants = _Grants()
     warnings: list[str] = []
     tracer_only = "enforced by the tracer only"
-    write, delete, move = (analyse(policy, t) for t in ("file_write", "file_delete", "file_move"))
+    write, delete = analyse(policy, "file_write"), analyse(policy, "file_delete")
 
     def all_tracer(reason: str, delete_reason: str | None = None) -> tuple:
         classes = [ClassPlan("file_write", (TRACER,), reason),
@@ -316,14 +316,12 @@ def _file_classes(policy: Any, support: ll.LandlockSupport, kind: PathKind
                          f"allows for writing (policy: {delete.basis}"
                          + (f"; allow patterns {_ids(delete.pattern_ids)})" if delete.allowing
                             else "; nothing allowed)"))
-    elif isinstance(move, AllowList) and not move.allowing:
-        delete_reason = (f"{tracer_only}: {delete.reason}; Landlock leaves removal alone (renames "
-                         f"are refused by the policy: {move.basis})")
     else:
-        why = move.reason if isinstance(move, NotProvable) else "file_move allows some renames"
-        return all_tracer(f"{tracer_only}: file_delete is not an allow-list ({delete.reason}) and "
-                          f"{why}, so a rename from elsewhere into a writable hierarchy, allowed "
-                          "by the policy, would be refused by Landlock (EXDEV)")
+        # Removal stays unhandled: Landlock then never asks for a remove right, and a rename the
+        # policy allows has both names in the writable hierarchies (the tracer checks a rename
+        # as a write of both), where Landlock grants what the rename needs.
+        delete_reason = (f"{tracer_only}: {delete.reason}; Landlock leaves removal alone and "
+                         "checks renames as writes of both names, as the tracer does")
     if support.available and support.abi < REFER_ABI:
         warnings.append(f"Landlock ABI {support.abi} refuses every rename and link across "
                         f"directories (it has no 'refer' right): file writes are enforced by "

@@ -68,6 +68,26 @@ def fd_target(pid: int, fd: int) -> str:
                                              f"{exc.strerror}") from None
 
 
+def _walk_start(pid: int, dirfd: int, path: str, in_root: bool) -> tuple[list[str], list[str]]:
+    """``(root, start)`` of a walk, as component lists: the root ``..`` cannot climb above (the
+    dirfd's directory under RESOLVE_IN_ROOT, else ``/``) and where the walk begins (the root
+    for an absolute path, else the cwd or the dirfd's directory)."""
+    root: list[str] = []
+    if in_root:
+        root = _directory_components(pid, dirfd)
+    if path.startswith("/") or in_root:
+        return root, list(root)
+    return root, _directory_components(pid, dirfd)
+
+
+def _directory_components(pid: int, dirfd: int) -> list[str]:
+    start = _start_dir(pid, dirfd)
+    if not start.startswith("/"):
+        # the dirfd is a pipe/socket/anon inode: the kernel says ENOTDIR
+        raise PathResolutionError(errno.ENOTDIR, f"pid {pid}: descriptor {dirfd} is {start}")
+    return [c for c in start.split("/") if c]
+
+
 def resolve_tracee_path(pid: int, dirfd: int, path: str | bytes, follow_last: bool = True,
                         empty_ok: bool = False, tgid: int | None = None,
                         in_root: bool = False) -> str:
@@ -89,20 +109,7 @@ def resolve_tracee_path(pid: int, dirfd: int, path: str | bytes, follow_last: bo
         raise PathResolutionError(errno.ENOENT, "empty path")
     if len(path) >= PATH_MAX:
         raise PathResolutionError(errno.ENAMETOOLONG, f"path of {len(path)} bytes")
-    root: list[str] = []
-    if in_root:
-        start = _start_dir(pid, dirfd)
-        if not start.startswith("/"):
-            raise PathResolutionError(errno.ENOTDIR, f"pid {pid}: descriptor {dirfd} is {start}")
-        root = [c for c in start.split("/") if c]
-    if path.startswith("/") or in_root:
-        resolved: list[str] = list(root)
-    else:
-        start = _start_dir(pid, dirfd)
-        if not start.startswith("/"):
-            # the dirfd is a pipe/socket/anon inode: the kernel says ENOTDIR
-            raise PathResolutionError(errno.ENOTDIR, f"pid {pid}: descriptor {dirfd} is {start}")
-        resolved = [c for c in start.split("/") if c]
+    root, resolved = _walk_start(pid, dirfd, path, in_root)
     pending = [c for c in path.split("/") if c]
     must_be_dir = path.endswith("/")
     links = 0
