@@ -148,13 +148,16 @@ def _int_in_context(ctx: Mapping[str, Any], key: str) -> int | None:
     return value
 
 
-def _check_max_size(limit: int, target: str, ctx: Mapping[str, Any], env: EvalEnv) -> Check:
-    size = _int_in_context(ctx, "size_bytes")
-    if size is None:
-        return Check(False, "max_size_bytes: context has no integer 'size_bytes'")
-    if size > limit:
-        return Check(False, f"max_size_bytes: {size} > {limit}")
-    return Check(True, f"max_size_bytes: {size} <= {limit}")
+def _limit_check(label: str, key: str):
+    """A checker for ``label``: the context's integer ``key`` is at most the configured limit."""
+    def check(limit: int, target: str, ctx: Mapping[str, Any], env: EvalEnv) -> Check:
+        value = _int_in_context(ctx, key)
+        if value is None:
+            return Check(False, f"{label}: context has no integer '{key}'")
+        if value > limit:
+            return Check(False, f"{label}: {value} > {limit}")
+        return Check(True, f"{label}: {value} <= {limit}")
+    return check
 
 
 def _flag_check(key_names: tuple[str, ...], label: str):
@@ -239,15 +242,6 @@ def _check_where(required: bool, target: str, ctx: Mapping[str, Any], env: EvalE
     return Check(False, "require_where_clause: statement has no WHERE clause")
 
 
-def _check_rows(limit: int, target: str, ctx: Mapping[str, Any], env: EvalEnv) -> Check:
-    rows = _int_in_context(ctx, "affected_rows")
-    if rows is None:
-        return Check(False, "max_affected_rows: context has no integer 'affected_rows'")
-    if rows > limit:
-        return Check(False, f"max_affected_rows: {rows} > {limit}")
-    return Check(True, f"max_affected_rows: {rows} <= {limit}")
-
-
 def _now(ctx: Mapping[str, Any], env: EvalEnv) -> _dt.datetime | None:
     value = ctx.get("now", env.now)
     if isinstance(value, str):
@@ -323,7 +317,7 @@ CONDITIONS: dict[str, ConditionSpec] = {
     spec.name: spec
     for spec in (
         ConditionSpec("max_size_bytes", "size_bytes <= value", ("size_bytes",), False,
-                      _non_negative_int, _check_max_size),
+                      _non_negative_int, _limit_check("max_size_bytes", "size_bytes")),
         ConditionSpec("require_confirmation", "confirmed is true", ("confirmed",), False,
                       _boolean, _flag_check(("confirmed",), "require_confirmation")),
         ConditionSpec("created_by_agent",
@@ -344,7 +338,7 @@ CONDITIONS: dict[str, ConditionSpec] = {
         ConditionSpec("require_where_clause", "the SQL has a WHERE clause", ("query",), False,
                       _boolean, _check_where),
         ConditionSpec("max_affected_rows", "affected_rows <= value", ("affected_rows",), False,
-                      _non_negative_int, _check_rows),
+                      _non_negative_int, _limit_check("max_affected_rows", "affected_rows")),
         ConditionSpec("time_range", "local time within [start, end)", ("now",), True,
                       _time_range, _check_time_range),
         ConditionSpec("days", "today is one of value", ("now",), True, _days, _check_days),

@@ -344,7 +344,22 @@ class _Compiled:
         self.by_choice: dict[tuple, tuple[EvaluationResult, bool]] = {}
 
 
-class Policy:
+class Decider:
+    """What a policy, a merge of policies and a stack of them have in common: ``evaluate``,
+    the decision of ``_decide`` (which also says whether a pattern, rather than the default,
+    produced it: what a ``PolicyStack`` walks its layers by)."""
+
+    def evaluate(self, action_type: str, target: str,
+                 context: Mapping[str, Any] | None = None) -> EvaluationResult:
+        """Decide on one action. Never raises for a bad target: it is denied with the reason."""
+        return self._decide(action_type, target, context)[0]
+
+    def _decide(self, action_type: str, target: Any,
+                context: Mapping[str, Any] | None) -> tuple[EvaluationResult, bool]:
+        raise NotImplementedError
+
+
+class Policy(Decider):
     """A named set of patterns with a default action; see the module docstring for semantics."""
 
     def __init__(
@@ -525,11 +540,6 @@ class Policy:
         """Build the matchers now (the supervisor calls this before fork)."""
         self._compiled_state()
         return self
-
-    def evaluate(self, action_type: str, target: str,
-                 context: Mapping[str, Any] | None = None) -> EvaluationResult:
-        """Decide on one action. Never raises for a bad target: it is denied with the reason."""
-        return self._decide(action_type, target, context)[0]
 
     def _decide(self, action_type: str, target: Any,
                 context: Mapping[str, Any] | None) -> tuple[EvaluationResult, bool]:

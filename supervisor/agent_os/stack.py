@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable, Mapping
 
-from .policy import EvaluationResult, Pattern, Policy
+from .policy import Decider, EvaluationResult, Pattern, Policy
 
 
-class PolicyStack:
+class PolicyStack(Decider):
     def __init__(self, layers: Iterable[Policy], name: str | None = None) -> None:
         self.layers: list[Policy] = list(layers)
         if not self.layers:
@@ -35,10 +35,6 @@ class PolicyStack:
         for layer in self.layers:
             layer.compile()
         return self
-
-    def evaluate(self, action_type: str, target: str,
-                 context: Mapping[str, Any] | None = None) -> EvaluationResult:
-        return self._decide(action_type, target, context)[0]
 
     def _decide(self, action_type: str, target: Any,
                 context: Mapping[str, Any] | None) -> tuple[EvaluationResult, bool]:

@@ -14,8 +14,9 @@ A failure is an ``OSError``: the child reports it and exits (fail closed).
 
 from __future__ import annotations
 
-import ctypes
 import os
+
+from agentd.kernel import libc
 
 __all__ = ["BoundingDrop", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SETPCAP", "PLANE_CAPS"]
 
@@ -34,14 +35,13 @@ class BoundingDrop:
 
     def __init__(self, caps: tuple[int, ...] = PLANE_CAPS):
         self.caps = caps
-        self._prctl = ctypes.CDLL(None, use_errno=True).prctl
 
     def __call__(self) -> None:
         for cap in self.caps:
-            present = self._prctl(PR_CAPBSET_READ, cap, 0, 0, 0)
+            present = libc.prctl(PR_CAPBSET_READ, cap)
             if present == 0:
                 continue
-            if present < 0 or self._prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-                code = ctypes.get_errno()
+            if present < 0 or libc.prctl(PR_CAPBSET_DROP, cap) != 0:
+                code = libc.last_errno()
                 raise OSError(code, f"cannot drop capability {cap} from the bounding set: "
                                     f"{os.strerror(code)} (the supervisor needs CAP_SETPCAP)")

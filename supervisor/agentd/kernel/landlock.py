@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from agentd.kernel.consts import PR_SET_NO_NEW_PRIVS
+from agentd.kernel import libc
 from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
 
 SYS_LANDLOCK_CREATE_RULESET = SYSCALL_NUMBERS["landlock_create_ruleset"]  # 444 on x86_64
@@ -141,25 +142,16 @@ def right_names(mask: int, names: Mapping[int, str] = FS_RIGHT_NAMES) -> list[st
 # --- the system calls -----------------------------------------------------------------------------
 
 class _Syscalls:
-    """libc's ``syscall`` and ``prctl`` with their signatures, built once (before any fork)."""
+    """The Landlock system calls through ``libc.syscall`` (declared before any fork)."""
 
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        self.syscall = libc.syscall
-        self.syscall.argtypes = [ctypes.c_long, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                                 ctypes.c_ulong]
-        self.syscall.restype = ctypes.c_long
-        self.prctl = libc.prctl
-        self.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                               ctypes.c_ulong]
-        self.prctl.restype = ctypes.c_int
-        self.get_errno = ctypes.get_errno
+    prctl = staticmethod(libc.prctl)
+    get_errno = staticmethod(libc.last_errno)
 
     def call(self, number: int, a: int = 0, b: int = 0, c: int = 0, d: int = 0) -> tuple[int, int]:
         """(return value, errno): the errno is only meaningful when the value is negative."""
         ctypes.set_errno(0)
-        result = self.syscall(number, a, b, c, d)
-        return result, (self.get_errno() if result < 0 else 0)
+        result = libc.syscall(number, a, b, c, d)
+        return result, (libc.last_errno() if result < 0 else 0)
 
 
 class _RulesetAttr(ctypes.Structure):

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from agentd.kernel import bpf
+from agentd.kernel import bpf, libc
 from agentd.kernel.consts import (
     AUDIT_ARCH_X86_64,
     CLONE_UNTRACED,
@@ -706,15 +706,6 @@ class PreparedFilter:
         self._buffer = ctypes.create_string_buffer(blob, len(blob))
         self._fprog = _SockFprog(len(program), ctypes.cast(self._buffer, ctypes.c_void_p))
         self._fprog_address = ctypes.addressof(self._fprog)
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._prctl = libc.prctl
-        self._prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                                ctypes.c_ulong]
-        self._prctl.restype = ctypes.c_int
-        self._syscall = libc.syscall
-        self._syscall.argtypes = [ctypes.c_long, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-        self._syscall.restype = ctypes.c_long
-        self._get_errno = ctypes.get_errno
         self._messages = {
             errno_codes.EACCES: "no_new_privs is not set and the caller lacks CAP_SYS_ADMIN",
             errno_codes.EINVAL: "the kernel rejected the program or the flags (or it was built "
@@ -729,11 +720,12 @@ class PreparedFilter:
     def install(self) -> None:
         """prctl(PR_SET_NO_NEW_PRIVS, 1), then seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog).
         Raises OSError with the reason; the caller (a forked child) reports it and exits."""
-        if self._prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            code = self._get_errno()
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1) != 0:
+            code = libc.last_errno()
             raise OSError(code, f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(code)}")
-        if self._syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, self.flags, self._fprog_address) != 0:
-            code = self._get_errno()
+        if libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, self.flags,
+                        self._fprog_address) != 0:
+            code = libc.last_errno()
             reason = self._messages.get(code, os.strerror(code))
             raise OSError(code, f"seccomp(SECCOMP_SET_MODE_FILTER) failed: {reason}")
 
@@ -764,11 +756,9 @@ def probe_kernel(actions_avail: str = "/proc/sys/kernel/seccomp/actions_avail",
 
 
 def _probe_mseal() -> list[str]:
-    libc = ctypes.CDLL(None, use_errno=True)
     # mseal(addr, 0, 0) seals nothing and succeeds where the syscall exists
-    if libc.syscall(ctypes.c_long(462), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                    ctypes.c_ulong(0)) != 0:
-        code = ctypes.get_errno()
+    if libc.syscall(SYSCALL_NUMBERS["mseal"], 0, 0, 0) != 0:
+        code = libc.last_errno()
         return [f"mseal(2) is not available ({os.strerror(code)}; Linux 6.10 or later): the "
                 f"TOCTOU scratch region cannot be sealed"]
     return []
@@ -778,13 +768,14 @@ def _probe_openat2() -> list[str]:
     """The agent inherits this process's seccomp filters, so an openat2 refused here is refused
     there: every open the tracer pins would fail (the loader's first one, "libc.so.6: cannot open
     shared object file: Error 38"). systemd's RestrictSUIDSGID=yes answers openat2 with ENOSYS."""
-    libc = ctypes.CDLL(None, use_errno=True)
     # struct open_how {flags, mode, resolve}: O_PATH | O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS
-    how = (0o10000000 | 0o2000000).to_bytes(8, "little") + bytes(8) + (0x04).to_bytes(8, "little")
-    fd = libc.syscall(ctypes.c_long(437), ctypes.c_long(-100), ctypes.c_char_p(b"/"),
-                      ctypes.c_char_p(how), ctypes.c_ulong(len(how)))
+    how = ctypes.create_string_buffer(
+        (0o10000000 | 0o2000000).to_bytes(8, "little") + bytes(8) + (0x04).to_bytes(8, "little"), 24)
+    root = ctypes.create_string_buffer(b"/")
+    fd = libc.syscall(SYSCALL_NUMBERS["openat2"], -100, ctypes.addressof(root),
+                      ctypes.addressof(how), 24)
     if fd < 0:
-        code = ctypes.get_errno()
+        code = libc.last_errno()
         return [f"openat2(2) with RESOLVE_NO_SYMLINKS fails here ({os.strerror(code)}: Linux 5.6 or "
                 f"later, and no inherited seccomp filter refusing it, such as systemd's "
                 f"RestrictSUIDSGID=yes): the agent's pinned opens are run as openat2"]
@@ -820,12 +811,10 @@ def _probe_seccomp(actions_avail: str, proc_status: str) -> list[str]:
     except OSError:
         pass  # masked in some containers: ask the kernel directly
 
-    libc = ctypes.CDLL(None, use_errno=True)
     for name, (constant, value) in REQUIRED_ACTIONS.items():
         action = ctypes.c_uint32(value)
-        if libc.syscall(ctypes.c_long(SYS_SECCOMP), ctypes.c_ulong(SECCOMP_GET_ACTION_AVAIL),
-                        ctypes.c_ulong(0), ctypes.byref(action)) != 0:
-            code = ctypes.get_errno()
+        if libc.syscall(SYS_SECCOMP, SECCOMP_GET_ACTION_AVAIL, 0, ctypes.addressof(action)) != 0:
+            code = libc.last_errno()
             missing.append(f"seccomp action {constant} ('{name}') is not available: "
                            f"seccomp(SECCOMP_GET_ACTION_AVAIL) says {os.strerror(code)}")
     return missing

@@ -25,7 +25,6 @@ Plain state on the tracer; what the operator sees and how it answers is the call
 from __future__ import annotations
 
 import errno
-import os
 import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -82,11 +81,7 @@ def begin(tracer: "Tracer", task: "Task", regs, verdict: "Verdict",
                 ptrace.interrupt(other.tid)
             except ptrace.PtraceError:
                 pass
-    for tgid in tracer.thread_groups():
-        try:
-            os.kill(tgid, signal.SIGSTOP)
-        except ProcessLookupError:
-            pass
+    tracer.signal_tree(signal.SIGSTOP)
     ptrace.cont(task.tid)   # back to user space, where the pending SIGSTOP is taken
     return True
 
@@ -122,8 +117,4 @@ def conclude(tracer: "Tracer") -> None:
         except ptrace.PtraceError as exc:
             if exc.errno != errno.ESRCH:
                 raise
-    for tgid in tracer.thread_groups():
-        try:
-            os.kill(tgid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
+    tracer.signal_tree(signal.SIGCONT)

@@ -48,13 +48,7 @@ def _start_dir(pid: int, dirfd: int) -> str:
     """The absolute directory a relative path starts from."""
     if dirfd == AT_FDCWD:
         return _readlink(f"/proc/{pid}/cwd")
-    if dirfd < 0:
-        raise PathResolutionError(errno.EBADF, f"pid {pid}: bad directory descriptor {dirfd}")
-    try:
-        return os.readlink(f"/proc/{pid}/fd/{dirfd}")
-    except OSError as exc:
-        raise PathResolutionError(_fd_errno(exc), f"pid {pid}: descriptor {dirfd} is not open: "
-                                             f"{exc.strerror}") from None
+    return fd_target(pid, dirfd)
 
 
 def fd_target(pid: int, fd: int) -> str:

@@ -142,14 +142,18 @@ class Tracer:
         # calls kill_tree while this thread adds and removes tasks.
         return {task.tgid for task in list(self.tasks.values())}
 
+    def signal_tree(self, sig: int) -> None:
+        """``sig`` to every process of the agent (gone ones skipped)."""
+        for tgid in self.thread_groups():
+            try:
+                os.kill(tgid, sig)
+            except ProcessLookupError:
+                pass
+
     def kill_tree(self) -> None:
         """SIGKILL every process of the agent, now and whatever reports later."""
         self.killing = True
-        for tgid in self.thread_groups():
-            try:
-                os.kill(tgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self.signal_tree(signal.SIGKILL)
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self) -> int:
