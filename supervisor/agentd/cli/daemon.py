@@ -18,14 +18,17 @@ from . import run as cli_run
 __all__ = ["daemon", "reload", "stop", "ps", "resume", "kill"]
 
 
-def _daemon_request(op: str, **fields) -> dict | None:
-    """The daemon's answer, or None when no daemon runs here."""
+def _daemon_request(op: str, **fields):
+    """The daemon's answer (the op's ``protocol`` reply model), or None when no daemon runs
+    here."""
     from agentd.daemon import client as daemon_client
 
     if not daemon_client.available():
         return None
+    from agentd.daemon import protocol
+
     try:
-        return daemon_client.request(op, **fields)
+        return daemon_client.ask(protocol.request_for(op, **fields))
     except daemon_client.DaemonError as exc:
         click.echo(f"agentd {op}: {exc}", err=True)
         sys.exit(1)
@@ -76,16 +79,15 @@ def reload() -> None:
     if answer is None:
         click.echo("agentd reload: no daemon is running (no socket)", err=True)
         sys.exit(1)
-    if not answer.get("ok"):
-        click.echo(f"agentd reload: {answer.get('error')}", err=True)
+    if not answer.ok:
+        click.echo(f"agentd reload: {answer.error}", err=True)
         sys.exit(1)
-    changed = answer.get("changed") or {}
-    for name, (old, new) in sorted(changed.items()):
+    for name, (old, new) in sorted(answer.changed.items()):
         click.echo(f"{name}: {old or '(new)'} -> {new}")
-    if not changed:
+    if not answer.changed:
         click.echo("no policy changed")
-    if answer.get("switched"):
-        click.echo(f"running agents switched: {', '.join(answer['switched'])}")
+    if answer.switched:
+        click.echo(f"running agents switched: {', '.join(answer.switched)}")
 
 
 @click.command()
@@ -96,10 +98,10 @@ def stop(run_id: str) -> None:
     if answer is None:
         click.echo("agentd stop: no daemon is running; standalone runs stop with ^Z", err=True)
         sys.exit(1)
-    if not answer.get("ok"):
-        click.echo(f"agentd stop: {answer.get('error')}", err=True)
+    if not answer.ok:
+        click.echo(f"agentd stop: {answer.error}", err=True)
         sys.exit(1)
-    click.echo(f"run {run_id}: {answer.get('state')}")
+    click.echo(f"run {run_id}: {answer.state}")
 
 
 @click.command()
@@ -109,22 +111,20 @@ def ps(ctx: click.Context) -> None:
     from agentd.run import registry as control
 
     answer = _daemon_request("ps")
-    if answer is not None and answer.get("ok"):
-        runs = answer.get("runs") or []
+    if answer is not None and answer.ok:
+        runs = answer.runs
         click.echo(f"{'RUN_ID':14} {'USER':10} {'POLICY':18} {'STATE':8} {'PIDS':16} COMMAND")
         for info in runs:
-            pids = ",".join(str(p) for p in info.get("pids") or []) or "-"
-            policy = f"{info.get('policy')}@{str(info.get('version'))[:6]}"
-            click.echo(f"{info['run_id']:14} {info.get('user', ''):10} {policy:18} "
-                       f"{info.get('state', '?'):8} {pids:16} "
-                       f"{cli_run._short_command(info.get('command', []), 40)}")
-            held = info.get("held")
+            pids = ",".join(str(p) for p in info.pids) or "-"
+            policy = f"{info.policy}@{info.version[:6]}"
+            click.echo(f"{info.run_id:14} {info.user:10} {policy:18} {info.state:8} {pids:16} "
+                       f"{cli_run._short_command(info.command, 40)}")
+            held = info.held
             if held:
-                batch = " (a batch: the answer covers the rest of it)" \
-                    if held.get("batch") else ""
-                click.echo(f"{'':14} pending review: pid {held.get('pid')} wants "
-                           f"{held.get('what')}: {held.get('reason')}{batch} "
-                           f"({time.time() - float(held.get('since', time.time())):.0f}s)")
+                batch = " (a batch: the answer covers the rest of it)" if held.batch else ""
+                since = held.since if held.since is not None else time.time()
+                click.echo(f"{'':14} pending review: pid {held.pid} wants {held.what}: "
+                           f"{held.reason}{batch} ({time.time() - since:.0f}s)")
         if not runs:
             click.echo("no daemon runs")
         if not control.list_runs():
@@ -140,13 +140,13 @@ def ps(ctx: click.Context) -> None:
 def resume(ctx: click.Context, run_id: str, decision: str | None) -> None:
     """Resume a held run (--allow/--deny) or thaw a run frozen by `agentd stop`."""
     answer = _daemon_request("resume", run_id=run_id, decision=decision)
-    if answer is None or answer.get("unknown"):
+    if answer is None or answer.unknown:
         ctx.invoke(cli_run.resume, run_id=run_id, decision=decision)
         return
-    if not answer.get("ok"):
-        click.echo(f"agentd resume: {answer.get('error')}", err=True)
+    if not answer.ok:
+        click.echo(f"agentd resume: {answer.error}", err=True)
         sys.exit(1)
-    click.echo(f"run {run_id}: {decision or answer.get('state', 'resumed')}")
+    click.echo(f"run {run_id}: {decision or answer.state or 'resumed'}")
 
 
 @click.command()
@@ -155,10 +155,10 @@ def resume(ctx: click.Context, run_id: str, decision: str | None) -> None:
 def kill(ctx: click.Context, run_id: str) -> None:
     """Kill a run's whole agent (its cgroup, under the daemon); the client exits 137."""
     answer = _daemon_request("kill", run_id=run_id)
-    if answer is None or answer.get("unknown"):
+    if answer is None or answer.unknown:
         ctx.invoke(cli_run.kill, run_id=run_id)
         return
-    if not answer.get("ok"):
-        click.echo(f"agentd kill: {answer.get('error')}", err=True)
+    if not answer.ok:
+        click.echo(f"agentd kill: {answer.error}", err=True)
         sys.exit(1)
     click.echo(f"run {run_id}: killed")

@@ -1,19 +1,25 @@
 """The client side of the daemon's control socket, for ``agentd run`` and the run commands.
 
-Owns the wire format as clients speak it: one JSON object per line each way over the unix
-socket (``$AGENTD_SOCKET``, else ``/run/agentd/agentd.sock``). ``run`` sends the request with
-this process's stdin, stdout and stderr attached (SCM_RIGHTS), so the agent the daemon starts
-reads and writes the user's terminal directly; then it waits for ``{"exit": N}`` and returns N.
-Meanwhile SIGINT, SIGQUIT, SIGTERM and SIGHUP aimed at the client are forwarded to the agent.
-Imports only the standard library, and only what each call needs, to keep ``agentd run`` fast.
+Owns the conversation as clients hold it: one request line, answers read back, over the unix
+socket (``$AGENTD_SOCKET``, else ``/run/agentd/agentd.sock``). Every request is built with the
+models of ``protocol`` and every answer is read with them, the same models the daemon validates
+with. ``run`` sends the request with this process's stdin, stdout and stderr attached
+(SCM_RIGHTS), so the agent the daemon starts reads and writes the user's terminal directly; then
+it waits for the run's exit line and returns its status. Meanwhile SIGINT, SIGQUIT, SIGTERM and
+SIGHUP aimed at the client are forwarded to the agent. ``available`` is a stat and imports
+nothing: it decides the fast path of ``agentd run``; the protocol (pydantic) is imported by the
+calls that talk.
 """
 
 from __future__ import annotations
 
-import json
 import os
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["DEFAULT_SOCKET", "socket_path", "available", "DaemonError", "request", "run"]
+if TYPE_CHECKING:
+    from .protocol import Reply
+
+__all__ = ["DEFAULT_SOCKET", "socket_path", "available", "DaemonError", "ask", "request", "run"]
 
 DEFAULT_SOCKET = "/run/agentd/agentd.sock"
 
@@ -49,20 +55,38 @@ def _connect(path: str | None):
     return sock
 
 
-def _read_line(reader) -> dict:
+def _read(reader, model):
+    """The next answer line, read with its ``protocol`` model."""
+    from pydantic import ValidationError
+
     line = reader.readline()
     if not line:
         raise DaemonError("the daemon closed the connection")
-    return json.loads(line)
+    try:
+        return model.model_validate_json(line)
+    except ValidationError as exc:
+        raise DaemonError(f"the daemon's answer is not a {model.__name__}: "
+                          f"{exc.errors(include_url=False)[0]['msg']}") from None
 
 
-def request(op: str, path: str | None = None, timeout: float = 30.0, **fields) -> dict:
-    """One request, one reply (``{"ok": bool, ...}``)."""
+def ask(message, path: str | None = None, timeout: float = 30.0) -> Reply:
+    """One request (a ``protocol`` request model), its answer (the op's reply model)."""
+    from . import protocol
+
     with _connect(path) as sock:
         sock.settimeout(timeout)
-        sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
-        with sock.makefile("r", encoding="utf-8") as reader:
-            return _read_line(reader)
+        sock.sendall(protocol.encode(message))
+        with sock.makefile("rb") as reader:
+            return _read(reader, protocol.REPLIES[message.op])
+
+
+def request(op: str, path: str | None = None, timeout: float = 30.0, **fields: Any) -> dict:
+    """``ask`` by name: the request ``op`` with ``fields``; the answer as a dict of the fields the
+    daemon sent (``{"ok": bool, ...}``), read with the op's reply model."""
+    from . import protocol
+
+    answer = ask(protocol.request_for(op, **fields), path, timeout)
+    return answer.model_dump(exclude_unset=True)
 
 
 def run(argv: list[str], *, policy: str, workspace: str | None, agent_id: str | None,
@@ -73,6 +97,8 @@ def run(argv: list[str], *, policy: str, workspace: str | None, agent_id: str | 
     import signal
     import socket
 
+    from . import protocol
+
     say = on_error or (lambda text: os.write(2, f"agentd run: {text}\n".encode()))
     try:
         sock = _connect(path)
@@ -80,33 +106,31 @@ def run(argv: list[str], *, policy: str, workspace: str | None, agent_id: str | 
         say(str(exc))
         return 125
     cwd = os.getcwd()
-    message = {"op": "run", "argv": list(argv), "env": dict(os.environ), "cwd": cwd,
-               "workspace": os.path.realpath(workspace or cwd), "policy": policy,
-               "agent_id": agent_id, "mode": mode, "audit_log": audit_log,
-               "seccomp_profile": seccomp_profile}
+    message = protocol.RunRequest(
+        argv=list(argv), env=dict(os.environ), cwd=cwd,
+        workspace=os.path.realpath(workspace or cwd), policy=policy, agent_id=agent_id,
+        mode=mode, audit_log=audit_log, seccomp_profile=seccomp_profile)
     forwarded = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)
+    signals = {sig: protocol.encode(protocol.SignalRequest(signal=sig)) for sig in forwarded}
 
     def forward(signum, frame):
         try:
-            sock.sendall(json.dumps({"op": "signal", "signal": signum}).encode() + b"\n")
+            sock.sendall(signals[signum])
         except OSError:
             pass
 
     previous = {}
     with sock:
         try:
-            socket.send_fds(sock, [json.dumps(message).encode() + b"\n"], [0, 1, 2])
-            reader = sock.makefile("r", encoding="utf-8")
-            reply = _read_line(reader)
-            if not reply.get("ok"):
-                say(reply.get("error", "the daemon refused the run"))
+            socket.send_fds(sock, [protocol.encode(message)], [0, 1, 2])
+            reader = sock.makefile("rb")
+            reply = _read(reader, protocol.RunReply)
+            if not reply.ok:
+                say(reply.error or "the daemon refused the run")
                 return 125
             previous = {sig: signal.signal(sig, forward) for sig in forwarded}
-            while True:
-                message = _read_line(reader)
-                if "exit" in message:
-                    return int(message["exit"])
-        except (OSError, ValueError, DaemonError) as exc:
+            return _read(reader, protocol.RunExit).exit
+        except (OSError, DaemonError) as exc:
             say(f"lost the daemon: {exc}")
             return 125
         finally:

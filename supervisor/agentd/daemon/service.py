@@ -34,15 +34,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
+from . import protocol as wire
 from .config import DaemonConfig
 from .policy_store import PolicyEntry, PolicyStore, policy_version
+from .protocol import PROTOCOL_LIMIT
 from .systemd import sd_notify, setup_logging
 
 __all__ = ["Run", "Daemon", "run_daemon", "PROTOCOL_LIMIT"]
 
 log = logging.getLogger("agentd.daemon.service")
 
-PROTOCOL_LIMIT = 1 << 20        # one request line; longer is garbage and closes the connection
 SO_PEERGROUPS = 59              # Linux 4.13; not in Python's socket module
 PR_SET_PDEATHSIG = 1
 
@@ -99,11 +102,12 @@ def _peer(sock: socket.socket) -> tuple[int, int, int, list[int]]:
     return pid, uid, gid, groups
 
 
-def _send(sock: socket.socket, message: dict) -> None:
+def _send(sock: socket.socket, message: BaseModel) -> None:
+    """One answer line (``protocol``), sent within 5 s or not at all."""
     try:
         sock.setblocking(True)
         sock.settimeout(5)
-        sock.sendall(json.dumps(message).encode() + b"\n")
+        sock.sendall(wire.encode(message, reply=True))
     except OSError:
         pass
     finally:
@@ -331,8 +335,7 @@ class Daemon:
             data, fds = b"", []
         conn.fds.extend(fds)
         if len(conn.fds) > 3:   # a run needs three; more is someone trying to exhaust our fds
-            _send(conn.sock, {"ok": False, "error": "too many file descriptors"})
-            self._drop(conn)
+            self._refuse(conn, "too many file descriptors")
             return
         if not data:
             self._drop(conn)
@@ -344,59 +347,62 @@ class Daemon:
             if conn.sock.fileno() < 0:
                 return
         if len(conn.buffer) > PROTOCOL_LIMIT:
-            _send(conn.sock, {"ok": False, "error": "request too long"})
-            self._drop(conn)
+            self._refuse(conn, f"request too long (more than {PROTOCOL_LIMIT} bytes)")
+
+    def _refuse(self, conn: Connection, why: str) -> None:
+        """A malformed request: one error line to the client, one line in the log, and the
+        connection is closed (what follows on it cannot be trusted to be framed)."""
+        log.warning("malformed request from uid %d (pid %d): %s; connection closed", conn.uid,
+                    conn.pid, why)
+        _send(conn.sock, wire.Reply(ok=False, error=why))
+        self._drop(conn)
 
     def _request(self, conn: Connection, line: bytes) -> None:
         try:
-            request = json.loads(line)
-            if not isinstance(request, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            _send(conn.sock, {"ok": False, "error": "malformed request: one JSON object a line"})
-            self._drop(conn)
+            request = wire.parse_request(line)
+        except wire.MalformedRequest as exc:
+            self._refuse(conn, str(exc))
             return
-        op = request.get("op")
+        op = request.op
         if conn.confined and op not in ("ps", "status"):
             log.warning("refused %s from uid %d: %s", op, conn.uid, conn.confined)
             for fd in conn.fds:
                 os.close(fd)
             conn.fds = []
-            _send(conn.sock, {"ok": False, "error": f"agents may not use the daemon: "
-                              f"{conn.confined}"})
+            _send(conn.sock, wire.Reply(ok=False, error=f"agents may not use the daemon: "
+                                        f"{conn.confined}"))
             return
         handler = {"run": self._op_run, "ps": self._op_ps, "stop": self._op_stop,
                    "resume": self._op_resume, "kill": self._op_kill, "reload": self._op_reload,
-                   "status": self._op_status, "signal": self._op_signal}.get(op)
-        if handler is None:
-            _send(conn.sock, {"ok": False, "error": f"unknown op {op!r}"})
-            return
+                   "status": self._op_status, "signal": self._op_signal}[op]
         try:
             reply = handler(conn, request)
         except Exception as exc:  # noqa: BLE001 - the caller gets the error, the daemon lives
             log.exception("op %s from uid %d failed", op, conn.uid)
-            reply = {"ok": False, "error": f"{op} failed: {exc}"}
+            reply = wire.Reply(ok=False, error=f"{op} failed: {exc}")
         if reply is not None:
             _send(conn.sock, reply)
 
     # -- operations ----------------------------------------------------------------------
-    def _op_status(self, conn, request) -> dict:
-        return {"ok": True, "pid": os.getpid(), "uptime": time.time() - self.started,
-                "runs": len(self.runs), "audit_log": self.config.audit.path,
-                "cgroups": self.cgroups.base if self.cgroups else None,
-                "policies": {e.name: e.version for e in self.store.entries.values()}}
+    def _op_status(self, conn, request: wire.StatusRequest) -> wire.StatusReply:
+        return wire.StatusReply(
+            ok=True, pid=os.getpid(), uptime=time.time() - self.started, runs=len(self.runs),
+            audit_log=self.config.audit.path,
+            cgroups=self.cgroups.base if self.cgroups else None,
+            policies={e.name: e.version for e in self.store.entries.values()})
 
-    def _op_reload(self, conn, request) -> dict:
+    def _op_reload(self, conn, request: wire.ReloadRequest) -> wire.ReloadReply:
         if conn.uid != 0:
-            return {"ok": False, "error": "only root may reload policies"}
+            return wire.ReloadReply(ok=False, error="only root may reload policies")
         return self.reload(who=f"uid {conn.uid}")
 
-    def reload(self, who: str) -> dict:
+    def reload(self, who: str) -> wire.ReloadReply:
         try:
             changed = self.store.load()
         except ValueError as exc:
             log.error("reload by %s rejected; the previous policies stay:\n%s", who, exc)
-            return {"ok": False, "error": f"reload rejected, the previous policies stay:\n{exc}"}
+            return wire.ReloadReply(
+                ok=False, error=f"reload rejected, the previous policies stay:\n{exc}")
         log.info("reload by %s: %s", who, ", ".join(f"{n} {o}->{v}" for n, (o, v) in
                                                   changed.items()) or "nothing changed")
         switched = []
@@ -408,8 +414,7 @@ class Daemon:
                 self._switch_policy(run, entry)
                 switched.append(run.run_id)
         self._status()
-        return {"ok": True, "changed": {n: list(v) for n, v in changed.items()},
-                "switched": switched}
+        return wire.ReloadReply(ok=True, changed=changed, switched=switched)
 
     def _switch_policy(self, run: Run, entry: PolicyEntry) -> None:
         snapshot = os.path.join(self.config.runs_dir, f"policy-{entry.version}.yaml")
@@ -428,25 +433,26 @@ class Daemon:
             return
         run.version = entry.version
 
-    def _find(self, conn, request) -> tuple[Run | None, dict | None]:
-        run = self.runs.get(str(request.get("run_id")))
+    def _find(self, conn, run_id: str) -> tuple[Run | None, wire.Reply | None]:
+        run = self.runs.get(run_id)
         if run is None:
-            return None, {"ok": False, "error": f"no daemon run {request.get('run_id')!r}",
-                          "unknown": True}
+            return None, wire.Reply(ok=False, error=f"no daemon run {run_id!r}", unknown=True)
         if conn.uid not in (0, run.uid):
-            return None, {"ok": False, "error": f"run {run.run_id} is not yours"}
+            return None, wire.Reply(ok=False, error=f"run {run.run_id} is not yours")
         return run, None
 
-    def _held_info(self, run: Run) -> dict | None:
+    def _held_info(self, run: Run) -> wire.HeldInfo | None:
         try:
             with open(os.path.join(self.config.runs_dir, f"{run.run_id}.json"),
                       encoding="utf-8") as handle:
                 info = json.load(handle)
-        except (OSError, ValueError):
+            if info.get("state") != "held" or not info.get("held"):
+                return None
+            return wire.HeldInfo.model_validate(info["held"])
+        except (OSError, ValueError):   # ValueError: JSON, or pydantic's ValidationError
             return None
-        return info.get("held") if info.get("state") == "held" else None
 
-    def _op_ps(self, conn, request) -> dict:
+    def _op_ps(self, conn, request: wire.PsRequest) -> wire.PsReply:
         runs = []
         for run in self.runs.values():
             if conn.uid not in (0, run.uid):
@@ -455,60 +461,62 @@ class Daemon:
             state = "held" if held else run.state
             if run.cgroup is not None and state == "running" and run.cgroup.frozen:
                 state = "frozen"
-            runs.append({"run_id": run.run_id, "user": run.user, "uid": run.uid,
-                         "policy": run.policy, "version": run.version, "mode": run.mode,
-                         "supervisor_pid": run.supervisor_pid, "agent_pid": run.agent_pid,
-                         "pids": run.cgroup.pids() if run.cgroup else
-                         ([run.agent_pid] if run.agent_pid else []),
-                         "state": state, "held": held, "command": run.command,
-                         "started": run.started, "records": run.records})
-        return {"ok": True, "runs": runs}
+            runs.append(wire.RunInfo(
+                run_id=run.run_id, user=run.user, uid=run.uid, policy=run.policy,
+                version=run.version, mode=run.mode, supervisor_pid=run.supervisor_pid,
+                agent_pid=run.agent_pid,
+                pids=run.cgroup.pids() if run.cgroup else ([run.agent_pid] if run.agent_pid
+                                                           else []),
+                state=state, held=held, command=run.command, started=run.started,
+                records=run.records))
+        return wire.PsReply(ok=True, runs=runs)
 
-    def _op_stop(self, conn, request) -> dict:
-        run, error = self._find(conn, request)
+    def _op_stop(self, conn, request: wire.StopRequest) -> wire.StopReply:
+        run, error = self._find(conn, request.run_id)
         if error:
             return error
         if run.cgroup is None:
-            return {"ok": False, "error": "this daemon runs without cgroups: cannot freeze"}
+            return wire.StopReply(ok=False, error="this daemon runs without cgroups: cannot "
+                                  "freeze")
         frozen = run.cgroup.freeze(wait=2.0)
         run.state = "frozen"
         log.info("run %s frozen by uid %d", run.run_id, conn.uid)
-        return {"ok": True, "state": "frozen" if frozen else "freezing"}
+        return wire.StopReply(ok=True, state="frozen" if frozen else "freezing")
 
-    def _op_resume(self, conn, request) -> dict:
+    def _op_resume(self, conn, request: wire.ResumeRequest) -> wire.ResumeReply:
         from agentd.run import registry as control
 
-        run, error = self._find(conn, request)
+        run, error = self._find(conn, request.run_id)
         if error:
             return error
-        decision = request.get("decision")
+        decision = request.decision
         if self._held_info(run) is not None:
-            if decision not in ("allow", "deny"):
-                return {"ok": False, "error": f"run {run.run_id} is held for review: say "
-                        "--allow or --deny"}
+            if decision is None:
+                return wire.ResumeReply(ok=False, error=f"run {run.run_id} is held for review: "
+                                        "say --allow or --deny")
             if decision == "allow" and conn.uid != 0:
-                return {"ok": False, "error": "only root may allow a held action of a "
-                        "daemon run (the owner may --deny or kill)"}
+                return wire.ResumeReply(ok=False, error="only root may allow a held action of "
+                                        "a daemon run (the owner may --deny or kill)")
             answer = control.send_decision(run.run_id, decision, self.config.runs_dir)
             log.info("run %s: %s by uid %d", run.run_id, decision, conn.uid)
-            return answer
+            return wire.ResumeReply.model_validate(answer)
         if run.cgroup is not None and run.state == "frozen":
             run.cgroup.thaw()
             run.state = "running"
-            return {"ok": True, "state": "running"}
-        return {"ok": False, "error": f"run {run.run_id} is neither held nor frozen"}
+            return wire.ResumeReply(ok=True, state="running")
+        return wire.ResumeReply(ok=False, error=f"run {run.run_id} is neither held nor frozen")
 
-    def _op_kill(self, conn, request) -> dict:
-        run, error = self._find(conn, request)
+    def _op_kill(self, conn, request: wire.KillRequest) -> wire.KillReply:
+        run, error = self._find(conn, request.run_id)
         if error:
             return error
         self._kill_run(run, f"agentd kill by uid {conn.uid}")
-        return {"ok": True}
+        return wire.KillReply(ok=True)
 
-    def _op_signal(self, conn, request) -> dict | None:
-        """The client's ^C and friends, forwarded to the agent's first process."""
+    def _op_signal(self, conn, request: wire.SignalRequest) -> None:
+        """The client's ^C and friends, forwarded to the agent's first process; no answer."""
         run = conn.run
-        sig = request.get("signal")
+        sig = request.signal
         if run is None or run.agent_pid is None or sig not in (1, 2, 3, 15):
             return None
         try:
@@ -533,63 +541,65 @@ class Daemon:
             pass
 
     # -- launching -----------------------------------------------------------------------
-    def _op_run(self, conn, request) -> dict | None:
+    def _op_run(self, conn, request: wire.RunRequest) -> wire.RunReply:
         fds, conn.fds = conn.fds, []
         try:
-            return self._launch(conn, request, fds)
+            entry, refusal = self._grant(conn, request, fds)
+            if entry is None:
+                return wire.RunReply(ok=False, error=refusal)
+            return self._launch(conn, request, entry, fds)
         finally:
             for fd in fds:
                 os.close(fd)
 
-    def _launch(self, conn: Connection, request: dict, fds: list[int]) -> dict | None:
+    def _grant(self, conn: Connection, request: wire.RunRequest,
+               fds: list[int]) -> tuple[PolicyEntry | None, str]:
+        """The policy a run request is granted, or (None, why it is refused)."""
         if conn.run is not None:
-            return {"ok": False, "error": "one run per connection"}
+            return None, "one run per connection"
         if len(fds) != 3:
-            return {"ok": False, "error": "send stdin, stdout and stderr (SCM_RIGHTS) with run"}
-        argv = request.get("argv")
-        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
-            return {"ok": False, "error": "argv must be a non-empty list of strings"}
-        env = request.get("env") or {}
-        if not (isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str)
-                                              for k, v in env.items())):
-            return {"ok": False, "error": "env must map strings to strings"}
-        mode = request.get("mode", "enforce")
-        if mode not in ("enforce", "audit"):
-            return {"ok": False, "error": "mode must be enforce or audit"}
-        policy_name = str(request.get("policy") or "strict")
+            return None, "send stdin, stdout and stderr (SCM_RIGHTS) with run"
+        policy_name = request.policy or "strict"
         for option in ("audit_log", "seccomp_profile"):
-            if request.get(option):
-                return {"ok": False, "error": f"--{option.replace('_', '-')} is not available "
-                        "under the daemon (its configuration decides); use --embedded"}
+            if getattr(request, option):
+                return None, (f"--{option.replace('_', '-')} is not available under the daemon "
+                              "(its configuration decides); use --embedded")
         if len(self.runs) >= self.config.max_runs:
-            return {"ok": False, "error": f"the daemon runs {len(self.runs)} agents already"}
-        gids = {conn.gid, *conn.groups}
+            return None, f"the daemon runs {len(self.runs)} agents already"
         entry = self.store.entries.get(policy_name)
         if entry is None:
             if conn.uid == 0 and "/" in policy_name and os.path.isfile(policy_name):
                 entry = PolicyEntry.from_file(policy_name)
             else:
-                return {"ok": False, "error": f"unknown policy {policy_name!r}; the daemon "
-                        f"knows: {', '.join(sorted(self.store.entries))}"}
-        refusal = self.config.may_launch(conn.uid, gids, policy_name, mode)
+                return None, (f"unknown policy {policy_name!r}; the daemon knows: "
+                              f"{', '.join(sorted(self.store.entries))}")
+        refusal = self.config.may_launch(conn.uid, {conn.gid, *conn.groups}, policy_name,
+                                         request.mode)
         if refusal:
             log.warning("refused run for uid %d: %s", conn.uid, refusal)
-            return {"ok": False, "error": refusal}
+            return None, refusal
+        return entry, ""
+
+    def _launch(self, conn: Connection, request: wire.RunRequest, entry: PolicyEntry,
+                fds: list[int]) -> wire.RunReply:
+        """Fork the run's supervisor with the caller's three fds; the run joins the table."""
+        argv, mode = list(request.argv), request.mode
         try:
             user = pwd.getpwuid(conn.uid)
             user_name, home = user.pw_name, user.pw_dir
         except KeyError:
             user_name, home = str(conn.uid), "/"
-        cwd = str(request.get("cwd") or "/")
-        workspace = str(request.get("workspace") or cwd)
+        cwd = request.cwd or "/"
+        workspace = request.workspace or cwd
         self.counter += 1
         run_id = f"d{self.counter:x}{os.urandom(3).hex()}"
-        agent_id = str(request.get("agent_id") or f"{os.path.basename(argv[0])}-{run_id}")
+        agent_id = request.agent_id or f"{os.path.basename(argv[0])}-{run_id}"
         cgroup = self.cgroups.create_run(run_id) if self.cgroups is not None else None
         record_r, record_w = os.pipe2(os.O_CLOEXEC)
         control_r, control_w = os.pipe2(os.O_CLOEXEC)
         plan = SupervisorPlan(
-            run_id=run_id, agent_id=agent_id, argv=argv, env=env, cwd=cwd, workspace=workspace,
+            run_id=run_id, agent_id=agent_id, argv=argv, env=dict(request.env), cwd=cwd,
+            workspace=workspace,
             uid=conn.uid, gid=conn.gid, groups=sorted(set(conn.groups)), home=home,
             user=user_name, policy=entry, mode=mode, policy_dir=self.config.policy_dir,
             runs_dir=self.config.runs_dir, audit_path=self.config.audit.path,
@@ -622,7 +632,7 @@ class Daemon:
                  argv[0], entry.name, entry.version,
                  extra={"RUN_ID": run_id, "AGENT_UID": conn.uid, "POLICY": entry.name})
         self._status()
-        return {"ok": True, "run_id": run_id, "policy": entry.name, "version": entry.version}
+        return wire.RunReply(ok=True, run_id=run_id, policy=entry.name, version=entry.version)
 
     # -- supervisors ---------------------------------------------------------------------
     def _supervisor_readable(self, run: Run) -> None:
@@ -686,8 +696,8 @@ class Daemon:
                  extra={"RUN_ID": run.run_id})
         self.runs.pop(run.run_id, None)
         if run.client is not None:
-            _send(run.client.sock, {"exit": code, "records": run.records,
-                                    "supervisor": run.stats})
+            _send(run.client.sock, wire.RunExit(exit=code, records=run.records,
+                                                supervisor=run.stats))
             client, run.client = run.client, None
             client.run = None
             self._drop(client)
