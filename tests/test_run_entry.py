@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from agentd.cli.run import run as click_run
-from agentd.run.assembly import parse_run_args
+from agentd.cli.run_fast import parse_run_args
 
 LINES = [
     ["--", "/bin/true"],

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from agentd.run import assembly as run_main
+from agentd.run import standalone as run_main
 from agentd.netplane import plane as plane_module
 from agentd.netplane.userns import (FALLBACK_NAMESERVER, namespace_nameservers,
                                     userns_unavailable)

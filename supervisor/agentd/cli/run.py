@@ -2,7 +2,7 @@
 
 Owns the click surface of supervised runs: the options of ``agentd run`` (with ``--help``, and
 the messages for a wrong command line), the daemon hand-off, and ``ps``/``resume``/``kill``. The
-run itself is ``run_main.run_agent``; on a well-formed command line the console entry
+run itself is ``agentd.run.standalone.run_agent``; on a well-formed command line the console entry
 (``agentd.cli.entry``) calls it without importing click at all, so that ``agentd run -- /bin/true``
 starts fast. Heavy modules are imported inside the commands.
 """
@@ -55,12 +55,12 @@ def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log
     agentd run --policy strict --explain-sandbox
     """
     if explain_sandbox:
-        from agentd.run.assembly import explain_sandbox as explain
+        from agentd.run.standalone import explain_sandbox as explain
 
         click.echo(explain(policy_name, workspace, mode))
         import textwrap
 
-        from agentd.run.assembly import explain_network
+        from agentd.run.standalone import explain_network
         click.echo("\n" + textwrap.fill(explain_network(network), 100, subsequent_indent="  "))
         if not embedded:
             from agentd.daemon import client as daemon_client
@@ -84,7 +84,7 @@ def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log
             sys.exit(daemon_client.run(list(command), policy=policy_name, workspace=workspace,
                                        agent_id=agent_id, mode=mode, audit_log=audit_log,
                                        seccomp_profile=seccomp_profile))
-    from agentd.run.assembly import run_agent
+    from agentd.run.standalone import run_agent
 
     run_agent(policy_name, workspace, agent_id, audit_log, mode, seccomp_profile, command,
               network=network, dns_upstream=dns_upstream)

@@ -1,13 +1,12 @@
-"""``agentd run`` itself, without click: the options parsed by hand on the common path.
+"""``agentd run`` without the daemon: the standalone supervisor of one run.
 
-Owns what happens between the command line and ``runner.supervise``: load the policy (through
-``policy_cache``, binding ``${WORKSPACE}``, ``${HOME}``, ``${TMPDIR}``), open the audit log,
-register the run, supervise, and turn the agent's end into our exit status (its own, 128+N after
-signal N). ``parse_run_args`` understands the well-formed ``agentd run`` command lines; anything
-else (``--help``, an unknown or incomplete option, a workspace that is not a directory) returns
-None and the caller hands the line to click, whose messages are the reference. Start-up time
-matters here (agents start many short commands): click costs ~15 ms to import, so the console
-entry (``agentd.cli.entry``) calls this module directly, and every heavy module is imported late.
+Owns what happens between the parsed command line and ``runner.supervise``: load the policy
+(through ``policy_cache``, binding ``${WORKSPACE}``, ``${HOME}``, ``${TMPDIR}``), open the audit
+log, register the run, supervise, and turn the agent's end into our exit status (its own, 128+N
+after signal N). Start-up time matters here (agents start many short commands): the console
+entry (``agentd.cli.entry``) parses a well-formed command line without click
+(``agentd.cli.run_fast``) and calls ``run_agent`` directly, and every heavy module is imported
+late.
 """
 
 from __future__ import annotations
@@ -15,17 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["parse_run_args", "run_agent", "explain_sandbox", "explain_network"]
-
-# option -> (parameter name, takes a value)
-_OPTIONS = {
-    "--policy": ("policy_name", True), "--workspace": ("workspace", True),
-    "--agent-id": ("agent_id", True), "--audit-log": ("audit_log", True),
-    "--mode": ("mode", True), "--seccomp-profile": ("seccomp_profile", True),
-    "--embedded": ("embedded", False), "--network": ("network", True),
-    "--dns-upstream": ("dns_upstream", True),
-}
-NETWORK_MODES = ("auto", "plane", "off")
+__all__ = ["run_agent", "explain_sandbox", "explain_network"]
 
 
 class _Terminated(BaseException):
@@ -44,51 +33,6 @@ def _new_run_id() -> str:
 def _fail(message: str, code: int = 2) -> None:
     _say(f"agentd run: {message}")
     sys.exit(code)
-
-
-def parse_run_args(args: list[str]) -> dict | None:
-    """The parameters of ``agentd run ARGS`` as click would give them, or None to let click parse."""
-    params: dict = {"policy_name": "strict", "workspace": None, "agent_id": None, "audit_log": None,
-                    "mode": "enforce", "seccomp_profile": None, "embedded": False,
-                    "explain_sandbox": False,   # always: --explain-sandbox itself goes to click
-                    "network": os.environ.get("AGENTD_NETWORK") or "auto", "dns_upstream": None}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--":
-            i += 1
-            break
-        if not arg.startswith("-") or arg == "-":
-            break          # the command (options end at the first argument, like click here)
-        name, has_value, value = arg.partition("=")
-        spec = _OPTIONS.get(name)
-        if spec is None:
-            return None    # --help, -h, a typo: click says what is wrong
-        param, takes_value = spec
-        if not takes_value:
-            if has_value:
-                return None
-            params[param] = True
-            i += 1
-            continue
-        if not has_value:
-            if i + 1 >= len(args):
-                return None
-            value = args[i + 1]
-            i += 1
-        params[param] = value
-        i += 1
-    command = tuple(args[i:])
-    if not command or params["mode"] not in ("enforce", "audit") \
-            or params["network"] not in NETWORK_MODES:
-        return None
-    if params["workspace"] is not None and not os.path.isdir(params["workspace"]):
-        return None
-    profile = params["seccomp_profile"]
-    if profile is not None and (not os.path.exists(profile) or os.path.isdir(profile)):
-        return None
-    params["command"] = command
-    return params
 
 
 def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, audit_log: str | None,
