@@ -9,7 +9,9 @@ A SIGSTOP verdict parks the agent (``agentd.trace.hold``: every process really s
 stdin, for allow / deny / kill. Only the operator may answer: connections queued before the
 hold are dropped, a peer (SO_PEERCRED) in the agent's tree or of another user is refused, and
 the socket is closed again after each decision. ``agentd kill`` signals the supervisor with
-SIGTERM, which kills the tree whatever state it is in.
+SIGTERM, which kills the tree whatever state it is in; a wait for the operator watches the
+supervisor's termination descriptor (``RunRegistration.interrupt_fd``) and ends with
+``RunTerminated``.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from typing import Any, Callable
 from agentd.kernel import procfs
 from agentd.trace.hold import DECISIONS
 
-__all__ = ["runs_dir", "RunRegistration", "list_runs", "send_decision", "kill_run", "find_run",
-           "OperatorReview", "DECISIONS"]
+__all__ = ["runs_dir", "RunRegistration", "RunTerminated", "list_runs", "send_decision",
+           "kill_run", "find_run", "OperatorReview", "DECISIONS"]
 
 
 def runs_dir() -> str:
@@ -52,6 +54,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class RunTerminated(Exception):
+    """SIGTERM ended the run while it waited for the operator (the tree is already killed)."""
+
+
 @dataclass
 class RunRegistration:
     """This run's entry in the runs directory, and its control socket."""
@@ -63,6 +69,9 @@ class RunRegistration:
     # Is this pid one of the agent's tasks? (set by the Holder from the tracer): its answers,
     # and its children's, are refused.
     agent: Callable[[int], bool] | None = None
+    # Readable once SIGTERM asked the run to end (``assembly.Termination``): a wait for the
+    # operator stops there. None: nothing ends the wait but an answer.
+    interrupt_fd: int | None = None
 
     @property
     def info_path(self) -> str:
@@ -167,7 +176,8 @@ class RunRegistration:
             self.sock = None
 
     def wait_for_decision(self, prompt: str | None) -> tuple[str, str]:
-        """Block until an operator decides: ``(decision, who)``. No polling: one select()."""
+        """Block until an operator decides: ``(decision, who)``. No polling: one select().
+        Raises ``RunTerminated`` when the run is terminated meanwhile (``interrupt_fd``)."""
         import select
 
         self.open_socket()
@@ -177,8 +187,12 @@ class RunRegistration:
         if tty:
             os.write(2, prompt.encode("utf-8", "replace"))
             watch.append(0)
+        if self.interrupt_fd is not None:
+            watch.append(self.interrupt_fd)
         while True:
             ready, _, _ = select.select(watch, [], [])
+            if self.interrupt_fd is not None and self.interrupt_fd in ready:
+                raise RunTerminated(f"run {self.run_id} was terminated while held")
             if 0 in ready:
                 line = os.read(0, 256).decode("utf-8", "replace").strip().lower()
                 choice = {"a": "allow", "allow": "allow", "d": "deny", "deny": "deny",

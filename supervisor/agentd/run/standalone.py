@@ -1,12 +1,13 @@
 """``agentd run`` without the daemon: the standalone supervisor of one run.
 
-Owns what happens between the parsed command line and ``runner.supervise``: load the policy
-(through ``policy_cache``, binding ``${WORKSPACE}``, ``${HOME}``, ``${TMPDIR}``), open the audit
-log, register the run, supervise, and turn the agent's end into our exit status (its own, 128+N
-after signal N). Start-up time matters here (agents start many short commands): the console
-entry (``agentd.cli.entry``) parses a well-formed command line without click
-(``agentd.cli.run_fast``) and calls ``run_agent`` directly, and every heavy module is imported
-late.
+Owns what ``agentd run`` gives the run's assembly (``assembly.RunSpec``) that the daemon does
+not: the policy through ``policy_cache`` (binding ``${WORKSPACE}``, ``${HOME}``, ``${TMPDIR}``),
+the FlightRecorder it writes itself, the operator's review on the terminal, the Landlock ruleset,
+the network plane this user may have (``--network``), the audit-mode summary, and the exit with
+the agent's status (its own, 128+N after signal N). ``--explain-sandbox`` is said here too.
+Start-up time matters (agents start many short commands): the console entry
+(``agentd.cli.entry``) parses a well-formed command line without click (``agentd.cli.run_fast``)
+and calls ``run_agent`` directly, and every heavy module is imported late.
 """
 
 from __future__ import annotations
@@ -15,10 +16,6 @@ import os
 import sys
 
 __all__ = ["run_agent", "explain_sandbox", "explain_network"]
-
-
-class _Terminated(BaseException):
-    """SIGTERM reached the supervisor: `agentd kill RUN_ID`, or a plain kill."""
 
 
 def _say(message: str) -> None:
@@ -39,13 +36,12 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
               mode: str, seccomp_profile: str | None, command: tuple[str, ...],
               network: str = "auto", dns_upstream: str | None = None) -> None:
     """Supervise ``command`` here (not through the daemon); exits with the agent's status."""
-    import signal
-
-    from .policy_cache import cache_dir
+    import time
 
     from . import registry as control
     from . import supervise as runner
-    from agentd.trace.session import Session
+    from .assembly import RunSpec, execute
+    from .policy_cache import cache_dir
 
     try:
         runner.check_host()   # first: a nested run must fail before it touches anything
@@ -55,15 +51,38 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
     landlock = _prepare_landlock(policy, mode)
     run_id = _new_run_id()
     agent_id = agent_id or f"{os.path.basename(command[0])}-{run_id}"
-    from agent_os.flight_recorder import AuditLogError, FlightRecorder, default_audit_log_path
+    recorder, log_path = _open_audit_log(audit_log, run_id)
+    registration = control.RunRegistration(run_id, {
+        "run_id": run_id, "supervisor_pid": os.getpid(), "agent_pid": None,
+        "agent_id": agent_id, "command": list(command),
+        "policy": getattr(policy, "name", policy_name), "mode": mode, "workspace": workspace,
+        "audit_log": log_path, "started": time.time()})
+    end = execute(RunSpec(
+        run_id=run_id, agent_id=agent_id, argv=list(command), policy=policy, mode=mode,
+        env=os.environ, recorder=recorder, registration=registration,
+        review=control.OperatorReview(registration),
+        protected_paths=(log_path, registration.directory + "/",
+                         # a policy cache entry is unpickled by later runs
+                         os.path.realpath(cache_dir()) + "/"),
+        seccomp_profile=seccomp_profile,
+        start_plane=lambda session: _start_plane(network, dns_upstream, session, run_id),
+        landlock=landlock, say_terminated=True))
+    if end.status is not None and mode == "audit":
+        _audit_summary(end.session)
+    sys.exit(end.code)
 
-    from agent_os.flight_recorder import AuditLogLockedError
+
+def _open_audit_log(audit_log: str | None, run_id: str):
+    """(FlightRecorder, its path): ``--audit-log`` or the default log; exits 2 when it cannot
+    be opened."""
+    from agent_os.flight_recorder import (AuditLogError, AuditLogLockedError, FlightRecorder,
+                                          default_audit_log_path)
 
     log_path = os.path.abspath(audit_log) if audit_log else str(default_audit_log_path())
     try:
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         try:
-            recorder = FlightRecorder(log_path, fsync="interval")
+            return FlightRecorder(log_path, fsync="interval"), log_path
         except AuditLogLockedError:
             if audit_log:
                 raise
@@ -73,85 +92,9 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
             recorder = FlightRecorder(log_path, fsync="interval")
             _say(f"agentd run: the default audit log is in use by another run; "
                  f"this run records to {log_path}")
+            return recorder, log_path
     except (AuditLogError, OSError) as exc:
         _fail(f"cannot open the audit log {log_path}: {exc} (use --audit-log FILE)")
-
-    registration = control.RunRegistration(run_id, {
-        "run_id": run_id, "supervisor_pid": os.getpid(), "agent_pid": None,
-        "agent_id": agent_id, "command": list(command), "policy": getattr(policy, "name", policy_name),
-        "mode": mode, "workspace": workspace, "audit_log": log_path, "started": __import__("time").time(),
-    })
-    session = Session(policy, run_id, agent_id, recorder=recorder, audit_only=(mode == "audit"),
-                      protected_paths=(log_path, registration.directory + "/",
-                                       # a policy cache entry is unpickled by later runs
-                                       os.path.realpath(cache_dir()) + "/"),
-                      review=control.OperatorReview(registration))
-
-    def terminate(signum, frame):  # agentd kill RUN_ID, or a plain kill of the supervisor
-        raise _Terminated()
-
-    plane = _start_plane(network, dns_upstream, session, run_id)
-    agent_env = dict(os.environ)
-    child_steps = []
-    if plane is not None:
-        agent_env.update(plane.environment())
-        session.network = plane.view()
-        # First the namespace (setns, or the user namespace's unshare), while the child still
-        # holds what that needs; then no exec may bring CAP_NET_ADMIN/CAP_SYS_ADMIN back.
-        child_steps.append(plane.enter)
-    if plane is not None or os.geteuid() == 0:
-        # A root agent without the plane shares the host's network namespace: without
-        # CAP_NET_ADMIN its netlink messages can read the network state, never change it.
-        from agentd.kernel.capabilities import BoundingDrop
-        child_steps.append(BoundingDrop())
-    if landlock is not None:
-        child_steps.append(landlock.apply)
-
-    def started(pid: int, tracer) -> None:
-        registration.update(agent_pid=pid)
-        if plane is not None:
-            plane.attach(tracer)
-            plane.started(pid)   # the user namespace plane starts serving its child's sockets
-
-    status = None
-    try:
-        try:
-            registration.create()
-        except OSError as exc:
-            _fail(f"cannot create the control socket in {registration.directory}: {exc}")
-        signal.signal(signal.SIGTERM, terminate)
-        status = runner.supervise(
-            list(command), policy, session, profile=seccomp_profile,
-            env=agent_env, on_started=started, child_steps=child_steps)
-    except runner.HostError as exc:
-        _fail(str(exc), 125)
-    except runner.FilterError as exc:
-        _fail(str(exc), 2)
-    except FileNotFoundError as exc:
-        _fail(str(exc), 127)
-    except _Terminated:
-        _say(f"agentd run: run {run_id}: terminated; the agent was killed")
-        status = None
-        sys.exit(128 + signal.SIGKILL)
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if landlock is not None:
-            landlock.close()
-        if plane is not None:
-            plane.close()
-        registration.remove()
-        try:
-            recorder.close()
-        except Exception:  # noqa: BLE001 - never mask the agent's status
-            pass
-        for line in session.warning_summary():
-            _say(f"agentd: warnings repeated: {line}")
-        if status is not None and mode == "audit":
-            _audit_summary(session)
-    if session.killed:
-        # a SIGKILL verdict is 137 even when the process that ran first had already exited
-        sys.exit(128 + signal.SIGKILL)
-    sys.exit(runner.exit_code(status))
 
 
 def _prepare_landlock(policy, mode: str):

@@ -1,0 +1,303 @@
+"""The one assembly of a run, for ``agentd run`` and the daemon's per-run supervisor alike.
+
+Owns what every run does between a compiled policy and the agent's end: the ``Session`` (its
+audit records, the operator's review, the files the agent may not touch), the network plane, the
+child steps in their order (enter the plane's namespace, drop the plane's capabilities from the
+bounding set, the caller's own steps, Landlock last), the run's registration,
+``supervise.supervise``, and the end: the exit status, the errors said on stderr (exit 125, 2,
+127), a terminated run (137), the summary of repeated warnings. A caller describes its run in a
+``RunSpec`` with only what differs — ``agentd.run.standalone`` for ``agentd run`` (the
+FlightRecorder, the terminal's review, Landlock, the audit-mode summary);
+``agentd.daemon.supervisor`` for the daemon (its pipe recorder, the cgroup join and the privilege
+drop, the freezing review, decision timing, policy switches) — and ``execute`` runs it.
+
+Signal handlers here only set flags. SIGTERM (``Termination``) notes the request and SIGKILLs the
+agent's thread groups (``Tracer.kill_tree`` signals a snapshot of the task table), so the blocking
+waitpid wakes as the tree dies; a wait for the operator watches ``Termination.fd``. A policy
+switch (``PolicySwitch``, the daemon's SIGUSR1) is noted by its handler and applied at the next
+seccomp stop, before that stop is decided: never in the middle of a decision, and no audit record
+is written from a handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from agentd.trace.decide import Evaluation
+from agentd.trace.enforce import notice_line
+from agentd.trace.session import Session
+
+from .registry import RunRegistration, RunTerminated
+from .supervise import FilterError, HostError, exit_code, supervise
+
+__all__ = ["RunSpec", "RunEnd", "execute", "Termination", "PolicySwitch", "NewPolicy"]
+
+log = logging.getLogger("agentd.run.assembly")
+
+KILLED = 128 + signal.SIGKILL   # a kill verdict, or SIGTERM: 137, the shell's "killed"
+
+StopHandler = Callable[[Any, Any], None]     # (tracer, task): one seccomp stop, handled
+
+
+class Termination:
+    """SIGTERM for a run (``agentd kill``, the daemon stopping, a plain kill). The handler only
+    notes it, SIGKILLs the agent's thread groups once the tracer is there (``attach``), and
+    makes ``fd`` readable, which ends a wait for the operator (``RunRegistration.interrupt_fd``).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.tracer: Any = None
+        self.fd, self._wake = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if self.tracer is not None:
+            self.tracer.kill_tree()
+        try:
+            os.write(self._wake, b"T")
+        except OSError:   # full or closed: it is readable already, or nobody waits any more
+            pass
+
+    def attach(self, tracer: Any) -> None:
+        """The agent exists now: a SIGTERM that came before kills it here."""
+        self.tracer = tracer
+        if self.requested:
+            tracer.kill_tree()
+
+    def close(self) -> None:
+        """After the run: SIGTERM has its default action again, and the pipe is closed."""
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for fd in (self.fd, self._wake):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@dataclass(frozen=True)
+class NewPolicy:
+    """A policy to switch to, and the audit record's words for it."""
+
+    policy: Any
+    name: str
+    version: str
+    reason: str
+
+
+class PolicySwitch:
+    """A policy switch asked for by a signal (the daemon's SIGUSR1 after a reload). The handler
+    only notes it; ``apply_pending`` runs at the next seccomp stop, calls ``load`` (the caller's:
+    read the new policy and compile it; None when there is nothing new) and records the switch
+    (``policy_reload``, enforced ``reload``). A failed load keeps the old policy and says so."""
+
+    def __init__(self, load: Callable[[], NewPolicy | None]):
+        self.load = load
+        self.pending = False
+
+    def install(self, signum: int = signal.SIGUSR1) -> None:
+        signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.pending = True
+
+    def request(self) -> None:
+        """Look at the next stop even without a signal (one may have come before ``install``)."""
+        self.pending = True
+
+    def apply_pending(self, session: Session) -> None:
+        if not self.pending:
+            return
+        self.pending = False
+        try:
+            new = self.load()
+        except Exception as exc:  # noqa: BLE001 - keep the old policy, say so
+            log.error("policy switch failed: %s", exc)
+            return
+        if new is None:
+            return
+        session.policy = new.policy
+        session.record(None, "reload", Evaluation(
+            "policy_reload", f"{new.name}@{new.version}", "allow", "allow", new.reason),
+            enforced="reload")
+
+
+@dataclass
+class RunSpec:
+    """One run, as its caller assembled the parts that differ between callers."""
+
+    run_id: str
+    agent_id: str
+    argv: list[str]
+    policy: Any                                  # compiled, its variables bound
+    mode: str                                    # enforce | audit
+    env: Mapping[str, str]                       # before the policy's env_read removals
+    recorder: Any                                # FlightRecorder, or the daemon's pipe recorder
+    registration: RunRegistration
+    review: Callable[[Any], tuple[str, str]]     # asked about a SIGSTOP verdict (trace.hold)
+    protected_paths: tuple[str, ...]             # the audit log, the runs directory, ...
+    seccomp_profile: str | None = None
+    # The network plane for the session, or None to run without one; raises HostError when
+    # the run must not go on without it.
+    start_plane: Callable[[Session], Any] | None = None
+    child_steps: Sequence[Callable[[], None]] = ()   # the caller's, after the plane's
+    landlock: Any = None                         # a prepared ruleset: applied last, closed at the end
+    on_started: Callable[[int], None] | None = None  # the agent's pid, once traced
+    # wraps the stop handler (the daemon times every decision)
+    wrap_stop: Callable[[StopHandler], StopHandler] | None = None
+    policy_switch: PolicySwitch | None = None
+    termination: Termination = field(default_factory=Termination)
+    say_terminated: bool = False                 # say "terminated" on stderr (agentd run)
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    code: int              # the exit status to give: the agent's, 128+N, 137, or 125/2/127
+    status: int | None     # the agent's wait status; None when it did not run to its end
+    terminated: bool       # SIGTERM ended the run
+    session: Session
+
+
+class _Refused(Exception):
+    """The run cannot start: the message for stderr, and the exit status."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def execute(spec: RunSpec) -> RunEnd:
+    """Run ``spec`` to its end; errors are said on stderr (``agentd run: ...``) and become the
+    exit status. Exceptions the caller must see (SystemExit from its own hooks) pass through
+    after the cleanup."""
+    session = Session(spec.policy, spec.run_id, spec.agent_id, recorder=spec.recorder,
+                      audit_only=spec.mode == "audit", protected_paths=spec.protected_paths,
+                      review=spec.review)
+    termination = spec.termination
+    termination.install()
+    spec.registration.interrupt_fd = termination.fd
+    plane = None
+    status: int | None = None
+    code: int | None = None
+    try:
+        try:
+            plane = spec.start_plane(session) if spec.start_plane is not None else None
+            status = _supervise(spec, session, plane)
+        except RunTerminated:
+            pass              # SIGTERM while the operator was asked; the tree is killed
+        except _Refused as exc:
+            code = _say_refused(str(exc), exc.code)
+        except HostError as exc:
+            code = _say_refused(str(exc), 125)
+        except FilterError as exc:
+            code = _say_refused(str(exc), 2)
+        except FileNotFoundError as exc:
+            code = _say_refused(str(exc), 127)
+        if termination.requested:
+            status, code = None, KILLED
+            if spec.say_terminated:
+                _say(f"agentd run: run {spec.run_id}: terminated; the agent was killed")
+    finally:
+        _clean_up(spec, session, plane)
+    if code is None:
+        # a SIGKILL verdict is 137 even when the process that ran first had already exited
+        code = KILLED if session.killed else exit_code(status)
+    return RunEnd(code, status, termination.requested, session)
+
+
+def _supervise(spec: RunSpec, session: Session, plane: Any) -> int:
+    """Register the run, then trace the agent to its end: its wait status."""
+    env = dict(spec.env)
+    if plane is not None:
+        env.update(plane.environment())
+        session.network = plane.view()
+    try:
+        spec.registration.create()
+    except OSError as exc:
+        raise _Refused(f"cannot create the control socket in {spec.registration.directory}: "
+                       f"{exc}", 2) from None
+    if spec.termination.requested:
+        raise RunTerminated(f"run {spec.run_id} was terminated before it started")
+
+    def started(pid: int, tracer: Any) -> None:
+        spec.termination.attach(tracer)
+        if spec.on_started is not None:
+            spec.on_started(pid)
+        spec.registration.update(agent_pid=pid)
+        if plane is not None:
+            plane.attach(tracer)
+            plane.started(pid)   # the user namespace plane starts serving its child's sockets
+
+    return supervise(list(spec.argv), spec.policy, session, profile=spec.seccomp_profile,
+                     env=env, on_started=started, child_steps=_child_steps(spec, plane),
+                     on_syscall=_stop_handler(spec, session))
+
+
+def _child_steps(spec: RunSpec, plane: Any) -> list[Callable[[], None]]:
+    """What the agent's child does between the seize and the filter, in this order."""
+    steps: list[Callable[[], None]] = []
+    if plane is not None:
+        # First the namespace (setns, or the user namespace's unshare), while the child still
+        # holds what that needs; then no exec may bring CAP_NET_ADMIN/CAP_SYS_ADMIN back.
+        steps.append(plane.enter)
+    if plane is not None or os.geteuid() == 0:
+        # A root agent without the plane shares the host's network namespace: without
+        # CAP_NET_ADMIN its netlink messages can read the network state, never change it.
+        from agentd.kernel.capabilities import BoundingDrop
+        steps.append(BoundingDrop())
+    steps.extend(spec.child_steps)
+    if spec.landlock is not None:
+        steps.append(spec.landlock.apply)
+    return steps
+
+
+def _stop_handler(spec: RunSpec, session: Session) -> StopHandler:
+    """``session.on_syscall``, wrapped by the caller, with a pending policy switch applied
+    first: between two decisions, never inside one."""
+    decide: StopHandler = session.on_syscall
+    if spec.wrap_stop is not None:
+        decide = spec.wrap_stop(decide)
+    switch = spec.policy_switch
+    if switch is None:
+        return decide
+
+    def on_syscall(tracer: Any, task: Any) -> None:
+        switch.apply_pending(session)
+        decide(tracer, task)
+
+    return on_syscall
+
+
+def _clean_up(spec: RunSpec, session: Session, plane: Any) -> None:
+    spec.termination.close()
+    spec.registration.interrupt_fd = None
+    if spec.landlock is not None:
+        spec.landlock.close()
+    if plane is not None:
+        plane.close()
+    spec.registration.remove()
+    try:
+        spec.recorder.close()
+    except Exception:  # noqa: BLE001 - never mask the agent's status
+        pass
+    for line in session.warning_summary():
+        notice_line(f"warnings repeated: {line}")
+
+
+def _say_refused(message: str, code: int) -> int:
+    _say(f"agentd run: {message}")
+    return code
+
+
+def _say(message: str) -> None:
+    try:
+        os.write(2, (message + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
