@@ -53,9 +53,9 @@ def run_upstream(port_queue) -> None:
 
 def run_proxy(port_queue, stop_event, quick: bool) -> None:
     from agent_os.policy import Pattern, Policy
-    from agentd.trace.decide import _evaluate
-    from agentd.trace.decode import Action
     from agentd.netplane.proxy import EgressProxy
+    from agentd.trace.decide import evaluate_action
+    from agentd.trace.decode import Action
 
     policy = Policy(name="bench", default_action="deny", patterns=[
         Pattern(id="bench_get", action_type="network_request",
@@ -66,7 +66,7 @@ def run_proxy(port_queue, stop_event, quick: bool) -> None:
 
     def judge(method, url, headers, dest_ip):
         context = {"method": method, "headers": headers, "dest_ip": dest_ip}
-        return _evaluate(policy, Action("network_request", url), context)
+        return evaluate_action(policy, Action("network_request", url), context)
 
     decisions = []
     names = {NAME: [HOST]}
