@@ -17,10 +17,17 @@ import time
 
 import pytest
 
-from agentd.trace.decide import Evaluation
 from agentd.netplane import proxy as proxy_module
-from agentd.netplane.proxy import (BadRequest, EgressProxy, client_hello_sni, normalise_path,
-                                   original_destination, parse_authority, parse_request_head)
+from agentd.netplane.proxy import (
+    BadRequest,
+    EgressProxy,
+    client_hello_sni,
+    normalise_path,
+    original_destination,
+    parse_authority,
+    parse_request_head,
+)
+from agentd.trace.decide import Evaluation
 
 LOCAL = "127.0.0.1"
 
@@ -283,8 +290,9 @@ def test_connect_allowed_tunnels_both_ways(proxy, echo, decisions):
 
 
 def test_connect_denied_never_connects(proxy, echo, decisions):
-    reply = raw_exchange(proxy.address,
-                         f"CONNECT forbidden.test:{echo.port} HTTP/1.1\r\n\r\nhello".encode())
+    # (an HTTP/1.1 CONNECT needs its Host field like any request: RFC 9112 3.2; without: 400)
+    reply = raw_exchange(proxy.address, f"CONNECT forbidden.test:{echo.port} HTTP/1.1\r\n"
+                                        f"Host: forbidden.test:{echo.port}\r\n\r\nhello".encode())
     assert reply.startswith(b"HTTP/1.1 403") and b"no_forbidden_host" in reply
     assert b"hello" not in reply
     time.sleep(0.1)
@@ -441,7 +449,8 @@ def test_unreachable_upstream_502_and_unresolvable(proxy, decisions):
     b"GET http://user@upstream.test/ HTTP/1.1\r\n\r\n",
     b"GET http://2130706433/ HTTP/1.1\r\n\r\n",
     b"GET http://upstream.test/ HTTP/1.1\r\nX: a\r\n folded\r\n\r\n",
-    b"GET http://upstream.test/ HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET http://upstream.test/ HTTP/1.1\r\nContent-Length: 1\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n",
     b"GET http://upstream.test/ HTTP/1.1\nHost: x\r\n\r\n",
     b"CONNECT upstream.test HTTP/1.1\r\n\r\n",
     b"half a request line",
@@ -702,8 +711,8 @@ def test_transparent_mode_with_real_dnat():
 # -- pure parsing ----------------------------------------------------------------------------------
 
 def test_parsers():
-    head = parse_request_head(b"GET http://x/ HTTP/1.1\r\nA: 1\r\na: 2\r\n\r\n")
-    assert head.lowered() == {"a": "1, 2"}
+    head = parse_request_head(b"GET http://x/ HTTP/1.1\r\nHost: x\r\nA: 1\r\na: 2\r\n\r\n")
+    assert head.lowered() == {"host": "x", "a": "1, 2"}
     assert parse_authority("Example.COM.:8080", None) == ("example.com", 8080)
     assert parse_authority("[::FFFF:7f00:1]:443", None) == ("::ffff:7f00:1", 443)
     assert parse_authority("10.0.0.1", 80) == ("10.0.0.1", 80)

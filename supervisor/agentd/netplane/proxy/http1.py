@@ -13,10 +13,12 @@ and ``normalise_path``). Knows nothing of sockets, policies or the asyncio loop 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import h11
 
@@ -31,6 +33,8 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-a
 # INVARIANT: a header named in Connection is dropped, but never the framing or Host: dropping
 # Content-Length while relaying the body would let the body pass as an unjudged next request.
 _NEVER_NAMED_AWAY = frozenset({"content-length", "transfer-encoding", "host"})
+_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+_NEVER_NAMED_AWAY_BYTES = frozenset(name.encode() for name in _NEVER_NAMED_AWAY)
 MAX_CHUNK_SIZE = 16 ** 15 - 1          # 15 hex digits, as before h11 (h11 alone allows 20)
 
 _HEAD_END = re.compile(rb"\n\r?\n")    # where h11 ends a head; the strict checks look up to it
@@ -61,16 +65,21 @@ class RequestHead:
     fields: tuple[tuple[str, str], ...]
     raw: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False, compare=False)
 
-    def get(self, name: str) -> str | None:
-        values = [value for key, value in self.fields if key.lower() == name]
-        return ", ".join(values) if values else None
-
-    def lowered(self) -> dict[str, str]:
+    @functools.cached_property
+    def _by_name(self) -> dict[str, str]:
         headers: dict[str, str] = {}
         for key, value in self.fields:
             key = key.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         return headers
+
+    def get(self, name: str) -> str | None:
+        """The field ``name`` (lower case), repeated fields joined with ``, ``; None if absent."""
+        return self._by_name.get(name)
+
+    def lowered(self) -> dict[str, str]:
+        """Every field by lower-case name (a new dict), repeated fields joined with ``, ``."""
+        return dict(self._by_name)
 
 
 @dataclass
@@ -85,6 +94,7 @@ class Request:
     url: str
     connect: bool
     has_body: bool         # a chunked body, or a Content-Length above 0
+    chunked: bool
     keep_alive: bool
     expect_continue: bool  # Expect: 100-continue with a body: the proxy answers 100 itself
 
@@ -139,20 +149,22 @@ class Peer:
     def next_event(self) -> Any:
         conn = self.conn
         if conn.their_state is self._head_state:
-            _check_head(conn.trailing_data[0], self._max_head_bytes)
+            pending, closed = conn.trailing_data
+            if not pending and not closed:
+                return h11.NEED_DATA          # what h11 would say, without asking it
+            _check_head(pending, self._max_head_bytes)
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
             raise BadRequest(_status_of(exc), str(exc)) from None
-        kind = type(event)
-        if kind is h11.Data:
+        if isinstance(event, h11.Data):
             if event.chunk_start:
                 self._check_chunk(event)
-        elif kind is h11.Request or kind is h11.Response or kind is h11.InformationalResponse:
+        elif isinstance(event, (h11.Request, h11.Response, h11.InformationalResponse)):
             self._check_message(event)
-        elif kind is h11.EndOfMessage and event.headers:
-            if sum(len(name) + len(value) + 4 for name, value in event.headers.raw_items()) \
-                    > self._max_trailer_bytes:
+        elif isinstance(event, h11.EndOfMessage) and event.headers:
+            size = sum(len(name) + len(value) + 4 for name, value in event.headers.raw_items())
+            if size > self._max_trailer_bytes:
                 raise BadRequest(400, "trailers too large")
         return event
 
@@ -316,14 +328,14 @@ def interpret(head: RequestHead, original: tuple[str, int] | None) -> Request:
             raise BadRequest(400, "CONNECT on a redirected connection")
         host, port = parse_authority(head.target, None)
         return Request(method, head.version, host, port, "", tls_url(host, port), True,
-                       False, False, False)
+                       False, False, False, False)
     host, port, path = _target_of(head, original)
-    length = head.get("content-length")   # h11 checked it: one value, digits only
-    has_body = head.get("transfer-encoding") is not None or (length is not None
-                                                              and int(length) > 0)
+    chunked = head.get("transfer-encoding") is not None   # h11: chunked is the only one
+    length = head.get("content-length")                   # h11: one value, digits only
+    has_body = chunked or (length is not None and int(length) > 0)
     expect = has_body and (head.get("expect") or "").lower() == "100-continue"
     return Request(method, head.version, host, port, path, http_url(host, port, path), False,
-                   has_body, keep_alive, expect)
+                   has_body, chunked, keep_alive, expect)
 
 
 def _target_of(head: RequestHead, original: tuple[str, int] | None) -> tuple[str, int, str]:
@@ -358,14 +370,13 @@ def _target_of(head: RequestHead, original: tuple[str, int] | None) -> tuple[str
 
 
 def forwarded_fields(raw: Iterable[tuple[bytes, bytes]],
-                     also_drop: Iterable[bytes] = ()) -> list[tuple[bytes, bytes]]:
+                     also_drop: frozenset[bytes] = frozenset()) -> list[tuple[bytes, bytes]]:
     """The header fields that go on to the next hop: hop-by-hop ones, those named in
     ``Connection`` (except the framing and Host) and ``also_drop`` (lower case) removed."""
     raw = list(raw)
-    drop = set(HOP_BY_HOP)
+    drop = _HOP_BY_HOP_BYTES | also_drop
     for name, value in raw:
         if name.lower() == b"connection":
-            drop |= {token.strip().lower() for token in value.decode("latin-1").split(",")}
-    drop -= _NEVER_NAMED_AWAY
-    dropped = {name.encode("latin-1") for name in drop} | set(also_drop)
-    return [(name, value) for name, value in raw if name.lower() not in dropped]
+            named = {token.strip().lower() for token in value.split(b",")}
+            drop = drop | (named - _NEVER_NAMED_AWAY_BYTES)
+    return [(name, value) for name, value in raw if name.lower() not in drop]

@@ -1,18 +1,19 @@
-"""The HTTP egress proxy that judges ``network_request`` for one run.
+"""The HTTP egress proxy that judges ``network_request`` for one run: accept, judge, connect, relay.
 
-Owns the agent's web traffic. In explicit mode (the agent got ``HTTP_PROXY``/``HTTPS_PROXY``) it
-serves absolute-form requests (``GET http://host/path``) and ``CONNECT host:port``; in transparent
-mode (the agent's plain port-80/443 traffic is DNAT'ed to the listener) it takes the original
-destination from ``SO_ORIGINAL_DST`` and reads either the HTTP request (origin-form + ``Host``) or
-the TLS ClientHello's SNI. Every request is judged before any byte goes upstream:
-``judge(method, url, headers, dest_ip) -> Evaluation`` on the full, normalised URL for http://
-and on ``https://host:port/`` with method ``CONNECT`` for TLS (the path of TLS traffic is not
-visible without interception). The host is resolved once, before judging, and the proxy connects
-only to the judged address (no second resolution, no rebinding window). Denials answer 403 with
-the pattern ids and message, unreachable upstreams 502, malformed requests 400; an error while
-judging denies (fail closed). Each decision goes to ``on_decision(dict)``. Mechanism only: the
-policy, the resolver and the audit log are the caller's. Standard library; one asyncio loop in one
-background thread, idle in ``epoll`` when there is no traffic.
+Owns the proxy's sockets and its one asyncio loop (in one background thread, idle in ``epoll``
+when there is no traffic), and what happens to each connection. In explicit mode (the agent got
+``HTTP_PROXY``/``HTTPS_PROXY``) it serves absolute-form requests (``GET http://host/path``) and
+``CONNECT host:port``; in transparent mode (the agent's plain port-80/443 traffic is DNAT'ed to the
+listener) it takes the original destination from ``original_destination(sock)`` and reads either an
+HTTP request (origin-form + ``Host``) or the TLS ClientHello's SNI. Every request is judged before
+any byte goes upstream: ``judge(method, url, headers, dest_ip) -> Evaluation`` on the full,
+normalised URL for http:// and on ``https://host:port/`` with method ``CONNECT`` for TLS (the path
+of TLS traffic is not visible without interception). The host is resolved once, before judging,
+and the proxy connects only to the judged address (no second resolution, no rebinding window).
+Denials answer 403 with the pattern ids and message, unreachable upstreams 502, malformed requests
+400; an error while judging denies (fail closed). Each decision goes to ``on_decision(dict)``.
+HTTP framing is ``http1`` (h11), the ClientHello ``tls_sni``; mechanism only: the policy, the
+resolver and the audit log are the caller's.
 """
 
 from __future__ import annotations
@@ -21,46 +22,34 @@ import asyncio
 import concurrent.futures
 import ipaddress
 import logging
-import re
 import socket
 import struct
 import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
-from agentd.trace.decide import OUTCOME_RANK, Evaluation
+import h11
 
-__all__ = ["EgressProxy", "Limits", "RequestHead", "BadRequest", "parse_request_head",
-           "parse_authority", "normalise_path", "client_hello_sni", "original_destination",
-           "HOP_BY_HOP"]
+from agentd.trace.decide import OUTCOME_RANK, Evaluation, Outcome
+
+from . import http1
+from .http1 import BadRequest, Peer, Request, RequestHead
+from .tls_sni import ALERT_ACCESS_DENIED, scan_client_hello
+
+__all__ = ["EgressProxy", "Limits", "original_destination", "SO_ORIGINAL_DST",
+           "IP6T_SO_ORIGINAL_DST", "FAIL_CLOSED_ID"]
 
 log = logging.getLogger(__name__)
 
-# Hop-by-hop headers (RFC 9110 7.6.1) plus the proxy's own; never forwarded. Transfer-Encoding
-# and Content-Length are not in the list: the proxy relays bodies in the framing they came in.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
-                        "proxy-authorization", "te", "trailer", "upgrade"})
 ALLOWING = frozenset({"allow", "warn"})
-# INVARIANT: a header named in Connection is dropped, but never the framing or Host: dropping
-# Content-Length while relaying the body would let the body pass as an unjudged next request.
-_NEVER_NAMED_AWAY = frozenset({"content-length", "transfer-encoding", "host"})
 FAIL_CLOSED_ID = "agentd:fail_closed"
-
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_VERSION = re.compile(rb"HTTP/1\.[01]\Z")
-_TARGET = re.compile(rb"[\x21-\x7e]+\Z")
-_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\Z")
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?\Z")
-_HOSTNAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_-]{1,63})*\Z")
-_NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)\Z")
-_PORT = re.compile(r"[0-9]{1,5}\Z")
-_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?\r\n\Z")
-
 SO_ORIGINAL_DST = 80          # linux/netfilter_ipv4.h, on SOL_IP
 IP6T_SO_ORIGINAL_DST = 80     # linux/netfilter_ipv6/ip6_tables.h, on SOL_IPV6
-_TLS_ALERT_ACCESS_DENIED = b"\x15\x03\x03\x00\x02\x02\x31"
+_READ = 65536                 # bytes asked of a socket at a time
+_NOT_FORWARDED = frozenset({b"host", b"expect"})   # Host is set anew; the proxy answers Expect
+_PHRASES = {400: b"Bad Request", 403: b"Forbidden", 431: b"Request Header Fields Too Large",
+            501: b"Not Implemented", 502: b"Bad Gateway"}
 
 
 @dataclass(frozen=True)
@@ -71,220 +60,23 @@ class Limits:
     max_headers: int = 100
     max_client_hello: int = 65536      # TLS bytes read while looking for the SNI
     max_trailer_bytes: int = 16384
-    idle_timeout: float = 60.0         # waiting for a request head (also between kept-alive requests)
+    idle_timeout: float = 60.0         # waiting for a request head (also between requests)
     hello_timeout: float = 10.0        # waiting for a ClientHello in transparent mode
     connect_timeout: float = 10.0
     max_connections: int = 1024
 
-
-class BadRequest(Exception):
-    """A request the proxy will not serve: ``status`` (400, 431, 501) and why."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+    def peer(self, role: Any) -> Peer:
+        """An HTTP/1.1 peer (``h11.SERVER``: the agent's side, ``h11.CLIENT``: an upstream)."""
+        return Peer(role, max_head_bytes=self.max_header_bytes, max_fields=self.max_headers,
+                    max_trailer_bytes=self.max_trailer_bytes)
 
 
 class _UpstreamBroken(Exception):
     """The upstream answered something the proxy cannot relay safely."""
 
 
-@dataclass(frozen=True)
-class RequestHead:
-    """A parsed request head: request line and header fields in their order, names as sent."""
-
-    method: str
-    target: str
-    version: str
-    fields: tuple[tuple[str, str], ...]
-
-    def get(self, name: str) -> str | None:
-        values = [value for key, value in self.fields if key.lower() == name]
-        return ", ".join(values) if values else None
-
-    def lowered(self) -> dict[str, str]:
-        headers: dict[str, str] = {}
-        for key, value in self.fields:
-            key = key.lower()
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        return headers
-
-
-def _parse_fields(lines: list[bytes], limits: Limits) -> tuple[tuple[str, str], ...]:
-    if len(lines) > limits.max_headers:
-        raise BadRequest(431, f"more than {limits.max_headers} header fields")
-    fields = []
-    for line in lines:
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.match(name):   # also refuses "Name :" and obs-fold lines
-            raise BadRequest(400, f"malformed header line {line[:60]!r}")
-        value = value.strip(b" \t")
-        if not _FIELD_VALUE.match(value):
-            raise BadRequest(400, f"control character in header {name.decode()!r}")
-        fields.append((name.decode("ascii"), value.decode("latin-1")))
-    return tuple(fields)
-
-
-def parse_request_head(data: bytes, limits: Limits = Limits()) -> RequestHead:
-    """Parse a request head ending in CRLF CRLF; strict (bare CR or LF, folding: 400)."""
-    if len(data) > limits.max_header_bytes:
-        raise BadRequest(431, "request head too large")
-    if not data.endswith(b"\r\n\r\n"):
-        raise BadRequest(400, "request head not terminated by CRLF CRLF")
-    lines = data[:-4].split(b"\r\n")
-    if any(b"\r" in line or b"\n" in line or b"\0" in line for line in lines):
-        raise BadRequest(400, "bare CR, LF or NUL in request head")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or not _TOKEN.match(parts[0]) or not _TARGET.match(parts[1]) \
-            or not _VERSION.match(parts[2]):
-        raise BadRequest(400, f"malformed request line {lines[0][:80]!r}")
-    return RequestHead(parts[0].decode("ascii"), parts[1].decode("ascii"),
-                       parts[2].decode("ascii"), _parse_fields(lines[1:], limits))
-
-
-def _valid_host(host: str) -> str:
-    """``host`` lower-cased and checked: an IP literal or a DNS name; numeric look-alikes
-    (``2130706433``, ``0x7f.1``) that resolvers would read as addresses are refused."""
-    host = host.lower()
-    if host.endswith(".") and not host.endswith(".."):
-        host = host[:-1]
-    try:
-        return str(ipaddress.IPv4Address(host))
-    except ValueError:
-        pass
-    if not _HOSTNAME.match(host) or _NUMERIC_LABEL.match(host.rsplit(".", 1)[-1]):
-        raise BadRequest(400, f"invalid host {host[:80]!r}")
-    return host
-
-
-def parse_authority(text: str, default_port: int | None) -> tuple[str, int]:
-    """``host[:port]`` or ``[v6]:port`` -> (host, port); host lower-cased, IPs canonical."""
-    if "@" in text:
-        raise BadRequest(400, "user information in the URL is not accepted")
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise BadRequest(400, f"unterminated IPv6 literal in {text[:80]!r}")
-        try:
-            host = str(ipaddress.IPv6Address(text[1:end]))
-        except ValueError:
-            raise BadRequest(400, f"invalid IPv6 literal in {text[:80]!r}") from None
-        rest = text[end + 1:]
-        if rest and not rest.startswith(":"):
-            raise BadRequest(400, f"invalid authority {text[:80]!r}")
-        port_text = rest[1:]
-    else:
-        host, _, port_text = text.partition(":")
-        host = _valid_host(host)
-    if port_text:
-        if not _PORT.match(port_text) or not 0 < int(port_text) < 65536:
-            raise BadRequest(400, f"invalid port in {text[:80]!r}")
-        return host, int(port_text)
-    if default_port is None:
-        raise BadRequest(400, f"port missing in {text[:80]!r}")
-    return host, default_port
-
-
-def normalise_path(path: str) -> str:
-    """RFC 3986 normalisation of path + query, judged and forwarded alike: percent-encoded
-    unreserved characters decoded (``%61dmin`` is ``admin``), other escapes upper-cased, dot
-    segments of the path removed (``/a/../admin`` is ``/admin``); a fragment is dropped."""
-    path = path.split("#", 1)[0]
-    if "%" in path:
-        def unescape(match: re.Match) -> str:
-            byte = int(match.group(1), 16)
-            return chr(byte) if byte in _UNRESERVED else "%" + match.group(1).upper()
-        path = _PCT.sub(unescape, path)
-    path_part, question, query = path.partition("?")
-    if not path_part.startswith("/"):
-        path_part = "/" + path_part
-    if "." in path_part:
-        output: list[str] = []
-        segments = path_part.split("/")[1:]
-        for index, segment in enumerate(segments):
-            last = index == len(segments) - 1
-            if segment == "..":
-                if output:
-                    output.pop()
-                if last:
-                    output.append("")
-            elif segment == ".":
-                if last:
-                    output.append("")
-            else:
-                output.append(segment)
-        path_part = "/" + "/".join(output)
-    return path_part + question + query
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _http_url(host: str, port: int, path: str) -> str:
-    return f"http://{_url_host(host)}{'' if port == 80 else f':{port}'}{path}"
-
-
-def _tls_url(host: str, port: int) -> str:
-    return f"https://{_url_host(host)}:{port}/"
-
-
-def client_hello_sni(handshake: bytes) -> str | None:
-    """The server name of a TLS ClientHello handshake message (type, length, body), or None
-    when it has none. ``ValueError`` when the message is not a well-formed ClientHello; every
-    length is checked against what is there."""
-    if len(handshake) < 4 or handshake[0] != 1:
-        raise ValueError("not a ClientHello")
-    length = int.from_bytes(handshake[1:4], "big")
-    body = memoryview(handshake)[4:4 + length]
-    if len(body) != length:
-        raise ValueError("ClientHello truncated")
-    offset = 2 + 32                                   # client_version, random
-
-    def skip(width: int) -> int:
-        nonlocal offset
-        if offset + width > len(body):
-            raise ValueError("ClientHello truncated")
-        size = int.from_bytes(body[offset:offset + width], "big")
-        start = offset + width
-        if start + size > len(body):
-            raise ValueError("ClientHello field overruns the message")
-        offset = start + size
-        return start
-
-    skip(1)                                           # session_id
-    skip(2)                                           # cipher_suites
-    skip(1)                                           # compression_methods
-    if offset == len(body):
-        return None                                   # no extensions
-    extensions_start = skip(2)
-    extensions_end = offset
-    position = extensions_start
-    while position + 4 <= extensions_end:
-        kind, size = struct.unpack_from("!HH", body, position)
-        data = body[position + 4:position + 4 + size]
-        if len(data) != size or position + 4 + size > extensions_end:
-            raise ValueError("extension overruns the extension block")
-        position += 4 + size
-        if kind != 0:
-            continue
-        if size < 2 or int.from_bytes(data[:2], "big") != size - 2:
-            raise ValueError("malformed server_name extension")
-        entry = 2
-        while entry + 3 <= size:
-            name_type = data[entry]
-            name_length = int.from_bytes(data[entry + 1:entry + 3], "big")
-            name = bytes(data[entry + 3:entry + 3 + name_length])
-            if len(name) != name_length:
-                raise ValueError("server name overruns the extension")
-            if name_type == 0:
-                return name.decode("ascii")           # UnicodeDecodeError is a ValueError
-            entry += 3 + name_length
-        return None
-    if position != extensions_end:
-        raise ValueError("trailing bytes in the extension block")
-    return None
+class _UpstreamClosed(ConnectionError):
+    """The upstream closed without a byte of answer (a kept-alive connection gone stale)."""
 
 
 def original_destination(sock: socket.socket) -> tuple[str, int] | None:
@@ -324,26 +116,25 @@ def _clean(text: str, limit: int = 300) -> str:
 
 
 def _fail_closed(url: str, reason: str) -> Evaluation:
-    return Evaluation("network_request", url, "deny", "block", f"fail closed: {reason}",
+    return Evaluation("network_request", url, "deny", Outcome.BLOCK, f"fail closed: {reason}",
                       (FAIL_CLOSED_ID,))
 
 
-@dataclass
-class _Request:
-    method: str
-    version: str
-    host: str
-    port: int
-    path: str              # origin-form sent upstream ("" for CONNECT)
-    url: str
-    connect: bool
-    body: str              # "none" | "length" | "chunked"
-    length: int
-    keep_alive: bool
+class _Upstream:
+    """One connection to an upstream: the judged (address, port), the streams, its HTTP peer."""
+
+    __slots__ = ("key", "reader", "writer", "http")
+
+    def __init__(self, key: tuple[str, int], reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, http: Peer):
+        self.key = key
+        self.reader = reader
+        self.writer = writer
+        self.http = http
 
 
 class _Client:
-    """One accepted connection and the upstream connection it is using."""
+    """One accepted connection, its HTTP peer and the upstream connection it is using."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  original: tuple[str, int] | None):
@@ -351,8 +142,10 @@ class _Client:
         self.writer = writer
         self.original = original
         peer = writer.get_extra_info("peername") or ("?", 0)
-        self.peer = f"{_url_host(peer[0])}:{peer[1]}"
-        self.upstream: tuple[tuple[str, int], asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self.peer = f"{http1.url_host(peer[0])}:{peer[1]}"
+        self.http: Peer | None = None     # HTTP/1.1 framing, once the connection speaks HTTP
+        self.method = b""                  # of the request being answered (HEAD: no body)
+        self.upstream: _Upstream | None = None
         self.reused = False        # the current upstream connection served an earlier request
         self.answered = False      # response head sent: a failure from here on just closes
 
@@ -362,8 +155,17 @@ class _Client:
 
     def drop_upstream(self) -> None:
         if self.upstream is not None:
-            self.upstream[2].close()
+            self.upstream.writer.close()
             self.upstream = None
+
+
+async def _next_event(peer: Peer, reader: asyncio.StreamReader) -> Any:
+    """The peer's next HTTP event, reading from ``reader`` while it needs data."""
+    while True:
+        event = peer.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        peer.receive(await reader.read(_READ))
 
 
 class EgressProxy:
@@ -426,7 +228,7 @@ class EgressProxy:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> "EgressProxy":
+    def start(self) -> EgressProxy:
         if self._thread is not None:
             raise RuntimeError("proxy already started")
         for sock in self._sockets:
@@ -494,7 +296,7 @@ class EgressProxy:
         for server in self._servers:
             await server.wait_closed()
 
-    def __enter__(self) -> "EgressProxy":
+    def __enter__(self) -> EgressProxy:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -552,31 +354,13 @@ class EgressProxy:
     async def _read_client_hello(self, client: _Client, first: bytes) -> tuple[bytes, str | None]:
         """Read TLS records until the ClientHello is complete (bounded); (bytes read, SNI)."""
         seen = bytearray(first)
-        handshake = bytearray()
         try:
             async with asyncio.timeout(self.limits.hello_timeout):
-                header = first + await client.reader.readexactly(5 - len(first))
-                seen[:] = header
                 while True:
-                    if header[0] != 22 or header[1] != 3:
-                        return bytes(seen), None
-                    size = int.from_bytes(header[3:5], "big")
-                    if size == 0 or size > 18432 or len(seen) + size > self.limits.max_client_hello:
-                        return bytes(seen), None
-                    fragment = await client.reader.readexactly(size)
-                    seen += fragment
-                    handshake += fragment
-                    if len(handshake) >= 4:
-                        need = 4 + int.from_bytes(handshake[1:4], "big")
-                        if handshake[0] != 1 or need > self.limits.max_client_hello:
-                            return bytes(seen), None
-                        if len(handshake) >= need:
-                            try:
-                                return bytes(seen), client_hello_sni(bytes(handshake[:need]))
-                            except ValueError:
-                                return bytes(seen), None
-                    header = await client.reader.readexactly(5)
-                    seen += header
+                    need, sni = scan_client_hello(bytes(seen), self.limits.max_client_hello)
+                    if not need:
+                        return bytes(seen), sni
+                    seen += await client.reader.readexactly(need)
         except TimeoutError:
             return bytes(seen), None
         except asyncio.IncompleteReadError as exc:
@@ -589,20 +373,20 @@ class EgressProxy:
         host = original_ip
         if sni is not None:
             try:
-                host = _valid_host(sni)
+                host = http1.valid_host(sni)
                 ipaddress.ip_address(host)
                 host = original_ip           # an IP literal is no server name (RFC 6066 3)
             except BadRequest:
                 host = original_ip
             except ValueError:
                 pass
-        url = _tls_url(host, port)
+        url = http1.tls_url(host, port)
         dest_ip, why = await self._destination(host, original_ip)
         evaluation = self._judge_safely("CONNECT", url, {}, dest_ip or "")
         record = self._record("CONNECT", url, host, port, dest_ip, client, evaluation)
         if evaluation.outcome not in ALLOWING:
             self._emit(record, 403, "denied by policy")
-            client.writer.write(_TLS_ALERT_ACCESS_DENIED)
+            client.writer.write(ALERT_ACCESS_DENIED)
             await client.writer.drain()
             return
         if dest_ip is None:
@@ -611,87 +395,52 @@ class EgressProxy:
         upstream = await self._connect(client, dest_ip, port, record)
         if upstream is None or not self._emit(record, 200, "tunnel"):
             return
-        up_reader, up_writer = upstream
-        up_writer.write(seen)
-        await self._tunnel(client, up_reader, up_writer)
+        upstream.writer.write(seen)
+        await self._tunnel(client, upstream)
 
     async def _serve_http(self, client: _Client, prefix: bytes) -> None:
+        """Requests one after the other (keep-alive) until either side closes."""
+        agent = client.http = self.limits.peer(h11.SERVER)
+        if prefix:
+            agent.receive(prefix)
         while True:
+            client.method = b""
             try:
                 async with asyncio.timeout(self.limits.idle_timeout):
-                    data = prefix + await client.reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError as exc:
-                if (prefix + exc.partial).strip():
-                    await self._refuse_malformed(client, BadRequest(400, "incomplete request head"))
-                return
-            except asyncio.LimitOverrunError:
-                await self._refuse_malformed(client, BadRequest(431, "request head too large"))
-                return
-            prefix = b""
-            try:
-                head = parse_request_head(data, self.limits)
-                request = self._interpret(head, client)
+                    event = await _next_event(agent, client.reader)
+                    if type(event) is not h11.Request:
+                        return               # the client closed between requests
+                    client.method = event.method
+                    head = agent.request_head(event)
+                    request = http1.interpret(head, client.original)
+                    if not request.has_body:
+                        early = [agent.next_event()]     # its EndOfMessage; no I/O
+                    elif request.expect_continue:
+                        early = []
+                    else:
+                        early = await self._early_body(client, request)
             except BadRequest as bad:
                 await self._refuse_malformed(client, bad)
                 return
-            if not await self._handle(client, head, request):
+            if not await self._handle(client, head, request, early) or not agent.next_cycle():
                 return
 
-    def _interpret(self, head: RequestHead, client: _Client) -> _Request:
-        method = head.method.upper()
-        keep_alive = head.version == "HTTP/1.1" and "close" not in {
-            token.strip().lower() for token in (head.get("connection") or "").split(",")}
-        if method == "CONNECT":
-            if client.original is not None:
-                raise BadRequest(400, "CONNECT on a redirected connection")
-            host, port = parse_authority(head.target, None)
-            return _Request(method, head.version, host, port, "", _tls_url(host, port), True,
-                            "none", 0, False)
-        target = head.target
-        if target[:7].lower() == "http://":
-            authority_end = len(target)
-            for mark in "/?#":
-                found = target.find(mark, 7)
-                if found >= 0:
-                    authority_end = min(authority_end, found)
-            host, port = parse_authority(target[7:authority_end], 80)
-            path = normalise_path(target[authority_end:] or "/")
-            if client.original is not None:
-                port = client.original[1]
-        elif target.startswith("/") and client.original is not None:
-            path = normalise_path(target)
-            port = client.original[1]
-            host_field = head.get("host")
-            if host_field is None or not host_field.strip():
-                host = client.original[0]
-            elif "," in host_field:
-                raise BadRequest(400, "more than one Host header")
-            else:
-                host = parse_authority(host_field.strip(), port)[0]
-        elif target[:8].lower() == "https://":
-            raise BadRequest(400, "https:// URLs go through CONNECT")
-        elif target.startswith("/"):
-            raise BadRequest(400, "a proxy request needs an absolute URL (http://host/path)")
-        else:
-            raise BadRequest(400, f"unsupported request target {target[:80]!r}")
-        transfer = head.get("transfer-encoding")
-        length_field = head.get("content-length")
-        if transfer is not None:
-            if length_field is not None:
-                raise BadRequest(400, "both Transfer-Encoding and Content-Length")
-            if transfer.strip().lower() != "chunked":
-                raise BadRequest(501, f"unsupported Transfer-Encoding {transfer[:40]!r}")
-            body, length = "chunked", 0
-        elif length_field is not None:
-            values = {value.strip() for value in length_field.split(",")}
-            if len(values) != 1 or not all(v.isdigit() and len(v) <= 18 for v in values):
-                raise BadRequest(400, f"invalid Content-Length {length_field[:40]!r}")
-            length = int(values.pop())
-            body = "length" if length else "none"
-        else:
-            body, length = "none", 0
-        return _Request(method, head.version, host, port, path, _http_url(host, port, path),
-                        False, body, length, keep_alive)
+    async def _early_body(self, client: _Client, request: Request) -> list[Any]:
+        """The body events read before anything goes upstream. A chunked body: its first chunk
+        and whatever else has already arrived, so that malformed framing the client sent with
+        its head (a chunk size over 15 hex digits, a chunk without its CRLF) is refused before
+        the upstream sees a byte. A Content-Length body: nothing (h11 counts it as it goes)."""
+        agent = client.http
+        assert agent is not None
+        if not request.chunked:
+            return []
+        events = [await _next_event(agent, client.reader)]
+        while type(events[-1]) is not h11.EndOfMessage:
+            event = agent.next_event()
+            if event is h11.NEED_DATA:
+                break
+            events.append(event)
+        return events
 
     # -- deciding ----------------------------------------------------------------------------
 
@@ -737,7 +486,7 @@ class EgressProxy:
                 client: _Client, evaluation: Evaluation | None) -> dict[str, Any]:
         return {"method": method, "url": url, "host": host, "port": port,
                 "dest_ip": dest_ip or "",
-                "dest": f"{_url_host(dest_ip)}:{port}" if dest_ip else "",
+                "dest": f"{http1.url_host(dest_ip)}:{port}" if dest_ip else "",
                 "mode": client.mode, "client": client.peer, "evaluation": evaluation,
                 "outcome": evaluation.outcome if evaluation is not None else "block",
                 "status": None, "reason": ""}
@@ -756,7 +505,8 @@ class EgressProxy:
 
     # -- answering ---------------------------------------------------------------------------
 
-    async def _handle(self, client: _Client, head: RequestHead, request: _Request) -> bool:
+    async def _handle(self, client: _Client, head: RequestHead, request: Request,
+                      early: list[Any]) -> bool:
         """Judge and serve one request; True when the client connection stays open."""
         headers = head.lowered()
         headers.pop("proxy-authorization", None)
@@ -770,32 +520,34 @@ class EgressProxy:
             return await self._deny(client, request, evaluation)
         if dest_ip is None:
             self._emit(record, 502, why)
-            return await self._simple(client, request, 502, "Bad Gateway", f"agentd: {why}\n")
+            return await self._simple(client, request, 502, f"agentd: {why}\n")
         upstream = await self._connect(client, dest_ip, request.port, record, request)
         if upstream is None:
-            return await self._simple(client, request, 502, "Bad Gateway",
-                                      f"agentd: {record['reason']}\n")
+            return await self._simple(client, request, 502, f"agentd: {record['reason']}\n")
         if not self._emit(record, 200 if request.connect else None,
                           "tunnel" if request.connect else "forwarded"):
             client.drop_upstream()
             return await self._deny(client, request, _fail_closed(
                 request.url, "the decision could not be recorded"))
-        up_reader, up_writer = upstream
         if request.connect:
-            client.writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-            await self._tunnel(client, up_reader, up_writer)
+            assert client.http is not None
+            client.writer.write(client.http.send(h11.Response(
+                status_code=200, reason=b"Connection Established", headers=[])))
+            leftover = client.http.leftover()     # what the client sent after its CONNECT
+            if leftover:
+                upstream.writer.write(leftover)
+            await self._tunnel(client, upstream)
             return False
-        return await self._forward(client, head, request, record)
+        return await self._forward(client, head, request, record, early)
 
     async def _connect(self, client: _Client, dest_ip: str, port: int, record: dict[str, Any],
-                       request: _Request | None = None
-                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+                       request: Request | None = None) -> _Upstream | None:
         key = (dest_ip, port)
         reusable = request is not None and not request.connect
         if reusable and client.upstream is not None:
-            if client.upstream[0] == key and not client.upstream[1].at_eof():
+            if client.upstream.key == key and not client.upstream.reader.at_eof():
                 client.reused = True
-                return client.upstream[1], client.upstream[2]
+                return client.upstream
         client.drop_upstream()
         client.reused = False
         try:
@@ -803,14 +555,14 @@ class EgressProxy:
                 up_reader, up_writer = await asyncio.open_connection(
                     dest_ip, port, limit=self.limits.max_header_bytes)
         except (OSError, TimeoutError) as exc:
-            self._emit(record, 502, f"upstream {record['dest']} unreachable: "
-                                    f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else 'timeout'}")
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timeout"
+            self._emit(record, 502, f"upstream {record['dest']} unreachable: {why}")
             return None
         up_writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.upstream = (key, up_reader, up_writer)
-        return up_reader, up_writer
+        client.upstream = _Upstream(key, up_reader, up_writer, self.limits.peer(h11.CLIENT))
+        return client.upstream
 
-    async def _deny(self, client: _Client, request: _Request, evaluation: Evaluation) -> bool:
+    async def _deny(self, client: _Client, request: Request, evaluation: Evaluation) -> bool:
         ids = ", ".join(evaluation.pattern_ids) or "none"
         message = evaluation.message or evaluation.reason
         body = (f"agentd: {request.method} {request.url} denied by policy "
@@ -818,18 +570,31 @@ class EgressProxy:
         extra = {"X-Agentd-Pattern": _clean(ids), "X-Agentd-Outcome": _clean(evaluation.outcome)}
         if message:
             extra["X-Agentd-Message"] = _clean(message)
-        return await self._simple(client, request, 403, "Forbidden", body, extra)
+        return await self._simple(client, request, 403, body, extra)
 
-    async def _simple(self, client: _Client, request: _Request | None, status: int, phrase: str,
-                      body: str, extra: Mapping[str, str] | None = None) -> bool:
+    async def _simple(self, client: _Client, request: Request | None, status: int, body: str,
+                      extra: Mapping[str, str] | None = None) -> bool:
         """A response of the proxy's own; keeps the connection when no request body is unread."""
-        keep = (request is not None and request.keep_alive and request.body == "none"
+        keep = (request is not None and request.keep_alive and not request.has_body
                 and not request.connect)
         payload = body.encode("utf-8", "replace")
-        lines = [f"HTTP/1.1 {status} {phrase}", "Content-Type: text/plain; charset=utf-8",
-                 f"Content-Length: {len(payload)}", f"Connection: {'keep-alive' if keep else 'close'}"]
-        lines += [f"{name}: {value}" for name, value in (extra or {}).items()]
-        client.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
+        headers = [(b"Content-Type", b"text/plain; charset=utf-8"),
+                   (b"Content-Length", b"%d" % len(payload)),
+                   (b"Connection", b"keep-alive" if keep else b"close")]
+        headers += [(name.encode("ascii"), value.encode("ascii"))
+                    for name, value in (extra or {}).items()]
+        agent = client.http
+        assert agent is not None
+        try:
+            data = agent.send(h11.Response(status_code=status, headers=headers,
+                                           reason=_PHRASES.get(status, b"")))
+            if client.method != b"HEAD":
+                data += agent.send(h11.Data(data=payload))
+            data += agent.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:    # no answer fits where the exchange stands
+            log.warning("egress proxy: cannot answer %d to %s: %s", status, client.peer, exc)
+            return False
+        client.writer.write(data)
         await client.writer.drain()
         if not keep:
             await self._linger(client)
@@ -844,7 +609,7 @@ class EgressProxy:
             async with asyncio.timeout(2.0):
                 drained = 0
                 while drained < 1 << 20:
-                    chunk = await client.reader.read(65536)
+                    chunk = await client.reader.read(_READ)
                     if not chunk:
                         break
                     drained += len(chunk)
@@ -852,195 +617,160 @@ class EgressProxy:
             pass
 
     async def _refuse_malformed(self, client: _Client, bad: BadRequest) -> None:
-        phrases = {400: "Bad Request", 431: "Request Header Fields Too Large", 501: "Not Implemented"}
         record = self._record("", "", "", 0, None, client, None)
         self._emit(record, bad.status, f"malformed request: {bad.reason}")
-        await self._simple(client, None, bad.status, phrases.get(bad.status, "Bad Request"),
-                           f"agentd: {bad.reason}\n")
+        await self._simple(client, None, bad.status, f"agentd: {bad.reason}\n")
 
     # -- relaying ----------------------------------------------------------------------------
 
-    async def _forward(self, client: _Client, head: RequestHead, request: _Request,
-                       record: dict[str, Any]) -> bool:
-        assert client.upstream is not None
-        named = {token.strip().lower() for token in (head.get("connection") or "").split(",")}
-        named -= _NEVER_NAMED_AWAY
-        lines = [f"{head.method} {request.path} {request.version}"]
-        host_value = head.get("host") if client.original is not None else None
-        if not host_value:
-            host_value = _url_host(request.host) + ("" if request.port == 80 else f":{request.port}")
-        lines.append(f"Host: {host_value}")
-        for name, value in head.fields:
-            lowered = name.lower()
-            if lowered in HOP_BY_HOP or lowered in named or lowered in ("host", "expect"):
-                continue
-            lines.append(f"{name}: {value}")
-        if request.body != "none" and (head.get("expect") or "").lower() == "100-continue":
+    async def _forward(self, client: _Client, head: RequestHead, request: Request,
+                       record: dict[str, Any], early: list[Any]) -> bool:
+        agent = client.http
+        assert agent is not None and client.upstream is not None
+        outgoing = self._outgoing(client, head, request)
+        client.answered = False
+        if request.expect_continue:
             # Judged, allowed and connected: the client may send its body now. The upstream
             # is not asked (its own 100 would arrive only after the body).
-            client.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if request.version == "HTTP/1.0":
-            lines.append("Connection: close")
-        request_head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            client.writer.write(agent.send(h11.InformationalResponse(
+                status_code=100, reason=b"Continue", headers=[])))
+            try:
+                early = await self._early_body(client, request)
+            except BadRequest as bad:
+                client.drop_upstream()
+                await self._refuse_malformed(client, bad)
+                return False
         for attempt in (1, 2):
-            key, up_reader, up_writer = client.upstream
+            upstream = client.upstream
+            assert upstream is not None
             try:
                 # The body too: an upstream that answers early and closes must not make the
                 # client's request vanish without an answer.
-                up_writer.write(request_head)
-                if request.body == "length":
-                    await _copy_exactly(client.reader, up_writer, request.length)
-                elif request.body == "chunked":
-                    await _relay_chunked(client.reader, up_writer, self.limits)
-                await up_writer.drain()
-                return await self._relay_response(client, request)
-            except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    _UpstreamBroken) as exc:
-                stale = (client.reused and not client.answered and request.body == "none"
-                         and isinstance(exc, (ConnectionError, asyncio.IncompleteReadError))
-                         and not getattr(exc, "partial", b""))
+                await self._send_request(client, upstream, outgoing, early)
+                return await self._relay_response(client)
+            except BadRequest as bad:              # the agent's body, read while relaying it
+                client.drop_upstream()
+                await self._refuse_malformed(client, bad)
+                return False
+            except (ConnectionError, _UpstreamBroken) as exc:
+                stale = (client.reused and not client.answered and not request.has_body
+                         and isinstance(exc, ConnectionError))
                 client.drop_upstream()
                 if client.answered:
                     raise _UpstreamBroken(str(exc)) from None
                 if stale and attempt == 1:
                     # The kept-alive upstream closed while idle: same judged address, once more.
+                    key = upstream.key
                     if await self._connect(client, key[0], key[1], record, request) is not None:
                         continue
-                await self._simple(client, request, 502, "Bad Gateway",
-                                   f"agentd: upstream failed: {exc!r}\n")
+                await self._simple(client, request, 502, f"agentd: upstream failed: {exc!r}\n")
                 return False
         return False
 
-    async def _relay_response(self, client: _Client, request: _Request) -> bool:
-        assert client.upstream is not None
-        up_reader = client.upstream[1]
+    @staticmethod
+    def _outgoing(client: _Client, head: RequestHead, request: Request) -> h11.Request:
+        """The request as it goes upstream: origin-form; ``Host`` from the URL (explicit mode)
+        or as sent (transparent); hop-by-hop fields and ``Expect`` removed."""
+        host_value = head.get("host") if client.original is not None else None
+        if not host_value:
+            host_value = http1.url_host(request.host) + (
+                "" if request.port == 80 else f":{request.port}")
+        fields = [(b"Host", host_value.encode("latin-1"))]
+        fields += http1.forwarded_fields(head.raw, _NOT_FORWARDED)
+        if request.version == "HTTP/1.0":
+            fields.append((b"Connection", b"close"))
+        return h11.Request(method=head.method, target=request.path, headers=fields)
+
+    async def _send_request(self, client: _Client, upstream: _Upstream, outgoing: h11.Request,
+                            early: list[Any]) -> None:
+        """The request head and its body to the upstream. h11 frames what goes out: a chunked
+        body goes on chunked with h11's chunk sizes, never the agent's."""
+        agent, peer = client.http, upstream.http
+        assert agent is not None
+        out = [peer.send(outgoing)]
+        queue = list(early)
         while True:
-            data = await up_reader.readuntil(b"\r\n\r\n")
-            lines = data[:-4].split(b"\r\n")
-            match = _STATUS_LINE.match(lines[0])
-            if not match or any(b"\r" in line or b"\n" in line for line in lines):
-                raise _UpstreamBroken(f"malformed status line {lines[0][:80]!r}")
+            event = queue.pop(0) if queue else agent.next_event()
+            if event is h11.NEED_DATA:
+                upstream.writer.write(b"".join(out))
+                out.clear()
+                await upstream.writer.drain()
+                agent.receive(await client.reader.read(_READ))
+            elif type(event) is h11.Data:
+                out.append(peer.send(h11.Data(data=event.data)))
+            else:            # EndOfMessage: a chunked body's trailers go on as they came
+                trailers = list(event.headers.raw_items())
+                out.append(peer.send(h11.EndOfMessage(headers=trailers) if trailers
+                                     else h11.EndOfMessage()))
+                break
+        upstream.writer.write(b"".join(out))
+        await upstream.writer.drain()
+
+    async def _relay_response(self, client: _Client) -> bool:
+        """The upstream's answer to the agent, read and written by h11 (1xx, head, body,
+        trailers); bytes go out whenever the upstream makes the proxy wait. True: the agent's
+        connection may carry another request."""
+        agent, upstream = client.http, client.upstream
+        assert agent is not None and upstream is not None
+        peer = upstream.http
+        out: list[bytes] = []
+        received = False
+        while True:
             try:
-                fields = _parse_fields(lines[1:], self.limits)
+                event = peer.next_event()
             except BadRequest as bad:
                 raise _UpstreamBroken(bad.reason) from None
-            status = int(match.group(2))
-            if status == 101 or not 100 <= status < 200:
-                break
-            client.writer.write(data)   # 100 Continue, 103 Early Hints
-        named = set()
-        transfer = length_field = None
-        upstream_close = match.group(1) == b"0"
-        for name, value in fields:
-            lowered = name.lower()
-            if lowered == "connection":
-                named |= {token.strip().lower() for token in value.split(",")}
-            elif lowered == "transfer-encoding":
-                transfer = value.strip().lower()
-            elif lowered == "content-length":
-                length_field = value.strip()
-        if "close" in named:
-            upstream_close = True
-        named -= _NEVER_NAMED_AWAY
-        if status == 101:
-            raise _UpstreamBroken("upstream switched protocols without an upgrade request")
-        if request.method == "HEAD" or status in (204, 304):
-            body, length = "none", 0
-        elif transfer is not None:
-            body, length = ("chunked", 0) if transfer.endswith("chunked") else ("close", 0)
-        elif length_field is not None:
-            values = {value.strip() for value in length_field.split(",")}
-            if len(values) != 1 or not all(v.isdigit() and len(v) <= 18 for v in values):
-                raise _UpstreamBroken(f"invalid Content-Length {length_field[:40]!r}")
-            body, length = "length", int(values.pop())
-        else:
-            body, length = "close", 0
-        keep = request.keep_alive and body != "close"
-        out = [lines[0].decode("latin-1")]
-        for name, value in fields:
-            lowered = name.lower()
-            if lowered in HOP_BY_HOP or lowered in named:
-                continue
-            out.append(f"{name}: {value}")
-        out.append(f"Connection: {'keep-alive' if keep else 'close'}")
-        response_head = ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
-        if body == "length" and length <= 65536:
-            # A small body goes out with the head: one send (and one wakeup of the client).
-            response_head += await up_reader.readexactly(length)
-            body = "none"
-        client.writer.write(response_head)
-        client.answered = True
-        try:
-            if body == "length":
-                await _copy_exactly(up_reader, client.writer, length)
-            elif body == "chunked":
-                await _relay_chunked(up_reader, client.writer, self.limits)
-            elif body == "close":
-                while chunk := await up_reader.read(65536):
-                    client.writer.write(chunk)
+            kind = type(event)
+            if event is h11.NEED_DATA:
+                if out:
+                    client.writer.write(b"".join(out))
+                    out.clear()
                     await client.writer.drain()
-                upstream_close = True
-            await client.writer.drain()
-        finally:
-            client.answered = False
-        if upstream_close or body == "close":
+                data = await upstream.reader.read(_READ)
+                if not data and not received:
+                    raise _UpstreamClosed("the upstream closed without answering")
+                received = True
+                peer.receive(data)
+            elif kind is h11.Data:
+                out.append(agent.send(h11.Data(data=event.data)))
+            elif kind is h11.Response:
+                client.answered = True
+                out.append(agent.send(h11.Response(
+                    status_code=event.status_code, reason=event.reason,
+                    headers=http1.forwarded_fields(event.headers.raw_items()))))
+            elif kind is h11.InformationalResponse:    # 100, 103 (h11 refuses an unasked 101)
+                out.append(agent.send(h11.InformationalResponse(
+                    status_code=event.status_code, reason=event.reason,
+                    headers=http1.forwarded_fields(event.headers.raw_items()))))
+            elif kind is h11.EndOfMessage:
+                trailers = list(event.headers.raw_items())
+                out.append(agent.send(h11.EndOfMessage(headers=trailers) if trailers
+                                      else h11.EndOfMessage()))
+                break
+            else:
+                raise _UpstreamBroken(f"unexpected {kind.__name__} from the upstream")
+        client.writer.write(b"".join(out))
+        await client.writer.drain()
+        client.answered = False
+        if not peer.next_cycle():
             client.drop_upstream()
-        return keep
+        return True
 
-    async def _tunnel(self, client: _Client, up_reader: asyncio.StreamReader,
-                      up_writer: asyncio.StreamWriter) -> None:
+    async def _tunnel(self, client: _Client, upstream: _Upstream) -> None:
         client.upstream = None   # the tunnel owns it now
         try:
-            await asyncio.gather(_pump(client.reader, up_writer), _pump(up_reader, client.writer))
+            await asyncio.gather(_pump(client.reader, upstream.writer),
+                                 _pump(upstream.reader, client.writer))
         finally:
-            up_writer.close()
+            upstream.writer.close()
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
-        while chunk := await reader.read(65536):
+        while chunk := await reader.read(_READ):
             writer.write(chunk)
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
     except (ConnectionError, OSError):
         writer.close()
-
-
-async def _copy_exactly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        length: int) -> None:
-    while length > 0:
-        chunk = await reader.read(min(length, 65536))
-        if not chunk:
-            raise asyncio.IncompleteReadError(b"", length)
-        length -= len(chunk)
-        writer.write(chunk)
-        await writer.drain()
-
-
-async def _relay_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         limits: Limits) -> None:
-    """Relay a chunked body as it came, checking its framing (sizes, CRLFs, bounded trailers)."""
-    while True:
-        line = await reader.readuntil(b"\r\n")
-        match = _CHUNK_SIZE.match(line)
-        if not match:
-            raise _UpstreamBroken(f"malformed chunk size line {line[:40]!r}")
-        size = int(match.group(1), 16)
-        writer.write(line)
-        if size == 0:
-            break
-        await _copy_exactly(reader, writer, size)
-        if await reader.readexactly(2) != b"\r\n":
-            raise _UpstreamBroken("chunk not followed by CRLF")
-        writer.write(b"\r\n")
-    trailers = 0
-    while True:
-        line = await reader.readuntil(b"\r\n")
-        trailers += len(line)
-        if trailers > limits.max_trailer_bytes:
-            raise _UpstreamBroken("trailers too large")
-        writer.write(line)
-        if line == b"\r\n":
-            break
-    await writer.drain()
