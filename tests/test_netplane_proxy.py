@@ -655,6 +655,23 @@ def test_real_original_dst_on_a_plain_socket_is_none():
         listener.close()
 
 
+
+def test_real_original_dst_on_a_plain_ipv6_socket_is_none():
+    """The IPv6 lookup (IP6T_SO_ORIGINAL_DST) on a connection that was not redirected: None,
+    not an exception (Python's socket module has no SOL_IPV6; the level is IPPROTO_IPV6)."""
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError as exc:
+        pytest.skip(f"cannot listen on ::1: {exc}")
+    client = socket.create_connection(listener.getsockname()[:2])
+    accepted, _ = listener.accept()
+    try:
+        assert original_destination(accepted) is None
+    finally:
+        accepted.close()
+        client.close()
+        listener.close()
+
 TRANSPARENT_IN_NETNS = textwrap.dedent("""
     import http.client, socket, subprocess, sys, threading, http.server
     from agentd.trace.decide import Evaluation

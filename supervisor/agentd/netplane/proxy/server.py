@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 ALLOWING = frozenset({"allow", "warn"})
 FAIL_CLOSED_ID = "agentd:fail_closed"
 SO_ORIGINAL_DST = 80          # linux/netfilter_ipv4.h, on SOL_IP
-IP6T_SO_ORIGINAL_DST = 80     # linux/netfilter_ipv6/ip6_tables.h, on SOL_IPV6
+IP6T_SO_ORIGINAL_DST = 80     # linux/netfilter_ipv6/ip6_tables.h, on SOL_IPV6 (= IPPROTO_IPV6)
 _READ = 65536                 # bytes asked of a socket at a time
 _NOT_FORWARDED = frozenset({b"host", b"expect"})   # Host is set anew; the proxy answers Expect
 _PHRASES = {400: b"Bad Request", 403: b"Forbidden", 431: b"Request Header Fields Too Large",
@@ -85,7 +85,7 @@ def original_destination(sock: socket.socket) -> tuple[str, int] | None:
     local = sock.getsockname()
     try:
         if sock.family == socket.AF_INET6 and not local[0].startswith("::ffff:"):
-            raw = sock.getsockopt(socket.SOL_IPV6, IP6T_SO_ORIGINAL_DST, 28)
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
             port = struct.unpack_from("!H", raw, 2)[0]
             address = str(ipaddress.IPv6Address(raw[8:24]))
         else:
