@@ -290,3 +290,67 @@ def test_network_options_of_a_daemon_run_are_said_not_to_apply(daemon):
     assert result.returncode == 0, result.stderr
     assert "its configuration decides the network plane" in result.stderr
     assert "decides the network plane" not in daemon.run(["true"]).stderr
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["running", "held"])
+def test_sigterm_to_a_supervisor_kills_its_agent_and_the_client_gets_137(daemon, held):
+    """SIGTERM's handler only notes it and SIGKILLs the agent's thread groups: the supervisor's
+    waitpid wakes as the tree dies (running), or its wait for the operator ends (held)."""
+    if held:
+        command = py(f"open({str(daemon.shared / 'review_me')!r}, 'w')")
+        ready = lambda r: r["state"] == "held"    # noqa: E731
+    else:
+        command = ["sh", "-c", "sleep 300 & sleep 300"]
+        ready = lambda r: len(r["pids"]) >= 2    # noqa: E731
+    client = daemon.popen(command, user="nobody")
+    try:
+        run = daemon.wait_run(ready)
+        pids = run["pids"] or [run["agent_pid"]]
+        os.kill(run["supervisor_pid"], signal.SIGTERM)
+        client.wait(20)
+    finally:
+        client.kill()
+    assert client.returncode == 137
+    wait_for(lambda: not any(pid_alive(pid) for pid in pids), what="the agent to die")
+    wait_for(lambda: not daemon.runs(), what="the run to end")
+    assert "supervisor died" not in daemon.log_text()
+    assert "Traceback" not in daemon.log_text()
+    assert not (daemon.shared / "review_me").exists()
+
+
+def test_a_switch_waits_for_the_next_stop_and_the_last_one_wins(daemon):
+    """Two reloads while the agent is blocked: its supervisor applies the newest policy at the
+    agent's next stop, and records that one switch."""
+    fifo = daemon.shared / "go"
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o666)
+    first, second = daemon.shared / "first", daemon.shared / "second"
+    client = daemon.popen(["sh", "-c", f"read x < {fifo}; touch {first} || echo first refused; "
+                           f"touch {second} || echo second refused"], user="nobody")
+    try:
+        run = daemon.wait_run(lambda r: r["agent_pid"])
+        # the agent is blocked in the kernel, opening the fifo: no stop until we write to it
+        wait_for(lambda: _wchan(run["agent_pid"]) == "wait_for_partner",
+                 what="the agent to block opening the fifo")
+        daemon.write_policy("test", POLICY + [deny("first", "file_write", r".*/first$")])
+        assert daemon.request("reload")["switched"] == [run["run_id"]]
+        daemon.write_policy("test", POLICY + [deny("second", "file_write", r".*/second$")])
+        answer = daemon.request("reload")
+        assert answer["switched"] == [run["run_id"]]
+        newest = answer["changed"]["test"][1]
+        with open(fifo, "w") as handle:
+            handle.write("go\n")
+        out, err = client.communicate(timeout=30)
+    finally:
+        client.kill()
+    assert out.split("\n")[:1] == ["second refused"], (out, err)
+    assert first.exists() and not second.exists()
+    switches = [r for r in daemon.records() if r.get("action_type") == "policy_reload"]
+    assert [r["target"] for r in switches] == [f"test@{newest}"]
+
+
+def _wchan(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return ""

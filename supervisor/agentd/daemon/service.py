@@ -1,25 +1,21 @@
-"""``agentd daemon``: the root service that launches and supervises agents for local users.
+"""``agentd daemon``: the root service's event loop, which launches and tracks agents for users.
 
-Owns the daemon's event loop and the per-run supervisor processes. One single-threaded loop
-(``selectors``; signals arrive through ``signal.set_wakeup_fd``, no polling) serves the control
-socket (newline-delimited JSON; callers identified by SO_PEERCRED / SO_PEERGROUPS), the record
-pipes of the supervisors and systemd's notify protocol (READY, STATUS, WATCHDOG: ``systemd``).
-Each run is one forked supervisor process (``_supervisor_main``): new session,
-PR_SET_PDEATHSIG(SIGKILL) so it dies with the daemon, the caller's stdin/stdout/stderr
-(received with SCM_RIGHTS) as its own, and the standalone machinery of
-``runner``/``session``/``control`` to trace the agent with EXITKILL — so if the daemon dies,
-its supervisors die, and with them every agent. The agent's child joins its own cgroup
-(``cgroups.RunCgroup``) and drops to the caller's uid, gid and groups before it installs the
-seccomp filter and execs. The supervisor sends its audit records over a pipe; the daemon is the
-single writer of the hash-chained FlightRecorder. Policies are snapshots (``policy_store``):
-``reload``/SIGHUP validates every policy first and swaps all or nothing; running supervisors get
-the new text by content hash (SIGUSR1) and record the switch.
+Owns the loop and the table of runs. One single-threaded loop (``selectors``; signals arrive
+through ``signal.set_wakeup_fd``, no polling) serves the control socket (one request a line,
+read with ``protocol``; callers identified by SO_PEERCRED / SO_PEERGROUPS, never by what they
+say), the record pipes of the per-run supervisors (audit records: the daemon is the single writer
+of the hash-chained FlightRecorder) and systemd's notify protocol (``systemd``: READY, STATUS,
+WATCHDOG). A run request is checked against the grants and the policies (``policy_store``); the
+run gets its cgroup (``cgroups.RunCgroup``) and a forked supervisor (``supervisor``) that traces
+the agent as the caller. ``reload``/SIGHUP validates every policy first and swaps all or nothing;
+each running supervisor whose policy changed is told the new snapshot (control pipe + SIGUSR1).
+When a supervisor's pipe closes, what is left in the run's cgroup is killed and the client gets
+the exit status. An exception while serving one client or one run is logged and the loop goes
+on.
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
 import logging
 import os
@@ -28,8 +24,6 @@ import selectors
 import signal
 import socket
 import struct
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,8 +32,9 @@ from pydantic import BaseModel
 
 from . import protocol as wire
 from .config import DaemonConfig
-from .policy_store import PolicyEntry, PolicyStore, policy_version
+from .policy_store import PolicyEntry, PolicyStore
 from .protocol import PROTOCOL_LIMIT
+from .supervisor import SupervisorPlan, fork_supervisor, switch_message
 from .systemd import sd_notify, setup_logging
 
 __all__ = ["Run", "Daemon", "run_daemon", "PROTOCOL_LIMIT"]
@@ -423,11 +418,14 @@ class Daemon:
             with open(tmp, "w", encoding="utf-8") as handle:
                 handle.write(entry.text)
             os.replace(tmp, snapshot)
-        message = json.dumps({"name": entry.name, "version": entry.version,
-                              "path": snapshot}).encode() + b"\n"
         try:
-            os.write(run.control_fd, message)
+            os.write(run.control_fd, switch_message(entry, snapshot))
             os.kill(run.supervisor_pid, signal.SIGUSR1)
+        except BlockingIOError:
+            log.warning("run %s: cannot switch policy: its supervisor has not read the last "
+                        "switches (its agent made no syscall the tracer stops at since)",
+                        run.run_id)
+            return
         except OSError as exc:
             log.warning("run %s: cannot switch policy: %s", run.run_id, exc)
             return
@@ -595,34 +593,16 @@ class Daemon:
         run_id = f"d{self.counter:x}{os.urandom(3).hex()}"
         agent_id = request.agent_id or f"{os.path.basename(argv[0])}-{run_id}"
         cgroup = self.cgroups.create_run(run_id) if self.cgroups is not None else None
-        record_r, record_w = os.pipe2(os.O_CLOEXEC)
-        control_r, control_w = os.pipe2(os.O_CLOEXEC)
         plan = SupervisorPlan(
             run_id=run_id, agent_id=agent_id, argv=argv, env=dict(request.env), cwd=cwd,
-            workspace=workspace,
-            uid=conn.uid, gid=conn.gid, groups=sorted(set(conn.groups)), home=home,
+            workspace=workspace, uid=conn.uid, gid=conn.gid, groups=sorted(set(conn.groups)),
+            home=home,
             user=user_name, policy=entry, mode=mode, policy_dir=self.config.policy_dir,
             runs_dir=self.config.runs_dir, audit_path=self.config.audit.path,
             seccomp_profile=self.config.seccomp_profile,
             cgroup_procs=cgroup.join_path() if cgroup else None,
             network=self.config.network, dns_upstream=",".join(self.config.dns_upstream))
-        daemon_pid = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                code = _supervisor_main(plan, daemon_pid, fds, record_w, control_r)
-            except BaseException:  # noqa: BLE001 - the child never returns into the daemon
-                try:
-                    import traceback
-                    os.write(record_w, (json.dumps({"t": "log", "msg": traceback.format_exc()})
-                                        + "\n").encode())
-                except BaseException:  # noqa: BLE001
-                    pass
-            os._exit(code)
-        os.close(record_w)
-        os.close(control_r)
-        os.set_blocking(record_r, False)
+        pid, record_r, control_w = fork_supervisor(plan, fds)
         run = Run(run_id, conn.uid, conn.gid, plan.groups, user_name, entry.name, entry.version,
                   mode, argv, pid, record_r, control_w, cgroup=cgroup, client=conn)
         conn.run = run
@@ -702,366 +682,6 @@ class Daemon:
             client.run = None
             self._drop(client)
         self._status()
-
-
-# --- the per-run supervisor (a forked child of the daemon) ------------------------------------
-
-@dataclass
-class SupervisorPlan:
-    run_id: str
-    agent_id: str
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str
-    workspace: str
-    uid: int
-    gid: int
-    groups: list[int]
-    home: str
-    user: str
-    policy: PolicyEntry
-    mode: str
-    policy_dir: str
-    runs_dir: str
-    audit_path: str
-    seccomp_profile: str | None
-    cgroup_procs: str | None
-    network: str = "plane"                           # DaemonConfig.network
-    dns_upstream: str = ""                           # comma separated, "" = resolv.conf's
-    latencies: list = field(default_factory=list)   # (wall ns, cpu ns) per stop, for stats
-
-
-class PipeRecorder:
-    """The FlightRecorder's ``record`` as the Session calls it, sent to the daemon (the single
-    writer of the chain). A record is handed over before the call returns; a failed write raises
-    (and the Session refuses, fail closed)."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self.count = 0
-        self.sending = False
-        # The network plane's threads (DNS stub, proxy) record too. Re-entrant: a signal
-        # handler in the thread that holds it queues its message (``pending``) instead.
-        self.lock = threading.RLock()
-        self.pending: list[dict] = []   # messages from a signal handler that hit a send
-
-    def send(self, message: dict) -> None:
-        with self.lock:
-            self._send(message)
-
-    def _send(self, message: dict) -> None:
-        if self.sending:
-            # INVARIANT: lines never interleave; a signal handler's message waits its turn.
-            self.pending.append(message)
-            return
-        self.sending = True
-        try:
-            while True:
-                data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
-                view = memoryview(data)
-                while view:
-                    written = os.write(self.fd, view)
-                    view = view[written:]
-                if not self.pending:
-                    break
-                message = self.pending.pop(0)
-        finally:
-            self.sending = False
-
-    def record(self, **fields: Any) -> None:
-        from agent_os.flight_recorder import json_safe
-
-        with self.lock:
-            self._send({"t": "rec", "f": {k: json_safe(v) for k, v in fields.items()}})
-            self.count += 1
-
-    def close(self) -> None:
-        pass
-
-
-class _PipeLogHandler(logging.Handler):
-    def __init__(self, recorder: PipeRecorder):
-        super().__init__(logging.WARNING)
-        self.recorder = recorder
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.recorder.send({"t": "log", "msg": self.format(record)})
-        except OSError:
-            pass
-
-
-class _DropPrivileges:
-    """A child step (``runner.spawn_traced``): in the agent's child, before the filter is
-    installed, join the run's cgroup (still root), take the caller's groups, gid and uid, and
-    enter its cwd."""
-
-    def __init__(self, plan: SupervisorPlan):
-        self.plan = plan
-
-    def __call__(self) -> None:
-        plan = self.plan
-        if plan.cgroup_procs:
-            fd = os.open(plan.cgroup_procs, os.O_WRONLY)
-            try:
-                os.write(fd, b"0")   # "0" = the writing process
-            finally:
-                os.close(fd)
-        if plan.uid != 0 or plan.gid != 0:
-            os.setgroups(plan.groups)
-            os.setresgid(plan.gid, plan.gid, plan.gid)
-            os.setresuid(plan.uid, plan.uid, plan.uid)
-        elif plan.groups:
-            os.setgroups(plan.groups)
-        os.chdir(plan.cwd)
-
-
-def _supervisor_main(plan: SupervisorPlan, daemon_pid: int, stdio: list[int], record_w: int,
-                     control_r: int) -> int:
-    """The body of a per-run supervisor process; returns its exit code (the daemon gets the
-    agent's status as a message)."""
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_DFL)
-    os.setsid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        return 1
-    if os.getppid() != daemon_pid:   # the daemon died before the prctl: so do we
-        return 1
-    # Our fds: 0-2 are the caller's, 3 the record pipe, 4 the control pipe; nothing else.
-    # Lift every one above the low numbers first, so no dup2 overwrites a later source.
-    import fcntl
-    lifted = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 1000) for fd in (*stdio, record_w, control_r)]
-    for target, fd in enumerate(lifted):
-        os.dup2(fd, target, inheritable=target < 3)
-    os.closerange(5, 1 << 20)   # close_range(2): the daemon's sockets, pipes and journal
-    recorder = PipeRecorder(3)
-    root = logging.getLogger()
-    root.handlers[:] = [_PipeLogHandler(recorder)]
-    sys.stdin = open(0, closefd=False)   # noqa: SIM115 - the caller's terminal
-    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-    from agent_os.errors import PolicyError
-
-    from agentd.run import supervise as runner
-    try:
-        code = _supervise_run(plan, recorder, 4)
-    except _Terminated:
-        code = 128 + signal.SIGKILL
-    except runner.HostError as exc:
-        os.write(2, f"agentd run: {exc}\n".encode())
-        code = 125
-    except (runner.FilterError, PolicyError) as exc:
-        os.write(2, f"agentd run: {exc}\n".encode())
-        code = 2
-    import resource
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    recorder.send({"t": "exit", "code": code, "records": recorder.count, "stats": {
-        "cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_kb": usage.ru_maxrss,
-        **_latency_summary(plan.latencies)}})
-    return 0
-
-
-def _latency_summary(latencies: list[tuple[int, int]]) -> dict:
-    """Decision latency (one seccomp stop handled: decode, decide, record, resume), wall clock
-    and the supervisor's own CPU time, in microseconds."""
-    if not latencies:
-        return {"samples": 0}
-    wall = sorted(w for w, _ in latencies)
-    cpu = sorted(c for _, c in latencies)
-
-    def pick(values, q):
-        return round(values[min(len(values) - 1, int(q * len(values)))] / 1000, 1)
-
-    return {"samples": len(wall), "wall_p50_us": pick(wall, 0.5), "wall_p99_us": pick(wall, 0.99),
-            "cpu_p50_us": pick(cpu, 0.5), "cpu_p99_us": pick(cpu, 0.99)}
-
-
-class _Terminated(BaseException):
-    """SIGTERM from the daemon (agentd kill, shutdown): the tree is killed on the way out."""
-
-
-def _variables(plan: SupervisorPlan) -> dict[str, str]:
-    return {"WORKSPACE": os.path.realpath(plan.workspace),
-            "HOME": os.path.realpath(plan.home),
-            "TMPDIR": os.path.realpath(plan.env.get("TMPDIR") or "/tmp")}
-
-
-def _supervise_run(plan: SupervisorPlan, recorder: PipeRecorder, control_fd: int) -> int:
-    from agent_os.loader import policy_from_yaml_string
-
-    from agentd.run import registry as control
-    from agentd.run import supervise as runner
-    from agentd.trace.session import Session
-
-    variables = _variables(plan)
-    policy = policy_from_yaml_string(plan.policy.text, variables, [plan.policy_dir],
-                                     name=plan.policy.path)
-    registration = _DaemonRegistration(plan.run_id, {
-        "run_id": plan.run_id, "supervisor_pid": os.getpid(), "agent_pid": None,
-        "agent_id": plan.agent_id, "command": plan.argv, "policy": plan.policy.name,
-        "uid": plan.uid, "user": plan.user, "mode": plan.mode, "workspace": plan.workspace,
-        "audit_log": plan.audit_path, "started": time.time()}, directory=plan.runs_dir)
-    registration.may_prompt = plan.uid == 0
-    session = Session(policy, plan.run_id, plan.agent_id, recorder=recorder,
-                      audit_only=plan.mode == "audit",
-                      protected_paths=(plan.audit_path, plan.runs_dir + "/"),
-                      review=_FreezingReview(registration, plan.cgroup_procs))
-
-    def switch_policy(signum, frame) -> None:
-        try:
-            message = json.loads(os.read(control_fd, 1 << 16).split(b"\n")[0])
-            with open(message["path"], encoding="utf-8") as handle:
-                text = handle.read()
-            if policy_version(text) != message["version"]:
-                raise ValueError("the policy snapshot does not match its version")
-            new = policy_from_yaml_string(text, variables, [plan.policy_dir], name=message["path"])
-        except Exception as exc:  # noqa: BLE001 - keep the old policy, say so
-            logging.getLogger("agentd.daemon.service").error("policy switch failed: %s", exc)
-            return
-        session.policy = new
-        from agentd.trace.decide import Evaluation
-        session.record(None, "reload", Evaluation(
-            "policy_reload", f"{message['name']}@{message['version']}", "allow", "allow",
-            f"the daemon reloaded policy {message['name']}: now version {message['version']}"),
-            enforced="reload")
-
-    def terminate(signum, frame):
-        raise _Terminated()
-
-    signal.signal(signal.SIGUSR1, switch_policy)
-    signal.signal(signal.SIGTERM, terminate)
-    registration.create()
-    try:
-        status, killed = _trace(plan, policy, session, recorder, registration)
-    finally:
-        registration.remove()
-        from agentd.trace.enforce import notice_line
-        for line in session.warning_summary():
-            notice_line(f"warnings repeated: {line}")
-    if killed:
-        return 128 + signal.SIGKILL
-    return runner.exit_code(status)
-
-
-def _trace(plan, policy, session, recorder, registration) -> tuple[int, bool]:
-    """``runner.supervise`` for another user: the agent's child joins its cgroup and drops to
-    the caller before the filter is installed, and every decision is timed."""
-    from agentd.run import supervise as runner
-
-    latencies = plan.latencies
-    seen = [0]
-    import random
-
-    def timed(tracer, task) -> None:
-        wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
-        try:
-            session.on_syscall(tracer, task)
-        finally:
-            sample = (time.perf_counter_ns() - wall, time.thread_time_ns() - cpu)
-            seen[0] += 1
-            # A bounded reservoir: a long run keeps 50,000 uniformly chosen samples.
-            if len(latencies) < 50_000:
-                latencies.append(sample)
-            else:
-                slot = random.randrange(seen[0])
-                if slot < 50_000:
-                    latencies[slot] = sample
-
-    from agentd.netplane.dns import parse_upstream
-
-    plane = None
-    env = dict(plan.env)
-    steps: list = [_DropPrivileges(plan)]
-    if plan.network == "plane":
-        from agentd.netplane.plane import NetworkPlane
-        try:
-            plane = NetworkPlane.start(session, plan.run_id,
-                                       upstream=parse_upstream(plan.dns_upstream))
-        except Exception as exc:  # noqa: BLE001 - PlaneUnavailable, a bad dns_upstream, ...
-            # The administrator asked for the plane: no run without it (fail closed).
-            raise runner.HostError(f"cannot build the network plane: {exc}") from None
-        env.update(plane.environment())
-        session.network = plane.view()
-        # setns needs the privileges the last step drops; then no agent, root or not, keeps
-        # what the plane needed (CAP_NET_ADMIN could flush the namespace's nftables table).
-        steps[:0] = [plane.enter]
-    from agentd.kernel.capabilities import BoundingDrop
-    # Without the plane a root agent shares the host's network namespace: without
-    # CAP_NET_ADMIN its netlink messages can read the network state, never change it.
-    steps.insert(1 if plane is not None else 0, BoundingDrop())
-
-    def started(pid: int, tracer) -> None:
-        recorder.send({"t": "started", "agent_pid": pid})
-        registration.update(agent_pid=pid)
-        if plane is not None:
-            plane.attach(tracer)
-
-    try:
-        status = runner.supervise(plan.argv, policy, session, profile=plan.seccomp_profile,
-                                  env=env, on_started=started, child_steps=steps,
-                                  on_syscall=timed)
-    except FileNotFoundError as exc:
-        os.write(2, f"agentd run: {exc}\n".encode())
-        return 127 << 8, False
-    finally:
-        if plane is not None:
-            plane.close()
-    return status, session.killed
-
-
-def _registration_base():
-    from agentd.run.registry import RunRegistration
-    return RunRegistration
-
-
-class _DaemonRegistration(_registration_base()):  # type: ignore[misc]
-    """A daemon run's registration: the terminal prompt is offered only to root's runs (an
-    ordinary user must not approve their own agent's held action; an administrator does)."""
-
-    may_prompt = False
-
-    def wait_for_decision(self, prompt):
-        if prompt is not None and not self.may_prompt:
-            os.write(2, f"\nagentd: run {self.run_id} is HELD for review by an administrator "
-                     f"(agentd ps; agentd resume {self.run_id} --allow|--deny)\n".encode())
-            prompt = None
-        return super().wait_for_decision(prompt)
-
-
-def _review_base():
-    from agentd.run.registry import OperatorReview
-    return OperatorReview
-
-
-class _FreezingReview(_review_base()):  # type: ignore[misc]
-    """The SIGSTOP verdict under the daemon: once the tracer has parked the agent, also freeze
-    the run's cgroup, so nothing of the agent runs until the decision; thaw before resuming."""
-
-    def __init__(self, registration, cgroup_procs: str | None):
-        super().__init__(registration)
-        self.freeze_path = (os.path.join(os.path.dirname(cgroup_procs), "cgroup.freeze")
-                            if cgroup_procs else None)
-
-    def _set_frozen(self, value: str) -> None:
-        if self.freeze_path is None:
-            return
-        try:
-            fd = os.open(self.freeze_path, os.O_WRONLY)
-            try:
-                os.write(fd, value.encode())
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            logging.getLogger("agentd.daemon").warning("cgroup freeze=%s: %s", value, exc)
-
-    def __call__(self, hold) -> tuple[str, str]:
-        self._set_frozen("1")
-        try:
-            return super().__call__(hold)
-        finally:
-            self._set_frozen("0")
 
 
 def run_daemon(config: DaemonConfig) -> None:
