@@ -9,7 +9,6 @@ starts fast. Heavy modules are imported inside the commands.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click

@@ -16,7 +16,6 @@ supervisor's termination descriptor (``RunRegistration.interrupt_fd``) and ends 
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
