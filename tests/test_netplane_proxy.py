@@ -118,6 +118,36 @@ class Echo:
         self.listener.close()
 
 
+
+class Scripted:
+    """A raw upstream that answers the requests of each connection with scripted bytes (one
+    reply per request head, the last one then closes) and records the heads it read."""
+
+    def __init__(self, *replies: bytes):
+        self.replies = replies
+        self.heads: list[bytes] = []
+        self.listener = socket.create_server((LOCAL, 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                for reply in self.replies:
+                    while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+                        data += chunk
+                    head, _, data = data.partition(b"\r\n\r\n")
+                    self.heads.append(head)
+                    conn.sendall(reply)
+
+    def close(self):
+        self.listener.close()
+
 # -- the judge: rules as data ------------------------------------------------------------------
 
 DENY_RULES = (  # (pattern id, predicate on (method, url, headers), outcome, message)
@@ -427,6 +457,70 @@ def test_stale_kept_alive_upstream_is_reopened(judge):
         listener.close()
     assert statuses == [200, 200] and len(accepted) == 2
 
+
+
+def get(port, path, version="HTTP/1.1", method="GET", extra=""):
+    host = "Host: x\r\n" if version == "HTTP/1.1" else ""
+    return f"{method} http://{LOCAL}:{port}{path} {version}\r\n{host}{extra}\r\n".encode()
+
+
+def test_response_framing_is_h11s(proxy):
+    """h11 frames what the agent gets: a body delimited by the upstream's close goes on chunked
+    (the connection stays usable); HEAD, 204 and chunked bodies with trailers keep their
+    framing; 1xx answers are relayed before the final one."""
+    closing = Scripted(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nhello world")
+    pipelined = Scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n",
+                         b"HTTP/1.1 204 No Content\r\n\r\n",
+                         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
+                         b"Link: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                         b"\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n")
+    try:
+        reply = raw_exchange(proxy.address, get(closing.port, "/a") + get(closing.port, "/b"))
+        assert reply == 2 * (b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"b\r\nhello world\r\n0\r\n\r\n")
+        reply = raw_exchange(proxy.address, get(pipelined.port, "/h", method="HEAD")
+                             + get(pipelined.port, "/n")
+                             + get(pipelined.port, "/t", extra="Connection: close\r\n"))
+        assert reply == (b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"
+                         b"HTTP/1.1 204 No Content\r\n\r\n"
+                         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
+                         b"Link: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                         b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n")
+        assert [head.split(b"\r\n")[0] for head in pipelined.heads] == [
+            b"HEAD /h HTTP/1.1", b"GET /n HTTP/1.1", b"GET /t HTTP/1.1"]
+    finally:
+        closing.close()
+        pipelined.close()
+
+
+def test_http10_client(proxy):
+    """An HTTP/1.0 client: the request goes upstream as HTTP/1.1 with Connection: close, a
+    chunked answer comes back delimited by closing, without its trailers."""
+    chunked = Scripted(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n")
+    try:
+        reply = raw_exchange(proxy.address, get(chunked.port, "/old", version="HTTP/1.0"))
+    finally:
+        chunked.close()
+    assert reply == b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello"
+    assert chunked.heads == [f"GET /old HTTP/1.1\r\nHost: {LOCAL}:{chunked.port}\r\n"
+                             "Connection: close".encode()]
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\nContent-Length: 5\n\nhello",
+    b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+    b"HTTP/2.0 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+])
+def test_malformed_upstream_answer_is_502(proxy, answer):
+    upstream = Scripted(answer)
+    try:
+        reply = raw_exchange(proxy.address, get(upstream.port, "/x"))
+    finally:
+        upstream.close()
+    assert reply.startswith(b"HTTP/1.1 502 ") and b"hello" not in reply
 
 def test_unreachable_upstream_502_and_unresolvable(proxy, decisions):
     closed = socket.socket()

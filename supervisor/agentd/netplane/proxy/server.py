@@ -743,8 +743,10 @@ class EgressProxy:
                     status_code=event.status_code, reason=event.reason,
                     headers=http1.forwarded_fields(event.headers.raw_items()))))
             elif kind is h11.EndOfMessage:
+                # trailers go on to a client that can take them (HTTP/1.0 has no chunked)
                 trailers = list(event.headers.raw_items())
-                out.append(agent.send(h11.EndOfMessage(headers=trailers) if trailers
+                out.append(agent.send(h11.EndOfMessage(headers=trailers)
+                                      if trailers and agent.conn.their_http_version == b"1.1"
                                       else h11.EndOfMessage()))
                 break
             else:
