@@ -11,6 +11,7 @@ and the upstream disagreed on where the first request ends, the upstream would h
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -157,3 +158,26 @@ def test_chunked_body_goes_on_in_h11s_framing(proxy, upstream):
     seen = upstream.seen[0]
     assert seen["method"] == "GET" and seen["headers"]["transfer-encoding"] == "chunked"
     assert seen["body"] == b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+
+
+def test_malformed_chunk_later_in_a_streamed_body(proxy, upstream, decisions):
+    """A chunk that turns out malformed after the body began to stream: the upstream connection is
+    cut mid-body (it saw a truncated body, never a second request), the client gets a 400, and
+    the request has two records: forwarded, then malformed."""
+    with socket.create_connection(proxy.address, timeout=5) as conn:
+        conn.sendall(request(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n")
+                     .replace(b"{port}", b"%d" % upstream.port))
+        time.sleep(0.2)                                  # judged, connected, first chunk sent
+        conn.sendall(b"10000000000000005\r\nworld\r\n0\r\n\r\n" + SMUGGLED)
+        conn.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400 ") and reply.count(b"HTTP/1.1 ") == 1
+    time.sleep(0.1)
+    # the test server records what it read until the proxy cut the connection: the first
+    # chunk, re-framed by h11, and nothing after it
+    assert upstream.connections == 1
+    assert [(s["path"], s["body"]) for s in upstream.seen] == [("/upload", b"5\r\nhello\r\n")]
+    assert [(d["status"], d["reason"].split(":")[0]) for d in decisions] == [
+        (None, "forwarded"), (400, "malformed request")]
