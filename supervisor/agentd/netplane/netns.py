@@ -586,6 +586,12 @@ def _remove_stale() -> list[str]:
 
 
 # -- conntrack lookup (ctnetlink, hand-rolled: one request, one answer) ---------------------
+# Hand-written although pyroute2 has conntrack (Conntrack, AsyncConntrack): its sync API opens
+# its socket in the calling thread (so a lookup from the proxy's thread asks the host's
+# namespace), closes a socket handed to it after one call, and refuses to run inside the
+# proxy's running event loop; the async API works on a socket made here but takes ~360 us a
+# lookup against ~15 us, and would make original_destination a coroutine. docs/network.md
+# ("Where the agent meant to go") has the measurements.
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
