@@ -99,16 +99,10 @@ class Request:
     expect_continue: bool  # Expect: 100-continue with a body: the proxy answers 100 itself
 
 
-def _check_head(pending: bytes, max_head_bytes: int) -> None:
-    """agentd's rules for a head h11 is about to read (``pending``: h11's unread bytes).
+def _check_head(head: bytes) -> None:
+    """agentd's rules for a whole head (up to and with its empty line) h11 is about to read.
     h11 accepts bare LF line ends and unfolds continuation lines; a proxy that reads either
     differently from its upstream is how requests are smuggled, so both are refused here."""
-    end = _HEAD_END.search(pending)
-    head = pending if end is None else pending[:end.end()]
-    if len(head) > max_head_bytes:
-        raise BadRequest(431, "head too large")
-    if end is None:
-        return
     line_ends = head.count(b"\r\n")
     if head.count(b"\n") != line_ends:
         raise BadRequest(400, "bare LF in the head (line ends must be CRLF)")
@@ -116,6 +110,30 @@ def _check_head(pending: bytes, max_head_bytes: int) -> None:
         raise BadRequest(400, "bare CR in the head")
     if b"\n " in head or b"\n\t" in head:
         raise BadRequest(400, "obsolete line folding (a header continuation line)")
+
+
+class _HeadGate:
+    """The bytes of the head a peer is sending, kept beside h11's buffer so that the head can
+    be checked whole before h11 reads it; scanned once however it trickles in."""
+
+    __slots__ = ("data", "searched")
+
+    def __init__(self, pending: bytes):
+        self.data = bytearray(pending)     # what h11 holds unread when the head became due
+        self.searched = 0
+
+    def complete(self, max_head_bytes: int) -> bool:
+        """True once the head is whole (and checked); 431 when it outgrows the bound."""
+        end = _HEAD_END.search(self.data, max(0, self.searched - 2))
+        if end is None:
+            self.searched = len(self.data)
+            if self.searched > max_head_bytes:
+                raise BadRequest(431, "head too large")
+            return False
+        if end.end() > max_head_bytes:
+            raise BadRequest(431, "head too large")
+        _check_head(bytes(self.data[:end.end()]))
+        return True
 
 
 def _status_of(exc: h11.RemoteProtocolError) -> int:
@@ -130,7 +148,8 @@ class Peer:
     responses. ``next_event()`` returns h11's events (``h11.NEED_DATA``: ``receive`` more) after
     agentd's checks; anything malformed raises ``BadRequest``."""
 
-    __slots__ = ("conn", "_head_state", "_max_head_bytes", "_max_fields", "_max_trailer_bytes")
+    __slots__ = ("conn", "_head_state", "_max_head_bytes", "_max_fields", "_max_trailer_bytes",
+                 "_gate")
 
     def __init__(self, role: Any, *, max_head_bytes: int = 65536, max_fields: int = 100,
                  max_trailer_bytes: int = 16384):
@@ -141,21 +160,30 @@ class Peer:
         self._max_head_bytes = max_head_bytes
         self._max_fields = max_fields
         self._max_trailer_bytes = max_trailer_bytes
+        self._gate: _HeadGate | None = None   # while a head of theirs is due and incomplete
 
     def receive(self, data: bytes) -> None:
         """Bytes read from the peer; ``b""`` when it closed its side."""
         self.conn.receive_data(data)
+        if self._gate is not None:
+            self._gate.data += data
 
     def next_event(self) -> Any:
         conn = self.conn
         if conn.their_state is self._head_state:
-            pending, closed = conn.trailing_data
-            if not pending and not closed:
-                return h11.NEED_DATA          # what h11 would say, without asking it
-            _check_head(pending, self._max_head_bytes)
+            if self._gate is None:
+                pending, closed = conn.trailing_data
+                if not pending and not closed:
+                    return h11.NEED_DATA      # what h11 would say, without asking it
+                self._gate = _HeadGate(pending)
+            # INVARIANT: h11 reads a head only after the gate saw it whole (both end a head
+            # at the first LF [CR] LF); until then h11 only says NEED_DATA or refuses early
+            if self._gate.complete(self._max_head_bytes):
+                self._gate = None
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
+            self._gate = None
             raise BadRequest(_status_of(exc), str(exc)) from None
         if isinstance(event, h11.Data):
             if event.chunk_start:
