@@ -4,7 +4,6 @@ with their place named, grants decide who may launch which policy."""
 from __future__ import annotations
 
 import grp
-import os
 
 import pytest
 

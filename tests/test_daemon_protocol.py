@@ -7,6 +7,7 @@ daemon logs one line: never a traceback, and the daemon goes on serving."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 
 import pytest
@@ -84,6 +85,24 @@ def test_what_the_client_builds_is_what_the_server_reads(op, fields):
     line = protocol.encode(built)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert protocol.parse_request(line[:-1]) == built
+
+
+def test_bytes_that_are_not_utf8_travel_intact():
+    """Python holds such argv, environment and path bytes as surrogate escapes: they cross the
+    socket as NUL + base64 and come out as the same str (so execve gets the same bytes)."""
+    fields = {"argv": ["cat", "caf\udce9"], "env": {"K\udcff": "v\udce9", "PATH": "/bin"},
+              "cwd": "/tmp/\udce9", "workspace": None}
+    built = protocol.request_for("run", **fields)
+    line = protocol.encode(built)
+    line.decode("ascii")    # valid JSON, nothing but escapes
+    read = protocol.parse_request(line[:-1])
+    assert (read.argv, read.env, read.cwd) == (fields["argv"], fields["env"], fields["cwd"])
+    assert os.fsencode(read.argv[1]) == b"caf\xe9"
+    assert protocol.parse_request(b'{"op": "kill", "run_id": "plain"}').run_id == "plain"
+    with pytest.raises(protocol.MalformedRequest, match="not base64"):
+        protocol.parse_request(b'{"op": "kill", "run_id": "\\u0000???"}')
+    said = protocol.encode(protocol.Reply(ok=False, error="no file caf\udce9"), reply=True)
+    assert json.loads(said) == {"ok": False, "error": "no file caf\\xe9"}
 
 
 def test_the_client_cannot_build_a_malformed_request():

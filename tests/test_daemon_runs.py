@@ -5,12 +5,10 @@ death taking every agent with it, and an audit log that verifies."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -354,3 +352,13 @@ def _wchan(pid: int) -> str:
         return Path(f"/proc/{pid}/wchan").read_text()
     except OSError:
         return ""
+
+
+def test_arguments_and_environment_that_are_not_utf8_reach_the_agent_intact(daemon):
+    argv = [daemon.argv([], "test")[0], "run", "--policy", "test", "--", "sh", "-c",
+            'printf "%s|%s" "$1" "$V" | od -An -tx1', "sh", b"caf\xe9"]
+    env = {os.fsencode(k): os.fsencode(v) for k, v in daemon.env().items()}
+    env[b"V"] = b"\xff\xfe"
+    result = subprocess.run(argv, env=env, cwd=daemon.shared, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [b"63", b"61", b"66", b"e9", b"7c", b"ff", b"fe"]

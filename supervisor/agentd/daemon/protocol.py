@@ -12,14 +12,23 @@ same models (``request_for``) and reads the answers with them (``REPLIES``). Req
 unknown fields (strangers send them); answers ignore unknown fields (the daemon that sends them
 may be of another version than the client). Models are built on first use (``defer_build``):
 ``agentd run`` through the daemon pays only for the two or three it uses.
+
+Arguments, environment variables, paths and names are bytes to the kernel, and Python holds the
+ones that are not UTF-8 as surrogate escapes, which strict JSON cannot carry: such a string
+travels as NUL + base64 of its bytes (``OsString``; no argument, variable or path can contain a
+NUL, so the form is unambiguous). Messages for people (``Text``) travel with the bytes that are
+not UTF-8 written as ``\\xNN``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from functools import cache
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer,
+                      TypeAdapter, ValidationError)
 
 __all__ = ["PROTOCOL_LIMIT", "MalformedRequest", "parse_request", "request_for", "encode",
            "Request", "RunRequest", "PsRequest", "StatusRequest", "ReloadRequest", "StopRequest",
@@ -28,6 +37,39 @@ __all__ = ["PROTOCOL_LIMIT", "MalformedRequest", "parse_request", "request_for",
            "ResumeReply", "KillReply", "REPLIES"]
 
 PROTOCOL_LIMIT = 1 << 20        # one request line; longer is refused and closes the connection
+
+
+def _os_string_in(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("\0"):
+        try:
+            raw = base64.b64decode(value[1:], validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("NUL starts the base64 of bytes that are not UTF-8; this is not "
+                             "base64") from None
+        return raw.decode("utf-8", "surrogateescape")
+    return value
+
+
+def _os_string_out(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "\0" + base64.b64encode(value.encode("utf-8", "surrogateescape")).decode("ascii")
+    return value
+
+
+def _text_out(value: str) -> str:
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:   # a surrogate no bytes stand for
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# A string the kernel gave or takes as bytes: argv, environment, paths, names.
+OsString = Annotated[str, BeforeValidator(_os_string_in),
+                     PlainSerializer(_os_string_out, return_type=str)]
+# A message for people.
+Text = Annotated[str, PlainSerializer(_text_out, return_type=str)]
 
 
 # --- requests (client -> daemon) ----------------------------------------------------------------
@@ -40,15 +82,15 @@ class RunRequest(_Request):
     """Run ``argv`` as the caller; sent with the caller's stdin, stdout and stderr (SCM_RIGHTS)."""
 
     op: Literal["run"] = "run"
-    argv: list[str] = Field(min_length=1)
-    env: dict[str, str] = {}
-    cwd: str = "/"
-    workspace: str | None = None          # default: cwd
-    policy: str = "strict"
-    agent_id: str | None = None
+    argv: list[OsString] = Field(min_length=1)
+    env: dict[OsString, OsString] = {}
+    cwd: OsString = "/"
+    workspace: OsString | None = None     # default: cwd
+    policy: OsString = "strict"           # a name, or (root) a policy file
+    agent_id: OsString | None = None
     mode: Literal["enforce", "audit"] = "enforce"
-    audit_log: str | None = None          # refused: the daemon's configuration decides
-    seccomp_profile: str | None = None    # refused: the daemon's configuration decides
+    audit_log: OsString | None = None     # refused: the daemon's configuration decides
+    seccomp_profile: OsString | None = None   # refused: the daemon's configuration decides
 
 
 class PsRequest(_Request):
@@ -65,18 +107,18 @@ class ReloadRequest(_Request):
 
 class StopRequest(_Request):
     op: Literal["stop"] = "stop"
-    run_id: str
+    run_id: OsString
 
 
 class ResumeRequest(_Request):
     op: Literal["resume"] = "resume"
-    run_id: str
+    run_id: OsString
     decision: Literal["allow", "deny"] | None = None    # None: thaw a run frozen by stop
 
 
 class KillRequest(_Request):
     op: Literal["kill"] = "kill"
-    run_id: str
+    run_id: OsString
 
 
 class SignalRequest(_Request):
@@ -167,13 +209,13 @@ class Reply(_Answer):
     named is not the daemon's (the CLI then asks the standalone runs)."""
 
     ok: bool
-    error: str | None = None
+    error: Text | None = None
     unknown: bool = False
 
 
 class RunReply(Reply):
     run_id: str | None = None
-    policy: str | None = None
+    policy: OsString | None = None
     version: str | None = None
 
 
@@ -189,18 +231,18 @@ class HeldInfo(_Answer):
     """A run held by a SIGSTOP verdict (the registration the supervisor writes)."""
 
     pid: int | None = None
-    what: str | None = None
-    reason: str | None = None
-    pattern_ids: list[str] = []
+    what: Text | None = None
+    reason: Text | None = None
+    pattern_ids: list[Text] = []
     since: float | None = None
     batch: bool = False
 
 
 class RunInfo(_Answer):
     run_id: str
-    user: str
+    user: OsString
     uid: int
-    policy: str
+    policy: OsString
     version: str
     mode: str
     supervisor_pid: int
@@ -208,7 +250,7 @@ class RunInfo(_Answer):
     pids: list[int]
     state: str                            # running | held | frozen | exited
     held: HeldInfo | None
-    command: list[str]
+    command: list[OsString]
     started: float
     records: int
 
@@ -221,13 +263,13 @@ class StatusReply(Reply):
     pid: int | None = None
     uptime: float | None = None
     runs: int | None = None
-    audit_log: str | None = None
-    cgroups: str | None = None
-    policies: dict[str, str] = {}
+    audit_log: OsString | None = None
+    cgroups: OsString | None = None
+    policies: dict[OsString, str] = {}
 
 
 class ReloadReply(Reply):
-    changed: dict[str, tuple[str | None, str]] = {}    # name -> (old version, new version)
+    changed: dict[OsString, tuple[str | None, str]] = {}   # name -> (old version, new version)
     switched: list[str] = []                           # the runs that switched
 
 

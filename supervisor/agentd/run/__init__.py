@@ -8,5 +8,5 @@ the sandbox plan (``sandbox_plan``: which layer enforces what), the policy cache
 (``policy_cache``) and the runs directory with its control socket (``registry``).
 
 May import: ``agentd.kernel``, ``agentd.trace``, ``agentd.netplane`` and ``agent_os``. Never
-``agentd.daemon.service`` or ``agentd.cli.main`` (tests/test_layers.py checks it).
+``agentd.daemon`` or ``agentd.cli`` (tests/test_layers.py checks it).
 """
