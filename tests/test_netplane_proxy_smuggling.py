@@ -181,3 +181,22 @@ def test_malformed_chunk_later_in_a_streamed_body(proxy, upstream, decisions):
     assert [(s["path"], s["body"]) for s in upstream.seen] == [("/upload", b"5\r\nhello\r\n")]
     assert [(d["status"], d["reason"].split(":")[0]) for d in decisions] == [
         (None, "forwarded"), (400, "malformed request")]
+
+
+def test_expect_continue_then_malformed_chunk(proxy, upstream, decisions):
+    """With Expect: 100-continue the body comes only after the proxy's 100, which follows the
+    judging and the connect: the first chunk is still read and checked before the upstream gets
+    a byte. The upstream sees a connection and nothing on it."""
+    with socket.create_connection(proxy.address, timeout=5) as conn:
+        conn.sendall(request(b"Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n")
+                     .replace(b"{port}", b"%d" % upstream.port))
+        assert conn.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        conn.sendall(b"10000000000000005\r\nhello\r\n0\r\n\r\n" + SMUGGLED)
+        conn.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400 ") and reply.count(b"HTTP/1.1 ") == 1
+    time.sleep(0.1)
+    assert upstream.connections == 1 and upstream.seen == []
+    assert [d["status"] for d in decisions] == [None, 400]
