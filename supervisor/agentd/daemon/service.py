@@ -42,7 +42,6 @@ __all__ = ["Run", "Daemon", "run_daemon", "PROTOCOL_LIMIT"]
 log = logging.getLogger("agentd.daemon.service")
 
 SO_PEERGROUPS = 59              # Linux 4.13; not in Python's socket module
-PR_SET_PDEATHSIG = 1
 
 
 # --- runs ------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ records it sent, and its CPU time, peak RSS and latencies. Nothing here runs in 
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from agentd.kernel import libc
 from agentd.run.assembly import NewPolicy, PolicySwitch, RunSpec, Termination, execute
 from agentd.run.registry import OperatorReview, RunRegistration
 from agentd.run.supervise import HostError
@@ -150,8 +150,7 @@ def _detach_from_daemon(daemon_pid: int, stdio: list[int], record_w: int, contro
     """A session of our own, death with the daemon, and only our five fds; False when the
     daemon died before we could tie our life to it."""
     os.setsid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         return False
     if os.getppid() != daemon_pid:   # the daemon died before the prctl: so do we
         return False
