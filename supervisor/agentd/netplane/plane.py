@@ -156,7 +156,7 @@ class PolicyPlane:
             host = (parts.hostname or "").lower()
             port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 0)
             names = () if _is_address(host) else (host,)
-            policy = session.policy
+            policy = session.current_policy()   # a reload applies to the next request
             evaluations = [D.evaluate_action(policy, Action("network_request", url), context)]
             if dest_ip:
                 ip_form = f"[{dest_ip}]:{port}" if ":" in dest_ip else f"{dest_ip}:{port}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -101,6 +102,8 @@ class PolicySwitch:
     def __init__(self, load: Callable[[], NewPolicy | None]):
         self.load = load
         self.pending = False
+        # the tracer's thread and the network plane's both apply a pending switch
+        self._lock = threading.Lock()
 
     def install(self, signum: int = signal.SIGUSR1) -> None:
         signal.signal(signum, self._handle)
@@ -115,15 +118,18 @@ class PolicySwitch:
     def apply_pending(self, session: Session) -> None:
         if not self.pending:
             return
-        self.pending = False
-        try:
-            new = self.load()
-        except Exception as exc:  # noqa: BLE001 - keep the old policy, say so
-            log.error("policy switch failed: %s", exc)
-            return
-        if new is None:
-            return
-        session.policy = new.policy
+        with self._lock:
+            if not self.pending:
+                return   # the other thread applied it meanwhile
+            self.pending = False
+            try:
+                new = self.load()
+            except Exception as exc:  # noqa: BLE001 - keep the old policy, say so
+                log.error("policy switch failed: %s", exc)
+                return
+            if new is None:
+                return
+            session.switch_policy(new.policy)
         session.record(None, "reload", Evaluation(
             "policy_reload", f"{new.name}@{new.version}", "allow", "allow", new.reason),
             enforced="reload")
@@ -259,20 +265,16 @@ def _child_steps(spec: RunSpec, plane: Any) -> list[Callable[[], None]]:
 
 
 def _stop_handler(spec: RunSpec, session: Session) -> StopHandler:
-    """``session.on_syscall``, wrapped by the caller, with a pending policy switch applied
-    first: between two decisions, never inside one."""
+    """``session.on_syscall``, wrapped by the caller. A pending policy switch is applied by
+    the session itself before each decision (``Session.refresh``), whoever decides: a stop of
+    the tracer or a request at the network plane."""
+    switch = spec.policy_switch
+    if switch is not None:
+        session.refresh = lambda: switch.apply_pending(session)
     decide: StopHandler = session.on_syscall
     if spec.wrap_stop is not None:
         decide = spec.wrap_stop(decide)
-    switch = spec.policy_switch
-    if switch is None:
-        return decide
-
-    def on_syscall(tracer: Any, task: Any) -> None:
-        switch.apply_pending(session)
-        decide(tracer, task)
-
-    return on_syscall
+    return decide
 
 
 def _clean_up(spec: RunSpec, session: Session, plane: Any) -> None:

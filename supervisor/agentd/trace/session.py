@@ -89,12 +89,31 @@ class Session:
     # the rest are counted and summed up at the end (``warning_summary``)
     warnings: dict[tuple[str, str], list] = field(default_factory=dict)
 
+    # Set when policy switches may arrive (the daemon's reload): called before every decision,
+    # from the tracer's thread or the network plane's, it applies a pending switch.
+    refresh: Callable[[], None] | None = None
+
     def __post_init__(self) -> None:
         if self.exec_identifier is None:
             self.exec_identifier = ExecIdentifier.for_policy(self.policy)
 
+    def switch_policy(self, policy: decide.PolicyEngine) -> None:
+        """Decide with ``policy`` from now on (a reload); what exec identity derives from the
+        policy (the directories spawning is refused from) follows."""
+        self.exec_identifier = ExecIdentifier.for_policy(policy)
+        self.policy = policy
+
+    def current_policy(self) -> decide.PolicyEngine:
+        """The policy to decide with now, a pending switch applied first (the network plane's
+        judging asks this; the tracer's stops do the same in ``on_syscall``)."""
+        if self.refresh is not None:
+            self.refresh()
+        return self.policy
+
     # --- called by the tracer at every seccomp stop --------------------------------------
     def on_syscall(self, tracer: Tracer, task: Task) -> None:
+        if self.refresh is not None:
+            self.refresh()   # between two decisions, never inside one
         regs = ptrace.getregs(task.tid)
         nr = regs.orig_rax
         name = SYSCALL_NAMES.get(nr, f"syscall_{nr}")
