@@ -7,6 +7,6 @@ tracee's memory (``tracee_memory``), the one reader of ``/proc`` (``procfs``), c
 (``cgroups``), the capability bounding set (``capabilities``) and statx birth times (``statx``).
 
 May import: the standard library, python-ptrace's bindings, and other ``agentd.kernel``
-modules. Never ``agentd.trace``, ``agentd.run``, ``agentd.netplane``, ``agentd.daemon.service`` or
-``agentd.cli.main`` (tests/test_layers.py checks it).
+modules. Never ``agentd.trace``, ``agentd.run``, ``agentd.netplane``, ``agentd.daemon`` or
+``agentd.cli`` (tests/test_layers.py checks it).
 """

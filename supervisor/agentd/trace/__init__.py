@@ -8,5 +8,5 @@ of the loop (``hold``), and the wiring of one seccomp stop end to end with its a
 (``session``).
 
 May import: ``agentd.kernel`` and ``agent_os``. Never ``agentd.run``, ``agentd.netplane``,
-``agentd.daemon.service`` or ``agentd.cli.main`` (tests/test_layers.py checks it).
+``agentd.daemon`` or ``agentd.cli`` (tests/test_layers.py checks it).
 """
