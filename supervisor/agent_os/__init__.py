@@ -12,12 +12,20 @@ import importlib
 
 # public name -> the submodule that defines it
 _EXPORTS = {
-    "AgentAction": "kernel", "AgentSuspended": "kernel", "AgentTerminated": "kernel",
-    "KernelSpace": "kernel", "PolicyViolation": "kernel",
+    "AgentAction": "kernel",
+    "AgentSuspended": "kernel",
+    "AgentTerminated": "kernel",
+    "KernelSpace": "kernel",
+    "PolicyViolation": "kernel",
     "MergedPolicy": "merge",
-    "EvaluationResult": "policy", "Pattern": "policy", "Policy": "policy",
-    "PolicyChangeEvent": "policy", "PolicyException": "policy", "Severity": "policy",
-    "Violation": "policy", "ViolationMode": "policy",
+    "EvaluationResult": "policy",
+    "Pattern": "policy",
+    "Policy": "policy",
+    "PolicyChangeEvent": "policy",
+    "PolicyException": "policy",
+    "Severity": "policy",
+    "Violation": "policy",
+    "ViolationMode": "policy",
     "AgentSignal": "signals",
     "PolicyStack": "stack",
     "FlightRecorder": "flight_recorder",
@@ -29,7 +37,7 @@ def __getattr__(name: str):
     if module is None:
         raise AttributeError(f"module 'agent_os' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value   # later lookups skip __getattr__
+    globals()[name] = value  # later lookups skip __getattr__
     return value
 
 

@@ -18,8 +18,9 @@ import collections
 import datetime as _dt
 import re
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from . import netaddr
 
@@ -64,7 +65,7 @@ class ConditionSpec:
     context_keys: tuple[str, ...]
     volatile: bool  # depends on the clock or on history: never cache decisions that use it
     validate: Callable[[Any], str | None]
-    check: Callable[[Any, str, Mapping[str, Any], "EvalEnv"], Check]
+    check: Callable[[Any, str, Mapping[str, Any], EvalEnv], Check]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class EvalEnv:
 
 
 # --- validators -------------------------------------------------------------------------------
+
 
 def _non_negative_int(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -141,6 +143,7 @@ def _minutes(hhmm: str) -> int:
 
 # --- checkers ---------------------------------------------------------------------------------
 
+
 def _int_in_context(ctx: Mapping[str, Any], key: str) -> int | None:
     value = ctx.get(key)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -150,6 +153,7 @@ def _int_in_context(ctx: Mapping[str, Any], key: str) -> int | None:
 
 def _limit_check(label: str, key: str):
     """A checker for ``label``: the context's integer ``key`` is at most the configured limit."""
+
     def check(limit: int, target: str, ctx: Mapping[str, Any], env: EvalEnv) -> Check:
         value = _int_in_context(ctx, key)
         if value is None:
@@ -157,6 +161,7 @@ def _limit_check(label: str, key: str):
         if value > limit:
             return Check(False, f"{label}: {value} > {limit}")
         return Check(True, f"{label}: {value} <= {limit}")
+
     return check
 
 
@@ -167,6 +172,7 @@ def _flag_check(key_names: tuple[str, ...], label: str):
         if any(ctx.get(key) is True for key in key_names):
             return Check(True, f"{label}: context {key_names[0]}=true")
         return Check(False, f"{label}: context lacks {key_names[0]}=true")
+
     return check
 
 
@@ -204,8 +210,9 @@ def _check_file_type(value: Any, target: str, ctx: Mapping[str, Any], env: EvalE
     actual = ctx.get("file_type")
     if not isinstance(actual, str):
         return Check(False, "file_type: context has no 'file_type'")
-    return Check(actual in wanted, f"file_type: {actual} {'in' if actual in wanted else 'not in'} "
-                                   f"{wanted}")
+    return Check(
+        actual in wanted, f"file_type: {actual} {'in' if actual in wanted else 'not in'} {wanted}"
+    )
 
 
 def _check_methods(methods: list[str], target: str, ctx: Mapping[str, Any], env: EvalEnv) -> Check:
@@ -252,7 +259,9 @@ def _now(ctx: Mapping[str, Any], env: EvalEnv) -> _dt.datetime | None:
     return value if isinstance(value, _dt.datetime) else None
 
 
-def _check_time_range(spec: Mapping[str, str], target: str, ctx: Mapping[str, Any], env: EvalEnv) -> Check:
+def _check_time_range(
+    spec: Mapping[str, str], target: str, ctx: Mapping[str, Any], env: EvalEnv
+) -> Check:
     now = _now(ctx, env)
     if now is None:
         return Check(False, "time_range: context 'now' is not a datetime")
@@ -268,7 +277,7 @@ def _check_days(days: list[str], target: str, ctx: Mapping[str, Any], env: EvalE
     if now is None:
         return Check(False, "days: context 'now' is not a datetime")
     today = WEEKDAYS[now.weekday()]
-    allowed = {day for day in map(_weekday, days) if day is not None}   # validated names
+    allowed = {day for day in map(_weekday, days) if day is not None}  # validated names
     verdict = "in" if today in allowed else "not in"
     return Check(today in allowed, f"days: {today} {verdict} {sorted(allowed)}")
 
@@ -287,7 +296,9 @@ def _check_encryption(required: bool, target: str, ctx: Mapping[str, Any], env: 
         return Check(True, "require_encryption: context encrypted=true")
     if target.lower().startswith(_ENCRYPTED_SCHEMES):
         return Check(True, "require_encryption: encrypted scheme")
-    return Check(False, "require_encryption: no evidence of encryption (encrypted=true or https://)")
+    return Check(
+        False, "require_encryption: no evidence of encryption (encrypted=true or https://)"
+    )
 
 
 def _destination_check(label: str, inside: bool):
@@ -297,6 +308,7 @@ def _destination_check(label: str, inside: bool):
     literal target host); the condition holds only when it holds for each of them. An unknown
     destination (a name without ``dest_ip``, a unix socket, a malformed ``dest_ip``) never holds.
     """
+
     def check(items: list[str], target: str, ctx: Mapping[str, Any], env: EvalEnv) -> Check:
         where = netaddr.destination(target, ctx)
         if not where.addresses:
@@ -305,59 +317,153 @@ def _destination_check(label: str, inside: bool):
         for address in where.addresses:
             hit = sets.match(address)
             if inside and hit is None:
-                return Check(False, f"{label}: {address} ({where.source}) is in none of {list(items)}")
+                return Check(
+                    False, f"{label}: {address} ({where.source}) is in none of {list(items)}"
+                )
             if not inside and hit is not None:
                 return Check(False, f"{label}: {address} ({where.source}) is in {hit!r}")
         verdict = "in" if inside else "outside"
         return Check(True, f"{label}: {where.source} {verdict} {list(items)}")
+
     return check
 
 
 CONDITIONS: dict[str, ConditionSpec] = {
     spec.name: spec
     for spec in (
-        ConditionSpec("max_size_bytes", "size_bytes <= value", ("size_bytes",), False,
-                      _non_negative_int, _limit_check("max_size_bytes", "size_bytes")),
-        ConditionSpec("require_confirmation", "confirmed is true", ("confirmed",), False,
-                      _boolean, _flag_check(("confirmed",), "require_confirmation")),
-        ConditionSpec("created_by_agent",
-                      "the target (a process) is (true) / is not known to be (false) the agent's "
-                      "own, made during this run", ("created_by_agent",), False, _boolean,
-                      _check_created),
-        ConditionSpec("preexisting",
-                      "the target (a file) was there before the run began (true; also when not "
-                      "known) / was made during the run or does not exist (false)",
-                      ("preexisting",), False, _boolean, _check_preexisting),
-        ConditionSpec("file_type",
-                      "the target's file type (file_type) is the value, or one of the list",
-                      ("file_type",), False, _file_types, _check_file_type),
-        ConditionSpec("allowed_methods", "method is one of value", ("method",), False,
-                      _methods, _check_methods),
-        ConditionSpec("require_auth_header", "headers carry Authorization", ("headers", "auth_header"),
-                      False, _boolean, _check_auth_header),
-        ConditionSpec("require_where_clause", "the SQL has a WHERE clause", ("query",), False,
-                      _boolean, _check_where),
-        ConditionSpec("max_affected_rows", "affected_rows <= value", ("affected_rows",), False,
-                      _non_negative_int, _limit_check("max_affected_rows", "affected_rows")),
-        ConditionSpec("time_range", "local time within [start, end)", ("now",), True,
-                      _time_range, _check_time_range),
+        ConditionSpec(
+            "max_size_bytes",
+            "size_bytes <= value",
+            ("size_bytes",),
+            False,
+            _non_negative_int,
+            _limit_check("max_size_bytes", "size_bytes"),
+        ),
+        ConditionSpec(
+            "require_confirmation",
+            "confirmed is true",
+            ("confirmed",),
+            False,
+            _boolean,
+            _flag_check(("confirmed",), "require_confirmation"),
+        ),
+        ConditionSpec(
+            "created_by_agent",
+            "the target (a process) is (true) / is not known to be (false) the agent's "
+            "own, made during this run",
+            ("created_by_agent",),
+            False,
+            _boolean,
+            _check_created,
+        ),
+        ConditionSpec(
+            "preexisting",
+            "the target (a file) was there before the run began (true; also when not "
+            "known) / was made during the run or does not exist (false)",
+            ("preexisting",),
+            False,
+            _boolean,
+            _check_preexisting,
+        ),
+        ConditionSpec(
+            "file_type",
+            "the target's file type (file_type) is the value, or one of the list",
+            ("file_type",),
+            False,
+            _file_types,
+            _check_file_type,
+        ),
+        ConditionSpec(
+            "allowed_methods",
+            "method is one of value",
+            ("method",),
+            False,
+            _methods,
+            _check_methods,
+        ),
+        ConditionSpec(
+            "require_auth_header",
+            "headers carry Authorization",
+            ("headers", "auth_header"),
+            False,
+            _boolean,
+            _check_auth_header,
+        ),
+        ConditionSpec(
+            "require_where_clause",
+            "the SQL has a WHERE clause",
+            ("query",),
+            False,
+            _boolean,
+            _check_where,
+        ),
+        ConditionSpec(
+            "max_affected_rows",
+            "affected_rows <= value",
+            ("affected_rows",),
+            False,
+            _non_negative_int,
+            _limit_check("max_affected_rows", "affected_rows"),
+        ),
+        ConditionSpec(
+            "time_range",
+            "local time within [start, end)",
+            ("now",),
+            True,
+            _time_range,
+            _check_time_range,
+        ),
         ConditionSpec("days", "today is one of value", ("now",), True, _days, _check_days),
-        ConditionSpec("require_mfa", "mfa_verified is true", ("mfa_verified", "mfa"), False,
-                      _boolean, _flag_check(("mfa_verified", "mfa"), "require_mfa")),
-        ConditionSpec("max_operations_per_minute", "at most value operations per agent per minute",
-                      (), True, _positive_int, _check_rate),
-        ConditionSpec("require_audit_log", "audit_logged is true", ("audit_logged",), False,
-                      _boolean, _flag_check(("audit_logged",), "require_audit_log")),
-        ConditionSpec("require_encryption", "encrypted is true or the target uses TLS",
-                      ("encrypted",), False, _boolean, _check_encryption),
-        ConditionSpec("destination_in",
-                      "the destination address (dest_ip, else a literal target host) is in one of "
-                      "the address sets / CIDRs", ("dest_ip",), False,
-                      netaddr.validate_address_sets, _destination_check("destination_in", True)),
-        ConditionSpec("destination_not_in",
-                      "the destination address (dest_ip, else a literal target host) is in none of "
-                      "the address sets / CIDRs", ("dest_ip",), False,
-                      netaddr.validate_address_sets, _destination_check("destination_not_in", False)),
+        ConditionSpec(
+            "require_mfa",
+            "mfa_verified is true",
+            ("mfa_verified", "mfa"),
+            False,
+            _boolean,
+            _flag_check(("mfa_verified", "mfa"), "require_mfa"),
+        ),
+        ConditionSpec(
+            "max_operations_per_minute",
+            "at most value operations per agent per minute",
+            (),
+            True,
+            _positive_int,
+            _check_rate,
+        ),
+        ConditionSpec(
+            "require_audit_log",
+            "audit_logged is true",
+            ("audit_logged",),
+            False,
+            _boolean,
+            _flag_check(("audit_logged",), "require_audit_log"),
+        ),
+        ConditionSpec(
+            "require_encryption",
+            "encrypted is true or the target uses TLS",
+            ("encrypted",),
+            False,
+            _boolean,
+            _check_encryption,
+        ),
+        ConditionSpec(
+            "destination_in",
+            "the destination address (dest_ip, else a literal target host) is in one of "
+            "the address sets / CIDRs",
+            ("dest_ip",),
+            False,
+            netaddr.validate_address_sets,
+            _destination_check("destination_in", True),
+        ),
+        ConditionSpec(
+            "destination_not_in",
+            "the destination address (dest_ip, else a literal target host) is in none of "
+            "the address sets / CIDRs",
+            ("dest_ip",),
+            False,
+            netaddr.validate_address_sets,
+            _destination_check("destination_not_in", False),
+        ),
     )
 }
 

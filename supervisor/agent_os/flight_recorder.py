@@ -57,14 +57,24 @@ DECISIONS = ("allow", "deny", "warn")
 # Fields the recorder itself sets; a caller passing one of them is a programming error.
 RESERVED_FIELDS = frozenset({"seq", "time", "prev", "hash", "rotated_from"})
 # Order of the well-known fields on a line (readability only: the hash is over sorted keys).
-_LEADING_FIELDS = ("seq", "time", "agent_id", "action_type", "target", "decision",
-                   "pattern_ids", "severity", "signal")
+_LEADING_FIELDS = (
+    "seq",
+    "time",
+    "agent_id",
+    "action_type",
+    "target",
+    "decision",
+    "pattern_ids",
+    "severity",
+    "signal",
+)
 _SEVERITY_NAMES = {1: "low", 2: "medium", 3: "high", 4: "critical"}
 _MAX_DEPTH = 32
 # json.dumps with options builds a new encoder per call; these two are built once (stateless,
 # and their output is byte-for-byte that of json.dumps with the same options).
-_CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                                      allow_nan=False)
+_CANONICAL_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
 _LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _TAIL_CHUNK = 64 * 1024
 
@@ -107,7 +117,9 @@ def default_audit_log_path() -> Path:
         return Path(env).expanduser()
     if os.geteuid() == 0:
         return Path("/var/log/agentd/flight.jsonl")
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
     return Path(state) / "agentd" / "flight.jsonl"
 
 
@@ -119,17 +131,20 @@ def head_path_for(path: str | os.PathLike[str]) -> Path:
 def format_time(moment: _dt.datetime) -> str:
     """RFC 3339, UTC, microseconds: ``2026-11-27T17:44:44.123456Z``."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=_dt.timezone.utc)
-    return moment.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        moment = moment.replace(tzinfo=_dt.UTC)
+    return moment.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 _RELATIVE_TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _RELATIVE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_time(value: str | _dt.datetime | _dt.date, now: _dt.datetime | None = None) -> _dt.datetime:
-    """An aware UTC datetime from a datetime (naive means UTC), a date (its midnight UTC), an RFC 3339
-    string, or a relative age such as ``15m``, ``2h``, ``7d`` (that long before ``now``)."""
+def parse_time(
+    value: str | _dt.datetime | _dt.date, now: _dt.datetime | None = None
+) -> _dt.datetime:
+    """An aware UTC datetime from a datetime (naive means UTC), a date (its midnight UTC),
+    an RFC 3339 string, or a relative age such as ``15m``, ``2h``, ``7d`` (that long before
+    ``now``)."""
     if isinstance(value, _dt.datetime):
         parsed = value
     elif isinstance(value, _dt.date):
@@ -137,7 +152,7 @@ def parse_time(value: str | _dt.datetime | _dt.date, now: _dt.datetime | None = 
     elif isinstance(value, str):
         relative = _RELATIVE_TIME.match(value)
         if relative:
-            base = now or _dt.datetime.now(_dt.timezone.utc)
+            base = now or _dt.datetime.now(_dt.UTC)
             seconds = float(relative.group(1)) * _RELATIVE_UNITS[relative.group(2)]
             parsed = base - _dt.timedelta(seconds=seconds)
         else:
@@ -147,12 +162,14 @@ def parse_time(value: str | _dt.datetime | _dt.date, now: _dt.datetime | None = 
             try:
                 parsed = _dt.datetime.fromisoformat(text)
             except ValueError:
-                raise ValueError(f"not an RFC 3339 time or a relative age like 15m/2h/7d: {value!r}") from None
+                raise ValueError(
+                    f"not an RFC 3339 time or a relative age like 15m/2h/7d: {value!r}"
+                ) from None
     else:
         raise TypeError(f"expected a datetime or an RFC 3339 string, got {type(value).__name__}")
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=_dt.timezone.utc)
-    return parsed.astimezone(_dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=_dt.UTC)
+    return parsed.astimezone(_dt.UTC)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +211,9 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+        return (
+            value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+        )
     if isinstance(value, str):
         return _safe_str(str(value))
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -401,8 +420,11 @@ def _read_head(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"head sidecar {hp} unreadable: {exc.strerror}"
     try:
         head = json.loads(raw)
-        if not (isinstance(head, dict) and isinstance(head.get("seq"), int)
-                and isinstance(head.get("hash"), str)):
+        if not (
+            isinstance(head, dict)
+            and isinstance(head.get("seq"), int)
+            and isinstance(head.get("hash"), str)
+        ):
             raise ValueError("missing seq/hash")
     except ValueError as exc:
         return None, f"head sidecar {hp} is corrupt ({exc})"
@@ -428,9 +450,13 @@ def _parse_line(raw: bytes) -> dict[str, Any]:
 # Verifying
 
 
-def _check_record(record: dict[str, Any], raw: bytes, expected_seq: int | None,
-                  expected_prev: str | None) -> str | None:
-    """Why ``record`` breaks the chain, or None. ``expected_*`` None: accept any (rotation start)."""
+def _check_record(
+    record: dict[str, Any], raw: bytes, expected_seq: int | None, expected_prev: str | None
+) -> str | None:
+    """Why ``record`` breaks the chain, or None.
+
+    ``expected_*`` None accepts any value (the first record after a rotation).
+    """
     for key, kind in (("seq", int), ("prev", str), ("hash", str), ("time", str)):
         if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
             return f"field {key!r} missing or of the wrong type"
@@ -442,13 +468,25 @@ def _check_record(record: dict[str, Any], raw: bytes, expected_seq: int | None,
         return "line is not in the recorder's exact serialisation (edited by hand?)"
     actual_hash = canonical_hash(record)
     if actual_hash != record["hash"]:
-        return f"hash mismatch: content hashes to {actual_hash[:16]}..., record says {record['hash'][:16]}... (record edited)"
+        return (
+            f"hash mismatch: content hashes to {actual_hash[:16]}..., "
+            f"record says {record['hash'][:16]}... (record edited)"
+        )
     if expected_seq is not None and record["seq"] != expected_seq:
         if record["seq"] > expected_seq:
-            return f"seq gap: expected seq {expected_seq}, found {record['seq']} (record(s) removed or reordered)"
-        return f"seq out of order: expected seq {expected_seq}, found {record['seq']} (record(s) inserted, duplicated or reordered)"
+            return (
+                f"seq gap: expected seq {expected_seq}, found {record['seq']} "
+                "(record(s) removed or reordered)"
+            )
+        return (
+            f"seq out of order: expected seq {expected_seq}, found {record['seq']} "
+            "(record(s) inserted, duplicated or reordered)"
+        )
     if expected_prev is not None and record["prev"] != expected_prev:
-        return "prev does not match the hash of the record before it (record removed, inserted or reordered)"
+        return (
+            "prev does not match the hash of the record before it "
+            "(record removed, inserted or reordered)"
+        )
     return None
 
 
@@ -478,8 +516,9 @@ def _check_rotation_link(path: Path, record: dict[str, Any]) -> tuple[str | None
     return None, None
 
 
-def _verify_bytes(path: Path, data: bytes, head: dict[str, Any] | None,
-                  head_problem: str | None) -> VerifyResult:
+def _verify_bytes(
+    path: Path, data: bytes, head: dict[str, Any] | None, head_problem: str | None
+) -> VerifyResult:
     warnings: list[str] = []
     lines = data.split(b"\n")
     torn = lines.pop()  # b"" when the file ends with a newline
@@ -492,11 +531,15 @@ def _verify_bytes(path: Path, data: bytes, head: dict[str, Any] | None,
     for index, raw in enumerate(lines):
         line_no = index + 1
         if not raw:
-            return VerifyResult(False, count, "empty line", line_no, tuple(warnings), last_seq, last_hash)
+            return VerifyResult(
+                False, count, "empty line", line_no, tuple(warnings), last_seq, last_hash
+            )
         try:
             record = _parse_line(raw)
         except ValueError as exc:
-            return VerifyResult(False, count, f"line is {exc}", line_no, tuple(warnings), last_seq, last_hash)
+            return VerifyResult(
+                False, count, f"line is {exc}", line_no, tuple(warnings), last_seq, last_hash
+            )
         if index == 0 and "rotated_from" in record:
             expected_seq = expected_prev = None  # checked against the old file below
         problem = _check_record(record, raw, expected_seq, expected_prev)
@@ -505,31 +548,58 @@ def _verify_bytes(path: Path, data: bytes, head: dict[str, Any] | None,
             if warning:
                 warnings.append(warning)
         if problem is not None:
-            return VerifyResult(False, count, problem, line_no, tuple(warnings), last_seq, last_hash)
+            return VerifyResult(
+                False, count, problem, line_no, tuple(warnings), last_seq, last_hash
+            )
         count += 1
         last_seq, last_hash = record["seq"], record["hash"]
         expected_seq, expected_prev = last_seq + 1, last_hash
         if head is not None and record["seq"] == head["seq"]:
             head_line_hash = record["hash"]
     if torn:
-        return VerifyResult(False, count, f"torn last line: {len(torn)} bytes without a trailing newline "
-                            "(a write was interrupted, or bytes were appended)", len(lines) + 1,
-                            tuple(warnings), last_seq, last_hash)
+        return VerifyResult(
+            False,
+            count,
+            f"torn last line: {len(torn)} bytes without a trailing newline "
+            "(a write was interrupted, or bytes were appended)",
+            len(lines) + 1,
+            tuple(warnings),
+            last_seq,
+            last_hash,
+        )
     if head_problem:
         return VerifyResult(False, count, head_problem, None, tuple(warnings), last_seq, last_hash)
     if head is None:
         if count:
-            warnings.append(f"no head sidecar {head_path_for(path).name}: a truncated tail cannot be detected")
+            warnings.append(
+                f"no head sidecar {head_path_for(path).name}: a truncated tail cannot be detected"
+            )
     elif last_seq is None or head["seq"] > last_seq:
         ends = "is empty" if last_seq is None else f"ends at seq {last_seq}"
-        return VerifyResult(False, count, f"truncated tail: head sidecar records seq {head['seq']} but the "
-                            f"file {ends} (records removed from the end)", len(lines) or None,
-                            tuple(warnings), last_seq, last_hash)
+        return VerifyResult(
+            False,
+            count,
+            f"truncated tail: head sidecar records seq {head['seq']} but the "
+            f"file {ends} (records removed from the end)",
+            len(lines) or None,
+            tuple(warnings),
+            last_seq,
+            last_hash,
+        )
     elif head_line_hash is None:
-        warnings.append(f"head sidecar seq {head['seq']} precedes this file's first record: not compared")
+        warnings.append(
+            f"head sidecar seq {head['seq']} precedes this file's first record: not compared"
+        )
     elif head_line_hash != head["hash"]:
-        return VerifyResult(False, count, f"head sidecar hash for seq {head['seq']} does not match the file "
-                            "(chain rewritten?)", None, tuple(warnings), last_seq, last_hash)
+        return VerifyResult(
+            False,
+            count,
+            f"head sidecar hash for seq {head['seq']} does not match the file (chain rewritten?)",
+            None,
+            tuple(warnings),
+            last_seq,
+            last_hash,
+        )
     return VerifyResult(True, count, None, None, tuple(warnings), last_seq, last_hash)
 
 
@@ -587,9 +657,15 @@ def _record_time(record: dict[str, Any]) -> _dt.datetime | None:
         return None
 
 
-def query_file(path: str | os.PathLike[str], agent_id: str | None = None, action_type: str | None = None,
-               decision: str | None = None, since: str | _dt.datetime | None = None,
-               until: str | _dt.datetime | None = None, on_error: str = "raise") -> Iterator[dict[str, Any]]:
+def query_file(
+    path: str | os.PathLike[str],
+    agent_id: str | None = None,
+    action_type: str | None = None,
+    decision: str | None = None,
+    since: str | _dt.datetime | None = None,
+    until: str | _dt.datetime | None = None,
+    on_error: str = "raise",
+) -> Iterator[dict[str, Any]]:
     """Records of the log at ``path`` matching every given filter. ``since`` is inclusive and
     ``until`` exclusive; both take a datetime (naive = UTC), RFC 3339 text or an age like ``2h``."""
     since_at = parse_time(since) if since is not None else None
@@ -626,8 +702,14 @@ class FlightRecorder:
     head only on ``close()``/``rotate()``. ``close()`` always fsyncs and writes the head.
     """
 
-    def __init__(self, path: str | os.PathLike[str], fsync: str = "always", fsync_interval: float = 1.0,
-                 *, verify_on_open: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fsync: str = "always",
+        fsync_interval: float = 1.0,
+        *,
+        verify_on_open: bool = False,
+    ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
         if not fsync_interval > 0:
@@ -653,8 +735,9 @@ class FlightRecorder:
         self._size = 0
         self._open(verify_on_open)
         if fsync == "interval":
-            self._flusher = threading.Thread(target=self._flush_loop, name=f"flight-recorder-fsync:{self.path.name}",
-                                             daemon=True)
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name=f"flight-recorder-fsync:{self.path.name}", daemon=True
+            )
             self._flusher.start()
 
     # -- opening ------------------------------------------------------------------------------
@@ -663,7 +746,11 @@ class FlightRecorder:
         self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         rotating = Path(os.fspath(self.path) + ".rotating")
         if not self.path.exists() and rotating.exists():
-            logger.warning("%s: completing an interrupted rotation (renaming %s into place)", self.path, rotating.name)
+            logger.warning(
+                "%s: completing an interrupted rotation (renaming %s into place)",
+                self.path,
+                rotating.name,
+            )
             os.replace(rotating, self.path)
         created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -673,16 +760,20 @@ class FlightRecorder:
             except OSError as exc:
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise AuditLogLockedError(
-                        f"{self.path}: another writer holds this audit log (flock); one FlightRecorder "
-                        "per file: stop the other agentd, or use a different --log") from None
+                        f"{self.path}: another writer holds this audit log (flock); "
+                        "one FlightRecorder per file: stop the other agentd, "
+                        "or use a different --log"
+                    ) from None
                 raise
             if created:
                 _fsync_dir(self.path.parent)
             if verify_on_open:
                 result = verify_file(self.path)
                 if not result.ok and not (result.error or "").startswith("torn last line"):
-                    raise AuditLogError(f"{self.path}:{result.line or '-'}: refusing to append to a log "
-                                        f"that fails verification: {result.error}")
+                    raise AuditLogError(
+                        f"{self.path}:{result.line or '-'}: refusing to append to a log "
+                        f"that fails verification: {result.error}"
+                    )
             self._continue_chain(fd)
         except BaseException:
             self._fd = None
@@ -694,30 +785,40 @@ class FlightRecorder:
         tail = _read_tail(fd)
         head, head_problem = _read_head(self.path)
         if head_problem:
-            raise AuditLogError(f"{self.path}: {head_problem}; refusing to append (move the log and its "
-                                "sidecar aside to start a new chain)")
+            raise AuditLogError(
+                f"{self.path}: {head_problem}; refusing to append (move the log and its "
+                "sidecar aside to start a new chain)"
+            )
         last: dict[str, Any] | None = None
         if tail.last_line is not None:
             line_no_hint = f"{self.path} (last complete line, byte {tail.last_line_start})"
             try:
                 last = _parse_line(tail.last_line)
             except ValueError as exc:
-                raise AuditLogError(f"{line_no_hint}: line is {exc}; refusing to chain onto it "
-                                    "(run `agentd audit verify`, then move the log aside)") from None
+                raise AuditLogError(
+                    f"{line_no_hint}: line is {exc}; refusing to chain onto it "
+                    "(run `agentd audit verify`, then move the log aside)"
+                ) from None
             problem = _check_record(last, tail.last_line, None, None)
             if problem:
-                raise AuditLogError(f"{line_no_hint}: {problem}; refusing to chain onto it "
-                                    "(run `agentd audit verify`, then move the log aside)")
+                raise AuditLogError(
+                    f"{line_no_hint}: {problem}; refusing to chain onto it "
+                    "(run `agentd audit verify`, then move the log aside)"
+                )
         if head is not None:
             if last is None or head["seq"] > last["seq"]:
                 ends = "has no complete record" if last is None else f"ends at seq {last['seq']}"
                 raise AuditLogError(
-                    f"{self.path}: truncated tail: head sidecar records seq {head['seq']} but the file {ends}; "
+                    f"{self.path}: truncated tail: head sidecar records seq {head['seq']} "
+                    f"but the file {ends}; "
                     f"refusing to append (to start a new chain, move {self.path.name} and "
-                    f"{head_path_for(self.path).name} aside)")
+                    f"{head_path_for(self.path).name} aside)"
+                )
             if head["seq"] == last["seq"] and head["hash"] != last["hash"]:
-                raise AuditLogError(f"{self.path}: head sidecar hash for seq {head['seq']} does not match the "
-                                    "last record; refusing to append")
+                raise AuditLogError(
+                    f"{self.path}: head sidecar hash for seq {head['seq']} does not match the "
+                    "last record; refusing to append"
+                )
         if last is not None:
             self._next_seq, self._prev = last["seq"] + 1, last["hash"]
         self._size = tail.complete_end
@@ -727,12 +828,15 @@ class FlightRecorder:
 
     def _recover_torn(self, fd: int, tail: _Tail) -> None:
         """Move a torn last fragment into ``<log>.torn``, cut it off, and say so in the chain."""
-        assert tail.torn_start is not None   # the caller found one
+        assert tail.torn_start is not None  # the caller found one
         fragment = _pread_all(fd, tail.size - tail.torn_start, tail.torn_start)
         torn_path = Path(os.fspath(self.path) + ".torn")
         digest = hashlib.sha256(fragment).hexdigest()
-        header = (f"# torn fragment of {self.path.name} at byte {tail.torn_start}, {len(fragment)} bytes, "
-                  f"sha256 {digest}, moved {format_time(_dt.datetime.now(_dt.timezone.utc))}\n").encode()
+        header = (
+            f"# torn fragment of {self.path.name} at byte {tail.torn_start}, "
+            f"{len(fragment)} bytes, "
+            f"sha256 {digest}, moved {format_time(_dt.datetime.now(_dt.UTC))}\n"
+        ).encode()
         side = os.open(torn_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             _write_all(side, header + fragment + b"\n")
@@ -741,22 +845,49 @@ class FlightRecorder:
             os.close(side)
         os.ftruncate(fd, tail.torn_start)
         os.fsync(fd)
-        logger.warning("%s: torn last line (%d bytes at byte %d, no trailing newline) moved to %s and cut off",
-                       self.path, len(fragment), tail.torn_start, torn_path)
-        self._append_locked({
-            "agent_id": None, "action_type": "audit_torn_tail", "target": torn_path.name, "decision": None,
-            "pattern_ids": [], "severity": None, "signal": None,
-            "torn_offset": tail.torn_start, "torn_bytes": len(fragment), "torn_sha256": digest,
-            "reason": "an interrupted write left a partial line; it was moved to the .torn side file",
-        })
+        logger.warning(
+            "%s: torn last line (%d bytes at byte %d, no trailing newline) moved to %s and cut off",
+            self.path,
+            len(fragment),
+            tail.torn_start,
+            torn_path,
+        )
+        self._append_locked(
+            {
+                "agent_id": None,
+                "action_type": "audit_torn_tail",
+                "target": torn_path.name,
+                "decision": None,
+                "pattern_ids": [],
+                "severity": None,
+                "signal": None,
+                "torn_offset": tail.torn_start,
+                "torn_bytes": len(fragment),
+                "torn_sha256": digest,
+                "reason": (
+                    "an interrupted write left a partial line; it was moved to the .torn side file"
+                ),
+            }
+        )
         self._sync_locked()
 
     # -- writing ------------------------------------------------------------------------------
 
-    def record(self, *, decision: Any, agent_id: Any = None, action_type: Any = None, target: Any = None,
-               pattern_ids: Any = None, severity: Any = None, signal: Any = None, **extra: Any) -> dict[str, Any]:
+    def record(
+        self,
+        *,
+        decision: Any,
+        agent_id: Any = None,
+        action_type: Any = None,
+        target: Any = None,
+        pattern_ids: Any = None,
+        severity: Any = None,
+        signal: Any = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
         """Append one decision and return the record as written (with ``seq``, ``prev``, ``hash``).
-        Raises ``ValueError`` for a decision other than allow/deny/warn, ``TypeError`` for a reserved
+        Raises ``ValueError`` for a decision other than allow/deny/warn, ``TypeError`` for a
+        reserved
         field, and ``AuditLogError``/``OSError`` when the record could not be written."""
         reserved = RESERVED_FIELDS.intersection(extra)
         if reserved:
@@ -789,12 +920,18 @@ class FlightRecorder:
         if self._fd is None:
             raise AuditLogError(f"{self.path}: the FlightRecorder is closed")
         if os.getpid() != self._owner_pid:
-            raise AuditLogError(f"{self.path}: FlightRecorder used in a forked child (pid {os.getpid()}); "
-                                "only the process that opened it may write")
+            raise AuditLogError(
+                f"{self.path}: FlightRecorder used in a forked child (pid {os.getpid()}); "
+                "only the process that opened it may write"
+            )
         if self._broken:
-            raise AuditLogError(f"{self.path}: recorder unusable after an earlier failure: {self._broken}")
-        record: dict[str, Any] = {"seq": self._next_seq,
-                                  "time": format_time(_dt.datetime.now(_dt.timezone.utc))}
+            raise AuditLogError(
+                f"{self.path}: recorder unusable after an earlier failure: {self._broken}"
+            )
+        record: dict[str, Any] = {
+            "seq": self._next_seq,
+            "time": format_time(_dt.datetime.now(_dt.UTC)),
+        }
         for key in _LEADING_FIELDS[2:]:
             record[key] = fields.get(key)
         for key, value in fields.items():
@@ -803,7 +940,9 @@ class FlightRecorder:
         record["prev"] = self._prev
         # INVARIANT: no "hash" key yet, so the canonical bytes are the record itself, sorted
         # (the same bytes as canonical_bytes(), without its copy).
-        record["hash"] = hashlib.sha256(_CANONICAL_ENCODER.encode(record).encode("utf-8")).hexdigest()
+        record["hash"] = hashlib.sha256(
+            _CANONICAL_ENCODER.encode(record).encode("utf-8")
+        ).hexdigest()
         line = _line_bytes(record) + b"\n"
         try:
             _write_all(self._fd, line)
@@ -812,8 +951,13 @@ class FlightRecorder:
             try:
                 os.ftruncate(self._fd, self._size)
             except OSError as trunc_exc:
-                self._broken = f"write failed ({exc.strerror}) and the partial line could not be cut ({trunc_exc.strerror})"
-            raise AuditLogError(f"{self.path}: could not append record seq {record['seq']}: {exc.strerror}") from exc
+                self._broken = (
+                    f"write failed ({exc.strerror}) and the partial line could not be cut "
+                    f"({trunc_exc.strerror})"
+                )
+            raise AuditLogError(
+                f"{self.path}: could not append record seq {record['seq']}: {exc.strerror}"
+            ) from exc
         self._size += len(line)
         self._next_seq += 1
         self._prev = record["hash"]
@@ -824,8 +968,12 @@ class FlightRecorder:
             return
         os.fsync(self._fd)
         if self._next_seq > 0:
-            head = {"seq": self._next_seq - 1, "hash": self._prev, "file": self.path.name,
-                    "time": format_time(_dt.datetime.now(_dt.timezone.utc))}
+            head = {
+                "seq": self._next_seq - 1,
+                "hash": self._prev,
+                "file": self.path.name,
+                "time": format_time(_dt.datetime.now(_dt.UTC)),
+            }
             _atomic_write(head_path_for(self.path), _line_bytes(head) + b"\n", fsync=True)
         self._dirty = False
         self._last_sync = time.monotonic()
@@ -843,8 +991,12 @@ class FlightRecorder:
             try:
                 os.fsync(fd)
                 if next_seq > 0:
-                    head = {"seq": next_seq - 1, "hash": last_hash, "file": self.path.name,
-                            "time": format_time(_dt.datetime.now(_dt.timezone.utc))}
+                    head = {
+                        "seq": next_seq - 1,
+                        "hash": last_hash,
+                        "file": self.path.name,
+                        "time": format_time(_dt.datetime.now(_dt.UTC)),
+                    }
                     _atomic_write(head_path_for(self.path), _line_bytes(head) + b"\n", fsync=True)
             except BaseException:
                 with self._lock:
@@ -883,21 +1035,27 @@ class FlightRecorder:
             if self._fd is None:
                 raise AuditLogError(f"{self.path}: the FlightRecorder is closed")
             self._sync_locked()
-            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+            stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
             old = Path(f"{self.path}.{stamp}")
             suffix = 0
             while old.exists():
                 suffix += 1
                 old = Path(f"{self.path}.{stamp}-{suffix}")
             if self._next_seq > 0:
-                head = {"seq": self._next_seq - 1, "hash": self._prev, "file": old.name,
-                        "time": format_time(_dt.datetime.now(_dt.timezone.utc))}
+                head = {
+                    "seq": self._next_seq - 1,
+                    "hash": self._prev,
+                    "file": old.name,
+                    "time": format_time(_dt.datetime.now(_dt.UTC)),
+                }
                 _atomic_write(head_path_for(old), _line_bytes(head) + b"\n", fsync=True)
             # The new file is complete (first record written, fsynced, locked) before it takes
             # the log's name, so a crash leaves either the old layout or a finished rotation
             # (or a .rotating file that the next open renames into place).
             rotating = Path(os.fspath(self.path) + ".rotating")
-            new_fd = os.open(rotating, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            new_fd = os.open(
+                rotating, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640
+            )
             try:
                 fcntl.flock(new_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -906,10 +1064,18 @@ class FlightRecorder:
             old_fd, old_size = self._fd, self._size
             self._fd, self._size = new_fd, 0
             try:
-                self._append_locked({
-                    "agent_id": None, "action_type": "audit_rotate", "target": old.name, "decision": None,
-                    "pattern_ids": [], "severity": None, "signal": None, "rotated_from": old.name,
-                })
+                self._append_locked(
+                    {
+                        "agent_id": None,
+                        "action_type": "audit_rotate",
+                        "target": old.name,
+                        "decision": None,
+                        "pattern_ids": [],
+                        "severity": None,
+                        "signal": None,
+                        "rotated_from": old.name,
+                    }
+                )
                 os.fsync(new_fd)
                 os.rename(self.path, old)
                 os.rename(rotating, self.path)
@@ -949,7 +1115,10 @@ class FlightRecorder:
 
     @property
     def last_hash(self) -> str:
-        """Hash of the last record written (``GENESIS_HASH`` before the first): anchor it elsewhere."""
+        """Hash of the last record written (``GENESIS_HASH`` before the first).
+
+        Anchor it somewhere the agent cannot write to detect a rewritten chain.
+        """
         with self._lock:
             return self._prev
 
@@ -965,12 +1134,23 @@ class FlightRecorder:
                 self._sync_locked()
             return verify_file(self.path)
 
-    def query(self, agent_id: str | None = None, action_type: str | None = None, decision: str | None = None,
-              since: str | _dt.datetime | None = None,
-              until: str | _dt.datetime | None = None) -> Iterator[dict[str, Any]]:
+    def query(
+        self,
+        agent_id: str | None = None,
+        action_type: str | None = None,
+        decision: str | None = None,
+        since: str | _dt.datetime | None = None,
+        until: str | _dt.datetime | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """Records of this file matching every given filter (see ``query_file``)."""
-        return query_file(self.path, agent_id=agent_id, action_type=action_type, decision=decision,
-                          since=since, until=until)
+        return query_file(
+            self.path,
+            agent_id=agent_id,
+            action_type=action_type,
+            decision=decision,
+            since=since,
+            until=until,
+        )
 
     @staticmethod
     def read(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:

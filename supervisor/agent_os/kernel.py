@@ -13,9 +13,10 @@ This is cooperative enforcement: code in the same process can bypass it. Run the
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .policy import EvaluationResult, Policy
 from .signals import AgentSignal
@@ -27,11 +28,13 @@ PolicyLike = Policy | PolicyStack
 class PolicyViolation(PermissionError):
     """An action was refused by the policy."""
 
-    def __init__(self, result: EvaluationResult, action: "AgentAction") -> None:
+    def __init__(self, result: EvaluationResult, action: AgentAction) -> None:
         self.result = result
         self.action = action
-        super().__init__(f"{action.action_type} {action.target!r} refused: {result.reason}"
-                         + (f" [pattern {result.pattern_id}]" if result.pattern_id else ""))
+        super().__init__(
+            f"{action.action_type} {action.target!r} refused: {result.reason}"
+            + (f" [pattern {result.pattern_id}]" if result.pattern_id else "")
+        )
 
 
 class AgentTerminated(RuntimeError):
@@ -64,24 +67,39 @@ def _coerce_action(action: Any) -> AgentAction:
         return action
     if isinstance(action, Mapping):
         try:
-            return AgentAction(action["action_type"], action["target"],
-                               action.get("context") or {}, action.get("run"))
+            return AgentAction(
+                action["action_type"],
+                action["target"],
+                action.get("context") or {},
+                action.get("run"),
+            )
         except KeyError as exc:
             raise ValueError(f"action mapping lacks {exc.args[0]!r}") from None
     if all(hasattr(action, name) for name in ("action_type", "target")):
-        return AgentAction(action.action_type, action.target,
-                           getattr(action, "context", None) or {}, getattr(action, "run", None))
-    raise TypeError("an action is an AgentAction, a mapping with action_type and target, "
-                    "or an object with those attributes")
+        return AgentAction(
+            action.action_type,
+            action.target,
+            getattr(action, "context", None) or {},
+            getattr(action, "run", None),
+        )
+    raise TypeError(
+        "an action is an AgentAction, a mapping with action_type and target, "
+        "or an object with those attributes"
+    )
 
 
 class KernelSpace:
-    def __init__(self, policy: str | PolicyLike = "strict", recorder: Any = None,
-                 variables: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        policy: str | PolicyLike = "strict",
+        recorder: Any = None,
+        variables: Mapping[str, str] | None = None,
+    ) -> None:
         self._variables = dict(variables or {})
         self._policy = self._resolve(policy)
         if isinstance(recorder, (str, Path)):
             from .flight_recorder import FlightRecorder
+
             recorder = FlightRecorder(str(recorder))
         self.recorder = recorder
         self._lock = threading.Lock()
@@ -93,9 +111,11 @@ class KernelSpace:
             return policy
         if isinstance(policy, str):
             from .loader import load_policy
+
             return load_policy(policy, variables=self._variables)
-        raise TypeError(f"policy must be a name, a path, a Policy or a PolicyStack, "
-                        f"got {type(policy).__name__}")
+        raise TypeError(
+            f"policy must be a name, a path, a Policy or a PolicyStack, got {type(policy).__name__}"
+        )
 
     @property
     def policy(self) -> PolicyLike:
@@ -110,20 +130,29 @@ class KernelSpace:
             old._notify("policy_reloaded", None)
         return new_policy
 
-    def evaluate(self, agent_id: str, action_type: str, target: str,
-                 context: Mapping[str, Any] | None = None) -> EvaluationResult:
+    def evaluate(
+        self, agent_id: str, action_type: str, target: str, context: Mapping[str, Any] | None = None
+    ) -> EvaluationResult:
         ctx = {**(context or {}), "agent_id": agent_id}
         if self.recorder is not None:
             ctx.setdefault("audit_logged", True)
         result = self._policy.evaluate(action_type, target, ctx)
         if self.recorder is not None:
-            self.recorder.record(agent_id=agent_id, action_type=action_type, target=target,
-                                 decision=result.action if result.allowed or result.action == "deny"
-                                 else "deny",
-                                 allowed=result.allowed, pattern_ids=list(result.matched),
-                                 pattern_id=result.pattern_id, severity=result.severity,
-                                 signal=result.signal, violation_mode=result.violation_mode,
-                                 reason=result.reason, policy=result.policy, source="sdk")
+            self.recorder.record(
+                agent_id=agent_id,
+                action_type=action_type,
+                target=target,
+                decision=result.action if result.allowed or result.action == "deny" else "deny",
+                allowed=result.allowed,
+                pattern_ids=list(result.matched),
+                pattern_id=result.pattern_id,
+                severity=result.severity,
+                signal=result.signal,
+                violation_mode=result.violation_mode,
+                reason=result.reason,
+                policy=result.policy,
+                source="sdk",
+            )
         return result
 
     def execute(self, agent_id: str, action: Any) -> ExecutionResult:

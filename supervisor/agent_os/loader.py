@@ -17,8 +17,9 @@ import datetime as _dt
 import difflib
 import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -33,17 +34,53 @@ BUILTIN_POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
 SYSTEM_POLICY_DIR = Path("/etc/agentd/policies")
 POLICY_PATH_ENV = "AGENT_OS_POLICY_PATH"
 
-TOP_LEVEL_KEYS = ("name", "description", "version", "author", "created", "updated", "defaults",
-                  "default_action", "violation_mode", "settings", "metadata", "patterns",
-                  "extends", "exceptions", "merge")
+TOP_LEVEL_KEYS = (
+    "name",
+    "description",
+    "version",
+    "author",
+    "created",
+    "updated",
+    "defaults",
+    "default_action",
+    "violation_mode",
+    "settings",
+    "metadata",
+    "patterns",
+    "extends",
+    "exceptions",
+    "merge",
+)
 DEFAULTS_KEYS = ("action", "violation_mode", "log_level")
-PATTERN_KEYS = ("id", "action_type", "pattern", "action", "severity", "message", "description",
-                "conditions", "metadata", "violation_mode", "enabled")
+PATTERN_KEYS = (
+    "id",
+    "action_type",
+    "pattern",
+    "action",
+    "severity",
+    "message",
+    "description",
+    "conditions",
+    "metadata",
+    "violation_mode",
+    "enabled",
+)
 EXCEPTION_KEYS = ("agent_pattern", "patterns", "reason", "expires", "approved_by")
 MERGE_KEYS = ("strategy", "policies")
 # Keys a merge document may carry beside ``merge``: its parts decide defaults and modes.
-MERGE_DOCUMENT_KEYS = ("name", "description", "version", "author", "created", "updated",
-                       "settings", "metadata", "patterns", "exceptions", "merge")
+MERGE_DOCUMENT_KEYS = (
+    "name",
+    "description",
+    "version",
+    "author",
+    "created",
+    "updated",
+    "settings",
+    "metadata",
+    "patterns",
+    "exceptions",
+    "merge",
+)
 MERGE_STRATEGIES = ("strict", "permissive")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Top-level descriptive keys kept in ``Policy.metadata`` (the object model has no field for them)
@@ -51,32 +88,55 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DESCRIPTIVE_KEYS = ("author", "created", "updated")
 DEFAULT_VARIABLES = ("WORKSPACE", "HOME", "TMPDIR")
 
-_ACTION_SYNONYMS = {"block": "deny", "reject": "deny", "forbid": "deny", "refuse": "deny",
-                    "permit": "allow", "accept": "allow", "alert": "warn", "warning": "warn"}
+_ACTION_SYNONYMS = {
+    "block": "deny",
+    "reject": "deny",
+    "forbid": "deny",
+    "refuse": "deny",
+    "permit": "allow",
+    "accept": "allow",
+    "alert": "warn",
+    "warning": "warn",
+}
 _VARIABLE_REF = re.compile(r"\$\{([^}]*)\}")
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 _TAG = "tag:yaml.org,2002:"
-_KIND_BY_TAG = {"null": "null", "bool": "a boolean", "int": "an integer", "float": "a number",
-                "str": "a string", "timestamp": "a date", "binary": "binary data"}
+_KIND_BY_TAG = {
+    "null": "null",
+    "bool": "a boolean",
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "timestamp": "a date",
+    "binary": "binary data",
+}
 # re.error message fragment -> how to fix it. First match wins.
 _REGEX_HINTS = (
     ("missing ), unterminated subpattern", "escape literal parentheses as \\("),
     ("unbalanced parenthesis", "escape a literal ')' as \\)"),
-    ("nothing to repeat", "* + ? and {n} must follow something: write .* for 'anything', "
-                          "\\* for a literal '*'"),
+    (
+        "nothing to repeat",
+        "* + ? and {n} must follow something: write .* for 'anything', \\* for a literal '*'",
+    ),
     ("multiple repeat", "two quantifiers in a row: write .* rather than ** or escape the second"),
     ("unterminated character set", "escape a literal '[' as \\["),
-    ("bad escape", "that backslash sequence is not a regex escape; inside double-quoted YAML "
-                   "write \\\\ for each regex backslash, or use single quotes"),
+    (
+        "bad escape",
+        "that backslash sequence is not a regex escape; inside double-quoted YAML "
+        "write \\\\ for each regex backslash, or use single quotes",
+    ),
     ("bad character range", "inside [...] put '-' first or last to match it literally"),
     ("look-behind requires fixed-width", "a look-behind must match a fixed number of characters"),
     ("unknown extension", "'(?' starts an extension; escape a literal '(?' as \\(\\?"),
     ("missing group name", "'(?P<' needs a name: (?P<name>...)"),
 )
 _YAML_HINTS = (
-    ("unknown escape character", "inside double quotes YAML reads backslash escapes: write "
-                                 "\"\\\\.\" for the regex \\. or use single quotes '\\.'"),
+    (
+        "unknown escape character",
+        "inside double quotes YAML reads backslash escapes: write "
+        "\"\\\\.\" for the regex \\. or use single quotes '\\.'",
+    ),
     ("found character '\\t'", "YAML does not allow tabs for indentation: use spaces"),
     ("mapping values are not allowed here", "quote a value that contains ': '"),
     ("could not find expected ':'", "check the indentation of this key, or quote the value"),
@@ -85,6 +145,7 @@ _YAML_HINTS = (
 
 
 # --- the search path and variables -------------------------------------------------------------
+
 
 def policy_search_path(search_path: Sequence[str | os.PathLike] | str | None = None) -> list[Path]:
     """The directories searched for policy names, in order, without duplicates."""
@@ -124,8 +185,9 @@ def available_policies(search_path: Iterable[Path]) -> dict[str, Path]:
     return found
 
 
-def resolve_policy(name_or_path: str, search_path: Sequence[str | os.PathLike] | None = None
-                   ) -> Path:
+def resolve_policy(
+    name_or_path: str, search_path: Sequence[str | os.PathLike] | None = None
+) -> Path:
     """The file a name or path denotes; raises ``PolicyNotFoundError`` naming where it looked."""
     if not is_policy_name(name_or_path):
         path = Path(name_or_path)
@@ -138,7 +200,8 @@ def resolve_policy(name_or_path: str, search_path: Sequence[str | os.PathLike] |
         close = difflib.get_close_matches(name_or_path, available_policies(dirs), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise PolicyNotFoundError(
-            f"no policy named {name_or_path!r}{hint}; searched: {', '.join(map(str, dirs))}")
+            f"no policy named {name_or_path!r}{hint}; searched: {', '.join(map(str, dirs))}"
+        )
     return found
 
 
@@ -180,6 +243,7 @@ def expand_variables(regex: str, variables: Mapping[str, str]) -> tuple[str, lis
 
 # --- hints ---------------------------------------------------------------------------------------
 
+
 def _did_you_mean(word: Any, choices: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}?" if close else None
@@ -213,20 +277,28 @@ def _line(node: Node) -> int:
 
 # --- reading documents -----------------------------------------------------------------------
 
+
 class _LoadSession:
     """One load or validation: bound variables, search path, issues, loaded files, the extends
     chain being followed (for cycle detection)."""
 
-    def __init__(self, variables: Mapping[str, Any] | None,
-                 search_path: Sequence[str | os.PathLike] | None) -> None:
+    def __init__(
+        self, variables: Mapping[str, Any] | None, search_path: Sequence[str | os.PathLike] | None
+    ) -> None:
         self.variables = bind_variables(variables)
         self.search_path = policy_search_path(search_path)
         self.issues: list[ValidationIssue] = []
         self._loaded: dict[Path, Policy | None] = {}
         self._chain: list[tuple[Path, str]] = []
 
-    def report(self, file: str, where: Node | int | None, pattern_id: str | None, message: str,
-               hint: str | None = None) -> None:
+    def report(
+        self,
+        file: str,
+        where: Node | int | None,
+        pattern_id: str | None,
+        message: str,
+        hint: str | None = None,
+    ) -> None:
         line = _line(where) if isinstance(where, Node) else where
         self.issues.append(ValidationIssue(file, line, pattern_id, message, hint))
 
@@ -251,17 +323,23 @@ class _LoadSession:
         dirs = ([base_dir] if base_dir is not None else []) + self.search_path
         return list(available_policies(dirs))
 
-    def load_file(self, path: Path, label: str | None = None,
-                  referrer: tuple[str, Node] | None = None) -> Policy | None:
+    def load_file(
+        self, path: Path, label: str | None = None, referrer: tuple[str, Node] | None = None
+    ) -> Policy | None:
         """Load the policy in ``path`` (once per session); None when it has problems."""
         label = label or str(path)
         real = path.resolve()
         on_chain = [p for p, _ in self._chain]
         if real in on_chain:
-            names = [name for _, name in self._chain[on_chain.index(real):]] + [path.stem]
+            names = [name for _, name in self._chain[on_chain.index(real) :]] + [path.stem]
             file, node = referrer if referrer else (label, None)
-            self.report(file, node, None, f"extends cycle: {' -> '.join(names)}",
-                        "a policy cannot inherit from itself; remove one of these extends entries")
+            self.report(
+                file,
+                node,
+                None,
+                f"extends cycle: {' -> '.join(names)}",
+                "a policy cannot inherit from itself; remove one of these extends entries",
+            )
             return None
         if real in self._loaded:
             return self._loaded[real]
@@ -280,8 +358,9 @@ class _LoadSession:
         self._loaded[real] = policy
         return policy
 
-    def load_text(self, text: str, label: str, base_dir: Path | None,
-                  default_name: str | None = None) -> Policy | None:
+    def load_text(
+        self, text: str, label: str, base_dir: Path | None, default_name: str | None = None
+    ) -> Policy | None:
         try:  # libyaml when available: composing is most of the cost of a large policy
             fast = _FastLoader(text)
             try:
@@ -298,8 +377,13 @@ class _LoadSession:
             except yaml.MarkedYAMLError as exc:
                 mark = exc.problem_mark or exc.context_mark
                 message = " ".join(part for part in (exc.context, exc.problem) if part)
-                self.report(label, mark.line + 1 if mark else None, None,
-                            f"YAML syntax error: {message}", _yaml_hint(message))
+                self.report(
+                    label,
+                    mark.line + 1 if mark else None,
+                    None,
+                    f"YAML syntax error: {message}",
+                    _yaml_hint(message),
+                )
                 return None
             except yaml.YAMLError as exc:
                 self.report(label, None, None, f"YAML error: {exc}")
@@ -307,8 +391,13 @@ class _LoadSession:
             finally:
                 loader.dispose()
         if root is None:
-            self.report(label, 1, None, "the document is empty",
-                        "a policy is a mapping with at least 'name' and 'patterns'")
+            self.report(
+                label,
+                1,
+                None,
+                "the document is empty",
+                "a policy is a mapping with at least 'name' and 'patterns'",
+            )
             return None
         return _DocumentReader(self, loader, label, base_dir).read_policy(root, default_name)
 
@@ -316,8 +405,9 @@ class _LoadSession:
 class _DocumentReader:
     """Reads one YAML document (node tree) into a Policy, reporting problems with their lines."""
 
-    def __init__(self, session: _LoadSession, loader: yaml.SafeLoader, file: str,
-                 base_dir: Path | None) -> None:
+    def __init__(
+        self, session: _LoadSession, loader: yaml.SafeLoader, file: str, base_dir: Path | None
+    ) -> None:
         self.session = session
         self.loader = loader
         self.file = file
@@ -326,8 +416,13 @@ class _DocumentReader:
 
     # helpers ----------------------------------------------------------------------------------
 
-    def report(self, where: Node | int | None, pattern_id: str | None, message: str,
-               hint: str | None = None) -> None:
+    def report(
+        self,
+        where: Node | int | None,
+        pattern_id: str | None,
+        message: str,
+        hint: str | None = None,
+    ) -> None:
         self.problems += 1
         self.session.report(self.file, where, pattern_id, message, hint)
 
@@ -336,19 +431,30 @@ class _DocumentReader:
         try:
             return self.loader.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, TypeError) as exc:
-            detail = (" ".join(p for p in (exc.context, exc.problem) if p)
-                      if isinstance(exc, yaml.MarkedYAMLError) else str(exc))
+            detail = (
+                " ".join(p for p in (exc.context, exc.problem) if p)
+                if isinstance(exc, yaml.MarkedYAMLError)
+                else str(exc)
+            )
             self.report(node, pattern_id, f"{what}: cannot read value: {detail}")
             return _INVALID
 
-    def mapping(self, node: Node, what: str, allowed: Sequence[str] | None,
-                pattern_id: str | None = None, prefix: str = "") -> dict[str, tuple[Node, Node]] | None:
+    def mapping(
+        self,
+        node: Node,
+        what: str,
+        allowed: Sequence[str] | None,
+        pattern_id: str | None = None,
+        prefix: str = "",
+    ) -> dict[str, tuple[Node, Node]] | None:
         """``key -> (key node, value node)``; reports a non-mapping, odd keys and unknown keys."""
         if not isinstance(node, MappingNode):
             self.report(node, pattern_id, f"{prefix}{what} must be a mapping, got {_kind(node)}")
             return None
         own = sum(1 for key_node, _ in node.value if key_node.tag != _TAG + "merge")
-        self.loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor) go first, may be overridden
+        self.loader.flatten_mapping(
+            node
+        )  # YAML merge keys (<<: *anchor) go first, may be overridden
         merged = len(node.value) - own
         items: dict[str, tuple[Node, Node]] = {}
         from_merge: set[str] = set()
@@ -357,12 +463,19 @@ class _DocumentReader:
             if key is _INVALID:
                 continue
             if not isinstance(key, str):
-                self.report(key_node, pattern_id,
-                            f"{prefix}{what}: key {key!r} is {_kind(key_node)}, not a string")
+                self.report(
+                    key_node,
+                    pattern_id,
+                    f"{prefix}{what}: key {key!r} is {_kind(key_node)}, not a string",
+                )
                 continue
             if key in items and key not in from_merge:
-                self.report(key_node, pattern_id, f"{prefix}{what}: duplicate key {key!r}",
-                            f"first given at line {_line(items[key][0])}")
+                self.report(
+                    key_node,
+                    pattern_id,
+                    f"{prefix}{what}: duplicate key {key!r}",
+                    f"first given at line {_line(items[key][0])}",
+                )
                 continue
             if index < merged:
                 from_merge.add(key)
@@ -375,8 +488,15 @@ class _DocumentReader:
             items[key] = (key_node, value_node)
         return items
 
-    def scalar(self, node: Node, types: tuple[type, ...], what: str, pattern_id: str | None = None,
-               prefix: str = "", expected: str = "a string") -> Any:
+    def scalar(
+        self,
+        node: Node,
+        types: tuple[type, ...],
+        what: str,
+        pattern_id: str | None = None,
+        prefix: str = "",
+        expected: str = "a string",
+    ) -> Any:
         """The value if it is one of ``types`` (bools are never ints), else report -> _INVALID."""
         value = self.value(node, pattern_id, f"{prefix}{what}")
         if value is _INVALID:
@@ -386,17 +506,21 @@ class _DocumentReader:
         if value is _WRONG or not isinstance(value, types):
             hint = None
             if isinstance(node, ScalarNode) and str in types and not node.style:
-                hint = f"quote it: {what}: \"{node.value}\""  # YAML 1.1 reads off/yes/1.0 as non-strings
-            self.report(node, pattern_id, f"{prefix}{what} must be {expected}, got {_kind(node)}",
-                        hint)
+                hint = (
+                    f'quote it: {what}: "{node.value}"'  # YAML 1.1 reads off/yes/1.0 as non-strings
+                )
+            self.report(
+                node, pattern_id, f"{prefix}{what} must be {expected}, got {_kind(node)}", hint
+            )
             return _INVALID
         return value
 
     def text(self, node: Node, what: str, pattern_id: str | None = None, prefix: str = "") -> Any:
         return self.scalar(node, (str,), what, pattern_id, prefix)
 
-    def string_list(self, node: Node, what: str, pattern_id: str | None = None,
-                    prefix: str = "") -> list[tuple[str, Node]] | None:
+    def string_list(
+        self, node: Node, what: str, pattern_id: str | None = None, prefix: str = ""
+    ) -> list[tuple[str, Node]] | None:
         if not isinstance(node, SequenceNode):
             hint = f"write {what}: [{node.value}]" if isinstance(node, ScalarNode) else None
             self.report(node, pattern_id, f"{prefix}{what} must be a list, got {_kind(node)}", hint)
@@ -408,8 +532,15 @@ class _DocumentReader:
                 out.append((value, item))
         return out
 
-    def choice(self, node: Node, what: str, choices: Sequence[str], pattern_id: str | None = None,
-               prefix: str = "", synonyms: Mapping[str, str] | None = None) -> Any:
+    def choice(
+        self,
+        node: Node,
+        what: str,
+        choices: Sequence[str],
+        pattern_id: str | None = None,
+        prefix: str = "",
+        synonyms: Mapping[str, str] | None = None,
+    ) -> Any:
         value = self.value(node, pattern_id, f"{prefix}{what}")
         if value is _INVALID:
             return _INVALID
@@ -418,9 +549,12 @@ class _DocumentReader:
         hint = None
         if isinstance(value, str):
             synonym = (synonyms or {}).get(value.strip().lower())
-            hint = f"did you mean {synonym!r}?" if synonym else _did_you_mean(value.lower(), choices)
-        self.report(node, pattern_id, f"{prefix}bad {what} {value!r}: use {', '.join(choices)}",
-                    hint)
+            hint = (
+                f"did you mean {synonym!r}?" if synonym else _did_you_mean(value.lower(), choices)
+            )
+        self.report(
+            node, pattern_id, f"{prefix}bad {what} {value!r}: use {', '.join(choices)}", hint
+        )
         return _INVALID
 
     # the document -----------------------------------------------------------------------------
@@ -435,10 +569,13 @@ class _DocumentReader:
         if is_merge:
             for key in top:
                 if key not in MERGE_DOCUMENT_KEYS:
-                    self.report(top[key][0], None,
-                                f"key {key!r} is not allowed beside 'merge'",
-                                "the merged parts decide defaults and violation modes; put "
-                                f"{key!r} into the parts under merge.policies")
+                    self.report(
+                        top[key][0],
+                        None,
+                        f"key {key!r} is not allowed beside 'merge'",
+                        "the merged parts decide defaults and violation modes; put "
+                        f"{key!r} into the parts under merge.policies",
+                    )
 
         kwargs = self._policy_header(top, default_name)
         if not is_merge:
@@ -460,8 +597,9 @@ class _DocumentReader:
         known_ids.update(p.id for parent in parents + parts for p in parent.patterns)
         exceptions = []
         if "exceptions" in top and not _is_null(top["exceptions"][1]):
-            exceptions = self.read_exceptions(top["exceptions"][1],
-                                              known_ids if parents_ok else None)
+            exceptions = self.read_exceptions(
+                top["exceptions"][1], known_ids if parents_ok else None
+            )
 
         if self.problems != problems_before or not parents_ok:
             return None
@@ -470,15 +608,16 @@ class _DocumentReader:
         kwargs["source"] = self.file
         try:
             if is_merge:
-                assert strategy is not None   # read_merge gives one whenever it gives parts
+                assert strategy is not None  # read_merge gives one whenever it gives parts
                 return MergedPolicy(parts, strategy, **kwargs)
             return Policy(extends=parents or None, **kwargs)
         except (ValueError, TypeError) as exc:
             self.report(root, None, f"cannot build the policy: {exc}")
             return None
 
-    def _policy_header(self, top: dict[str, tuple[Node, Node]],
-                       default_name: str | None) -> dict[str, Any]:
+    def _policy_header(
+        self, top: dict[str, tuple[Node, Node]], default_name: str | None
+    ) -> dict[str, Any]:
         """A policy's name, description, version, settings and metadata (the descriptive keys
         such as author and dates included), as keyword arguments of ``Policy``."""
         kwargs: dict[str, Any] = {}
@@ -489,8 +628,9 @@ class _DocumentReader:
                 if value is not _INVALID:
                     kwargs[key] = value
         if "version" in top and not _is_null(top["version"][1]):
-            value = self.scalar(top["version"][1], (str, int, float), "version",
-                                expected="a string such as \"1.0.0\"")
+            value = self.scalar(
+                top["version"][1], (str, int, float), "version", expected='a string such as "1.0.0"'
+            )
             if value is not _INVALID:
                 kwargs["version"] = str(value)
         for key in DESCRIPTIVE_KEYS:
@@ -531,21 +671,28 @@ class _DocumentReader:
                     value = self.choice(node, "log level", LOG_LEVELS)
                 if value is not _INVALID:
                     given[key] = (value, node)
-        for key, default_key, what in (("default_action", "action", "default action"),
-                                       ("violation_mode", "violation_mode", "violation mode")):
+        for key, default_key, what in (
+            ("default_action", "action", "default action"),
+            ("violation_mode", "violation_mode", "violation mode"),
+        ):
             if key not in top or _is_null(top[key][1]):
                 continue
             node = top[key][1]
             choices = ACTIONS if key == "default_action" else _MODES
-            value = self.choice(node, what, choices, synonyms=_ACTION_SYNONYMS
-                                if key == "default_action" else None)
+            value = self.choice(
+                node, what, choices, synonyms=_ACTION_SYNONYMS if key == "default_action" else None
+            )
             if value is _INVALID:
                 continue
             if default_key in given and given[default_key][0] != value:
                 other, other_node = given[default_key]
-                self.report(top[key][0], None,
-                            f"{key} {value!r} contradicts defaults.{default_key} {other!r} "
-                            f"(line {_line(other_node)})", "keep only one of the two")
+                self.report(
+                    top[key][0],
+                    None,
+                    f"{key} {value!r} contradicts defaults.{default_key} {other!r} "
+                    f"(line {_line(other_node)})",
+                    "keep only one of the two",
+                )
                 continue
             given[default_key] = (value, node)
         if "action" in given:
@@ -560,7 +707,8 @@ class _DocumentReader:
         path = self.session.find(name, self.base_dir)
         if path is None:
             searched = ([str(self.base_dir)] if self.base_dir is not None else []) + [
-                str(d) for d in self.session.search_path]
+                str(d) for d in self.session.search_path
+            ]
             close = _did_you_mean(name, self.session.names_available(self.base_dir))
             hint = f"{close + ' ' if close else ''}searched: {', '.join(searched)}"
             self.report(node, None, f"{what}: no policy named {name!r}", hint)
@@ -624,8 +772,12 @@ class _DocumentReader:
         """The patterns built, and every id the document defines (also of invalid patterns,
         so that exceptions naming them are not reported twice)."""
         if not isinstance(node, SequenceNode):
-            self.report(node, None, f"patterns must be a list, got {_kind(node)}",
-                        "each pattern is a list item starting with '- '")
+            self.report(
+                node,
+                None,
+                f"patterns must be a list, got {_kind(node)}",
+                "each pattern is a list item starting with '- '",
+            )
             return [], set()
         built: list[tuple[str, Pattern]] = []
         seen: dict[str, int] = {}
@@ -636,14 +788,22 @@ class _DocumentReader:
                     explicit = _explicit_id(item)
                     if explicit is not None:
                         if explicit in seen:
-                            self.report(item, explicit, f"duplicate pattern id {explicit!r}",
-                                        f"first defined at line {seen[explicit]}")
+                            self.report(
+                                item,
+                                explicit,
+                                f"duplicate pattern id {explicit!r}",
+                                f"first defined at line {seen[explicit]}",
+                            )
                         seen.setdefault(explicit, _line(item))
                 continue
             if pattern.id in seen:
-                self.report(item, pattern.id, f"duplicate pattern id {pattern.id!r}",
-                            f"first defined at line {seen[pattern.id]}; ids must be unique "
-                            "(an identical pattern without id gets the same generated id)")
+                self.report(
+                    item,
+                    pattern.id,
+                    f"duplicate pattern id {pattern.id!r}",
+                    f"first defined at line {seen[pattern.id]}; ids must be unique "
+                    "(an identical pattern without id gets the same generated id)",
+                )
                 continue
             seen[pattern.id] = _line(item)
             built.append((pattern.id, pattern))
@@ -669,8 +829,9 @@ class _DocumentReader:
             self.report(node, pid, f"{prefix}{exc}")
             return None
 
-    def _pattern_target(self, node: Node, fields: dict, kwargs: dict[str, Any], pid: str | None,
-                        prefix: str) -> None:
+    def _pattern_target(
+        self, node: Node, fields: dict, kwargs: dict[str, Any], pid: str | None, prefix: str
+    ) -> None:
         """A pattern's id, action type and regex (both required) into ``kwargs``."""
         if "id" in fields:
             value = self.text(fields["id"][1], "id", pid, prefix)
@@ -688,10 +849,12 @@ class _DocumentReader:
                 if value in ACTION_TYPES:
                     kwargs["action_type"] = value
                 else:
-                    self.report(fields["action_type"][1], pid,
-                                f"{prefix}unknown action type {value!r}",
-                                _did_you_mean(value, ACTION_TYPES)
-                                or f"known: {', '.join(ACTION_TYPES)}")
+                    self.report(
+                        fields["action_type"][1],
+                        pid,
+                        f"{prefix}unknown action type {value!r}",
+                        _did_you_mean(value, ACTION_TYPES) or f"known: {', '.join(ACTION_TYPES)}",
+                    )
         if "pattern" in fields and not _is_null(fields["pattern"][1]):
             value_node = fields["pattern"][1]
             value = self.text(value_node, "pattern", pid, prefix)
@@ -700,12 +863,14 @@ class _DocumentReader:
                 if regex is not None:
                     kwargs["pattern"] = regex
 
-    def _pattern_response(self, fields: dict, kwargs: dict[str, Any], pid: str | None,
-                          prefix: str) -> None:
+    def _pattern_response(
+        self, fields: dict, kwargs: dict[str, Any], pid: str | None, prefix: str
+    ) -> None:
         """A pattern's action, severity and violation mode into ``kwargs``."""
         if "action" in fields:
-            value = self.choice(fields["action"][1], "action", ACTIONS, pid, prefix,
-                                _ACTION_SYNONYMS)
+            value = self.choice(
+                fields["action"][1], "action", ACTIONS, pid, prefix, _ACTION_SYNONYMS
+            )
             if value is not _INVALID:
                 kwargs["action"] = value
         if "severity" in fields:
@@ -714,16 +879,20 @@ class _DocumentReader:
                 try:
                     kwargs["severity"] = Severity.parse(value)
                 except ValueError:
-                    self.report(fields["severity"][1], pid, f"{prefix}bad severity {value!r}: "
-                                "use low, medium, high, critical (or 1-4)",
-                                _did_you_mean(str(value).lower(), _SEVERITIES))
+                    self.report(
+                        fields["severity"][1],
+                        pid,
+                        f"{prefix}bad severity {value!r}: use low, medium, high, critical (or 1-4)",
+                        _did_you_mean(str(value).lower(), _SEVERITIES),
+                    )
         if "violation_mode" in fields:
             value = self.choice(fields["violation_mode"][1], "violation mode", _MODES, pid, prefix)
             if value is not _INVALID:
                 kwargs["violation_mode"] = value
 
-    def _pattern_extras(self, fields: dict, kwargs: dict[str, Any], pid: str | None,
-                        prefix: str) -> None:
+    def _pattern_extras(
+        self, fields: dict, kwargs: dict[str, Any], pid: str | None, prefix: str
+    ) -> None:
         """A pattern's message, description, enabled flag, metadata and conditions."""
         for key in ("message", "description"):
             if key in fields and not _is_null(fields[key][1]):
@@ -731,15 +900,17 @@ class _DocumentReader:
                 if value is not _INVALID:
                     kwargs[key] = value
         if "enabled" in fields:
-            value = self.scalar(fields["enabled"][1], (bool,), "enabled", pid, prefix,
-                                expected="true or false")
+            value = self.scalar(
+                fields["enabled"][1], (bool,), "enabled", pid, prefix, expected="true or false"
+            )
             if value is not _INVALID:
                 kwargs["enabled"] = value
         if "metadata" in fields and not _is_null(fields["metadata"][1]):
             meta_node = fields["metadata"][1]
             if not isinstance(meta_node, MappingNode):
-                self.report(meta_node, pid, f"{prefix}metadata must be a mapping, "
-                            f"got {_kind(meta_node)}")
+                self.report(
+                    meta_node, pid, f"{prefix}metadata must be a mapping, got {_kind(meta_node)}"
+                )
             else:
                 value = self.value(meta_node, pid, f"{prefix}metadata")
                 if value is not _INVALID:
@@ -748,20 +919,29 @@ class _DocumentReader:
             conditions = self.read_conditions(fields["conditions"][1], pid, prefix)
             if conditions is not None:
                 kwargs["conditions"] = conditions
-    def expand_and_compile(self, regex: str, node: Node, pid: str | None,
-                           prefix: str) -> str | None:
+
+    def expand_and_compile(
+        self, regex: str, node: Node, pid: str | None, prefix: str
+    ) -> str | None:
         expanded, unbound = expand_variables(regex, self.session.variables)
         ok = True
         for name in unbound:
             bound = ", ".join(sorted(self.session.variables))
             if not _VARIABLE_NAME.match(name):
-                self.report(node, pid, f"{prefix}malformed variable reference '${{{name}}}'",
-                            "a variable name is letters, digits and '_'; for a literal '${' "
-                            "write \\$\\{")
+                self.report(
+                    node,
+                    pid,
+                    f"{prefix}malformed variable reference '${{{name}}}'",
+                    "a variable name is letters, digits and '_'; for a literal '${' write \\$\\{",
+                )
             else:
-                self.report(node, pid, f"{prefix}unbound variable '${{{name}}}' in pattern",
-                            _did_you_mean(name, self.session.variables)
-                            or f"bound: {bound}; pass variables={{'{name}': ...}}")
+                self.report(
+                    node,
+                    pid,
+                    f"{prefix}unbound variable '${{{name}}}' in pattern",
+                    _did_you_mean(name, self.session.variables)
+                    or f"bound: {bound}; pass variables={{'{name}': ...}}",
+                )
             ok = False
         if not ok:
             return None
@@ -782,8 +962,12 @@ class _DocumentReader:
         for name, (key_node, value_node) in items.items():
             spec = CONDITIONS.get(name)
             if spec is None:
-                self.report(key_node, pid, f"{prefix}unknown condition {name!r}",
-                            _did_you_mean(name, CONDITIONS) or f"known: {', '.join(CONDITIONS)}")
+                self.report(
+                    key_node,
+                    pid,
+                    f"{prefix}unknown condition {name!r}",
+                    _did_you_mean(name, CONDITIONS) or f"known: {', '.join(CONDITIONS)}",
+                )
                 ok = False
                 continue
             value = self.value(value_node, pid, f"{prefix}condition {name!r}")
@@ -792,8 +976,12 @@ class _DocumentReader:
                 continue
             problem = spec.validate(value)
             if problem:
-                self.report(value_node, pid, f"{prefix}condition {name!r}: {problem}",
-                            f"{name} means: {spec.description}")
+                self.report(
+                    value_node,
+                    pid,
+                    f"{prefix}condition {name!r}: {problem}",
+                    f"{name} means: {spec.description}",
+                )
                 ok = False
                 continue
             conditions[name] = value
@@ -821,18 +1009,24 @@ class _DocumentReader:
                         re.compile(value, re.DOTALL)
                         kwargs["agent_pattern"] = value
                     except re.error as exc:
-                        self.report(fields["agent_pattern"][1], None,
-                                    f"{prefix}invalid agent_pattern regex {value!r}: {exc}",
-                                    _regex_hint(str(exc)))
+                        self.report(
+                            fields["agent_pattern"][1],
+                            None,
+                            f"{prefix}invalid agent_pattern regex {value!r}: {exc}",
+                            _regex_hint(str(exc)),
+                        )
             if "patterns" in fields:
                 ids = self.string_list(fields["patterns"][1], "patterns", None, prefix)
                 if ids is not None:
                     for pattern_id, id_node in ids:
                         if known_ids is not None and pattern_id not in known_ids:
-                            self.report(id_node, pattern_id,
-                                        f"{prefix}exception names unknown pattern {pattern_id!r}",
-                                        _did_you_mean(pattern_id, known_ids)
-                                        or "name a pattern id of this policy or one it extends")
+                            self.report(
+                                id_node,
+                                pattern_id,
+                                f"{prefix}exception names unknown pattern {pattern_id!r}",
+                                _did_you_mean(pattern_id, known_ids)
+                                or "name a pattern id of this policy or one it extends",
+                            )
                     kwargs["patterns"] = [pattern_id for pattern_id, _ in ids]
             for key in ("reason", "approved_by"):
                 if key in fields and not _is_null(fields[key][1]):
@@ -865,8 +1059,12 @@ class _DocumentReader:
             except ValueError as exc:
                 self.report(node, None, f"{prefix}bad expires date {value!r}: {exc}")
                 return _INVALID
-        self.report(node, None, f"{prefix}bad expires date {value!r}",
-                    "write the last day the exception applies as YYYY-MM-DD")
+        self.report(
+            node,
+            None,
+            f"{prefix}bad expires date {value!r}",
+            "write the last day the exception applies as YYYY-MM-DD",
+        )
         return _INVALID
 
 
@@ -896,17 +1094,25 @@ def _explicit_id(node: MappingNode) -> str | None:
     """
     found = None
     for key_node, value_node in node.value:
-        if (isinstance(key_node, ScalarNode) and key_node.value == "id"
-                and isinstance(value_node, ScalarNode) and value_node.tag == _TAG + "str"
-                and value_node.value.strip()):
+        if (
+            isinstance(key_node, ScalarNode)
+            and key_node.value == "id"
+            and isinstance(value_node, ScalarNode)
+            and value_node.tag == _TAG + "str"
+            and value_node.value.strip()
+        ):
             found = value_node.value
     return found
 
 
 # --- the public API ----------------------------------------------------------------------------
 
-def load_policy(name_or_path: str | os.PathLike, variables: Mapping[str, Any] | None = None,
-                search_path: Sequence[str | os.PathLike] | None = None) -> Policy:
+
+def load_policy(
+    name_or_path: str | os.PathLike,
+    variables: Mapping[str, Any] | None = None,
+    search_path: Sequence[str | os.PathLike] | None = None,
+) -> Policy:
     """Load a built-in or search-path policy by name (``strict``) or a policy file by path.
 
     Raises ``PolicyNotFoundError`` when there is no such policy and ``PolicyValidationError``
@@ -917,14 +1123,19 @@ def load_policy(name_or_path: str | os.PathLike, variables: Mapping[str, Any] | 
     session = _LoadSession(variables, search_path)
     policy = session.load_file(path)
     if session.issues or policy is None:
-        raise PolicyValidationError(session.sorted_issues() or [
-            ValidationIssue(str(path), None, None, "policy could not be loaded")])
+        raise PolicyValidationError(
+            session.sorted_issues()
+            or [ValidationIssue(str(path), None, None, "policy could not be loaded")]
+        )
     return policy
 
 
-def policy_from_yaml_string(text: str, variables: Mapping[str, Any] | None = None,
-                            search_path: Sequence[str | os.PathLike] | None = None,
-                            name: str = "<string>") -> Policy:
+def policy_from_yaml_string(
+    text: str,
+    variables: Mapping[str, Any] | None = None,
+    search_path: Sequence[str | os.PathLike] | None = None,
+    name: str = "<string>",
+) -> Policy:
     """Load a policy from YAML text; ``extends`` names are looked up on the search path.
 
     ``name`` labels problems in the error (it is not the policy's name).
@@ -932,28 +1143,37 @@ def policy_from_yaml_string(text: str, variables: Mapping[str, Any] | None = Non
     session = _LoadSession(variables, search_path)
     policy = session.load_text(text, name, base_dir=None)
     if session.issues or policy is None:
-        raise PolicyValidationError(session.sorted_issues() or [
-            ValidationIssue(name, None, None, "policy could not be loaded")])
+        raise PolicyValidationError(
+            session.sorted_issues()
+            or [ValidationIssue(name, None, None, "policy could not be loaded")]
+        )
     return policy
 
 
-def validate_yaml_file(path: str | os.PathLike, variables: Mapping[str, Any] | None = None,
-                       search_path: Sequence[str | os.PathLike] | None = None
-                       ) -> list[ValidationIssue]:
+def validate_yaml_file(
+    path: str | os.PathLike,
+    variables: Mapping[str, Any] | None = None,
+    search_path: Sequence[str | os.PathLike] | None = None,
+) -> list[ValidationIssue]:
     """Every problem in the policy file ``path`` (and what it extends); empty when valid."""
     path = Path(os.fspath(path))
     session = _LoadSession(variables, search_path)
     if not path.is_file():
-        return [ValidationIssue(str(path), None, None,
-                                "no such file" if not path.exists() else "not a regular file")]
+        return [
+            ValidationIssue(
+                str(path), None, None, "no such file" if not path.exists() else "not a regular file"
+            )
+        ]
     session.load_file(path)
     return session.sorted_issues()
 
 
-def validate_yaml_string(text: str, name: str = "<string>",
-                         variables: Mapping[str, Any] | None = None,
-                         search_path: Sequence[str | os.PathLike] | None = None
-                         ) -> list[ValidationIssue]:
+def validate_yaml_string(
+    text: str,
+    name: str = "<string>",
+    variables: Mapping[str, Any] | None = None,
+    search_path: Sequence[str | os.PathLike] | None = None,
+) -> list[ValidationIssue]:
     """Every problem in the policy YAML ``text``; empty when valid."""
     session = _LoadSession(variables, search_path)
     session.load_text(text, name, base_dir=None)
@@ -978,8 +1198,9 @@ def policy_to_yaml(policy: Policy) -> str:
     Not kept: a ``violation_handler`` (code) and the ``${VAR}`` spelling of regexes.
     """
     document = policy_to_dict(policy)
-    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True,
-                          default_flow_style=False, width=4096)
+    return yaml.safe_dump(
+        document, sort_keys=False, allow_unicode=True, default_flow_style=False, width=4096
+    )
 
 
 def _lift_descriptive(document: dict[str, Any]) -> dict[str, Any]:
@@ -988,16 +1209,21 @@ def _lift_descriptive(document: dict[str, Any]) -> dict[str, Any]:
     document = dict(document)
     merge = document.get("merge")
     if isinstance(merge, dict) and isinstance(merge.get("policies"), list):
-        document["merge"] = {**merge, "policies": [
-            _lift_descriptive(part) if isinstance(part, dict) else part
-            for part in merge["policies"]]}
+        document["merge"] = {
+            **merge,
+            "policies": [
+                _lift_descriptive(part) if isinstance(part, dict) else part
+                for part in merge["policies"]
+            ],
+        }
     if isinstance(document.get("patterns"), list):
         document["patterns"] = [_literal_dollar_brace(p) for p in document["patterns"]]
     metadata = document.get("metadata")
     if not isinstance(metadata, dict):
         return document
-    lifted = {k: metadata[k] for k in DESCRIPTIVE_KEYS
-              if isinstance(metadata.get(k), (str, _dt.date))}
+    lifted = {
+        k: metadata[k] for k in DESCRIPTIVE_KEYS if isinstance(metadata.get(k), (str, _dt.date))
+    }
     if not lifted:
         return document
     rest = {k: v for k, v in metadata.items() if k not in lifted}
@@ -1020,8 +1246,11 @@ def _literal_dollar_brace(pattern: Any) -> Any:
     loading would read it as a variable. ``$\{`` means the same to ``re`` (``${n}`` is never
     valid there) and is not a variable reference. Loaded regexes never contain ``${``: it was
     expanded, and ``re.escape`` writes ``\$\{``."""
-    if isinstance(pattern, dict) and isinstance(pattern.get("pattern"), str) \
-            and "${" in pattern["pattern"]:
+    if (
+        isinstance(pattern, dict)
+        and isinstance(pattern.get("pattern"), str)
+        and "${" in pattern["pattern"]
+    ):
         return {**pattern, "pattern": pattern["pattern"].replace("${", "$\\{")}
     return pattern
 
@@ -1043,5 +1272,7 @@ def _plain(value: Any, where: str) -> Any:
     if isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
         return [_plain(v, f"{where}[{i}]") for i, v in enumerate(items)]
-    raise PolicyError(f"cannot write {where} to YAML: {type(value).__name__} {value!r} is not "
-                      "plain data (use strings, numbers, booleans, lists and mappings)")
+    raise PolicyError(
+        f"cannot write {where} to YAML: {type(value).__name__} {value!r} is not "
+        "plain data (use strings, numbers, booleans, lists and mappings)"
+    )

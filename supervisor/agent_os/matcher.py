@@ -25,7 +25,8 @@ state cache thrashes: bench/README.md). The readings of regex text above (``engi
 from __future__ import annotations
 
 import re
-from typing import Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 try:  # optional accelerator; the engine is correct without it
     import re2 as _re2
@@ -58,17 +59,29 @@ CHAR = "char"  # outside a class, a run of anything else: literals and operators
 
 LOOKAROUNDS = frozenset({LOOKAHEAD, NEG_LOOKAHEAD, LOOKBEHIND, NEG_LOOKBEHIND})
 GROUP_OPENS = LOOKAROUNDS | {CAPTURE, NON_CAPTURING, NAMED, FLAGS, EXTENSION}
-_GROUP_KINDS = {"(": CAPTURE, "(?": EXTENSION, "(?:": NON_CAPTURING, "(?P<": NAMED,
-                "(?=": LOOKAHEAD, "(?!": NEG_LOOKAHEAD, "(?<=": LOOKBEHIND, "(?<!": NEG_LOOKBEHIND}
+_GROUP_KINDS = {
+    "(": CAPTURE,
+    "(?": EXTENSION,
+    "(?:": NON_CAPTURING,
+    "(?P<": NAMED,
+    "(?=": LOOKAHEAD,
+    "(?!": NEG_LOOKAHEAD,
+    "(?<=": LOOKBEHIND,
+    "(?<!": NEG_LOOKBEHIND,
+}
 # One token at a position, outside and inside a class (the group names are the kinds).
-_OUTSIDE_CLASS = re.compile(r"""(?P<escape>\\.?)
+_OUTSIDE_CLASS = re.compile(
+    r"""(?P<escape>\\.?)
     | (?P<class_open>\[\^?\]?)               # a ']' right after '[' or '[^' is a literal
     | (?P<group>\((?:\?(?:<=|<!|=|!|:|P<|[aiLmsux-]+:?)?)?)
     | (?P<group_close>\))
     | (?P<anchor>[\^$])
-    | (?P<char>[^\\\[()^$]+)""", re.VERBOSE | re.DOTALL)
-_INSIDE_CLASS = re.compile(r"(?P<escape>\\.?)|(?P<class_close>\])|(?P<class_char>\[|[^\\\]\[]+)",
-                           re.DOTALL)
+    | (?P<char>[^\\\[()^$]+)""",
+    re.VERBOSE | re.DOTALL,
+)
+_INSIDE_CLASS = re.compile(
+    r"(?P<escape>\\.?)|(?P<class_close>\])|(?P<class_char>\[|[^\\\]\[]+)", re.DOTALL
+)
 
 
 class _RegexToken(NamedTuple):
@@ -181,7 +194,7 @@ def set_form(pattern: str) -> str:
     while True:
         for tail in (".*$", ".*"):
             if pattern.endswith(tail):
-                head = pattern[:-len(tail)]
+                head = pattern[: -len(tail)]
                 if (len(head) - len(head.rstrip("\\"))) % 2 == 0:
                     pattern = head
                     break
@@ -213,8 +226,9 @@ def _re2_reads_alike(token: _RegexToken, pattern: str) -> bool:
     if kind == ANCHOR and text == "$":  # RE2's '$' followed by more pattern differs
         return pattern.startswith((")", "|"), token.end) or token.end == len(pattern)
     if kind == FLAGS:
-        return (set(text[2:].rstrip(":")) <= set("imsx-")
-                and (text.endswith(":") or pattern.startswith(")", token.end)))
+        return set(text[2:].rstrip(":")) <= set("imsx-") and (
+            text.endswith(":") or pattern.startswith(")", token.end)
+        )
     return kind not in GROUP_OPENS or kind in _RE2_GROUPS
 
 

@@ -11,15 +11,28 @@ two patterns conflict when they share an id, or the same action type and regex.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
-from .policy import (EvaluationResult, Pattern, Policy, ViolationMode, least_restrictive,
-                     most_restrictive)
+from .policy import (
+    EvaluationResult,
+    Pattern,
+    Policy,
+    ViolationMode,
+    least_restrictive,
+    most_restrictive,
+)
 
 STRATEGIES = ("strict", "permissive", "override", "custom")
 _DEFAULT_RANK = {"allow": 0, "warn": 1, "deny": 2}
-_MODE_ORDER = [None, ViolationMode.LOG_ONLY, ViolationMode.SIGWARN, ViolationMode.BLOCK,
-               ViolationMode.SIGSTOP, ViolationMode.SIGKILL]
+_MODE_ORDER = [
+    None,
+    ViolationMode.LOG_ONLY,
+    ViolationMode.SIGWARN,
+    ViolationMode.BLOCK,
+    ViolationMode.SIGSTOP,
+    ViolationMode.SIGKILL,
+]
 
 
 def _conflicts(a: Pattern, b: Pattern) -> bool:
@@ -34,10 +47,19 @@ class MergedPolicy(Policy):
     whichever part holds the id.
     """
 
-    def __init__(self, parts: Sequence[Policy], strategy: str, name: str | None = None,
-                 description: str = "", version: str = "1.0.0", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        parts: Sequence[Policy],
+        strategy: str,
+        name: str | None = None,
+        description: str = "",
+        version: str = "1.0.0",
+        **kwargs: Any,
+    ) -> None:
         if strategy not in ("strict", "permissive"):
-            raise ValueError(f"MergedPolicy strategy must be strict or permissive, got {strategy!r}")
+            raise ValueError(
+                f"MergedPolicy strategy must be strict or permissive, got {strategy!r}"
+            )
         if len(parts) < 2:
             raise ValueError("a merged policy needs at least two parts")
         self.parts: tuple[Policy, ...] = tuple(parts)
@@ -49,7 +71,11 @@ class MergedPolicy(Policy):
         super().__init__(
             name=name or "+".join(p.name for p in parts),
             description=description or f"{strategy} merge of {', '.join(p.name for p in parts)}",
-            version=version, default_action=default, violation_mode=mode, **kwargs)
+            version=version,
+            default_action=default,
+            violation_mode=mode,
+            **kwargs,
+        )
 
     @property
     def patterns(self) -> list[Pattern]:
@@ -91,8 +117,9 @@ class MergedPolicy(Policy):
         (owner.enable_pattern if enabled else owner.disable_pattern)(pattern_id)
         self._notify("pattern_enabled" if enabled else "pattern_disabled", pattern_id)
 
-    def _decide(self, action_type: str, target: Any,
-                context: Mapping[str, Any] | None) -> tuple[EvaluationResult, bool]:
+    def _decide(
+        self, action_type: str, target: Any, context: Mapping[str, Any] | None
+    ) -> tuple[EvaluationResult, bool]:
         outcomes = [part._decide(action_type, target, context) for part in self.parts]
         own, own_matched = super()._decide(action_type, target, context)
         candidates = [result for result, _ in outcomes]
@@ -102,9 +129,13 @@ class MergedPolicy(Policy):
         result = pick(candidates)
         matched = tuple(dict.fromkeys(pid for r in candidates for pid in r.matched))
         import dataclasses
+
         result = dataclasses.replace(
-            result, matched=matched, policy=self.name,
-            reason=f"{result.reason} [{self.strategy} merge: decided by {result.policy}]")
+            result,
+            matched=matched,
+            policy=self.name,
+            reason=f"{result.reason} [{self.strategy} merge: decided by {result.policy}]",
+        )
         return result, own_matched or any(m for _, m in outcomes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,8 +154,12 @@ def _least(values: Iterable[str], rank: Mapping[str, int]) -> str:
     return min(values, key=lambda v: rank[v])
 
 
-def merge_policies(first: Policy, second: Policy, strategy: str = "strict",
-                   conflict_resolver: Callable[[Pattern, Pattern], Pattern] | None = None) -> Policy:
+def merge_policies(
+    first: Policy,
+    second: Policy,
+    strategy: str = "strict",
+    conflict_resolver: Callable[[Pattern, Pattern], Pattern] | None = None,
+) -> Policy:
     if not isinstance(second, Policy):
         raise TypeError(f"merge takes a Policy, got {type(second).__name__}")
     if strategy not in STRATEGIES:

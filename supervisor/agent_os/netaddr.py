@@ -17,12 +17,13 @@ import difflib
 import ipaddress
 import re
 import types
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Union
+from typing import Any
 from urllib.parse import urlsplit
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _networks(*cidrs: str) -> tuple[IPNetwork, ...]:
@@ -30,35 +31,59 @@ def _networks(*cidrs: str) -> tuple[IPNetwork, ...]:
 
 
 # The named sets. An address may be in several (169.254.169.254 is link_local and metadata).
-ADDRESS_SETS: Mapping[str, tuple[IPNetwork, ...]] = types.MappingProxyType({
-    "loopback": _networks("127.0.0.0/8", "::1/128"),
-    "private": _networks("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"),
-    "link_local": _networks("169.254.0.0/16", "fe80::/10"),
-    # Instance metadata and credential endpoints: AWS/GCP/Azure/Oracle 169.254.169.254, AWS IPv6
-    # fd00:ec2::254, AWS ECS task credentials 169.254.170.2, Alibaba 100.100.100.200, Azure's
-    # WireServer 168.63.129.16 (a platform address inside public space).
-    "metadata": _networks("169.254.169.254/32", "169.254.170.2/32", "fd00:ec2::254/128",
-                          "100.100.100.200/32", "168.63.129.16/32"),
-    "ula": _networks("fc00::/7"),
-    "cgnat": _networks("100.64.0.0/10"),
-    "multicast": _networks("224.0.0.0/4", "ff00::/8"),
-    "unspecified": _networks("0.0.0.0/8", "::/128"),
-    # Not reachable as public internet services: IETF protocol assignments, documentation and
-    # benchmarking ranges (198.18/15 is also what fake-IP DNS proxies hand out), 240/4 and the
-    # limited broadcast, the IPv6 discard prefix, documentation prefixes, deprecated site-local,
-    # local-use NAT64. Every IPv6 address outside 2000::/3 that no other set names is reserved too.
-    "reserved": _networks("192.0.0.0/24", "192.0.2.0/24", "198.18.0.0/15", "198.51.100.0/24",
-                          "203.0.113.0/24", "240.0.0.0/4", "100::/64", "2001:2::/48",
-                          "2001:db8::/32", "3fff::/20", "fec0::/10", "64:ff9b:1::/48"),
-})
+ADDRESS_SETS: Mapping[str, tuple[IPNetwork, ...]] = types.MappingProxyType(
+    {
+        "loopback": _networks("127.0.0.0/8", "::1/128"),
+        "private": _networks("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"),
+        "link_local": _networks("169.254.0.0/16", "fe80::/10"),
+        # Instance metadata and credential endpoints: AWS/GCP/Azure/Oracle 169.254.169.254, AWS IPv6
+        # fd00:ec2::254, AWS ECS task credentials 169.254.170.2, Alibaba 100.100.100.200, Azure's
+        # WireServer 168.63.129.16 (a platform address inside public space).
+        "metadata": _networks(
+            "169.254.169.254/32",
+            "169.254.170.2/32",
+            "fd00:ec2::254/128",
+            "100.100.100.200/32",
+            "168.63.129.16/32",
+        ),
+        "ula": _networks("fc00::/7"),
+        "cgnat": _networks("100.64.0.0/10"),
+        "multicast": _networks("224.0.0.0/4", "ff00::/8"),
+        "unspecified": _networks("0.0.0.0/8", "::/128"),
+        # Not reachable as public internet services: IETF protocol assignments, documentation and
+        # benchmarking ranges (198.18/15 is also what fake-IP DNS proxies hand out), 240/4 and the
+        # limited broadcast, the IPv6 discard prefix, documentation prefixes, deprecated site-local,
+        # local-use NAT64. Every IPv6 address outside 2000::/3 that no other set names is reserved
+        # too.
+        "reserved": _networks(
+            "192.0.0.0/24",
+            "192.0.2.0/24",
+            "198.18.0.0/15",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "240.0.0.0/4",
+            "100::/64",
+            "2001:2::/48",
+            "2001:db8::/32",
+            "3fff::/20",
+            "fec0::/10",
+            "64:ff9b:1::/48",
+        ),
+    }
+)
 INTERNAL_PARTS = frozenset(ADDRESS_SETS)  # every named set above is internal
 # The same sets as integer ranges per IP version, for a classification without object compares.
-_RANGES: Mapping[int, tuple[tuple[str, int, int], ...]] = types.MappingProxyType({
-    version: tuple((name, int(net.network_address), int(net.broadcast_address))
-                   for name, networks in ADDRESS_SETS.items() for net in networks
-                   if net.version == version)
-    for version in (4, 6)
-})
+_RANGES: Mapping[int, tuple[tuple[str, int, int], ...]] = types.MappingProxyType(
+    {
+        version: tuple(
+            (name, int(net.network_address), int(net.broadcast_address))
+            for name, networks in ADDRESS_SETS.items()
+            for net in networks
+            if net.version == version
+        )
+        for version in (4, 6)
+    }
+)
 SET_NAMES: tuple[str, ...] = (*ADDRESS_SETS, "internal", "public")
 
 _GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
@@ -75,6 +100,7 @@ _AMBIGUOUS_NETLOC = re.compile(r"[\\\s\x00-\x1f\x7f]")
 
 
 # --- reading addresses ------------------------------------------------------------------------
+
 
 def parse_address(text: str) -> IPAddress:
     """A canonical IPv4 or IPv6 address (``1.2.3.4``, ``::1``, ``fe80::1%eth0``); ValueError."""
@@ -103,8 +129,10 @@ def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
     parts = host.split(".")
     if not 1 <= len(parts) <= 4 or not all(_V4_PART.fullmatch(p) for p in parts):
         return None
-    values = [int(p, 16) if p[:2] in ("0x", "0X") else int(p, 8) if len(p) > 1 and p[0] == "0"
-              else int(p) for p in parts]
+    values = [
+        int(p, 16) if p[:2] in ("0x", "0X") else int(p, 8) if len(p) > 1 and p[0] == "0" else int(p)
+        for p in parts
+    ]
     *head, last = values
     if any(v > 255 for v in head) or last >= 1 << (8 * (4 - len(head))):
         return None
@@ -147,7 +175,7 @@ def url_host(url: str) -> str | None:
     try:
         parts = urlsplit(url)
         host = parts.hostname
-        parts.port  # raises for a malformed port
+        _ = parts.port  # raises for a malformed port
     except ValueError:
         return None
     if not host or _AMBIGUOUS_NETLOC.search(parts.netloc):
@@ -170,6 +198,7 @@ def target_address(target: str) -> IPAddress | None:
 
 
 # --- classifying --------------------------------------------------------------------------------
+
 
 def effective_addresses(address: IPAddress) -> tuple[IPAddress, ...]:
     """The addresses packets to ``address`` really go to, for matching named sets.
@@ -210,6 +239,7 @@ def classify(address: IPAddress | str) -> frozenset[str]:
 
 
 # --- set lists as condition values --------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class AddressSets:
@@ -256,8 +286,10 @@ def _item_problem(item: Any) -> str | None:
 def validate_address_sets(items: Any) -> str | None:
     """The problem with a condition value (a non-empty list of set names / CIDRs), or None."""
     if not isinstance(items, (list, tuple)) or not items:
-        return (f"expected a non-empty list of address set names ({', '.join(SET_NAMES)}) "
-                f"or CIDRs like '10.1.0.0/16', got {items!r}")
+        return (
+            f"expected a non-empty list of address set names ({', '.join(SET_NAMES)}) "
+            f"or CIDRs like '10.1.0.0/16', got {items!r}"
+        )
     problems = [p for p in (_item_problem(item) for item in items) if p]
     return "; ".join(problems) if problems else None
 
@@ -288,6 +320,7 @@ def build_address_sets(items: Iterable[str]) -> AddressSets:
 
 
 # --- the destination of an action ---------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Destination:

@@ -27,8 +27,9 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from .action_types import check_action_type
 from .conditions import CONDITIONS, ConditionState, EvalEnv, validate_conditions
@@ -51,7 +52,7 @@ class Severity(enum.IntEnum):
     CRITICAL = 4
 
     @classmethod
-    def parse(cls, value: Any) -> "Severity":
+    def parse(cls, value: Any) -> Severity:
         if isinstance(value, Severity):
             return value
         if isinstance(value, str):
@@ -91,7 +92,7 @@ class ViolationMode(enum.Enum):
     BLOCK = "block"
 
     @classmethod
-    def parse(cls, value: Any) -> "ViolationMode":
+    def parse(cls, value: Any) -> ViolationMode:
         if isinstance(value, ViolationMode):
             return value
         if isinstance(value, str):
@@ -133,8 +134,20 @@ def _check_action(action: Any) -> str:
 class Pattern:
     """One rule: an action type, a regex over the target, what to do on a match, and why."""
 
-    __slots__ = ("id", "action_type", "pattern", "action", "severity", "message", "conditions",
-                 "metadata", "violation_mode", "description", "enabled", "regex")
+    __slots__ = (
+        "id",
+        "action_type",
+        "pattern",
+        "action",
+        "severity",
+        "message",
+        "conditions",
+        "metadata",
+        "violation_mode",
+        "description",
+        "enabled",
+        "regex",
+    )
 
     def __init__(
         self,
@@ -167,7 +180,9 @@ class Pattern:
         if problems:
             raise ValueError("; ".join(problems))
         self.metadata = dict(metadata or {})
-        self.violation_mode = None if violation_mode is None else ViolationMode.parse(violation_mode)
+        self.violation_mode = (
+            None if violation_mode is None else ViolationMode.parse(violation_mode)
+        )
         self.description = description or ""
         self.enabled = bool(enabled)
         self.id = id if id else self.default_id(self.action_type, pattern, self.action)
@@ -181,17 +196,34 @@ class Pattern:
     def catch_all(self) -> bool:
         return is_catch_all(self.pattern)
 
-    def copy(self, **changes: Any) -> "Pattern":
-        fields = {name: getattr(self, name) for name in (
-            "action_type", "pattern", "action", "severity", "message", "conditions", "metadata",
-            "violation_mode", "id", "description", "enabled")}
+    def copy(self, **changes: Any) -> Pattern:
+        fields = {
+            name: getattr(self, name)
+            for name in (
+                "action_type",
+                "pattern",
+                "action",
+                "severity",
+                "message",
+                "conditions",
+                "metadata",
+                "violation_mode",
+                "id",
+                "description",
+                "enabled",
+            )
+        }
         fields.update(changes)
         return Pattern(**fields)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "action_type": self.action_type,
-                               "pattern": self.pattern, "action": self.action,
-                               "severity": str(self.severity)}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "action_type": self.action_type,
+            "pattern": self.pattern,
+            "action": self.action,
+            "severity": str(self.severity),
+        }
         if self.message:
             out["message"] = self.message
         if self.description:
@@ -212,8 +244,10 @@ class Pattern:
     __hash__ = None  # type: ignore[assignment]  # mutable (enabled): not hashable
 
     def __repr__(self) -> str:
-        return (f"Pattern(id={self.id!r}, action_type={self.action_type!r}, "
-                f"pattern={self.pattern!r}, action={self.action!r}, severity={self.severity.name})")
+        return (
+            f"Pattern(id={self.id!r}, action_type={self.action_type!r}, "
+            f"pattern={self.pattern!r}, action={self.action!r}, severity={self.severity.name})"
+        )
 
 
 @dataclass(frozen=True)
@@ -277,8 +311,12 @@ class EvaluationResult:
 
     def restrictiveness(self) -> tuple[int, int, int, int]:
         """A sort key: larger is more restrictive."""
-        return (0 if self.allowed else 1, _MODE_RANK[self.violation_mode],
-                _ACTION_RANK[self.action], int(self.severity or 0))
+        return (
+            0 if self.allowed else 1,
+            _MODE_RANK[self.violation_mode],
+            _ACTION_RANK[self.action],
+            int(self.severity or 0),
+        )
 
 
 @dataclass(frozen=True)
@@ -349,13 +387,15 @@ class Decider:
     the decision of ``_decide`` (which also says whether a pattern, rather than the default,
     produced it: what a ``PolicyStack`` walks its layers by)."""
 
-    def evaluate(self, action_type: str, target: str,
-                 context: Mapping[str, Any] | None = None) -> EvaluationResult:
+    def evaluate(
+        self, action_type: str, target: str, context: Mapping[str, Any] | None = None
+    ) -> EvaluationResult:
         """Decide on one action. Never raises for a bad target: it is denied with the reason."""
         return self._decide(action_type, target, context)[0]
 
-    def _decide(self, action_type: str, target: Any,
-                context: Mapping[str, Any] | None) -> tuple[EvaluationResult, bool]:
+    def _decide(
+        self, action_type: str, target: Any, context: Mapping[str, Any] | None
+    ) -> tuple[EvaluationResult, bool]:
         raise NotImplementedError
 
 
@@ -371,7 +411,7 @@ class Policy(Decider):
         violation_mode: ViolationMode | str | None = None,
         patterns: Iterable[Pattern] | None = None,
         violation_handler: Callable[[Violation], AgentSignal | None] | None = None,
-        extends: "Policy | Sequence[Policy] | None" = None,
+        extends: Policy | Sequence[Policy] | None = None,
         *,
         exceptions: Iterable[PolicyException] | None = None,
         settings: Mapping[str, Any] | None = None,
@@ -386,7 +426,9 @@ class Policy(Decider):
             parents = list(extends)
             for parent in parents:
                 if not isinstance(parent, Policy):
-                    raise TypeError(f"extends must name Policy objects, got {type(parent).__name__}")
+                    raise TypeError(
+                        f"extends must name Policy objects, got {type(parent).__name__}"
+                    )
         self.name = name
         self.description = description
         self.version = str(version)
@@ -394,11 +436,17 @@ class Policy(Decider):
         inherited_default: str = parents[-1].default_action if parents else "allow"
         self.default_action: str = _check_action(default_action or inherited_default)
         if violation_mode is None and parents:
-            violation_mode = next((parent_mode for parent_mode in
-                                   (p.violation_mode for p in reversed(parents))
-                                   if parent_mode is not None), None)
+            violation_mode = next(
+                (
+                    parent_mode
+                    for parent_mode in (p.violation_mode for p in reversed(parents))
+                    if parent_mode is not None
+                ),
+                None,
+            )
         self.violation_mode: ViolationMode | None = (
-            None if violation_mode is None else ViolationMode.parse(violation_mode))
+            None if violation_mode is None else ViolationMode.parse(violation_mode)
+        )
         self.violation_handler = violation_handler
         self.exceptions: list[PolicyException] = [e for p in parents for e in p.exceptions]
         self.exceptions.extend(exceptions or ())
@@ -489,6 +537,7 @@ class Policy(Decider):
             with self._lock:
                 if callback in self._listeners:
                     self._listeners.remove(callback)
+
         return unsubscribe
 
     def _notify(self, change_type: str, pattern_id: str | None) -> None:
@@ -500,7 +549,7 @@ class Policy(Decider):
                 log.exception("policy %s: on_change callback %r failed", self.name, callback)
 
     @contextlib.contextmanager
-    def elevated_privileges(self, agent_id: str) -> Iterator["Policy"]:
+    def elevated_privileges(self, agent_id: str) -> Iterator[Policy]:
         """Within the block, ``agent_id``'s denials by non-CRITICAL patterns become warnings.
 
         CRITICAL patterns and the default action still apply; every elevated decision says so in
@@ -536,13 +585,14 @@ class Policy(Decider):
                     compiled = self._compiled = _Compiled(self._patterns)
         return compiled
 
-    def compile(self) -> "Policy":
+    def compile(self) -> Policy:
         """Build the matchers now (the supervisor calls this before fork)."""
         self._compiled_state()
         return self
 
-    def _decide(self, action_type: str, target: Any,
-                context: Mapping[str, Any] | None) -> tuple[EvaluationResult, bool]:
+    def _decide(
+        self, action_type: str, target: Any, context: Mapping[str, Any] | None
+    ) -> tuple[EvaluationResult, bool]:
         """The decision and whether any pattern (rather than the default) produced it."""
         ctx = context or {}
         if not isinstance(target, str):
@@ -577,8 +627,9 @@ class Policy(Decider):
                     outcome = self._decide_uncached(compiled, action_type, target, ctx, "", found)
                     compiled.by_choice[(action_type, chosen)] = outcome
             else:
-                outcome = self._decide_uncached(compiled, action_type, target, ctx,
-                                                ctx.get("agent_id") or "")
+                outcome = self._decide_uncached(
+                    compiled, action_type, target, ctx, ctx.get("agent_id") or ""
+                )
         except Exception as exc:  # INVARIANT: an error while deciding denies (fail closed)
             log.exception("policy %s: error deciding %s %r", self.name, action_type, target)
             return self._fail_closed(f"error while deciding: {exc!r}"), True
@@ -592,12 +643,19 @@ class Policy(Decider):
         return self._apply_handler(outcome, action_type, target, ctx)
 
     def _fail_closed(self, why: str) -> EvaluationResult:
-        return EvaluationResult(False, "deny", why, None, (), Severity.CRITICAL,
-                                ViolationMode.BLOCK, None, self.name)
+        return EvaluationResult(
+            False, "deny", why, None, (), Severity.CRITICAL, ViolationMode.BLOCK, None, self.name
+        )
 
-    def _decide_uncached(self, compiled: _Compiled, action_type: str, target: str,
-                         ctx: Mapping[str, Any], agent_id: str,
-                         found: list[int] | None = None) -> tuple[EvaluationResult, bool]:
+    def _decide_uncached(
+        self,
+        compiled: _Compiled,
+        action_type: str,
+        target: str,
+        ctx: Mapping[str, Any],
+        agent_id: str,
+        found: list[int] | None = None,
+    ) -> tuple[EvaluationResult, bool]:
         entry = compiled.by_type.get(action_type)
         if entry is None:
             check_action_type(action_type)
@@ -609,15 +667,16 @@ class Policy(Decider):
         catch_alls: list[Pattern] = []
         notes: list[str] = []
         confirmable: list[Pattern] = []
-        for index in (matcher.matching(target) if found is None else found):
+        for index in matcher.matching(target) if found is None else found:
             pattern = group[index]
             if pattern.id in exempt:
                 notes.append(f"{pattern.id} exempted for {agent_id}")
                 continue
             if pattern.conditions:
                 if env is None:
-                    env = EvalEnv(_dt.datetime.now(), time.monotonic(), self._condition_state,
-                                  "", agent_id)
+                    env = EvalEnv(
+                        _dt.datetime.now(), time.monotonic(), self._condition_state, "", agent_id
+                    )
                 applies, why, lacks_confirmation = self._conditions_apply(pattern, target, ctx, env)
                 notes.append(f"{pattern.id}: {why}")
                 if lacks_confirmation:
@@ -640,8 +699,9 @@ class Policy(Decider):
         if confirmable and not result.allowed:
             # Would confirmation lift the denial? The confirmable allows join the others (a
             # specific one beats every catch-all), and no deny may be left among the chosen.
-            with_confirmation = specific + [p for p in confirmable if not p.catch_all] or \
-                catch_alls + [p for p in confirmable if p.catch_all]
+            with_confirmation = specific + [
+                p for p in confirmable if not p.catch_all
+            ] or catch_alls + [p for p in confirmable if p.catch_all]
             if all(p.action != "deny" for p in with_confirmation):
                 result = _replace(result, confirmable=True)
         return result, matched_any
@@ -650,12 +710,17 @@ class Policy(Decider):
         if not self.exceptions or not agent_id:
             return frozenset()
         today = _dt.date.today()
-        return frozenset(pid for exc in self.exceptions if exc.applies_to(agent_id, today)
-                         for pid in exc.patterns)
+        return frozenset(
+            pid
+            for exc in self.exceptions
+            if exc.applies_to(agent_id, today)
+            for pid in exc.patterns
+        )
 
     @staticmethod
-    def _conditions_apply(pattern: Pattern, target: str, ctx: Mapping[str, Any],
-                          env: EvalEnv) -> tuple[bool, str, bool]:
+    def _conditions_apply(
+        pattern: Pattern, target: str, ctx: Mapping[str, Any], env: EvalEnv
+    ) -> tuple[bool, str, bool]:
         """Whether the pattern applies, why, and whether confirmation alone is missing.
 
         Conditions are checked in the order written and the first that does not hold ends the
@@ -685,79 +750,157 @@ class Policy(Decider):
         if self.default_action == "allow":
             return EvaluationResult(True, "allow", reason, policy=self.name)
         if self.default_action == "warn":
-            return EvaluationResult(True, "warn", reason, None, (), None, ViolationMode.SIGWARN,
-                                    AgentSignal.SIGWARN, self.name)
+            return EvaluationResult(
+                True,
+                "warn",
+                reason,
+                None,
+                (),
+                None,
+                ViolationMode.SIGWARN,
+                AgentSignal.SIGWARN,
+                self.name,
+            )
         mode = self.violation_mode or ViolationMode.BLOCK
         allowed = mode in (ViolationMode.SIGWARN, ViolationMode.LOG_ONLY)
-        return EvaluationResult(allowed, "deny", reason, None, (), None, mode,
-                                _MODE_SIGNAL.get(mode), self.name)
+        return EvaluationResult(
+            allowed, "deny", reason, None, (), None, mode, _MODE_SIGNAL.get(mode), self.name
+        )
 
-    def _pattern_result(self, winner: Pattern, matched: tuple[str, ...], agent_id: str,
-                        notes: list[str]) -> EvaluationResult:
+    def _pattern_result(
+        self, winner: Pattern, matched: tuple[str, ...], agent_id: str, notes: list[str]
+    ) -> EvaluationResult:
         severity = winner.severity
         message = winner.message
         reason = message or f"matched {winner.action} pattern {winner.id!r}"
         if winner.action == "allow":
-            return EvaluationResult(True, "allow", reason, winner.id, matched, severity, None, None,
-                                    self.name, message)
+            return EvaluationResult(
+                True, "allow", reason, winner.id, matched, severity, None, None, self.name, message
+            )
         if winner.action == "warn":
-            mode = (ViolationMode.LOG_ONLY if winner.violation_mode is ViolationMode.LOG_ONLY
-                    or (winner.violation_mode is None and severity == Severity.LOW)
-                    else ViolationMode.SIGWARN)
-            return EvaluationResult(True, "warn", reason, winner.id, matched, severity, mode,
-                                    _MODE_SIGNAL.get(mode), self.name, message)
+            mode = (
+                ViolationMode.LOG_ONLY
+                if winner.violation_mode is ViolationMode.LOG_ONLY
+                or (winner.violation_mode is None and severity == Severity.LOW)
+                else ViolationMode.SIGWARN
+            )
+            return EvaluationResult(
+                True,
+                "warn",
+                reason,
+                winner.id,
+                matched,
+                severity,
+                mode,
+                _MODE_SIGNAL.get(mode),
+                self.name,
+                message,
+            )
         chosen = winner.violation_mode or self.violation_mode
         if chosen is None:  # the severity table, with the safety floor: a deny blocks at least
             chosen = ViolationMode.SIGKILL if severity == Severity.CRITICAL else ViolationMode.BLOCK
         mode = chosen
         if agent_id and agent_id in self._elevated and severity < Severity.CRITICAL:
-            return EvaluationResult(True, "warn", f"{reason} (elevated privileges for {agent_id})",
-                                    winner.id, matched, severity, ViolationMode.SIGWARN,
-                                    AgentSignal.SIGWARN, self.name, message)
+            return EvaluationResult(
+                True,
+                "warn",
+                f"{reason} (elevated privileges for {agent_id})",
+                winner.id,
+                matched,
+                severity,
+                ViolationMode.SIGWARN,
+                AgentSignal.SIGWARN,
+                self.name,
+                message,
+            )
         allowed = mode in (ViolationMode.SIGWARN, ViolationMode.LOG_ONLY)
-        return EvaluationResult(allowed, "deny", reason, winner.id, matched, severity, mode,
-                                _MODE_SIGNAL.get(mode), self.name, message)
+        return EvaluationResult(
+            allowed,
+            "deny",
+            reason,
+            winner.id,
+            matched,
+            severity,
+            mode,
+            _MODE_SIGNAL.get(mode),
+            self.name,
+            message,
+        )
 
-    def _apply_handler(self, outcome: tuple[EvaluationResult, bool], action_type: str,
-                       target: str, ctx: Mapping[str, Any]) -> tuple[EvaluationResult, bool]:
+    def _apply_handler(
+        self,
+        outcome: tuple[EvaluationResult, bool],
+        action_type: str,
+        target: str,
+        ctx: Mapping[str, Any],
+    ) -> tuple[EvaluationResult, bool]:
         result, matched_any = outcome
         handler = self.violation_handler
         if handler is None or result.action == "allow":
             return outcome
-        violation = Violation(result.pattern_id, action_type, target, result.severity,
-                              result.message or result.reason, result.action,
-                              str(ctx.get("agent_id") or ""), self.name, dict(ctx))
+        violation = Violation(
+            result.pattern_id,
+            action_type,
+            target,
+            result.severity,
+            result.message or result.reason,
+            result.action,
+            str(ctx.get("agent_id") or ""),
+            self.name,
+            dict(ctx),
+        )
         try:
             signal = handler(violation)
         except Exception as exc:  # fail closed: a broken handler blocks
             log.exception("policy %s: violation_handler failed", self.name)
-            return _replace(result, allowed=False, action="deny", violation_mode=ViolationMode.BLOCK,
-                            signal=None,
-                            reason=f"{result.reason}; violation_handler raised {exc!r}"), matched_any
+            return _replace(
+                result,
+                allowed=False,
+                action="deny",
+                violation_mode=ViolationMode.BLOCK,
+                signal=None,
+                reason=f"{result.reason}; violation_handler raised {exc!r}",
+            ), matched_any
         if signal is None:
             return outcome
         try:
             mode = _SIGNAL_MODE[AgentSignal(signal)]
         except (ValueError, KeyError):
-            return _replace(result, allowed=False, action="deny", violation_mode=ViolationMode.BLOCK,
-                            signal=None,
-                            reason=f"{result.reason}; violation_handler returned {signal!r}, "
-                                   "not an AgentSignal"), matched_any
+            return _replace(
+                result,
+                allowed=False,
+                action="deny",
+                violation_mode=ViolationMode.BLOCK,
+                signal=None,
+                reason=f"{result.reason}; violation_handler returned {signal!r}, "
+                "not an AgentSignal",
+            ), matched_any
         allowed = mode is ViolationMode.SIGWARN
-        return _replace(result, allowed=allowed, violation_mode=mode, signal=_MODE_SIGNAL[mode],
-                        action=result.action if allowed or result.action == "deny" else "deny",
-                        reason=f"{result.reason}; violation_handler chose {mode.name}"), matched_any
+        return _replace(
+            result,
+            allowed=allowed,
+            violation_mode=mode,
+            signal=_MODE_SIGNAL[mode],
+            action=result.action if allowed or result.action == "deny" else "deny",
+            reason=f"{result.reason}; violation_handler chose {mode.name}",
+        ), matched_any
 
     # --- merging, YAML --------------------------------------------------------------------------
 
-    def merge(self, other: "Policy", strategy: str = "strict",
-              conflict_resolver: Callable[[Pattern, Pattern], Pattern] | None = None) -> "Policy":
+    def merge(
+        self,
+        other: Policy,
+        strategy: str = "strict",
+        conflict_resolver: Callable[[Pattern, Pattern], Pattern] | None = None,
+    ) -> Policy:
         """Combine two policies; see docs/policy-semantics.md for each strategy."""
         from .merge import merge_policies
+
         return merge_policies(self, other, strategy, conflict_resolver)
 
     def to_yaml(self) -> str:
         from .loader import policy_to_yaml
+
         return policy_to_yaml(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -782,27 +925,33 @@ class Policy(Decider):
         return out
 
     @classmethod
-    def from_yaml(cls, path: str, variables: Mapping[str, str] | None = None) -> "Policy":
+    def from_yaml(cls, path: str, variables: Mapping[str, str] | None = None) -> Policy:
         from .loader import load_policy
+
         return load_policy(str(path), variables=variables)
 
     @classmethod
-    def from_yaml_string(cls, text: str, variables: Mapping[str, str] | None = None) -> "Policy":
+    def from_yaml_string(cls, text: str, variables: Mapping[str, str] | None = None) -> Policy:
         from .loader import policy_from_yaml_string
+
         return policy_from_yaml_string(text, variables=variables)
 
     @staticmethod
     def validate_yaml(path: str) -> list:
         from .loader import validate_yaml_file
+
         return validate_yaml_file(str(path))
 
     def __repr__(self) -> str:
-        return (f"Policy(name={self.name!r}, version={self.version!r}, "
-                f"default_action={self.default_action!r}, patterns={len(self._patterns)})")
+        return (
+            f"Policy(name={self.name!r}, version={self.version!r}, "
+            f"default_action={self.default_action!r}, patterns={len(self._patterns)})"
+        )
 
 
 def _replace(result: EvaluationResult, **changes: Any) -> EvaluationResult:
     import dataclasses
+
     return dataclasses.replace(result, **changes)
 
 

@@ -11,9 +11,10 @@ powers ``agentd policy test`` and can be used from pytest. Problems in a case fi
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, SequenceNode
@@ -59,7 +60,9 @@ class CaseOutcome:
 
     def expected_line(self) -> str:
         pattern = self.case.pattern_id if self.case.checks_pattern else "(not checked)"
-        return f"decision: {self.case.expect:<5}  pattern: {pattern if pattern is not None else '(default)'}"
+        if pattern is None:
+            pattern = "(default)"
+        return f"decision: {self.case.expect:<5}  pattern: {pattern}"
 
     def actual_line(self) -> str:
         pattern = self.result.pattern_id if self.result.pattern_id is not None else "(default)"
@@ -92,14 +95,27 @@ def cases_from_yaml_string(text: str, file: str = "<cases>") -> list[PolicyCase]
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        raise PolicyValidationError([ValidationIssue(
-            file, mark.line + 1 if mark else None, None, f"YAML syntax error: {exc.problem}")]) from None
+        raise PolicyValidationError(
+            [
+                ValidationIssue(
+                    file, mark.line + 1 if mark else None, None, f"YAML syntax error: {exc.problem}"
+                )
+            ]
+        ) from None
     finally:
         loader.dispose()
     if not isinstance(root, SequenceNode):
-        raise PolicyValidationError([ValidationIssue(
-            file, 1, None, "a case file is a YAML list of cases",
-            "- {action_type: file_read, target: /etc/shadow, expect: deny}")])
+        raise PolicyValidationError(
+            [
+                ValidationIssue(
+                    file,
+                    1,
+                    None,
+                    "a case file is a YAML list of cases",
+                    "- {action_type: file_read, target: /etc/shadow, expect: deny}",
+                )
+            ]
+        )
     cases: list[PolicyCase] = []
     for index, node in enumerate(root.value):
         line = node.start_mark.line + 1
@@ -116,15 +132,24 @@ def cases_from_yaml_string(text: str, file: str = "<cases>") -> list[PolicyCase]
             label = f"case {data['name']!r}"
         problems = _case_problems(data)
         if problems:
-            issues.extend(ValidationIssue(file, line, None, f"{label}: {message}", hint)
-                          for message, hint in problems)
+            issues.extend(
+                ValidationIssue(file, line, None, f"{label}: {message}", hint)
+                for message, hint in problems
+            )
             continue
-        cases.append(PolicyCase(
-            name=data.get("name") or f"{data['action_type']} {data['target']}",
-            action_type=data["action_type"], target=data["target"], expect=data["expect"],
-            context=dict(data.get("context") or {}), agent_id=data.get("agent_id"),
-            pattern_id=data["pattern_id"] if "pattern_id" in data else _UNSET,
-            file=file, line=line))
+        cases.append(
+            PolicyCase(
+                name=data.get("name") or f"{data['action_type']} {data['target']}",
+                action_type=data["action_type"],
+                target=data["target"],
+                expect=data["expect"],
+                context=dict(data.get("context") or {}),
+                agent_id=data.get("agent_id"),
+                pattern_id=data["pattern_id"] if "pattern_id" in data else _UNSET,
+                file=file,
+                line=line,
+            )
+        )
     if issues:
         raise PolicyValidationError(issues)
     return cases
@@ -137,16 +162,26 @@ def _case_problems(data: Mapping[Any, Any]) -> list[tuple[str, str | None]]:
     for key in data:
         if key not in CASE_KEYS:
             close = difflib.get_close_matches(str(key), CASE_KEYS, n=1)
-            problems.append((f"unknown key {key!r}", f"did you mean {close[0]!r}?" if close
-                             else f"allowed keys: {', '.join(CASE_KEYS)}"))
+            problems.append(
+                (
+                    f"unknown key {key!r}",
+                    f"did you mean {close[0]!r}?"
+                    if close
+                    else f"allowed keys: {', '.join(CASE_KEYS)}",
+                )
+            )
     for key in ("action_type", "target", "expect"):
         if key not in data:
             problems.append((f"missing required key {key!r}", None))
     action_type = data.get("action_type")
     if action_type is not None and action_type not in ACTION_TYPES:
         close = difflib.get_close_matches(str(action_type), ACTION_TYPES, n=1)
-        problems.append((f"unknown action type {action_type!r}",
-                         f"did you mean {close[0]!r}?" if close else None))
+        problems.append(
+            (
+                f"unknown action type {action_type!r}",
+                f"did you mean {close[0]!r}?" if close else None,
+            )
+        )
     if "target" in data and not isinstance(data["target"], str):
         problems.append((f"target must be a string, got {data['target']!r}", "quote it"))
     if "expect" in data and data["expect"] not in ACTIONS:

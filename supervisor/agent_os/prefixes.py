@@ -21,8 +21,15 @@ from typing import Any
 
 from .matcher import REGEX_FLAGS
 
-__all__ = ["PREFIX", "EXACT", "EXACT_OR_NEWLINE", "PREFIX_LIMIT", "Prefix", "match_prefixes",
-           "may_match_starting_with"]
+__all__ = [
+    "PREFIX",
+    "EXACT",
+    "EXACT_OR_NEWLINE",
+    "PREFIX_LIMIT",
+    "Prefix",
+    "match_prefixes",
+    "may_match_starting_with",
+]
 
 
 PREFIX = "prefix"  # every match starts with ``text``
@@ -118,8 +125,9 @@ def match_prefixes(regex: str) -> tuple[Prefix, ...]:
     if flags & sre_constants.SRE_FLAG_IGNORECASE:
         raise ValueError("it matches case-insensitively, so its letters are not literal")
     # re.match needs no full match: whatever is still open at the end may continue freely.
-    return tuple(sorted({Prefix(text, _STATE_KIND[state]) for text, state
-                         in _sequence(list(parsed), flags)}))
+    return tuple(
+        sorted({Prefix(text, _STATE_KIND[state]) for text, state in _sequence(list(parsed), flags)})
+    )
 
 
 def may_match_starting_with(regex: str, start: str) -> bool:
@@ -169,9 +177,12 @@ def _walk(items: list[tuple[Any, Any]], positions: set[int], start: str, flags: 
                     nxt.add(end)
                     continue
                 char = start[pos]
-                if (op is c.ANY or (op is c.LITERAL and ord(char) == av)
-                        or (op is c.NOT_LITERAL and ord(char) != av)
-                        or (op is c.IN and _char_in(av, char))):
+                if (
+                    op is c.ANY
+                    or (op is c.LITERAL and ord(char) == av)
+                    or (op is c.NOT_LITERAL and ord(char) != av)
+                    or (op is c.IN and _char_in(av, char))
+                ):
                     nxt.add(pos + 1)
             positions = nxt
         elif op is c.AT:
@@ -183,8 +194,7 @@ def _walk(items: list[tuple[Any, Any]], positions: set[int], start: str, flags: 
         elif op is getattr(c, "ATOMIC_GROUP", None):
             positions = _walk(list(av), positions, start, flags)
         elif op is c.BRANCH:
-            positions = set().union(*(_walk(list(b), set(positions), start, flags)
-                                      for b in av[1]))
+            positions = set().union(*(_walk(list(b), set(positions), start, flags) for b in av[1]))
         elif op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)):
             low, high, body = av
             current = set(positions)

@@ -8,7 +8,8 @@ decision. When no layer matches, the last layer's default applies.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .policy import Decider, EvaluationResult, Pattern, Policy
 
@@ -31,23 +32,26 @@ class PolicyStack(Decider):
     def baseline(self) -> Policy:
         return self.layers[-1]
 
-    def compile(self) -> "PolicyStack":
+    def compile(self) -> PolicyStack:
         for layer in self.layers:
             layer.compile()
         return self
 
-    def _decide(self, action_type: str, target: Any,
-                context: Mapping[str, Any] | None) -> tuple[EvaluationResult, bool]:
+    def _decide(
+        self, action_type: str, target: Any, context: Mapping[str, Any] | None
+    ) -> tuple[EvaluationResult, bool]:
         last: EvaluationResult | None = None
         for depth, layer in enumerate(self.layers, start=1):
             result, matched = layer._decide(action_type, target, context)
             if matched:
                 return dataclasses.replace(
-                    result, reason=f"{result.reason} [stack layer {depth}: {layer.name}]"), True
+                    result, reason=f"{result.reason} [stack layer {depth}: {layer.name}]"
+                ), True
             last = result
         assert last is not None
         return dataclasses.replace(
-            last, reason=f"{last.reason} [no layer matched; baseline {self.baseline.name}]"), False
+            last, reason=f"{last.reason} [no layer matched; baseline {self.baseline.name}]"
+        ), False
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "stack": [layer.to_dict() for layer in self.layers]}
@@ -85,6 +89,7 @@ class PolicyStack(Decider):
         def unsubscribe() -> None:
             for undo in unsubscribers:
                 undo()
+
         return unsubscribe
 
     def elevated_privileges(self, agent_id: str):

@@ -12,7 +12,8 @@ caller's context says so (``audit_logged``, ``encrypted``, ``mfa_verified``, ``c
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .policy import Pattern, Policy, Severity
 
@@ -22,9 +23,11 @@ from .policy import Pattern, Policy, Severity
 _URL_START = r"^[a-zA-Z][a-zA-Z0-9+.-]*://(?:[^/?#@]*@)?"
 # A command in command position: at the start, after a shell separator or `-c `, optionally
 # behind one wrapper (env, nohup, xargs, ...) and a directory. Linear time (see test_templates).
-_COMMAND = (r"(?:.*?(?:[;&|\n(){}`!]|\$\(|\s-c\s)\s*)?['\"]?"
-            r"(?:(?:env|nohup|exec|command|nice|time|timeout|xargs|stdbuf|setsid|busybox)\s+"
-            r"(?:[^;&|\n]*?\s)?)?(?:[^\s;&|]*/)?")
+_COMMAND = (
+    r"(?:.*?(?:[;&|\n(){}`!]|\$\(|\s-c\s)\s*)?['\"]?"
+    r"(?:(?:env|nohup|exec|command|nice|time|timeout|xargs|stdbuf|setsid|busybox)\s+"
+    r"(?:[^;&|\n]*?\s)?)?(?:[^\s;&|]*/)?"
+)
 
 
 def _alternatives(words: Iterable[str]) -> str:
@@ -33,8 +36,12 @@ def _alternatives(words: Iterable[str]) -> str:
 
 def url_of_domains(domains: Iterable[str]) -> str:
     """A regex matching any URL whose host is one of ``domains`` or a subdomain of one."""
-    return (_URL_START + r"(?:[^/?#:@]*\.)?(?:" + _alternatives(domains)
-            + r")\.?(?::[0-9]+)?(?:[/?#].*)?$")
+    return (
+        _URL_START
+        + r"(?:[^/?#:@]*\.)?(?:"
+        + _alternatives(domains)
+        + r")\.?(?::[0-9]+)?(?:[/?#].*)?$"
+    )
 
 
 def host_of_domains(domains: Iterable[str]) -> str:
@@ -47,34 +54,65 @@ def command(names: Iterable[str], rest: str = r"(?:\s.*|$)") -> str:
     return _COMMAND + r"(?:" + "|".join(names) + r")" + rest
 
 
-def _rule(framework: str, control: str, id: str, action_type: str, pattern: str, message: str,
-          *, action: str = "deny", severity: str = "high", conditions: Mapping[str, Any] | None = None,
-          **extra: Any) -> dict[str, Any]:
-    return {"id": id, "action_type": action_type, "pattern": pattern, "action": action,
-            "severity": severity, "message": message, "conditions": dict(conditions or {}),
-            "metadata": {"framework": framework, "control": control, **extra}}
+def _rule(
+    framework: str,
+    control: str,
+    id: str,
+    action_type: str,
+    pattern: str,
+    message: str,
+    *,
+    action: str = "deny",
+    severity: str = "high",
+    conditions: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "id": id,
+        "action_type": action_type,
+        "pattern": pattern,
+        "action": action,
+        "severity": severity,
+        "message": message,
+        "conditions": dict(conditions or {}),
+        "metadata": {"framework": framework, "control": control, **extra},
+    }
 
 
 def _pattern(rule: Mapping[str, Any]) -> Pattern:
-    return Pattern(id=rule["id"], action_type=rule["action_type"], pattern=rule["pattern"],
-                   action=rule["action"], severity=Severity.parse(rule["severity"]),
-                   message=rule["message"], conditions=rule["conditions"] or None,
-                   metadata=rule["metadata"])
+    return Pattern(
+        id=rule["id"],
+        action_type=rule["action_type"],
+        pattern=rule["pattern"],
+        action=rule["action"],
+        severity=Severity.parse(rule["severity"]),
+        message=rule["message"],
+        conditions=rule["conditions"] or None,
+        metadata=rule["metadata"],
+    )
 
 
 # --- HIPAA --------------------------------------------------------------------------------------
 
-PHI_SQL = (r"(?i).*\b(?:patients?|patient_records|medical_records?|health_records?|diagnos[ie]s"
-           r"|prescriptions?|medications?|lab_results|encounters|clinical_notes|phi)\b.*")
-PHI_PATH = (r"(?i)(?:.*/(?:phi|ephi|patients?|patient_records|medical_records|health_records"
-            r"|ehr|emr|hl7|fhir)/.*|.*\.(?:hl7|dcm|ccda|ccd)$)")
-_PHI_DIRS = r"(?:phi|ephi|patients?|patient_records|medical_records|health_records|ehr|emr|hl7|fhir)"
+PHI_SQL = (
+    r"(?i).*\b(?:patients?|patient_records|medical_records?|health_records?|diagnos[ie]s"
+    r"|prescriptions?|medications?|lab_results|encounters|clinical_notes|phi)\b.*"
+)
+PHI_PATH = (
+    r"(?i)(?:.*/(?:phi|ephi|patients?|patient_records|medical_records|health_records"
+    r"|ehr|emr|hl7|fhir)/.*|.*\.(?:hl7|dcm|ccda|ccd)$)"
+)
+_PHI_DIRS = (
+    r"(?:phi|ephi|patients?|patient_records|medical_records|health_records|ehr|emr|hl7|fhir)"
+)
 
 
 def _hipaa(control: str, id: str, action_type: str, pattern: str, message: str, **kw: Any):
     return _rule("HIPAA", control, id, action_type, pattern, message, **kw)
 
 
+# Rule tables: one control a row: laid out by hand.
+# fmt: off
 HIPAA_RULES: tuple[dict[str, Any], ...] = (
     _hipaa("45 CFR 164.312(b) audit controls", "hipaa_phi_read_audit", "database_read", PHI_SQL,
            "PHI queries must be audit-logged (context audit_logged=true)",
@@ -112,11 +150,13 @@ HIPAA_RULES: tuple[dict[str, Any], ...] = (
            "Moving PHI out of a PHI location is blocked"),
     _hipaa("45 CFR 164.312(e)(1) transmission security; 164.312(e)(2)(ii) encryption",
            "hipaa_require_tls", "network_request", r"^[a-zA-Z][a-zA-Z0-9+.-]*:.*",
-           "Requests must use TLS (https://, wss://, ...)", conditions={"require_encryption": True}),
+           "Requests must use TLS (https://, wss://, ...)",
+           conditions={"require_encryption": True}),
     _hipaa("45 CFR 164.312(e)(1) transmission security", "hipaa_plaintext_ports",
            "network_connect", r"^.*:(?:21|23|80|110|143|389|512|513|514)$",
            "Plaintext protocols (FTP, telnet, HTTP, POP3, IMAP, LDAP, r-services) are blocked"),
 )
+# fmt: on
 
 
 def hipaa_standard() -> Policy:
@@ -126,29 +166,60 @@ def hipaa_standard() -> Policy:
     access then still needs ``audit_logged``, ``encrypted`` (and ``mfa_verified`` for writes) in
     the evaluation context.
     """
-    return Policy(name="hipaa_standard",
-                  description="HIPAA Security Rule technical safeguards (45 CFR 164.312)",
-                  version="1.0.0", default_action="deny",
-                  patterns=[_pattern(rule) for rule in HIPAA_RULES],
-                  metadata={"template": "hipaa_standard", "framework": "HIPAA",
-                            "docs": "docs/templates.md#hipaa_standard"})
+    return Policy(
+        name="hipaa_standard",
+        description="HIPAA Security Rule technical safeguards (45 CFR 164.312)",
+        version="1.0.0",
+        default_action="deny",
+        patterns=[_pattern(rule) for rule in HIPAA_RULES],
+        metadata={
+            "template": "hipaa_standard",
+            "framework": "HIPAA",
+            "docs": "docs/templates.md#hipaa_standard",
+        },
+    )
 
 
 # --- SOC 2 --------------------------------------------------------------------------------------
 
-SECRET_ENV = (r"(?i).*(?:SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|API_?KEY|PRIVATE_?KEY"
-              r"|ACCESS_?KEY|CREDENTIAL).*")
-PASTE_SITES = ("pastebin.com", "paste.ee", "hastebin.com", "ghostbin.co", "transfer.sh", "file.io",
-               "0x0.st", "termbin.com", "anonfiles.com", "dpaste.com", "dpaste.org", "wetransfer.com")
-TRACKERS = ("google-analytics.com", "googletagmanager.com", "doubleclick.net",
-            "connect.facebook.net", "segment.io", "segment.com", "mixpanel.com", "hotjar.com",
-            "amplitude.com", "fullstory.com")
+SECRET_ENV = (
+    r"(?i).*(?:SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|API_?KEY|PRIVATE_?KEY"
+    r"|ACCESS_?KEY|CREDENTIAL).*"
+)
+PASTE_SITES = (
+    "pastebin.com",
+    "paste.ee",
+    "hastebin.com",
+    "ghostbin.co",
+    "transfer.sh",
+    "file.io",
+    "0x0.st",
+    "termbin.com",
+    "anonfiles.com",
+    "dpaste.com",
+    "dpaste.org",
+    "wetransfer.com",
+)
+TRACKERS = (
+    "google-analytics.com",
+    "googletagmanager.com",
+    "doubleclick.net",
+    "connect.facebook.net",
+    "segment.io",
+    "segment.com",
+    "mixpanel.com",
+    "hotjar.com",
+    "amplitude.com",
+    "fullstory.com",
+)
 
 
 def _soc2(control: str, id: str, action_type: str, pattern: str, message: str, **kw: Any):
     return _rule("SOC 2", control, id, action_type, pattern, message, **kw)
 
 
+# Rule tables: laid out by hand.
+# fmt: off
 SOC2_CRITERIA: dict[str, tuple[dict[str, Any], ...]] = {
     "security": (
         _soc2("CC6.1 logical access security", "soc2_sec_credential_files", "file_read",
@@ -267,6 +338,7 @@ SOC2_CRITERIA: dict[str, tuple[dict[str, Any], ...]] = {
               conditions={"require_confirmation": True, "require_audit_log": True}),
     ),
 }
+# fmt: on
 
 
 class SOC2Policy(Policy):
@@ -278,8 +350,14 @@ class SOC2Policy(Policy):
         kwargs.setdefault("name", "soc2_compliant")
         kwargs.setdefault("description", "SOC 2 trust services criteria (AICPA TSC 2017)")
         kwargs.setdefault("default_action", "deny")
-        kwargs.setdefault("metadata", {"template": "soc2_compliant", "framework": "SOC 2",
-                                       "docs": "docs/templates.md#soc2_compliant"})
+        kwargs.setdefault(
+            "metadata",
+            {
+                "template": "soc2_compliant",
+                "framework": "SOC 2",
+                "docs": "docs/templates.md#soc2_compliant",
+            },
+        )
         super().__init__(**kwargs)
         self._criteria: list[str] = []
         self.enable_criteria(["security"])
@@ -288,7 +366,7 @@ class SOC2Policy(Policy):
     def enabled_criteria(self) -> tuple[str, ...]:
         return tuple(self._criteria)
 
-    def enable_criteria(self, criteria: Iterable[str] | str) -> "SOC2Policy":
+    def enable_criteria(self, criteria: Iterable[str] | str) -> SOC2Policy:
         """Add the patterns of each criterion; enabling one twice is a no-op.
 
         Raises ValueError, before changing anything, for an unknown criterion.
@@ -296,8 +374,9 @@ class SOC2Policy(Policy):
         names = [criteria] if isinstance(criteria, str) else list(criteria)
         unknown = [name for name in names if name not in SOC2_CRITERIA]
         if unknown:
-            raise ValueError(f"unknown SOC 2 criteria {unknown!r}; valid: "
-                             f"{', '.join(SOC2_CRITERIA)}")
+            raise ValueError(
+                f"unknown SOC 2 criteria {unknown!r}; valid: {', '.join(SOC2_CRITERIA)}"
+            )
         for name in names:
             if name in self._criteria:
                 continue
@@ -315,28 +394,112 @@ def soc2_compliant() -> SOC2Policy:
 
 # --- K-12 (CIPA) ----------------------------------------------------------------------------------
 
-ADULT_DOMAINS = ("pornhub.com", "xvideos.com", "xnxx.com", "xhamster.com", "redtube.com",
-                 "youporn.com", "onlyfans.com", "chaturbate.com", "livejasmin.com",
-                 "stripchat.com", "spankbang.com", "brazzers.com", "rule34.xxx", "e-hentai.org",
-                 "nhentai.net", "xxx", "adult", "porn", "sex")  # the last four are TLDs
-GAMBLING_DOMAINS = ("bet365.com", "pokerstars.com", "draftkings.com", "fanduel.com", "stake.com",
-                    "betway.com", "williamhill.com", "888casino.com", "casino.com", "bovada.lv")
-CIRCUMVENTION_DOMAINS = ("torproject.org", "hidemyass.com", "kproxy.com", "proxysite.com",
-                         "hide.me", "croxyproxy.com", "vpnbook.com", "4everproxy.com",
-                         "hidester.com", "whoer.net")
-DATING_DOMAINS = ("tinder.com", "bumble.com", "match.com", "okcupid.com", "grindr.com",
-                  "hinge.co", "pof.com")
-CHAT_DOMAINS = ("omegle.com", "ome.tv", "chatroulette.com", "chatrandom.com", "emeraldchat.com",
-                "4chan.org", "8kun.top")
-SOCIAL_DOMAINS = ("facebook.com", "instagram.com", "tiktok.com", "snapchat.com", "twitter.com",
-                  "x.com", "reddit.com", "discord.com", "discord.gg", "tumblr.com", "threads.net",
-                  "telegram.org", "t.me", "whatsapp.com", "twitch.tv", "kick.com")
-SEARCH_URLS = (r"(?:www\.)?google\.[a-z.]+/search", r"(?:www\.)?bing\.com/search",
-               r"(?:html\.|www\.)?duckduckgo\.com", r"search\.yahoo\.com", r"yandex\.[a-z.]+",
-               r"(?:www\.)?baidu\.com", r"(?:www\.)?ecosia\.org", r"(?:www\.)?startpage\.com",
-               r"search\.brave\.com")
-HACKING_TOOLS = ("nmap", "masscan", "hydra", "sqlmap", "msfconsole", "msfvenom", "john",
-                 "hashcat", "aircrack-ng", "nikto", "tor", "proxychains4?")
+ADULT_DOMAINS = (
+    "pornhub.com",
+    "xvideos.com",
+    "xnxx.com",
+    "xhamster.com",
+    "redtube.com",
+    "youporn.com",
+    "onlyfans.com",
+    "chaturbate.com",
+    "livejasmin.com",
+    "stripchat.com",
+    "spankbang.com",
+    "brazzers.com",
+    "rule34.xxx",
+    "e-hentai.org",
+    "nhentai.net",
+    "xxx",
+    "adult",
+    "porn",
+    "sex",
+)  # the last four are TLDs
+GAMBLING_DOMAINS = (
+    "bet365.com",
+    "pokerstars.com",
+    "draftkings.com",
+    "fanduel.com",
+    "stake.com",
+    "betway.com",
+    "williamhill.com",
+    "888casino.com",
+    "casino.com",
+    "bovada.lv",
+)
+CIRCUMVENTION_DOMAINS = (
+    "torproject.org",
+    "hidemyass.com",
+    "kproxy.com",
+    "proxysite.com",
+    "hide.me",
+    "croxyproxy.com",
+    "vpnbook.com",
+    "4everproxy.com",
+    "hidester.com",
+    "whoer.net",
+)
+DATING_DOMAINS = (
+    "tinder.com",
+    "bumble.com",
+    "match.com",
+    "okcupid.com",
+    "grindr.com",
+    "hinge.co",
+    "pof.com",
+)
+CHAT_DOMAINS = (
+    "omegle.com",
+    "ome.tv",
+    "chatroulette.com",
+    "chatrandom.com",
+    "emeraldchat.com",
+    "4chan.org",
+    "8kun.top",
+)
+SOCIAL_DOMAINS = (
+    "facebook.com",
+    "instagram.com",
+    "tiktok.com",
+    "snapchat.com",
+    "twitter.com",
+    "x.com",
+    "reddit.com",
+    "discord.com",
+    "discord.gg",
+    "tumblr.com",
+    "threads.net",
+    "telegram.org",
+    "t.me",
+    "whatsapp.com",
+    "twitch.tv",
+    "kick.com",
+)
+SEARCH_URLS = (
+    r"(?:www\.)?google\.[a-z.]+/search",
+    r"(?:www\.)?bing\.com/search",
+    r"(?:html\.|www\.)?duckduckgo\.com",
+    r"search\.yahoo\.com",
+    r"yandex\.[a-z.]+",
+    r"(?:www\.)?baidu\.com",
+    r"(?:www\.)?ecosia\.org",
+    r"(?:www\.)?startpage\.com",
+    r"search\.brave\.com",
+)
+HACKING_TOOLS = (
+    "nmap",
+    "masscan",
+    "hydra",
+    "sqlmap",
+    "msfconsole",
+    "msfvenom",
+    "john",
+    "hashcat",
+    "aircrack-ng",
+    "nikto",
+    "tor",
+    "proxychains4?",
+)
 
 AGE_GROUPS = ("elementary", "middle", "high")
 FILTER_LEVELS = ("strict", "moderate", "minimal")
@@ -350,66 +513,131 @@ def _k12(control: str, id: str, action_type: str, pattern: str, message: str, **
 
 def _domain_rules(control: str, id: str, domains: Iterable[str], what: str):
     domains = tuple(domains)
-    return (_k12(control, id, "network_request", url_of_domains(domains), f"{what} is blocked"),
-            _k12(control, id + "_connect", "network_connect", host_of_domains(domains),
-                 f"{what} is blocked"))
+    return (
+        _k12(control, id, "network_request", url_of_domains(domains), f"{what} is blocked"),
+        _k12(
+            control,
+            id + "_connect",
+            "network_connect",
+            host_of_domains(domains),
+            f"{what} is blocked",
+        ),
+    )
 
 
 def _k12_rules(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = [
-        *_domain_rules(f"{_CIPA}: obscene, child pornography, harmful to minors",
-                       "k12_adult_content", ADULT_DOMAINS, "Adult content"),
-        *_domain_rules("CIPA 47 USC 254(l)(1)(A)(ii): safety in chat rooms",
-                       "k12_unmoderated_chat", CHAT_DOMAINS, "Anonymous and unmoderated chat"),
-        _k12("CIPA 47 USC 254(l)(1)(A)(iii): unauthorized access, hacking", "k12_hacking_tools",
-             "shell_execute", command(HACKING_TOOLS),
-             "Scanning, password-cracking and anonymising tools are blocked"),
-        _k12("CIPA 47 USC 254(l)(1)(A)(iv): disclosure of minors' personal information",
-             "k12_personal_info_in_url", "network_request",
-             r"(?i)(?:.*\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b.*|.*[?&](?:ssn|social_security|dob"
-             r"|date_of_birth|birth_?date|home_address|street_address|phone(?:_number)?"
-             r"|student_id)=.*)",
-             "Sending personal information (SSN, birth date, address, phone) is blocked"),
-        _k12("FERPA 34 CFR 99.32: record of access to education records", "k12_student_records",
-             "database_read",
-             r"(?i).*\b(?:students?|grades|transcripts?|attendance|iep|discipline)\b.*",
-             "Student records may be read only when audit-logged (audit_logged=true)",
-             conditions={"require_audit_log": True}),
+        *_domain_rules(
+            f"{_CIPA}: obscene, child pornography, harmful to minors",
+            "k12_adult_content",
+            ADULT_DOMAINS,
+            "Adult content",
+        ),
+        *_domain_rules(
+            "CIPA 47 USC 254(l)(1)(A)(ii): safety in chat rooms",
+            "k12_unmoderated_chat",
+            CHAT_DOMAINS,
+            "Anonymous and unmoderated chat",
+        ),
+        _k12(
+            "CIPA 47 USC 254(l)(1)(A)(iii): unauthorized access, hacking",
+            "k12_hacking_tools",
+            "shell_execute",
+            command(HACKING_TOOLS),
+            "Scanning, password-cracking and anonymising tools are blocked",
+        ),
+        _k12(
+            "CIPA 47 USC 254(l)(1)(A)(iv): disclosure of minors' personal information",
+            "k12_personal_info_in_url",
+            "network_request",
+            r"(?i)(?:.*\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b.*|.*[?&](?:ssn|social_security|dob"
+            r"|date_of_birth|birth_?date|home_address|street_address|phone(?:_number)?"
+            r"|student_id)=.*)",
+            "Sending personal information (SSN, birth date, address, phone) is blocked",
+        ),
+        _k12(
+            "FERPA 34 CFR 99.32: record of access to education records",
+            "k12_student_records",
+            "database_read",
+            r"(?i).*\b(?:students?|grades|transcripts?|attendance|iep|discipline)\b.*",
+            "Student records may be read only when audit-logged (audit_logged=true)",
+            conditions={"require_audit_log": True},
+        ),
     ]
     if config["age_group"] == "elementary":
-        rules.append(_k12("CIPA 47 USC 254(l)(1)(A)(iv); COPPA 16 CFR 312 (under 13)",
-                          "k12_elementary_read_only_web", "network_request", r".*",
-                          "Elementary: no form submissions or uploads (GET and HEAD only)",
-                          conditions={"allowed_methods": ["GET", "HEAD"]}))
+        rules.append(
+            _k12(
+                "CIPA 47 USC 254(l)(1)(A)(iv); COPPA 16 CFR 312 (under 13)",
+                "k12_elementary_read_only_web",
+                "network_request",
+                r".*",
+                "Elementary: no form submissions or uploads (GET and HEAD only)",
+                conditions={"allowed_methods": ["GET", "HEAD"]},
+            )
+        )
     level = config["content_filter_level"]
     if level in ("moderate", "strict"):
-        rules += [*_domain_rules(f"{_CIPA}: harmful to minors (gambling)", "k12_gambling",
-                                 GAMBLING_DOMAINS, "Gambling"),
-                  *_domain_rules(f"{_CIPA}: circumvention of the protection measure",
-                                 "k12_circumvention", CIRCUMVENTION_DOMAINS, "Proxies and anonymisers"),
-                  *_domain_rules(f"{_CIPA}: harmful to minors (dating)", "k12_dating",
-                                 DATING_DOMAINS, "Dating sites")]
+        rules += [
+            *_domain_rules(
+                f"{_CIPA}: harmful to minors (gambling)",
+                "k12_gambling",
+                GAMBLING_DOMAINS,
+                "Gambling",
+            ),
+            *_domain_rules(
+                f"{_CIPA}: circumvention of the protection measure",
+                "k12_circumvention",
+                CIRCUMVENTION_DOMAINS,
+                "Proxies and anonymisers",
+            ),
+            *_domain_rules(
+                f"{_CIPA}: harmful to minors (dating)", "k12_dating", DATING_DOMAINS, "Dating sites"
+            ),
+        ]
     if level == "strict":
-        rules.append(_k12(f"{_CIPA}: keyword filter", "k12_keyword_filter", "network_request",
-                          r"(?i).*(?:^|[^a-z])(?:porn|xxx|nsfw|hentai|nude|nudes|naked|sex|casino"
-                          r"|gambling|betting|escort)(?:[^a-z]|$).*",
-                          "URL contains a filtered keyword (strict filter; over-blocks by design)"))
+        rules.append(
+            _k12(
+                f"{_CIPA}: keyword filter",
+                "k12_keyword_filter",
+                "network_request",
+                r"(?i).*(?:^|[^a-z])(?:porn|xxx|nsfw|hentai|nude|nudes|naked|sex|casino"
+                r"|gambling|betting|escort)(?:[^a-z]|$).*",
+                "URL contains a filtered keyword (strict filter; over-blocks by design)",
+            )
+        )
     if not config["allow_social_media"]:
-        rules += list(_domain_rules("CIPA 47 USC 254(l)(1)(A)(ii); district social media policy",
-                                    "k12_social_media", SOCIAL_DOMAINS, "Social media"))
+        rules += list(
+            _domain_rules(
+                "CIPA 47 USC 254(l)(1)(A)(ii); district social media policy",
+                "k12_social_media",
+                SOCIAL_DOMAINS,
+                "Social media",
+            )
+        )
     search = _URL_START + r"(?:" + "|".join(SEARCH_URLS) + r")"
     if not config["allow_external_search"]:
-        rules.append(_k12(f"{_CIPA}: district search policy", "k12_external_search",
-                          "network_request", search + r"(?:[:/?#].*)?$",
-                          "External search engines are blocked"))
+        rules.append(
+            _k12(
+                f"{_CIPA}: district search policy",
+                "k12_external_search",
+                "network_request",
+                search + r"(?:[:/?#].*)?$",
+                "External search engines are blocked",
+            )
+        )
     else:
-        rules.append(_k12(f"{_CIPA}: safe search enforcement", "k12_safe_search",
-                          "network_request",
-                          _URL_START + r"(?:(?:www\.)?google\.[a-z.]+/search"
-                          r"(?![^#]*[?&]safe=(?:active|strict)\b)|(?:www\.)?bing\.com/search"
-                          r"(?![^#]*[?&]adlt=strict\b)|(?:html\.|www\.)?duckduckgo\.com/?"
-                          r"(?![^#]*[?&]kp=1\b)\?).*",
-                          "Search without SafeSearch (safe=active, adlt=strict, kp=1) is blocked"))
+        rules.append(
+            _k12(
+                f"{_CIPA}: safe search enforcement",
+                "k12_safe_search",
+                "network_request",
+                _URL_START + r"(?:(?:www\.)?google\.[a-z.]+/search"
+                r"(?![^#]*[?&]safe=(?:active|strict)\b)|(?:www\.)?bing\.com/search"
+                r"(?![^#]*[?&]adlt=strict\b)|(?:html\.|www\.)?duckduckgo\.com/?"
+                r"(?![^#]*[?&]kp=1\b)\?).*",
+                "Search without SafeSearch (safe=active, adlt=strict, kp=1) is blocked",
+            )
+        )
     return rules
 
 
@@ -422,41 +650,56 @@ class K12Policy(Policy):
         # A content filter blocks categories over an otherwise open web: default allow. Put it
         # above strict (PolicyStack or strict merge) to also sandbox files and commands.
         kwargs.setdefault("default_action", "allow")
-        kwargs.setdefault("metadata", {"template": "k12_safe", "framework": "CIPA",
-                                       "docs": "docs/templates.md#k12_safe"})
+        kwargs.setdefault(
+            "metadata",
+            {"template": "k12_safe", "framework": "CIPA", "docs": "docs/templates.md#k12_safe"},
+        )
         super().__init__(**kwargs)
         self._configured_ids: list[str] = []
         self._config: dict[str, Any] = {}
-        self.configure(age_group="elementary", allow_social_media=False,
-                       allow_external_search=False, content_filter_level="strict")
+        self.configure(
+            age_group="elementary",
+            allow_social_media=False,
+            allow_external_search=False,
+            content_filter_level="strict",
+        )
 
     @property
     def configuration(self) -> dict[str, Any]:
         return dict(self._config)
 
-    def configure(self, age_group: str | None = None, allow_social_media: bool | None = None,
-                  allow_external_search: bool | None = None,
-                  content_filter_level: str | None = None) -> "K12Policy":
+    def configure(
+        self,
+        age_group: str | None = None,
+        allow_social_media: bool | None = None,
+        allow_external_search: bool | None = None,
+        content_filter_level: str | None = None,
+    ) -> K12Policy:
         """Replace the template's patterns for these settings; omitted ones keep their value
         (the filter level follows a changed age group unless given). Bad values: ValueError."""
         config = dict(self._config)
         if age_group is not None:
             if age_group not in AGE_GROUPS:
-                raise ValueError(f"age_group must be one of {', '.join(AGE_GROUPS)}; "
-                                 f"got {age_group!r}")
+                raise ValueError(
+                    f"age_group must be one of {', '.join(AGE_GROUPS)}; got {age_group!r}"
+                )
             if content_filter_level is None and age_group != config.get("age_group"):
                 config["content_filter_level"] = _AGE_DEFAULT_FILTER[age_group]
             config["age_group"] = age_group
-        for name, value in (("allow_social_media", allow_social_media),
-                            ("allow_external_search", allow_external_search)):
+        for name, value in (
+            ("allow_social_media", allow_social_media),
+            ("allow_external_search", allow_external_search),
+        ):
             if value is not None:
                 if not isinstance(value, bool):
                     raise ValueError(f"{name} must be True or False, got {value!r}")
                 config[name] = value
         if content_filter_level is not None:
             if content_filter_level not in FILTER_LEVELS:
-                raise ValueError(f"content_filter_level must be one of "
-                                 f"{', '.join(FILTER_LEVELS)}; got {content_filter_level!r}")
+                raise ValueError(
+                    f"content_filter_level must be one of "
+                    f"{', '.join(FILTER_LEVELS)}; got {content_filter_level!r}"
+                )
             config["content_filter_level"] = content_filter_level
         patterns = [_pattern(rule) for rule in _k12_rules(config)]  # build all before changing
         for pattern_id in self._configured_ids:
@@ -475,5 +718,14 @@ def k12_safe() -> K12Policy:
     return K12Policy()
 
 
-__all__ = ["hipaa_standard", "soc2_compliant", "k12_safe", "SOC2Policy", "K12Policy",
-           "HIPAA_RULES", "SOC2_CRITERIA", "AGE_GROUPS", "FILTER_LEVELS"]
+__all__ = [
+    "hipaa_standard",
+    "soc2_compliant",
+    "k12_safe",
+    "SOC2Policy",
+    "K12Policy",
+    "HIPAA_RULES",
+    "SOC2_CRITERIA",
+    "AGE_GROUPS",
+    "FILTER_LEVELS",
+]

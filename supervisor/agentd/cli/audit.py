@@ -78,9 +78,11 @@ def _cell(record: dict[str, Any], key: str) -> str:
 def _print_table(records: list[dict[str, Any]]) -> None:
     rows = [[_cell(record, key) for _, key in _TABLE_COLUMNS] for record in records]
     headers = [title for title, _ in _TABLE_COLUMNS]
-    widths = [max([len(headers[i])] + [len(row[i]) for row in rows]) for i in range(len(headers) - 1)]
+    widths = [
+        max([len(headers[i])] + [len(row[i]) for row in rows]) for i in range(len(headers) - 1)
+    ]
     for row in [headers] + rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)] + [row[-1]]
         click.echo("  ".join(cells).rstrip())
 
 
@@ -94,18 +96,41 @@ def audit() -> None:
 
 
 @audit.command("show")
-@click.option("--log", "log", metavar="FILE", help="Audit log to read (default: see `agentd audit --help`).")
+@click.option(
+    "--log", "log", metavar="FILE", help="Audit log to read (default: see `agentd audit --help`)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the matching records as JSON lines.")
 @click.option("--agent", "agent_id", metavar="ID", help="Only records of this agent id.")
-@click.option("--action", "action_type", metavar="TYPE", help="Only this action type (file_read, ...).")
-@click.option("--decision", type=click.Choice(["allow", "deny", "warn"], case_sensitive=False),
-              help="Only this decision.")
-@click.option("--since", metavar="T", callback=_check_time,
-              help="Records at or after T: RFC 3339 (2026-11-27T10:00:00Z) or an age (15m, 2h, 7d).")
-@click.option("--until", metavar="T", callback=_check_time, help="Records before T (same forms as --since).")
-@click.option("--tail", metavar="N", type=click.IntRange(min=1), help="Only the last N matching records.")
-def show(log: str | None, as_json: bool, agent_id: str | None, action_type: str | None, decision: str | None,
-         since: str | None, until: str | None, tail: int | None) -> None:
+@click.option(
+    "--action", "action_type", metavar="TYPE", help="Only this action type (file_read, ...)."
+)
+@click.option(
+    "--decision",
+    type=click.Choice(["allow", "deny", "warn"], case_sensitive=False),
+    help="Only this decision.",
+)
+@click.option(
+    "--since",
+    metavar="T",
+    callback=_check_time,
+    help="Records at or after T: RFC 3339 (2026-11-27T10:00:00Z) or an age (15m, 2h, 7d).",
+)
+@click.option(
+    "--until", metavar="T", callback=_check_time, help="Records before T (same forms as --since)."
+)
+@click.option(
+    "--tail", metavar="N", type=click.IntRange(min=1), help="Only the last N matching records."
+)
+def show(
+    log: str | None,
+    as_json: bool,
+    agent_id: str | None,
+    action_type: str | None,
+    decision: str | None,
+    since: str | None,
+    until: str | None,
+    tail: int | None,
+) -> None:
     """Print the records of the audit log (a table, or JSON lines with --json).
 
     This does not check the chain; run `agentd audit verify` for that.
@@ -121,8 +146,15 @@ def show(log: str | None, as_json: bool, agent_id: str | None, action_type: str 
     source_logger = logging.getLogger("agent_os.flight_recorder")
     source_logger.addHandler(collector)
     try:
-        matching = query_file(path, agent_id=agent_id, action_type=action_type, decision=decision,
-                              since=since, until=until, on_error="skip")
+        matching = query_file(
+            path,
+            agent_id=agent_id,
+            action_type=action_type,
+            decision=decision,
+            since=since,
+            until=until,
+            on_error="skip",
+        )
         records = list(collections.deque(matching, maxlen=tail)) if tail else list(matching)
     except OSError as exc:
         raise _usage_error(f"{path}: {exc.strerror or exc}") from None
@@ -140,7 +172,9 @@ def show(log: str | None, as_json: bool, agent_id: str | None, action_type: str 
 
 
 @audit.command("verify")
-@click.option("--log", "log", metavar="FILE", help="Audit log to check (default: see `agentd audit --help`).")
+@click.option(
+    "--log", "log", metavar="FILE", help="Audit log to check (default: see `agentd audit --help`)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.option("--strict", is_flag=True, help="Treat warnings (e.g. no head sidecar) as failure.")
 def verify(log: str | None, as_json: bool, strict: bool) -> None:

@@ -1,4 +1,4 @@
-"""``agentd daemon``, ``agentd reload``, ``agentd stop`` and the daemon-aware ``ps``/``resume``/``kill``.
+"""``agentd daemon``, ``reload``, ``stop`` and the daemon-aware ``ps``/``resume``/``kill``.
 
 Owns the command-line surface of the daemon: start it (normally from ``agentd.service``), ask it
 to reload its policies, and act on its runs. ``ps``, ``resume`` and ``kill`` ask the daemon first
@@ -35,10 +35,16 @@ def _daemon_request(op: str, **fields):
 
 
 @click.command()
-@click.option("--config", "config_path", default=None,
-              help="Configuration file (default /etc/agentd/agentd.yaml; missing = defaults).")
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    help="Configuration file (default /etc/agentd/agentd.yaml; missing = defaults).",
+)
 @click.option("--print-config", is_flag=True, help="Print the effective configuration and exit.")
-@click.option("--check", is_flag=True, help="Validate the configuration and every policy, then exit.")
+@click.option(
+    "--check", is_flag=True, help="Validate the configuration and every policy, then exit."
+)
 def daemon(config_path: str | None, print_config: bool, check: bool) -> None:
     """Run the agentd service (as root, normally from agentd.service)."""
     from agentd.daemon.config import ConfigError, load_config
@@ -50,6 +56,7 @@ def daemon(config_path: str | None, print_config: bool, check: bool) -> None:
         sys.exit(2)
     if print_config:
         import yaml
+
         click.echo(yaml.safe_dump(config.model_dump(), sort_keys=False))
         return
     from agentd.daemon.policy_store import PolicyStore
@@ -117,14 +124,18 @@ def ps(ctx: click.Context) -> None:
         for info in runs:
             pids = ",".join(str(p) for p in info.pids) or "-"
             policy = f"{info.policy}@{info.version[:6]}"
-            click.echo(f"{info.run_id:14} {info.user:10} {policy:18} {info.state:8} {pids:16} "
-                       f"{cli_run._short_command(info.command, 40)}")
+            click.echo(
+                f"{info.run_id:14} {info.user:10} {policy:18} {info.state:8} {pids:16} "
+                f"{cli_run._short_command(info.command, 40)}"
+            )
             held = info.held
             if held:
                 batch = " (a batch: the answer covers the rest of it)" if held.batch else ""
                 since = held.since if held.since is not None else time.time()
-                click.echo(f"{'':14} pending review: pid {held.pid} wants {held.what}: "
-                           f"{held.reason}{batch} ({time.time() - since:.0f}s)")
+                click.echo(
+                    f"{'':14} pending review: pid {held.pid} wants {held.what}: "
+                    f"{held.reason}{batch} ({time.time() - since:.0f}s)"
+                )
         if not runs:
             click.echo("no daemon runs")
         if not control.list_runs():

@@ -2,7 +2,8 @@
 
 Owns only the dispatch. ``agentd run`` with a well-formed command line (see
 ``run_fast.parse_run_args``) and no daemon to hand over to goes straight to
-``agentd.run.standalone.run_agent``: importing click and building the command groups costs more than a
+``agentd.run.standalone.run_agent``: importing click and building the command groups costs more
+than a
 quarter of the start-up budget, and agents start many short commands. Every other command line,
 ``--help`` and every malformed one included, goes to the click group ``agentd.cli.main.main``,
 which stays the reference for parsing and messages.
@@ -23,13 +24,13 @@ def main() -> None:
         params = parse_run_args(args[1:])
         if params is not None:
             embedded = params.pop("embedded")
-            params.pop("explain_sandbox")   # always False here: that option goes to click
+            params.pop("explain_sandbox")  # always False here: that option goes to click
             from agentd.daemon.client import available
 
             if embedded or not available():
                 from agentd.run.standalone import run_agent
 
-                run_agent(**params)   # exits with the agent's status
+                run_agent(**params)  # exits with the agent's status
                 return
     from .main import main as click_main
 

@@ -16,7 +16,7 @@ _LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "policy": ("agentd.cli.policy", "policy"),
     "audit": ("agentd.cli.audit", "audit"),
     "run": ("agentd.cli.run", "run"),
-    "ps": ("agentd.cli.daemon", "ps"),          # daemon runs first, then cli_run's
+    "ps": ("agentd.cli.daemon", "ps"),  # daemon runs first, then cli_run's
     "resume": ("agentd.cli.daemon", "resume"),
     "kill": ("agentd.cli.daemon", "kill"),
     "daemon": ("agentd.cli.daemon", "daemon"),

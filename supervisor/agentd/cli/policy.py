@@ -18,8 +18,14 @@ import yaml
 
 from agent_os.action_types import ACTION_TYPES, suggest_action_type
 from agent_os.errors import PolicyNotFoundError, PolicyValidationError
-from agent_os.loader import (available_policies, load_policy, policy_search_path, policy_to_yaml,
-                             resolve_policy, validate_yaml_file)
+from agent_os.loader import (
+    available_policies,
+    load_policy,
+    policy_search_path,
+    policy_to_yaml,
+    resolve_policy,
+    validate_yaml_file,
+)
 from agent_os.policy import Policy, Severity
 
 EXIT_OK = 0
@@ -33,7 +39,9 @@ def _usage_error(message: str) -> click.exceptions.Exit:
     return click.exceptions.Exit(EXIT_USAGE)
 
 
-def _pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[tuple[str, str]]:
+def _pairs(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> list[tuple[str, str]]:
     out = []
     for item in values:
         key, sep, value = item.partition("=")
@@ -59,18 +67,32 @@ def _load(name_or_path: str, variables: dict[str, str], search_path: tuple[str, 
     except PolicyValidationError as exc:
         for issue in exc.issues:
             click.echo(str(issue), err=True)
-        raise _usage_error(f"policy {name_or_path!r} is invalid ({len(exc.issues)} problem(s))") from None
+        raise _usage_error(
+            f"policy {name_or_path!r} is invalid ({len(exc.issues)} problem(s))"
+        ) from None
 
 
 _var_option = click.option(
-    "--var", "variables", metavar="NAME=VALUE", multiple=True, callback=_pairs,
-    help="Bind ${NAME} in pattern regexes (repeatable; WORKSPACE, HOME, TMPDIR have defaults).")
+    "--var",
+    "variables",
+    metavar="NAME=VALUE",
+    multiple=True,
+    callback=_pairs,
+    help="Bind ${NAME} in pattern regexes (repeatable; WORKSPACE, HOME, TMPDIR have defaults).",
+)
 _workspace_option = click.option(
-    "--workspace", metavar="DIR", type=click.Path(file_okay=False),
-    help="Bind ${WORKSPACE} (default: the current directory).")
+    "--workspace",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Bind ${WORKSPACE} (default: the current directory).",
+)
 _policy_dir_option = click.option(
-    "--policy-dir", "search_path", metavar="DIR", multiple=True,
-    help="Search DIR for policy names before $AGENT_OS_POLICY_PATH and the built-ins (repeatable).")
+    "--policy-dir",
+    "search_path",
+    metavar="DIR",
+    multiple=True,
+    help="Search DIR for policy names before $AGENT_OS_POLICY_PATH and the built-ins (repeatable).",
+)
 
 
 @click.group("policy")
@@ -86,14 +108,20 @@ def policy() -> None:
 
 # --- validate ----------------------------------------------------------------------------------
 
+
 @policy.command()
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @_var_option
 @_workspace_option
 @_policy_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="Print only problems, not 'ok' lines.")
-def validate(files: tuple[str, ...], variables: list[tuple[str, str]], workspace: str | None,
-             search_path: tuple[str, ...], quiet: bool) -> None:
+def validate(
+    files: tuple[str, ...],
+    variables: list[tuple[str, str]],
+    workspace: str | None,
+    search_path: tuple[str, ...],
+    quiet: bool,
+) -> None:
     """Check policy files; print every problem, one line each (file:line: pattern 'id': ...).
 
     Exit status 0 when all files are valid, 1 when any is invalid, 2 on a usage error
@@ -101,8 +129,12 @@ def validate(files: tuple[str, ...], variables: list[tuple[str, str]], workspace
     """
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
-        raise _usage_error("; ".join(f"{f}: no such file" if not Path(f).exists()
-                                     else f"{f}: not a regular file" for f in missing))
+        raise _usage_error(
+            "; ".join(
+                f"{f}: no such file" if not Path(f).exists() else f"{f}: not a regular file"
+                for f in missing
+            )
+        )
     bound = _variables(variables, workspace)
     invalid = 0
     for file in files:
@@ -120,15 +152,24 @@ def validate(files: tuple[str, ...], variables: list[tuple[str, str]], workspace
 
 # --- show --------------------------------------------------------------------------------------
 
+
 @policy.command()
 @click.argument("name")
-@click.option("--resolved", is_flag=True,
-              help="Print the loaded policy instead (extends flattened, ${VARS} expanded).")
+@click.option(
+    "--resolved",
+    is_flag=True,
+    help="Print the loaded policy instead (extends flattened, ${VARS} expanded).",
+)
 @_var_option
 @_workspace_option
 @_policy_dir_option
-def show(name: str, resolved: bool, variables: list[tuple[str, str]], workspace: str | None,
-         search_path: tuple[str, ...]) -> None:
+def show(
+    name: str,
+    resolved: bool,
+    variables: list[tuple[str, str]],
+    workspace: str | None,
+    search_path: tuple[str, ...],
+) -> None:
     """Print a policy's YAML file as written (NAME on the search path, or a path)."""
     try:
         path = resolve_policy(name, list(search_path))
@@ -147,6 +188,7 @@ def show(name: str, resolved: bool, variables: list[tuple[str, str]], workspace:
 
 # --- list --------------------------------------------------------------------------------------
 
+
 @policy.command("list")
 @_policy_dir_option
 def list_policies(search_path: tuple[str, ...]) -> None:
@@ -159,8 +201,12 @@ def list_policies(search_path: tuple[str, ...]) -> None:
             click.echo(f"{policy_name:<{width}}  {_description(path)}  [{path}]")
     else:
         click.echo("no policy files on the search path", err=True)
-    shadowed = [(d / f"{n}.yaml") for d in dirs for n in found
-                if (d / f"{n}.yaml").is_file() and (d / f"{n}.yaml") != found[n]]
+    shadowed = [
+        (d / f"{n}.yaml")
+        for d in dirs
+        for n in found
+        if (d / f"{n}.yaml").is_file() and (d / f"{n}.yaml") != found[n]
+    ]
     for path in shadowed:
         click.echo(f"(shadowed: {path})")
     templates = _templates()
@@ -198,6 +244,7 @@ def _templates() -> dict[str, str]:
 
 # --- explain -----------------------------------------------------------------------------------
 
+
 def _context(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, raw in _pairs(ctx, param, values):
@@ -217,20 +264,40 @@ def _check_action_type(ctx: click.Context, param: click.Parameter, value: str) -
 
 
 @policy.command()
-@click.option("--policy", "policy_name", metavar="P", default="strict", show_default=True,
-              help="Policy name or YAML file.")
+@click.option(
+    "--policy",
+    "policy_name",
+    metavar="P",
+    default="strict",
+    show_default=True,
+    help="Policy name or YAML file.",
+)
 @click.argument("action_type", callback=_check_action_type)
 @click.argument("target")
-@click.option("--context", "context", metavar="KEY=VALUE", multiple=True, callback=_context,
-              help="Evaluation context entry; VALUE is read as YAML (size_bytes=100 is a number).")
+@click.option(
+    "--context",
+    "context",
+    metavar="KEY=VALUE",
+    multiple=True,
+    callback=_context,
+    help="Evaluation context entry; VALUE is read as YAML (size_bytes=100 is a number).",
+)
 @click.option("--agent", "agent_id", metavar="ID", help="The agent id (context agent_id).")
 @click.option("--json", "as_json", is_flag=True, help="Print the explanation as one JSON object.")
 @_var_option
 @_workspace_option
 @_policy_dir_option
-def explain(policy_name: str, action_type: str, target: str, context: dict[str, Any],
-            agent_id: str | None, as_json: bool, variables: list[tuple[str, str]],
-            workspace: str | None, search_path: tuple[str, ...]) -> None:
+def explain(
+    policy_name: str,
+    action_type: str,
+    target: str,
+    context: dict[str, Any],
+    agent_id: str | None,
+    as_json: bool,
+    variables: list[tuple[str, str]],
+    workspace: str | None,
+    search_path: tuple[str, ...],
+) -> None:
     """Show how a policy decides ACTION_TYPE on TARGET, and why."""
     loaded = _load(policy_name, _variables(variables, workspace), search_path)
     if agent_id is not None:
@@ -239,18 +306,38 @@ def explain(policy_name: str, action_type: str, target: str, context: dict[str, 
     matches = _regex_matches(loaded, action_type, target, result)
     mode_why = _mode_reason(loaded, result)
     if as_json:
-        click.echo(json.dumps({
-            "policy": loaded.name, "source": loaded.source, "action_type": action_type,
-            "target": target, "context": context, "decision": result.action,
-            "allowed": result.allowed, "pattern_id": result.pattern_id,
-            "matched": list(result.matched), "reason": result.reason,
-            "severity": str(result.severity) if result.severity is not None else None,
-            "violation_mode": str(result.violation_mode) if result.violation_mode else None,
-            "violation_mode_reason": mode_why,
-            "signal": result.signal.name if result.signal is not None else None,
-            "patterns": [{"id": p.id, "action": p.action, "severity": str(p.severity),
-                          "regex": p.pattern, "status": status} for p, status in matches],
-        }, default=str, ensure_ascii=False))
+        click.echo(
+            json.dumps(
+                {
+                    "policy": loaded.name,
+                    "source": loaded.source,
+                    "action_type": action_type,
+                    "target": target,
+                    "context": context,
+                    "decision": result.action,
+                    "allowed": result.allowed,
+                    "pattern_id": result.pattern_id,
+                    "matched": list(result.matched),
+                    "reason": result.reason,
+                    "severity": str(result.severity) if result.severity is not None else None,
+                    "violation_mode": str(result.violation_mode) if result.violation_mode else None,
+                    "violation_mode_reason": mode_why,
+                    "signal": result.signal.name if result.signal is not None else None,
+                    "patterns": [
+                        {
+                            "id": p.id,
+                            "action": p.action,
+                            "severity": str(p.severity),
+                            "regex": p.pattern,
+                            "status": status,
+                        }
+                        for p, status in matches
+                    ],
+                },
+                default=str,
+                ensure_ascii=False,
+            )
+        )
         return
     verdict = "allowed" if result.allowed else "refused"
     click.echo(f"decision: {result.action} ({verdict})")
@@ -269,8 +356,10 @@ def explain(policy_name: str, action_type: str, target: str, context: dict[str, 
         click.echo("patterns whose regex matches the target:")
         width = max(len(p.id) for p, _ in matches)
         for pattern, status in matches:
-            click.echo(f"  {pattern.id:<{width}}  {pattern.action:<5}  {str(pattern.severity):<8}  "
-                       f"{status}")
+            click.echo(
+                f"  {pattern.id:<{width}}  {pattern.action:<5}  {str(pattern.severity):<8}  "
+                f"{status}"
+            )
     else:
         click.echo(f"no {action_type} pattern's regex matches the target")
 
@@ -283,8 +372,9 @@ def _pattern_summary(policy_obj: Policy, pattern_id: str) -> str:
     return f"{pattern.action}, severity {pattern.severity}, regex {pattern.pattern!r}"
 
 
-def _regex_matches(policy_obj: Policy, action_type: str, target: str,
-                   result: Any) -> list[tuple[Any, str]]:
+def _regex_matches(
+    policy_obj: Policy, action_type: str, target: str, result: Any
+) -> list[tuple[Any, str]]:
     """Every enabled pattern of the type whose regex matches, with what became of it."""
     out = []
     for pattern in policy_obj.patterns:
@@ -339,15 +429,24 @@ def _mode_reason(policy_obj: Policy, result: Any) -> str:
 
 # --- test --------------------------------------------------------------------------------------
 
+
 @policy.command("test")
-@click.option("--policy", "policy_name", metavar="P", required=True, help="Policy name or YAML file.")
+@click.option(
+    "--policy", "policy_name", metavar="P", required=True, help="Policy name or YAML file."
+)
 @click.argument("cases_file", metavar="CASES.yaml")
 @_var_option
 @_workspace_option
 @_policy_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="Print only failing cases and the summary.")
-def test_cases(policy_name: str, cases_file: str, variables: list[tuple[str, str]],
-               workspace: str | None, search_path: tuple[str, ...], quiet: bool) -> None:
+def test_cases(
+    policy_name: str,
+    cases_file: str,
+    variables: list[tuple[str, str]],
+    workspace: str | None,
+    search_path: tuple[str, ...],
+    quiet: bool,
+) -> None:
     """Run policy unit tests: a YAML list of {name?, action_type, target, context?, agent_id?,
     expect: allow|deny|warn, pattern_id?}.
 
@@ -377,6 +476,7 @@ def test_cases(policy_name: str, cases_file: str, variables: list[tuple[str, str
         click.echo(f"      - expected  {outcome.expected_line()}")
         click.echo(f"      + actual    {outcome.actual_line()}")
         click.echo(f"        reason: {outcome.result.reason}")
-    click.echo(f"{len(cases) - failed} passed, {failed} failed ({len(cases)} cases, "
-               f"policy {loaded.name})")
+    click.echo(
+        f"{len(cases) - failed} passed, {failed} failed ({len(cases)} cases, policy {loaded.name})"
+    )
     raise click.exceptions.Exit(EXIT_FAILED if failed else EXIT_OK)

@@ -17,34 +17,78 @@ __all__ = ["run", "ps", "resume", "kill"]
 
 
 @click.command(context_settings={"allow_interspersed_args": False})
-@click.option("--policy", "policy_name", default="strict", show_default=True,
-              help="Built-in policy name or path to a policy YAML file.")
-@click.option("--workspace", type=click.Path(file_okay=False, exists=True), default=None,
-              help="The agent's workspace, bound to ${WORKSPACE} (default: current directory).")
+@click.option(
+    "--policy",
+    "policy_name",
+    default="strict",
+    show_default=True,
+    help="Built-in policy name or path to a policy YAML file.",
+)
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="The agent's workspace, bound to ${WORKSPACE} (default: current directory).",
+)
 @click.option("--agent-id", default=None, help="Agent id for policies and the audit log.")
 @click.option("--audit-log", default=None, help="FlightRecorder log file (default: agentd's).")
-@click.option("--mode", type=click.Choice(["enforce", "audit"]), default="enforce",
-              show_default=True, help="audit: decide and record, but block nothing.")
-@click.option("--seccomp-profile", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="OCI seccomp profile with the baseline denials (default: seccomp_profiles/default.json).")
-@click.option("--embedded", is_flag=True,
-              help="Supervise here even when the agentd daemon runs (default: use the daemon).")
-@click.option("--network", type=click.Choice(["auto", "plane", "off"]), default="auto",
-              show_default=True, envvar="AGENTD_NETWORK", show_envvar=True,
-              help="plane: the agent gets its own network namespace whose only ways out are "
-                   "agentd's DNS stub and HTTP proxy, so names and URLs are judged (root: a veth "
-                   "with ports 53/80/443 redirected; other users: a user namespace reached "
-                   "through HTTP(S)_PROXY only); off: connect() is judged by address only; "
-                   "auto: plane when possible, else off with a warning.")
-@click.option("--dns-upstream", default=None, metavar="IP[:PORT],...",
-              help="Resolvers the run's DNS stub forwards to (default: /etc/resolv.conf's).")
-@click.option("--explain-sandbox", is_flag=True,
-              help="Print which layer (tracer, Landlock, seccomp baseline) enforces each part of "
-                   "the policy on this kernel, then exit without running anything.")
+@click.option(
+    "--mode",
+    type=click.Choice(["enforce", "audit"]),
+    default="enforce",
+    show_default=True,
+    help="audit: decide and record, but block nothing.",
+)
+@click.option(
+    "--seccomp-profile",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="OCI seccomp profile with the baseline denials (default: seccomp_profiles/default.json).",
+)
+@click.option(
+    "--embedded",
+    is_flag=True,
+    help="Supervise here even when the agentd daemon runs (default: use the daemon).",
+)
+@click.option(
+    "--network",
+    type=click.Choice(["auto", "plane", "off"]),
+    default="auto",
+    show_default=True,
+    envvar="AGENTD_NETWORK",
+    show_envvar=True,
+    help="plane: the agent gets its own network namespace whose only ways out are "
+    "agentd's DNS stub and HTTP proxy, so names and URLs are judged (root: a veth "
+    "with ports 53/80/443 redirected; other users: a user namespace reached "
+    "through HTTP(S)_PROXY only); off: connect() is judged by address only; "
+    "auto: plane when possible, else off with a warning.",
+)
+@click.option(
+    "--dns-upstream",
+    default=None,
+    metavar="IP[:PORT],...",
+    help="Resolvers the run's DNS stub forwards to (default: /etc/resolv.conf's).",
+)
+@click.option(
+    "--explain-sandbox",
+    is_flag=True,
+    help="Print which layer (tracer, Landlock, seccomp baseline) enforces each part of "
+    "the policy on this kernel, then exit without running anything.",
+)
 @click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
-def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log: str | None,
-        mode: str, seccomp_profile: str | None, embedded: bool, network: str,
-        dns_upstream: str | None, explain_sandbox: bool, command: tuple[str, ...]) -> None:
+def run(
+    policy_name: str,
+    workspace: str | None,
+    agent_id: str | None,
+    audit_log: str | None,
+    mode: str,
+    seccomp_profile: str | None,
+    embedded: bool,
+    network: str,
+    dns_upstream: str | None,
+    explain_sandbox: bool,
+    command: tuple[str, ...],
+) -> None:
     """Run CMD under a policy enforced at the OS level (ptrace + seccomp-bpf, and Landlock where
     the policy's file rules are directory hierarchies).
 
@@ -60,38 +104,67 @@ def run(policy_name: str, workspace: str | None, agent_id: str | None, audit_log
         import textwrap
 
         from agentd.run.standalone import explain_network
+
         click.echo("\n" + textwrap.fill(explain_network(network), 100, subsequent_indent="  "))
         if not embedded:
             from agentd.daemon import client as daemon_client
+
             if daemon_client.available():
-                click.echo("\nNote: the agentd daemon is running, so `agentd run` without "
-                           "--embedded is supervised by it, and daemon runs use no Landlock "
-                           "(a policy reload may allow more than a ruleset applied at start could).")
+                click.echo(
+                    "\nNote: the agentd daemon is running, so `agentd run` without "
+                    "--embedded is supervised by it, and daemon runs use no Landlock "
+                    "(a policy reload may allow more than a ruleset applied at start could)."
+                )
         return
     if not command:
         raise click.UsageError("missing the command to run (agentd run [OPTIONS] -- CMD [ARGS]...)")
     if not embedded:
-        from agentd.daemon import client as daemon_client  # the daemon's socket is there: it supervises
+        from agentd.daemon import (
+            client as daemon_client,
+        )  # the daemon's socket is there: it supervises
+
         if daemon_client.available():
             source = click.get_current_context().get_parameter_source
-            if any(source(name) == click.core.ParameterSource.COMMANDLINE
-                   for name in ("network", "dns_upstream")):
-                click.echo("agentd run: note: the agentd daemon supervises this run, and its "
-                           "configuration decides the network plane (network:, dns_upstream: in "
-                           "/etc/agentd/agentd.yaml); --network and --dns-upstream apply to "
-                           "--embedded runs", err=True)
-            sys.exit(daemon_client.run(list(command), policy=policy_name, workspace=workspace,
-                                       agent_id=agent_id, mode=mode, audit_log=audit_log,
-                                       seccomp_profile=seccomp_profile))
+            if any(
+                source(name) == click.core.ParameterSource.COMMANDLINE
+                for name in ("network", "dns_upstream")
+            ):
+                click.echo(
+                    "agentd run: note: the agentd daemon supervises this run, and its "
+                    "configuration decides the network plane (network:, dns_upstream: in "
+                    "/etc/agentd/agentd.yaml); --network and --dns-upstream apply to "
+                    "--embedded runs",
+                    err=True,
+                )
+            sys.exit(
+                daemon_client.run(
+                    list(command),
+                    policy=policy_name,
+                    workspace=workspace,
+                    agent_id=agent_id,
+                    mode=mode,
+                    audit_log=audit_log,
+                    seccomp_profile=seccomp_profile,
+                )
+            )
     from agentd.run.standalone import run_agent
 
-    run_agent(policy_name, workspace, agent_id, audit_log, mode, seccomp_profile, command,
-              network=network, dns_upstream=dns_upstream)
+    run_agent(
+        policy_name,
+        workspace,
+        agent_id,
+        audit_log,
+        mode,
+        seccomp_profile,
+        command,
+        network=network,
+        dns_upstream=dns_upstream,
+    )
 
 
 def _short_command(argv: list[str], width: int = 60) -> str:
     text = " ".join(argv).replace("\n", "\\n")
-    return text if len(text) <= width else text[:width - 3] + "..."
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 @click.command()
@@ -107,25 +180,35 @@ def ps() -> None:
     for info in runs:
         state = info.get("state", "?")
         held = info.get("held") or {}
-        click.echo(f"{info['run_id']:18} {info.get('supervisor_pid', ''):>10} "
-                   f"{info.get('agent_pid') or '':>7} {state:8} {str(info.get('policy', '')):12} "
-                   f"{_short_command(info.get('command', []))}")
+        click.echo(
+            f"{info['run_id']:18} {info.get('supervisor_pid', ''):>10} "
+            f"{info.get('agent_pid') or '':>7} {state:8} {str(info.get('policy', '')):12} "
+            f"{_short_command(info.get('command', []))}"
+        )
         if state == "held" and held:
             batch = " (a batch: the answer covers the rest of it)" if held.get("batch") else ""
-            click.echo(f"{'':18} held: pid {held.get('pid')} wants {held.get('what')}: "
-                       f"{held.get('reason')}{batch}")
+            click.echo(
+                f"{'':18} held: pid {held.get('pid')} wants {held.get('what')}: "
+                f"{held.get('reason')}{batch}"
+            )
 
 
 def decision_options(command):
     """``--allow`` / ``--deny`` of ``agentd resume`` (here and in the daemon's resume)."""
     command = click.option(
-        "--deny", "decision", flag_value="deny",
+        "--deny",
+        "decision",
+        flag_value="deny",
         help="Refuse it (EACCES); the agent goes on. For a batch: refuse the rest of it "
-             "without asking again.")(command)
+        "without asking again.",
+    )(command)
     return click.option(
-        "--allow", "decision", flag_value="allow",
+        "--allow",
+        "decision",
+        flag_value="allow",
         help="Let the held syscall run once; when the run waits for confirmation of a batch "
-             "(strict's deletes), confirm the whole batch.")(command)
+        "(strict's deletes), confirm the whole batch.",
+    )(command)
 
 
 @click.command()

@@ -16,21 +16,33 @@ __all__ = ["parse_run_args", "NETWORK_MODES"]
 
 # option -> (parameter name, takes a value)
 _OPTIONS = {
-    "--policy": ("policy_name", True), "--workspace": ("workspace", True),
-    "--agent-id": ("agent_id", True), "--audit-log": ("audit_log", True),
-    "--mode": ("mode", True), "--seccomp-profile": ("seccomp_profile", True),
-    "--embedded": ("embedded", False), "--network": ("network", True),
+    "--policy": ("policy_name", True),
+    "--workspace": ("workspace", True),
+    "--agent-id": ("agent_id", True),
+    "--audit-log": ("audit_log", True),
+    "--mode": ("mode", True),
+    "--seccomp-profile": ("seccomp_profile", True),
+    "--embedded": ("embedded", False),
+    "--network": ("network", True),
     "--dns-upstream": ("dns_upstream", True),
 }
 NETWORK_MODES = ("auto", "plane", "off")
 
 
 def parse_run_args(args: list[str]) -> dict | None:
-    """The parameters of ``agentd run ARGS`` as click would give them, or None to let click parse."""
-    params: dict = {"policy_name": "strict", "workspace": None, "agent_id": None, "audit_log": None,
-                    "mode": "enforce", "seccomp_profile": None, "embedded": False,
-                    "explain_sandbox": False,   # always: --explain-sandbox itself goes to click
-                    "network": os.environ.get("AGENTD_NETWORK") or "auto", "dns_upstream": None}
+    """The parameters of ``agentd run ARGS`` as click would give them; None lets click parse."""
+    params: dict = {
+        "policy_name": "strict",
+        "workspace": None,
+        "agent_id": None,
+        "audit_log": None,
+        "mode": "enforce",
+        "seccomp_profile": None,
+        "embedded": False,
+        "explain_sandbox": False,  # always: --explain-sandbox itself goes to click
+        "network": os.environ.get("AGENTD_NETWORK") or "auto",
+        "dns_upstream": None,
+    }
     i = 0
     while i < len(args):
         arg = args[i]
@@ -38,11 +50,11 @@ def parse_run_args(args: list[str]) -> dict | None:
             i += 1
             break
         if not arg.startswith("-") or arg == "-":
-            break          # the command (options end at the first argument, like click here)
+            break  # the command (options end at the first argument, like click here)
         name, has_value, value = arg.partition("=")
         spec = _OPTIONS.get(name)
         if spec is None:
-            return None    # --help, -h, a typo: click says what is wrong
+            return None  # --help, -h, a typo: click says what is wrong
         param, takes_value = spec
         if not takes_value:
             if has_value:
@@ -58,8 +70,11 @@ def parse_run_args(args: list[str]) -> dict | None:
         params[param] = value
         i += 1
     command = tuple(args[i:])
-    if not command or params["mode"] not in ("enforce", "audit") \
-            or params["network"] not in NETWORK_MODES:
+    if (
+        not command
+        or params["mode"] not in ("enforce", "audit")
+        or params["network"] not in NETWORK_MODES
+    ):
         return None
     if params["workspace"] is not None and not os.path.isdir(params["workspace"]):
         return None

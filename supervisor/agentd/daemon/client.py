@@ -50,8 +50,9 @@ def _connect(path: str | None):
         sock.connect(path or socket_path())
     except OSError as exc:
         sock.close()
-        raise DaemonError(f"cannot reach the agentd daemon at {path or socket_path()}: "
-                          f"{exc.strerror or exc}") from None
+        raise DaemonError(
+            f"cannot reach the agentd daemon at {path or socket_path()}: {exc.strerror or exc}"
+        ) from None
     return sock
 
 
@@ -65,8 +66,10 @@ def _read(reader, model):
     try:
         return model.model_validate_json(line)
     except ValidationError as exc:
-        raise DaemonError(f"the daemon's answer is not a {model.__name__}: "
-                          f"{exc.errors(include_url=False)[0]['msg']}") from None
+        raise DaemonError(
+            f"the daemon's answer is not a {model.__name__}: "
+            f"{exc.errors(include_url=False)[0]['msg']}"
+        ) from None
 
 
 def ask(message, path: str | None = None, timeout: float = 30.0) -> Reply:
@@ -89,9 +92,18 @@ def request(op: str, path: str | None = None, timeout: float = 30.0, **fields: A
     return answer.model_dump(exclude_unset=True)
 
 
-def run(argv: list[str], *, policy: str, workspace: str | None, agent_id: str | None,
-        mode: str, audit_log: str | None = None, seccomp_profile: str | None = None,
-        path: str | None = None, on_error=None) -> int:
+def run(
+    argv: list[str],
+    *,
+    policy: str,
+    workspace: str | None,
+    agent_id: str | None,
+    mode: str,
+    audit_log: str | None = None,
+    seccomp_profile: str | None = None,
+    path: str | None = None,
+    on_error=None,
+) -> int:
     """Run ``argv`` under the daemon, attached to our stdio; return the agent's exit status
     (125 when the daemon refused, with its reason on stderr)."""
     import signal
@@ -107,9 +119,16 @@ def run(argv: list[str], *, policy: str, workspace: str | None, agent_id: str | 
         return 125
     cwd = os.getcwd()
     message = protocol.RunRequest(
-        argv=list(argv), env=dict(os.environ), cwd=cwd,
-        workspace=os.path.realpath(workspace or cwd), policy=policy, agent_id=agent_id,
-        mode=mode, audit_log=audit_log, seccomp_profile=seccomp_profile)
+        argv=list(argv),
+        env=dict(os.environ),
+        cwd=cwd,
+        workspace=os.path.realpath(workspace or cwd),
+        policy=policy,
+        agent_id=agent_id,
+        mode=mode,
+        audit_log=audit_log,
+        seccomp_profile=seccomp_profile,
+    )
     forwarded = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)
     signals = {sig: protocol.encode(protocol.SignalRequest(signal=sig)) for sig in forwarded}
 

@@ -27,7 +27,7 @@ class PolicyEntry:
     name: str
     path: str
     text: str
-    version: str        # policy_version(text)
+    version: str  # policy_version(text)
 
     @classmethod
     def from_file(cls, path: str, name: str | None = None) -> PolicyEntry:
@@ -61,8 +61,11 @@ class PolicyStore:
                     sources[file_name[:-5]] = os.path.join(directory, file_name)
         entries: dict[str, PolicyEntry] = {}
         errors: list[str] = []
-        placeholder = {"WORKSPACE": "/nonexistent/workspace", "HOME": "/nonexistent/home",
-                       "TMPDIR": "/tmp"}
+        placeholder = {
+            "WORKSPACE": "/nonexistent/workspace",
+            "HOME": "/nonexistent/home",
+            "TMPDIR": "/tmp",
+        }
         for name, path in sources.items():
             try:
                 entry = PolicyEntry.from_file(path, name)

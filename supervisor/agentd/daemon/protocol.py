@@ -25,18 +25,48 @@ from __future__ import annotations
 import base64
 import binascii
 from functools import cache
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer,
-                      TypeAdapter, ValidationError)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    ValidationError,
+)
 
-__all__ = ["PROTOCOL_LIMIT", "MalformedRequest", "parse_request", "request_for", "encode",
-           "Request", "RunRequest", "PsRequest", "StatusRequest", "ReloadRequest", "StopRequest",
-           "ResumeRequest", "KillRequest", "SignalRequest", "Reply", "RunReply", "RunExit",
-           "RunInfo", "HeldInfo", "PsReply", "StatusReply", "ReloadReply", "StopReply",
-           "ResumeReply", "KillReply", "REPLIES"]
+__all__ = [
+    "PROTOCOL_LIMIT",
+    "MalformedRequest",
+    "parse_request",
+    "request_for",
+    "encode",
+    "Request",
+    "RunRequest",
+    "PsRequest",
+    "StatusRequest",
+    "ReloadRequest",
+    "StopRequest",
+    "ResumeRequest",
+    "KillRequest",
+    "SignalRequest",
+    "Reply",
+    "RunReply",
+    "RunExit",
+    "RunInfo",
+    "HeldInfo",
+    "PsReply",
+    "StatusReply",
+    "ReloadReply",
+    "StopReply",
+    "ResumeReply",
+    "KillReply",
+    "REPLIES",
+]
 
-PROTOCOL_LIMIT = 1 << 20        # one request line; longer is refused and closes the connection
+PROTOCOL_LIMIT = 1 << 20  # one request line; longer is refused and closes the connection
 
 
 def _os_string_in(value: Any) -> Any:
@@ -44,8 +74,9 @@ def _os_string_in(value: Any) -> Any:
         try:
             raw = base64.b64decode(value[1:], validate=True)
         except (binascii.Error, ValueError):
-            raise ValueError("NUL starts the base64 of bytes that are not UTF-8; this is not "
-                             "base64") from None
+            raise ValueError(
+                "NUL starts the base64 of bytes that are not UTF-8; this is not base64"
+            ) from None
         return raw.decode("utf-8", "surrogateescape")
     return value
 
@@ -61,18 +92,20 @@ def _os_string_out(value: str) -> str:
 def _text_out(value: str) -> str:
     try:
         return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:   # a surrogate no bytes stand for
+    except UnicodeEncodeError:  # a surrogate no bytes stand for
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # A string the kernel gave or takes as bytes: argv, environment, paths, names.
-OsString = Annotated[str, BeforeValidator(_os_string_in),
-                     PlainSerializer(_os_string_out, return_type=str)]
+OsString = Annotated[
+    str, BeforeValidator(_os_string_in), PlainSerializer(_os_string_out, return_type=str)
+]
 # A message for people.
 Text = Annotated[str, PlainSerializer(_text_out, return_type=str)]
 
 
 # --- requests (client -> daemon) ----------------------------------------------------------------
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
@@ -85,12 +118,12 @@ class RunRequest(_Request):
     argv: list[OsString] = Field(min_length=1)
     env: dict[OsString, OsString] = {}
     cwd: OsString = "/"
-    workspace: OsString | None = None     # default: cwd
-    policy: OsString = "strict"           # a name, or (root) a policy file
+    workspace: OsString | None = None  # default: cwd
+    policy: OsString = "strict"  # a name, or (root) a policy file
     agent_id: OsString | None = None
     mode: Literal["enforce", "audit"] = "enforce"
-    audit_log: OsString | None = None     # refused: the daemon's configuration decides
-    seccomp_profile: OsString | None = None   # refused: the daemon's configuration decides
+    audit_log: OsString | None = None  # refused: the daemon's configuration decides
+    seccomp_profile: OsString | None = None  # refused: the daemon's configuration decides
 
 
 class PsRequest(_Request):
@@ -113,7 +146,7 @@ class StopRequest(_Request):
 class ResumeRequest(_Request):
     op: Literal["resume"] = "resume"
     run_id: OsString
-    decision: Literal["allow", "deny"] | None = None    # None: thaw a run frozen by stop
+    decision: Literal["allow", "deny"] | None = None  # None: thaw a run frozen by stop
 
 
 class KillRequest(_Request):
@@ -128,11 +161,27 @@ class SignalRequest(_Request):
     signal: int
 
 
-Request = Annotated[Union[RunRequest, PsRequest, StatusRequest, ReloadRequest, StopRequest,
-                          ResumeRequest, KillRequest, SignalRequest], Field(discriminator="op")]
+Request = Annotated[
+    RunRequest
+    | PsRequest
+    | StatusRequest
+    | ReloadRequest
+    | StopRequest
+    | ResumeRequest
+    | KillRequest
+    | SignalRequest,
+    Field(discriminator="op"),
+]
 _REQUESTS: dict[str, type[_Request]] = {
-    "run": RunRequest, "ps": PsRequest, "status": StatusRequest, "reload": ReloadRequest,
-    "stop": StopRequest, "resume": ResumeRequest, "kill": KillRequest, "signal": SignalRequest}
+    "run": RunRequest,
+    "ps": PsRequest,
+    "status": StatusRequest,
+    "reload": ReloadRequest,
+    "stop": StopRequest,
+    "resume": ResumeRequest,
+    "kill": KillRequest,
+    "signal": SignalRequest,
+}
 
 
 class MalformedRequest(ValueError):
@@ -181,7 +230,7 @@ def _describe(exc: ValidationError, limit: int = 3) -> str:
 def _short(part: Any, width: int = 40) -> str:
     """A field name or key as said back: a key can be a megabyte long."""
     text = str(part)
-    return text if len(text) <= width else text[:width - 3] + "..."
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def request_for(op: str, **fields: Any) -> _Request:
@@ -199,6 +248,7 @@ def encode(message: BaseModel, *, reply: bool = False) -> bytes:
 
 
 # --- answers (daemon -> client) -----------------------------------------------------------------
+
 
 class _Answer(BaseModel):
     model_config = ConfigDict(extra="ignore", defer_build=True)
@@ -224,7 +274,7 @@ class RunExit(_Answer):
 
     exit: int
     records: int | None = None
-    supervisor: dict[str, Any] = {}       # the supervisor's CPU, RSS, decision latencies
+    supervisor: dict[str, Any] = {}  # the supervisor's CPU, RSS, decision latencies
 
 
 class HeldInfo(_Answer):
@@ -248,7 +298,7 @@ class RunInfo(_Answer):
     supervisor_pid: int
     agent_pid: int | None
     pids: list[int]
-    state: str                            # running | held | frozen | exited
+    state: str  # running | held | frozen | exited
     held: HeldInfo | None
     command: list[OsString]
     started: float
@@ -269,17 +319,17 @@ class StatusReply(Reply):
 
 
 class ReloadReply(Reply):
-    changed: dict[OsString, tuple[str | None, str]] = {}   # name -> (old version, new version)
-    switched: list[str] = []                           # the runs that switched
+    changed: dict[OsString, tuple[str | None, str]] = {}  # name -> (old version, new version)
+    switched: list[str] = []  # the runs that switched
 
 
 class StopReply(Reply):
-    state: str | None = None              # frozen, or freezing while the kernel finishes
+    state: str | None = None  # frozen, or freezing while the kernel finishes
 
 
 class ResumeReply(Reply):
-    decision: str | None = None           # a held action's answer
-    state: str | None = None              # running: a frozen run was thawed
+    decision: str | None = None  # a held action's answer
+    state: str | None = None  # running: a frozen run was thawed
 
 
 class KillReply(Reply):
@@ -287,5 +337,11 @@ class KillReply(Reply):
 
 
 REPLIES: dict[str, type[Reply]] = {
-    "run": RunReply, "ps": PsReply, "status": StatusReply, "reload": ReloadReply,
-    "stop": StopReply, "resume": ResumeReply, "kill": KillReply}
+    "run": RunReply,
+    "ps": PsReply,
+    "status": StatusReply,
+    "reload": ReloadReply,
+    "stop": StopReply,
+    "resume": ResumeReply,
+    "kill": KillReply,
+}

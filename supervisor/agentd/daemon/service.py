@@ -41,10 +41,11 @@ __all__ = ["Run", "Daemon", "run_daemon", "PROTOCOL_LIMIT"]
 
 log = logging.getLogger("agentd.daemon.service")
 
-SO_PEERGROUPS = 59              # Linux 4.13; not in Python's socket module
+SO_PEERGROUPS = 59  # Linux 4.13; not in Python's socket module
 
 
 # --- runs ------------------------------------------------------------------------------------
+
 
 @dataclass
 class Run:
@@ -58,18 +59,18 @@ class Run:
     mode: str
     command: list[str]
     supervisor_pid: int
-    record_fd: int                  # read end: audit records and events from the supervisor
-    control_fd: int                 # write end: policy switches to the supervisor
-    cgroup: Any = None              # cgroups.RunCgroup or None
-    client: Any = None              # the requesting Connection while it stays
+    record_fd: int  # read end: audit records and events from the supervisor
+    control_fd: int  # write end: policy switches to the supervisor
+    cgroup: Any = None  # cgroups.RunCgroup or None
+    client: Any = None  # the requesting Connection while it stays
     agent_pid: int | None = None
-    state: str = "running"          # running | held | frozen | exited
+    state: str = "running"  # running | held | frozen | exited
     started: float = field(default_factory=time.time)
     records: int = 0
     buffer: bytes = b""
     exit_code: int | None = None
     reported_records: int | None = None
-    stats: dict = field(default_factory=dict)   # the supervisor's CPU, RSS, latencies
+    stats: dict = field(default_factory=dict)  # the supervisor's CPU, RSS, latencies
 
 
 @dataclass
@@ -82,12 +83,13 @@ class Connection:
     buffer: bytes = b""
     fds: list[int] = field(default_factory=list)
     run: Run | None = None
-    confined: str | None = None     # why this peer is itself a supervised agent, if it is
+    confined: str | None = None  # why this peer is itself a supervised agent, if it is
 
 
 def _peer(sock: socket.socket) -> tuple[int, int, int, list[int]]:
-    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                        struct.calcsize("3i")))
+    pid, uid, gid = struct.unpack(
+        "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    )
     try:
         raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 1024)
         groups = list(struct.unpack(f"{len(raw) // 4}I", raw))
@@ -113,6 +115,7 @@ def _send(sock: socket.socket, message: BaseModel) -> None:
 
 # --- the daemon ------------------------------------------------------------------------------
 
+
 class Daemon:
     """The loop. ``Daemon(config).serve()`` returns when SIGTERM/SIGINT arrive."""
 
@@ -135,12 +138,13 @@ class Daemon:
     # -- start and stop ------------------------------------------------------------------
     def start(self) -> None:
         from agent_os.flight_recorder import FlightRecorder
-
         from agentd.kernel import cgroups
 
         self.store.load()
-        log.info("policies loaded: %s", ", ".join(f"{e.name}@{e.version}" for e in
-                                                   self.store.entries.values()))
+        log.info(
+            "policies loaded: %s",
+            ", ".join(f"{e.name}@{e.version}" for e in self.store.entries.values()),
+        )
         try:
             self.cgroups = cgroups.CgroupTree(self.config.cgroup_base)
             self.cgroups.settle_daemon()
@@ -152,8 +156,9 @@ class Daemon:
             self.cgroups = None
         audit = self.config.audit
         os.makedirs(os.path.dirname(audit.path) or ".", mode=0o750, exist_ok=True)
-        self.recorder = FlightRecorder(audit.path, fsync=audit.fsync,
-                                       fsync_interval=audit.fsync_interval)
+        self.recorder = FlightRecorder(
+            audit.path, fsync=audit.fsync, fsync_interval=audit.fsync_interval
+        )
         os.makedirs(self.config.runs_dir, mode=0o700, exist_ok=True)
         os.chmod(self.config.runs_dir, 0o700)
         sock_dir = os.path.dirname(self.config.socket_path)
@@ -175,7 +180,7 @@ class Daemon:
         self._wake = (wake_r, wake_w)
         signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)   # the number arrives on the wakeup fd
+            signal.signal(sig, lambda *_: None)  # the number arrives on the wakeup fd
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         self.selector.register(wake_r, selectors.EVENT_READ, "signals")
         usec = self.environ.get("WATCHDOG_USEC")
@@ -260,13 +265,17 @@ class Daemon:
                 return
             for run in self.runs.values():
                 if run.supervisor_pid == pid and run.exit_code is None and os.WIFSIGNALED(status):
-                    log.error("run %s: supervisor died of signal %d", run.run_id,
-                              os.WTERMSIG(status))
+                    log.error(
+                        "run %s: supervisor died of signal %d", run.run_id, os.WTERMSIG(status)
+                    )
 
     def _status(self) -> None:
         held = sum(1 for r in self.runs.values() if r.state == "held")
-        sd_notify(f"STATUS={len(self.runs)} agent(s) running, {held} held; "
-                  f"{len(self.store.entries)} policies", self.environ)
+        sd_notify(
+            f"STATUS={len(self.runs)} agent(s) running, {held} held; "
+            f"{len(self.store.entries)} policies",
+            self.environ,
+        )
 
     # -- clients -------------------------------------------------------------------------
     def _accept(self) -> None:
@@ -296,11 +305,12 @@ class Daemon:
             return f"the caller (pid {pid}) is traced by pid {tracer}"
         if self.cgroups is not None:
             from agentd.kernel.cgroups import own_cgroup
+
             try:
                 where = own_cgroup(pid)
             except OSError:
                 return "the caller's cgroup is unknown"
-            mine = self.cgroups.base[len(self.cgroups.mount):]
+            mine = self.cgroups.base[len(self.cgroups.mount) :]
             if where.startswith(mine.rstrip("/") + "/run-"):
                 return f"the caller (pid {pid}) is an agent of this daemon"
         return None
@@ -328,7 +338,7 @@ class Daemon:
         except OSError:
             data, fds = b"", []
         conn.fds.extend(fds)
-        if len(conn.fds) > 3:   # a run needs three; more is someone trying to exhaust our fds
+        if len(conn.fds) > 3:  # a run needs three; more is someone trying to exhaust our fds
             self._refuse(conn, "too many file descriptors")
             return
         if not data:
@@ -346,8 +356,9 @@ class Daemon:
     def _refuse(self, conn: Connection, why: str) -> None:
         """A malformed request: one error line to the client, one line in the log, and the
         connection is closed (what follows on it cannot be trusted to be framed)."""
-        log.warning("malformed request from uid %d (pid %d): %s; connection closed", conn.uid,
-                    conn.pid, why)
+        log.warning(
+            "malformed request from uid %d (pid %d): %s; connection closed", conn.uid, conn.pid, why
+        )
         _send(conn.sock, wire.Reply(ok=False, error=why))
         self._drop(conn)
 
@@ -363,12 +374,21 @@ class Daemon:
             for fd in conn.fds:
                 os.close(fd)
             conn.fds = []
-            _send(conn.sock, wire.Reply(ok=False, error=f"agents may not use the daemon: "
-                                        f"{conn.confined}"))
+            _send(
+                conn.sock,
+                wire.Reply(ok=False, error=f"agents may not use the daemon: {conn.confined}"),
+            )
             return
-        handler = {"run": self._op_run, "ps": self._op_ps, "stop": self._op_stop,
-                   "resume": self._op_resume, "kill": self._op_kill, "reload": self._op_reload,
-                   "status": self._op_status, "signal": self._op_signal}[op]
+        handler = {
+            "run": self._op_run,
+            "ps": self._op_ps,
+            "stop": self._op_stop,
+            "resume": self._op_resume,
+            "kill": self._op_kill,
+            "reload": self._op_reload,
+            "status": self._op_status,
+            "signal": self._op_signal,
+        }[op]
         try:
             reply = handler(conn, request)
         except Exception as exc:  # noqa: BLE001 - the caller gets the error, the daemon lives
@@ -380,10 +400,14 @@ class Daemon:
     # -- operations ----------------------------------------------------------------------
     def _op_status(self, conn, request: wire.StatusRequest) -> wire.StatusReply:
         return wire.StatusReply(
-            ok=True, pid=os.getpid(), uptime=time.time() - self.started, runs=len(self.runs),
+            ok=True,
+            pid=os.getpid(),
+            uptime=time.time() - self.started,
+            runs=len(self.runs),
             audit_log=self.config.audit.path,
             cgroups=self.cgroups.base if self.cgroups else None,
-            policies={e.name: e.version for e in self.store.entries.values()})
+            policies={e.name: e.version for e in self.store.entries.values()},
+        )
 
     def _op_reload(self, conn, request: wire.ReloadRequest) -> wire.ReloadReply:
         if conn.uid != 0:
@@ -396,9 +420,13 @@ class Daemon:
         except ValueError as exc:
             log.error("reload by %s rejected; the previous policies stay:\n%s", who, exc)
             return wire.ReloadReply(
-                ok=False, error=f"reload rejected, the previous policies stay:\n{exc}")
-        log.info("reload by %s: %s", who, ", ".join(f"{n} {o}->{v}" for n, (o, v) in
-                                                  changed.items()) or "nothing changed")
+                ok=False, error=f"reload rejected, the previous policies stay:\n{exc}"
+            )
+        log.info(
+            "reload by %s: %s",
+            who,
+            ", ".join(f"{n} {o}->{v}" for n, (o, v) in changed.items()) or "nothing changed",
+        )
         switched = []
         for run in self.runs.values():
             if run.policy in changed and run.state != "exited":
@@ -421,9 +449,11 @@ class Daemon:
             os.write(run.control_fd, switch_message(entry, snapshot))
             os.kill(run.supervisor_pid, signal.SIGUSR1)
         except BlockingIOError:
-            log.warning("run %s: cannot switch policy: its supervisor has not read the last "
-                        "switches (its agent made no syscall the tracer stops at since)",
-                        run.run_id)
+            log.warning(
+                "run %s: cannot switch policy: its supervisor has not read the last "
+                "switches (its agent made no syscall the tracer stops at since)",
+                run.run_id,
+            )
             return
         except OSError as exc:
             log.warning("run %s: cannot switch policy: %s", run.run_id, exc)
@@ -440,13 +470,14 @@ class Daemon:
 
     def _held_info(self, run: Run) -> wire.HeldInfo | None:
         try:
-            with open(os.path.join(self.config.runs_dir, f"{run.run_id}.json"),
-                      encoding="utf-8") as handle:
+            with open(
+                os.path.join(self.config.runs_dir, f"{run.run_id}.json"), encoding="utf-8"
+            ) as handle:
                 info = json.load(handle)
             if info.get("state") != "held" or not info.get("held"):
                 return None
             return wire.HeldInfo.model_validate(info["held"])
-        except (OSError, ValueError):   # ValueError: JSON, or pydantic's ValidationError
+        except (OSError, ValueError):  # ValueError: JSON, or pydantic's ValidationError
             return None
 
     def _op_ps(self, conn, request: wire.PsRequest) -> wire.PsReply:
@@ -458,14 +489,26 @@ class Daemon:
             state = "held" if held else run.state
             if run.cgroup is not None and state == "running" and run.cgroup.frozen:
                 state = "frozen"
-            runs.append(wire.RunInfo(
-                run_id=run.run_id, user=run.user, uid=run.uid, policy=run.policy,
-                version=run.version, mode=run.mode, supervisor_pid=run.supervisor_pid,
-                agent_pid=run.agent_pid,
-                pids=run.cgroup.pids() if run.cgroup else ([run.agent_pid] if run.agent_pid
-                                                           else []),
-                state=state, held=held, command=run.command, started=run.started,
-                records=run.records))
+            runs.append(
+                wire.RunInfo(
+                    run_id=run.run_id,
+                    user=run.user,
+                    uid=run.uid,
+                    policy=run.policy,
+                    version=run.version,
+                    mode=run.mode,
+                    supervisor_pid=run.supervisor_pid,
+                    agent_pid=run.agent_pid,
+                    pids=run.cgroup.pids()
+                    if run.cgroup
+                    else ([run.agent_pid] if run.agent_pid else []),
+                    state=state,
+                    held=held,
+                    command=run.command,
+                    started=run.started,
+                    records=run.records,
+                )
+            )
         return wire.PsReply(ok=True, runs=runs)
 
     def _op_stop(self, conn, request: wire.StopRequest) -> wire.StopReply:
@@ -473,8 +516,7 @@ class Daemon:
         if error:
             return error
         if run.cgroup is None:
-            return wire.StopReply(ok=False, error="this daemon runs without cgroups: cannot "
-                                  "freeze")
+            return wire.StopReply(ok=False, error="this daemon runs without cgroups: cannot freeze")
         frozen = run.cgroup.freeze(wait=2.0)
         run.state = "frozen"
         log.info("run %s frozen by uid %d", run.run_id, conn.uid)
@@ -489,11 +531,15 @@ class Daemon:
         decision = request.decision
         if self._held_info(run) is not None:
             if decision is None:
-                return wire.ResumeReply(ok=False, error=f"run {run.run_id} is held for review: "
-                                        "say --allow or --deny")
+                return wire.ResumeReply(
+                    ok=False, error=f"run {run.run_id} is held for review: say --allow or --deny"
+                )
             if decision == "allow" and conn.uid != 0:
-                return wire.ResumeReply(ok=False, error="only root may allow a held action of "
-                                        "a daemon run (the owner may --deny or kill)")
+                return wire.ResumeReply(
+                    ok=False,
+                    error="only root may allow a held action of "
+                    "a daemon run (the owner may --deny or kill)",
+                )
             answer = control.send_decision(run.run_id, decision, self.config.runs_dir)
             log.info("run %s: %s by uid %d", run.run_id, decision, conn.uid)
             return wire.ResumeReply.model_validate(answer)
@@ -526,6 +572,7 @@ class Daemon:
         log.info("run %s: killing: %s", run.run_id, why, extra={"RUN_ID": run.run_id})
         if self._held_info(run) is not None:
             from agentd.run import registry as control
+
             try:
                 control.send_decision(run.run_id, "kill", self.config.runs_dir)
             except (OSError, LookupError, RuntimeError, ValueError):
@@ -549,8 +596,9 @@ class Daemon:
             for fd in fds:
                 os.close(fd)
 
-    def _grant(self, conn: Connection, request: wire.RunRequest,
-               fds: list[int]) -> tuple[PolicyEntry | None, str]:
+    def _grant(
+        self, conn: Connection, request: wire.RunRequest, fds: list[int]
+    ) -> tuple[PolicyEntry | None, str]:
         """The policy a run request is granted, or (None, why it is refused)."""
         if conn.run is not None:
             return None, "one run per connection"
@@ -559,8 +607,10 @@ class Daemon:
         policy_name = request.policy or "strict"
         for option in ("audit_log", "seccomp_profile"):
             if getattr(request, option):
-                return None, (f"--{option.replace('_', '-')} is not available under the daemon "
-                              "(its configuration decides); use --embedded")
+                return None, (
+                    f"--{option.replace('_', '-')} is not available under the daemon "
+                    "(its configuration decides); use --embedded"
+                )
         if len(self.runs) >= self.config.max_runs:
             return None, f"the daemon runs {len(self.runs)} agents already"
         entry = self.store.entries.get(policy_name)
@@ -568,17 +618,21 @@ class Daemon:
             if conn.uid == 0 and "/" in policy_name and os.path.isfile(policy_name):
                 entry = PolicyEntry.from_file(policy_name)
             else:
-                return None, (f"unknown policy {policy_name!r}; the daemon knows: "
-                              f"{', '.join(sorted(self.store.entries))}")
-        refusal = self.config.may_launch(conn.uid, {conn.gid, *conn.groups}, policy_name,
-                                         request.mode)
+                return None, (
+                    f"unknown policy {policy_name!r}; the daemon knows: "
+                    f"{', '.join(sorted(self.store.entries))}"
+                )
+        refusal = self.config.may_launch(
+            conn.uid, {conn.gid, *conn.groups}, policy_name, request.mode
+        )
         if refusal:
             log.warning("refused run for uid %d: %s", conn.uid, refusal)
             return None, refusal
         return entry, ""
 
-    def _launch(self, conn: Connection, request: wire.RunRequest, entry: PolicyEntry,
-                fds: list[int]) -> wire.RunReply:
+    def _launch(
+        self, conn: Connection, request: wire.RunRequest, entry: PolicyEntry, fds: list[int]
+    ) -> wire.RunReply:
         """Fork the run's supervisor with the caller's three fds; the run joins the table."""
         argv, mode = list(request.argv), request.mode
         try:
@@ -593,23 +647,57 @@ class Daemon:
         agent_id = request.agent_id or f"{os.path.basename(argv[0])}-{run_id}"
         cgroup = self.cgroups.create_run(run_id) if self.cgroups is not None else None
         plan = SupervisorPlan(
-            run_id=run_id, agent_id=agent_id, argv=argv, env=dict(request.env), cwd=cwd,
-            workspace=workspace, uid=conn.uid, gid=conn.gid, groups=sorted(set(conn.groups)),
+            run_id=run_id,
+            agent_id=agent_id,
+            argv=argv,
+            env=dict(request.env),
+            cwd=cwd,
+            workspace=workspace,
+            uid=conn.uid,
+            gid=conn.gid,
+            groups=sorted(set(conn.groups)),
             home=home,
-            user=user_name, policy=entry, mode=mode, policy_dir=self.config.policy_dir,
-            runs_dir=self.config.runs_dir, audit_path=self.config.audit.path,
+            user=user_name,
+            policy=entry,
+            mode=mode,
+            policy_dir=self.config.policy_dir,
+            runs_dir=self.config.runs_dir,
+            audit_path=self.config.audit.path,
             seccomp_profile=self.config.seccomp_profile,
             cgroup_procs=cgroup.join_path() if cgroup else None,
-            network=self.config.network, dns_upstream=",".join(self.config.dns_upstream))
+            network=self.config.network,
+            dns_upstream=",".join(self.config.dns_upstream),
+        )
         pid, record_r, control_w = fork_supervisor(plan, fds)
-        run = Run(run_id, conn.uid, conn.gid, plan.groups, user_name, entry.name, entry.version,
-                  mode, argv, pid, record_r, control_w, cgroup=cgroup, client=conn)
+        run = Run(
+            run_id,
+            conn.uid,
+            conn.gid,
+            plan.groups,
+            user_name,
+            entry.name,
+            entry.version,
+            mode,
+            argv,
+            pid,
+            record_r,
+            control_w,
+            cgroup=cgroup,
+            client=conn,
+        )
         conn.run = run
         self.runs[run_id] = run
         self.selector.register(record_r, selectors.EVENT_READ, run)
-        log.info("run %s: uid %d (%s) launched %s under %s@%s", run_id, conn.uid, user_name,
-                 argv[0], entry.name, entry.version,
-                 extra={"RUN_ID": run_id, "AGENT_UID": conn.uid, "POLICY": entry.name})
+        log.info(
+            "run %s: uid %d (%s) launched %s under %s@%s",
+            run_id,
+            conn.uid,
+            user_name,
+            argv[0],
+            entry.name,
+            entry.version,
+            extra={"RUN_ID": run_id, "AGENT_UID": conn.uid, "POLICY": entry.name},
+        )
         self._status()
         return wire.RunReply(ok=True, run_id=run_id, policy=entry.name, version=entry.version)
 
@@ -640,8 +728,12 @@ class Daemon:
                 run.reported_records = message.get("records")
                 run.stats = message.get("stats") or {}
             elif kind == "log":
-                log.warning("run %s supervisor: %s", run.run_id, message.get("msg"),
-                            extra={"RUN_ID": run.run_id})
+                log.warning(
+                    "run %s supervisor: %s",
+                    run.run_id,
+                    message.get("msg"),
+                    extra={"RUN_ID": run.run_id},
+                )
 
     def _write_record(self, run: Run, fields: dict) -> None:
         try:
@@ -665,18 +757,25 @@ class Daemon:
         os.close(run.control_fd)
         run.state = "exited"
         if run.cgroup is not None:
-            run.cgroup.kill()   # INVARIANT: nothing of an agent outlives its supervisor
+            run.cgroup.kill()  # INVARIANT: nothing of an agent outlives its supervisor
             run.cgroup.remove()
         code = run.exit_code if run.exit_code is not None else 128 + signal.SIGKILL
         if run.reported_records is not None and run.reported_records != run.records:
-            log.error("run %s: %d records sent, %d written", run.run_id, run.reported_records,
-                      run.records)
-        log.info("run %s: ended with status %d (%d records)", run.run_id, code, run.records,
-                 extra={"RUN_ID": run.run_id})
+            log.error(
+                "run %s: %d records sent, %d written", run.run_id, run.reported_records, run.records
+            )
+        log.info(
+            "run %s: ended with status %d (%d records)",
+            run.run_id,
+            code,
+            run.records,
+            extra={"RUN_ID": run.run_id},
+        )
         self.runs.pop(run.run_id, None)
         if run.client is not None:
-            _send(run.client.sock, wire.RunExit(exit=code, records=run.records,
-                                                supervisor=run.stats))
+            _send(
+                run.client.sock, wire.RunExit(exit=code, records=run.records, supervisor=run.stats)
+            )
             client, run.client = run.client, None
             client.run = None
             self._drop(client)

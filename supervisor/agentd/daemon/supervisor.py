@@ -27,8 +27,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from agentd.kernel import libc
 from agentd.run.assembly import NewPolicy, PolicySwitch, RunSpec, Termination, execute
@@ -37,14 +38,23 @@ from agentd.run.supervise import HostError
 
 from .policy_store import PolicyEntry, policy_version
 
-__all__ = ["SupervisorPlan", "fork_supervisor", "supervisor_main", "switch_message",
-           "PipeRecorder", "ControlPipe", "DropPrivileges", "DecisionTimer", "FreezingReview",
-           "DaemonRegistration"]
+__all__ = [
+    "SupervisorPlan",
+    "fork_supervisor",
+    "supervisor_main",
+    "switch_message",
+    "PipeRecorder",
+    "ControlPipe",
+    "DropPrivileges",
+    "DecisionTimer",
+    "FreezingReview",
+    "DaemonRegistration",
+]
 
 log = logging.getLogger("agentd.daemon.supervisor")
 
-RECORD_FD = 3        # the supervisor's end of the record pipe (records, events, its exit)
-CONTROL_FD = 4       # the supervisor's end of the control pipe (policy switches)
+RECORD_FD = 3  # the supervisor's end of the record pipe (records, events, its exit)
+CONTROL_FD = 4  # the supervisor's end of the control pipe (policy switches)
 PR_SET_PDEATHSIG = 1
 LATENCY_SAMPLES = 50_000
 
@@ -71,11 +81,12 @@ class SupervisorPlan:
     audit_path: str
     seccomp_profile: str | None
     cgroup_procs: str | None
-    network: str = "plane"                           # DaemonConfig.network
-    dns_upstream: str = ""                           # comma separated, "" = resolv.conf's
+    network: str = "plane"  # DaemonConfig.network
+    dns_upstream: str = ""  # comma separated, "" = resolv.conf's
 
 
 # --- the daemon's side ----------------------------------------------------------------------
+
 
 def fork_supervisor(plan: SupervisorPlan, stdio: list[int]) -> tuple[int, int, int]:
     """Fork the run's supervisor; returns (its pid, the record pipe's read end, the control
@@ -92,8 +103,11 @@ def fork_supervisor(plan: SupervisorPlan, stdio: list[int]) -> tuple[int, int, i
         except BaseException:  # noqa: BLE001 - the child never returns into the daemon
             try:
                 import traceback
-                os.write(record_w, (json.dumps({"t": "log", "msg": traceback.format_exc()})
-                                    + "\n").encode())
+
+                os.write(
+                    record_w,
+                    (json.dumps({"t": "log", "msg": traceback.format_exc()}) + "\n").encode(),
+                )
             except BaseException:  # noqa: BLE001
                 pass
         os._exit(code)
@@ -107,14 +121,18 @@ def fork_supervisor(plan: SupervisorPlan, stdio: list[int]) -> tuple[int, int, i
 def switch_message(entry: PolicyEntry, snapshot: str) -> bytes:
     """The control pipe's line telling a supervisor to switch to ``entry`` (its text is in the
     file ``snapshot``); shorter than PIPE_BUF, so a write is whole or fails."""
-    return json.dumps({"name": entry.name, "version": entry.version,
-                       "path": snapshot}).encode() + b"\n"
+    return (
+        json.dumps({"name": entry.name, "version": entry.version, "path": snapshot}).encode()
+        + b"\n"
+    )
 
 
 # --- the supervisor process -----------------------------------------------------------------
 
-def supervisor_main(plan: SupervisorPlan, daemon_pid: int, stdio: list[int], record_w: int,
-                    control_r: int) -> int:
+
+def supervisor_main(
+    plan: SupervisorPlan, daemon_pid: int, stdio: list[int], record_w: int, control_r: int
+) -> int:
     """The body of a per-run supervisor process; returns its exit code (the daemon gets the
     agent's status as a message)."""
     from agent_os.errors import PolicyError
@@ -139,10 +157,20 @@ def supervisor_main(plan: SupervisorPlan, daemon_pid: int, stdio: list[int], rec
         os.write(2, f"agentd run: {exc}\n".encode())
         code = 2
     import resource
+
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    recorder.send({"t": "exit", "code": code, "records": recorder.count, "stats": {
-        "cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_kb": usage.ru_maxrss,
-        **timer.summary()}})
+    recorder.send(
+        {
+            "t": "exit",
+            "code": code,
+            "records": recorder.count,
+            "stats": {
+                "cpu_s": usage.ru_utime + usage.ru_stime,
+                "maxrss_kb": usage.ru_maxrss,
+                **timer.summary(),
+            },
+        }
+    )
     return 0
 
 
@@ -152,15 +180,16 @@ def _detach_from_daemon(daemon_pid: int, stdio: list[int], record_w: int, contro
     os.setsid()
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         return False
-    if os.getppid() != daemon_pid:   # the daemon died before the prctl: so do we
+    if os.getppid() != daemon_pid:  # the daemon died before the prctl: so do we
         return False
     # Our fds: 0-2 are the caller's, 3 the record pipe, 4 the control pipe; nothing else.
     # Lift every one above the low numbers first, so no dup2 overwrites a later source.
     import fcntl
+
     lifted = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 1000) for fd in (*stdio, record_w, control_r)]
     for target, fd in enumerate(lifted):
         os.dup2(fd, target, inheritable=target < 3)
-    os.closerange(5, 1 << 20)   # close_range(2): the daemon's sockets, pipes and journal
+    os.closerange(5, 1 << 20)  # close_range(2): the daemon's sockets, pipes and journal
     os.set_blocking(CONTROL_FD, False)
     return True
 
@@ -169,41 +198,73 @@ def _take_the_callers_terminal(recorder: PipeRecorder) -> None:
     """Logs go to the daemon (its journal) through the record pipe; sys.std* are the caller's."""
     root = logging.getLogger()
     root.handlers[:] = [_PipeLogHandler(recorder)]
-    sys.stdin = open(0, closefd=False)   # noqa: SIM115 - the caller's terminal
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the caller's terminal
     sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
 
 
-def _run(plan: SupervisorPlan, recorder: PipeRecorder, switch: PolicySwitch,
-         termination: Termination, timer: DecisionTimer) -> int:
+def _run(
+    plan: SupervisorPlan,
+    recorder: PipeRecorder,
+    switch: PolicySwitch,
+    termination: Termination,
+    timer: DecisionTimer,
+) -> int:
     """The run, assembled as every run is, with the daemon's parts; our exit status for it."""
     from agent_os.loader import policy_from_yaml_string
 
-    policy = policy_from_yaml_string(plan.policy.text, _variables(plan), [plan.policy_dir],
-                                     name=plan.policy.path)
-    registration = DaemonRegistration(plan.run_id, {
-        "run_id": plan.run_id, "supervisor_pid": os.getpid(), "agent_pid": None,
-        "agent_id": plan.agent_id, "command": plan.argv, "policy": plan.policy.name,
-        "uid": plan.uid, "user": plan.user, "mode": plan.mode, "workspace": plan.workspace,
-        "audit_log": plan.audit_path, "started": time.time()}, directory=plan.runs_dir)
+    policy = policy_from_yaml_string(
+        plan.policy.text, _variables(plan), [plan.policy_dir], name=plan.policy.path
+    )
+    registration = DaemonRegistration(
+        plan.run_id,
+        {
+            "run_id": plan.run_id,
+            "supervisor_pid": os.getpid(),
+            "agent_pid": None,
+            "agent_id": plan.agent_id,
+            "command": plan.argv,
+            "policy": plan.policy.name,
+            "uid": plan.uid,
+            "user": plan.user,
+            "mode": plan.mode,
+            "workspace": plan.workspace,
+            "audit_log": plan.audit_path,
+            "started": time.time(),
+        },
+        directory=plan.runs_dir,
+    )
     registration.may_prompt = plan.uid == 0
-    end = execute(RunSpec(
-        run_id=plan.run_id, agent_id=plan.agent_id, argv=plan.argv, policy=policy,
-        mode=plan.mode, env=plan.env, recorder=recorder, registration=registration,
-        review=FreezingReview(registration, plan.cgroup_procs),
-        protected_paths=(plan.audit_path, plan.runs_dir + "/"),
-        seccomp_profile=plan.seccomp_profile,
-        start_plane=_plane_starter(plan) if plan.network == "plane" else None,
-        child_steps=(DropPrivileges(plan),),
-        on_started=lambda pid: recorder.send({"t": "started", "agent_pid": pid}),
-        wrap_stop=timer.wrap, policy_switch=switch, termination=termination))
+    end = execute(
+        RunSpec(
+            run_id=plan.run_id,
+            agent_id=plan.agent_id,
+            argv=plan.argv,
+            policy=policy,
+            mode=plan.mode,
+            env=plan.env,
+            recorder=recorder,
+            registration=registration,
+            review=FreezingReview(registration, plan.cgroup_procs),
+            protected_paths=(plan.audit_path, plan.runs_dir + "/"),
+            seccomp_profile=plan.seccomp_profile,
+            start_plane=_plane_starter(plan) if plan.network == "plane" else None,
+            child_steps=(DropPrivileges(plan),),
+            on_started=lambda pid: recorder.send({"t": "started", "agent_pid": pid}),
+            wrap_stop=timer.wrap,
+            policy_switch=switch,
+            termination=termination,
+        )
+    )
     return end.code
 
 
 def _variables(plan: SupervisorPlan) -> dict[str, str]:
-    return {"WORKSPACE": os.path.realpath(plan.workspace),
-            "HOME": os.path.realpath(plan.home),
-            "TMPDIR": os.path.realpath(plan.env.get("TMPDIR") or "/tmp")}
+    return {
+        "WORKSPACE": os.path.realpath(plan.workspace),
+        "HOME": os.path.realpath(plan.home),
+        "TMPDIR": os.path.realpath(plan.env.get("TMPDIR") or "/tmp"),
+    }
 
 
 def _plane_starter(plan: SupervisorPlan) -> Callable[[Any], Any]:
@@ -212,15 +273,18 @@ def _plane_starter(plan: SupervisorPlan) -> Callable[[Any], Any]:
         from agentd.netplane.plane import NetworkPlane
 
         try:
-            return NetworkPlane.start(session, plan.run_id,
-                                      upstream=parse_upstream(plan.dns_upstream))
+            return NetworkPlane.start(
+                session, plan.run_id, upstream=parse_upstream(plan.dns_upstream)
+            )
         except Exception as exc:  # noqa: BLE001 - PlaneUnavailable, a bad dns_upstream, ...
             # The administrator asked for the plane: no run without it (fail closed).
             raise HostError(f"cannot build the network plane: {exc}") from None
+
     return start
 
 
 # --- the parts of a daemon run ----------------------------------------------------------------
+
 
 class PipeRecorder:
     """The FlightRecorder's ``record`` as the Session calls it, sent to the daemon (the single
@@ -243,8 +307,13 @@ class PipeRecorder:
     def record(self, **fields: Any) -> None:
         from agent_os.flight_recorder import json_safe
 
-        data = json.dumps({"t": "rec", "f": {k: json_safe(v) for k, v in fields.items()}},
-                          separators=(",", ":")).encode() + b"\n"
+        data = (
+            json.dumps(
+                {"t": "rec", "f": {k: json_safe(v) for k, v in fields.items()}},
+                separators=(",", ":"),
+            ).encode()
+            + b"\n"
+        )
         with self.lock:
             self._write(data)
             self.count += 1
@@ -292,11 +361,15 @@ class ControlPipe:
             text = handle.read()
         if policy_version(text) != message["version"]:
             raise ValueError("the policy snapshot does not match its version")
-        policy = policy_from_yaml_string(text, _variables(self.plan), [self.plan.policy_dir],
-                                         name=message["path"])
-        return NewPolicy(policy, message["name"], message["version"],
-                         f"the daemon reloaded policy {message['name']}: "
-                         f"now version {message['version']}")
+        policy = policy_from_yaml_string(
+            text, _variables(self.plan), [self.plan.policy_dir], name=message["path"]
+        )
+        return NewPolicy(
+            policy,
+            message["name"],
+            message["version"],
+            f"the daemon reloaded policy {message['name']}: now version {message['version']}",
+        )
 
     def _last_message(self) -> dict | None:
         """The latest switch sent (several reloads since the last stop: the last one wins)."""
@@ -326,7 +399,7 @@ class DropPrivileges:
         if plan.cgroup_procs:
             fd = os.open(plan.cgroup_procs, os.O_WRONLY)
             try:
-                os.write(fd, b"0")   # "0" = the writing process
+                os.write(fd, b"0")  # "0" = the writing process
             finally:
                 os.close(fd)
         if plan.uid != 0 or plan.gid != 0:
@@ -344,7 +417,7 @@ class DecisionTimer:
     ``LATENCY_SAMPLES`` uniformly chosen samples."""
 
     def __init__(self) -> None:
-        self.samples: list[tuple[int, int]] = []    # (wall ns, cpu ns)
+        self.samples: list[tuple[int, int]] = []  # (wall ns, cpu ns)
         self.seen = 0
 
     def wrap(self, handle: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
@@ -354,6 +427,7 @@ class DecisionTimer:
                 handle(tracer, task)
             finally:
                 self._add((time.perf_counter_ns() - wall, time.thread_time_ns() - cpu))
+
         return timed
 
     def _add(self, sample: tuple[int, int]) -> None:
@@ -375,9 +449,13 @@ class DecisionTimer:
         def pick(values: list[int], q: float) -> float:
             return round(values[min(len(values) - 1, int(q * len(values)))] / 1000, 1)
 
-        return {"samples": len(wall), "wall_p50_us": pick(wall, 0.5),
-                "wall_p99_us": pick(wall, 0.99), "cpu_p50_us": pick(cpu, 0.5),
-                "cpu_p99_us": pick(cpu, 0.99)}
+        return {
+            "samples": len(wall),
+            "wall_p50_us": pick(wall, 0.5),
+            "wall_p99_us": pick(wall, 0.99),
+            "cpu_p50_us": pick(cpu, 0.5),
+            "cpu_p99_us": pick(cpu, 0.99),
+        }
 
 
 class DaemonRegistration(RunRegistration):
@@ -388,8 +466,11 @@ class DaemonRegistration(RunRegistration):
 
     def wait_for_decision(self, prompt):
         if prompt is not None and not self.may_prompt:
-            os.write(2, f"\nagentd: run {self.run_id} is HELD for review by an administrator "
-                     f"(agentd ps; agentd resume {self.run_id} --allow|--deny)\n".encode())
+            os.write(
+                2,
+                f"\nagentd: run {self.run_id} is HELD for review by an administrator "
+                f"(agentd ps; agentd resume {self.run_id} --allow|--deny)\n".encode(),
+            )
             prompt = None
         return super().wait_for_decision(prompt)
 
@@ -400,8 +481,9 @@ class FreezingReview(OperatorReview):
 
     def __init__(self, registration: RunRegistration, cgroup_procs: str | None):
         super().__init__(registration)
-        self.freeze_path = (os.path.join(os.path.dirname(cgroup_procs), "cgroup.freeze")
-                            if cgroup_procs else None)
+        self.freeze_path = (
+            os.path.join(os.path.dirname(cgroup_procs), "cgroup.freeze") if cgroup_procs else None
+        )
 
     def _set_frozen(self, value: str) -> None:
         if self.freeze_path is None:

@@ -47,6 +47,7 @@ def setup_logging(level: int = logging.INFO) -> logging.Handler:
     stderr — which systemd also routes to the journal, without the fields."""
     try:
         from systemd.journal import JournalHandler  # type: ignore[import-not-found]
+
         handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER="agentd")
     except ImportError:
         handler = logging.StreamHandler(sys.stderr)

@@ -49,8 +49,14 @@ RET_K = BPF_RET | BPF_K
 CONDITIONAL_JUMPS = frozenset({JMP_JEQ_K, JMP_JGT_K, JMP_JGE_K, JMP_JSET_K})
 SUPPORTED_OPCODES = frozenset({LD_W_ABS, ALU_AND_K, JMP_JA, RET_K} | CONDITIONAL_JUMPS)
 MNEMONICS = {
-    LD_W_ABS: "ld", ALU_AND_K: "and", JMP_JA: "ja", JMP_JEQ_K: "jeq", JMP_JGT_K: "jgt",
-    JMP_JGE_K: "jge", JMP_JSET_K: "jset", RET_K: "ret",
+    LD_W_ABS: "ld",
+    ALU_AND_K: "and",
+    JMP_JA: "ja",
+    JMP_JEQ_K: "jeq",
+    JMP_JGT_K: "jgt",
+    JMP_JGE_K: "jge",
+    JMP_JSET_K: "jset",
+    RET_K: "ret",
 }
 
 U32_MASK = 0xFFFFFFFF
@@ -73,8 +79,12 @@ class Instruction:
     k: int
 
     def __post_init__(self) -> None:
-        if not (0 <= self.code <= 0xFFFF and 0 <= self.jt <= 0xFF and 0 <= self.jf <= 0xFF
-                and 0 <= self.k <= U32_MASK):
+        if not (
+            0 <= self.code <= 0xFFFF
+            and 0 <= self.jt <= 0xFF
+            and 0 <= self.jf <= 0xFF
+            and 0 <= self.k <= U32_MASK
+        ):
             raise BpfError(f"field out of range in {self!r}")
 
     def pack(self) -> bytes:
@@ -107,8 +117,10 @@ def disassemble(program: Sequence[Instruction]) -> str:
     for pc, instruction in enumerate(program):
         text = str(instruction)
         if instruction.code in CONDITIONAL_JUMPS:
-            text = (f"{MNEMONICS[instruction.code]} {instruction.k:#x} "
-                    f"-> {pc + 1 + instruction.jt} else {pc + 1 + instruction.jf}")
+            text = (
+                f"{MNEMONICS[instruction.code]} {instruction.k:#x} "
+                f"-> {pc + 1 + instruction.jt} else {pc + 1 + instruction.jf}"
+            )
         elif instruction.code == JMP_JA:
             text = f"ja -> {pc + 1 + instruction.k}"
         lines.append(f"{pc:4d}: {text}")
@@ -119,23 +131,32 @@ def validate(program: Sequence[Instruction]) -> None:
     """Apply the checks of the kernel's ``bpf_check_classic`` and ``seccomp_check_filter`` that
     matter for the subset we emit; raise BpfError naming the instruction otherwise."""
     if not 1 <= len(program) <= BPF_MAXINSNS:
-        raise BpfError(f"program has {len(program)} instructions; the kernel takes 1..{BPF_MAXINSNS}")
+        raise BpfError(
+            f"program has {len(program)} instructions; the kernel takes 1..{BPF_MAXINSNS}"
+        )
     for pc, instruction in enumerate(program):
         code = instruction.code
         if code not in SUPPORTED_OPCODES:
             raise BpfError(f"instruction {pc}: unsupported opcode {code:#06x} ({instruction})")
         if code == LD_W_ABS and (instruction.k % 4 or instruction.k + 4 > SECCOMP_DATA_SIZE):
-            raise BpfError(f"instruction {pc}: load at offset {instruction.k} is outside "
-                           f"seccomp_data or unaligned")
+            raise BpfError(
+                f"instruction {pc}: load at offset {instruction.k} is outside "
+                f"seccomp_data or unaligned"
+            )
         if code == JMP_JA and pc + 1 + instruction.k >= len(program):
             raise BpfError(f"instruction {pc}: ja +{instruction.k} jumps past the end")
-        if code in CONDITIONAL_JUMPS and pc + 1 + max(instruction.jt, instruction.jf) >= len(program):
+        if code in CONDITIONAL_JUMPS and pc + 1 + max(instruction.jt, instruction.jf) >= len(
+            program
+        ):
             raise BpfError(f"instruction {pc}: {instruction} jumps past the end")
     if program[-1].code != RET_K:
-        raise BpfError("the last instruction must be a ret (the kernel refuses the program otherwise)")
+        raise BpfError(
+            "the last instruction must be a ret (the kernel refuses the program otherwise)"
+        )
 
 
-# --- seccomp_data and the interpreter ---------------------------------------------------------------
+# --- seccomp_data and the interpreter -------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class SeccompData:
@@ -151,8 +172,12 @@ class SeccompData:
         if len(args) != 6:
             raise BpfError(f"seccomp_data has 6 args, got {len(self.args)}")
         # nr is a C int: accept -1 as well as 0xffffffff.
-        return SECCOMP_DATA.pack(self.nr & U32_MASK, self.arch & U32_MASK,
-                                 self.instruction_pointer, *(arg & 0xFFFFFFFFFFFFFFFF for arg in args))
+        return SECCOMP_DATA.pack(
+            self.nr & U32_MASK,
+            self.arch & U32_MASK,
+            self.instruction_pointer,
+            *(arg & 0xFFFFFFFFFFFFFFFF for arg in args),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +205,7 @@ def execute(program: Sequence[Instruction], data: SeccompData | bytes) -> Execut
         if code == LD_W_ABS:
             if k % 4 or k + 4 > SECCOMP_DATA_SIZE:
                 raise BpfError(f"instruction {pc}: load at offset {k} outside seccomp_data")
-            accumulator = int.from_bytes(record[k:k + 4], "little")
+            accumulator = int.from_bytes(record[k : k + 4], "little")
             pc += 1
         elif code == ALU_AND_K:
             accumulator &= k
@@ -215,7 +240,8 @@ def arg_offset(index: int, high: bool) -> int:
     return SECCOMP_DATA_ARGS_OFFSET + 8 * index + (4 if high else 0)
 
 
-# --- the assembler ----------------------------------------------------------------------------------
+# --- the assembler --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class _Label:
@@ -358,8 +384,12 @@ class Assembler:
         # after a ret, a ja or a branch (both outcomes of a branch name labels) with no label
         # before it. Repeat: dropping a jump can orphan its label.
         while True:
-            referenced = {target for item in threaded if isinstance(item, _Branch)
-                          for target in (item.if_true, item.if_false)}
+            referenced = {
+                target
+                for item in threaded
+                if isinstance(item, _Branch)
+                for target in (item.if_true, item.if_false)
+            }
             referenced |= {item.target for item in threaded if isinstance(item, _Goto)}
             reachable: list[_Item] = []
             for item in threaded:
@@ -369,7 +399,8 @@ class Assembler:
                     continue
                 previous = reachable[-1] if reachable else None
                 if isinstance(previous, (_Goto, _Branch)) or (
-                        isinstance(previous, _Plain) and previous.code == RET_K):
+                    isinstance(previous, _Plain) and previous.code == RET_K
+                ):
                     continue
                 reachable.append(item)
             if reachable == threaded:
@@ -408,14 +439,17 @@ class Assembler:
             if isinstance(item, _Label):
                 continue
             if isinstance(item, _Branch):
-                if (self._offset(positions, pc, item.if_true) > MAX_SHORT_JUMP
-                        or self._offset(positions, pc, item.if_false) > MAX_SHORT_JUMP):
+                if (
+                    self._offset(positions, pc, item.if_true) > MAX_SHORT_JUMP
+                    or self._offset(positions, pc, item.if_false) > MAX_SHORT_JUMP
+                ):
                     far.add(index)
             pc += 1
         return far
 
-    def _add_trampolines(self, items: list[_Item], positions: dict[str, int],
-                         far: set[int]) -> list[_Item]:
+    def _add_trampolines(
+        self, items: list[_Item], positions: dict[str, int], far: set[int]
+    ) -> list[_Item]:
         rewritten: list[_Item] = []
         pc = 0
         for index, item in enumerate(items):
@@ -452,8 +486,14 @@ class Assembler:
             elif isinstance(item, _Goto):
                 program.append(Instruction(JMP_JA, 0, 0, self._offset(positions, pc, item.target)))
             else:
-                program.append(Instruction(item.code, self._offset(positions, pc, item.if_true),
-                                           self._offset(positions, pc, item.if_false), item.k))
+                program.append(
+                    Instruction(
+                        item.code,
+                        self._offset(positions, pc, item.if_true),
+                        self._offset(positions, pc, item.if_false),
+                        item.k,
+                    )
+                )
         return program
 
 

@@ -43,5 +43,8 @@ class BoundingDrop:
                 continue
             if present < 0 or libc.prctl(PR_CAPBSET_DROP, cap) != 0:
                 code = libc.last_errno()
-                raise OSError(code, f"cannot drop capability {cap} from the bounding set: "
-                                    f"{os.strerror(code)} (the supervisor needs CAP_SETPCAP)")
+                raise OSError(
+                    code,
+                    f"cannot drop capability {cap} from the bounding set: "
+                    f"{os.strerror(code)} (the supervisor needs CAP_SETPCAP)",
+                )

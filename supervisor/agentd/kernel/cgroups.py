@@ -35,9 +35,12 @@ def find_unified_mount(mountinfo: str = "/proc/self/mountinfo") -> str:
                     return left.split()[4].replace("\\040", " ")
     except OSError as exc:
         raise CgroupError(exc.errno or errno.ENOENT, f"cannot read {mountinfo}: {exc}") from None
-    raise CgroupError(errno.ENOENT, "no cgroup2 filesystem is mounted (cgroup v2 is needed to "
-                      "freeze and kill whole agents; boot with systemd.unified_cgroup_hierarchy=1 "
-                      "or mount -t cgroup2 none /sys/fs/cgroup/unified)")
+    raise CgroupError(
+        errno.ENOENT,
+        "no cgroup2 filesystem is mounted (cgroup v2 is needed to "
+        "freeze and kill whole agents; boot with systemd.unified_cgroup_hierarchy=1 "
+        "or mount -t cgroup2 none /sys/fs/cgroup/unified)",
+    )
 
 
 def own_cgroup(pid: int | str = "self") -> str:
@@ -80,8 +83,11 @@ class RunCgroup:
 
     def events(self) -> dict[str, str]:
         try:
-            return dict(line.split(" ", 1) for line in _read(
-                os.path.join(self.path, "cgroup.events")).split("\n") if " " in line)
+            return dict(
+                line.split(" ", 1)
+                for line in _read(os.path.join(self.path, "cgroup.events")).split("\n")
+                if " " in line
+            )
         except FileNotFoundError:
             return {}
 
@@ -172,12 +178,17 @@ class CgroupTree:
             os.mkdir(probe)
             os.rmdir(probe)
         except OSError as exc:
-            raise CgroupError(exc.errno or errno.EACCES, f"cannot create cgroups under "
-                              f"{self.base}: {exc.strerror} (under systemd the unit needs "
-                              "Delegate=yes; by hand, run as root)") from None
+            raise CgroupError(
+                exc.errno or errno.EACCES,
+                f"cannot create cgroups under "
+                f"{self.base}: {exc.strerror} (under systemd the unit needs "
+                "Delegate=yes; by hand, run as root)",
+            ) from None
         if not os.path.exists(os.path.join(self.base, "cgroup.freeze")) and self.base != mount:
-            raise CgroupError(errno.ENOTSUP, f"{self.base} has no cgroup.freeze (Linux 5.2+ "
-                              "is needed to freeze agents)")
+            raise CgroupError(
+                errno.ENOTSUP,
+                f"{self.base} has no cgroup.freeze (Linux 5.2+ is needed to freeze agents)",
+            )
 
     def settle_daemon(self) -> None:
         """Move the daemon into ``<base>/daemon`` so that the subtree's root holds no process

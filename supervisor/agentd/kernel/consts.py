@@ -1,6 +1,7 @@
 """Kernel ABI constants that python-ptrace and the standard library do not provide (x86_64).
 
-This module spells the kernel numbers of the ptrace and seccomp machinery: seccomp return values, modes and flags,
+This module spells the kernel numbers of the ptrace and seccomp machinery: seccomp return values,
+modes and flags,
 the ``seccomp_data`` layout, ptrace options, events and requests python-ptrace lacks, audit
 architectures, clone flags, prctl options and the few ioctls the seccomp filter looks at. Every
 value is copied from the Linux UAPI headers (``linux/seccomp.h``, ``linux/ptrace.h``,
@@ -164,8 +165,14 @@ CLONE_CLEAR_SIGHAND = 0x100000000  # clone3 only
 CLONE_INTO_CGROUP = 0x200000000  # clone3 only
 # Every namespace flag clone(2) and unshare(2) accept (CLONE_NEWTIME: unshare only).
 CLONE_NAMESPACE_FLAGS = (
-    CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID
-    | CLONE_NEWNET | CLONE_NEWTIME
+    CLONE_NEWNS
+    | CLONE_NEWCGROUP
+    | CLONE_NEWUTS
+    | CLONE_NEWIPC
+    | CLONE_NEWUSER
+    | CLONE_NEWPID
+    | CLONE_NEWNET
+    | CLONE_NEWTIME
 )
 
 # --- personality(2) (linux/personality.h) -------------------------------------------------------

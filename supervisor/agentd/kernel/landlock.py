@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from agentd.kernel.consts import PR_SET_NO_NEW_PRIVS
 from agentd.kernel import libc
+from agentd.kernel.consts import PR_SET_NO_NEW_PRIVS
 from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
 
 SYS_LANDLOCK_CREATE_RULESET = SYSCALL_NUMBERS["landlock_create_ruleset"]  # 444 on x86_64
@@ -67,14 +67,18 @@ LANDLOCK_RESTRICT_SELF_LOG_SUBDOMAINS_OFF = 1 << 2  # ABI 7
 
 # --- what each ABI version knows (Documentation/userspace-api/landlock.rst) -----------------------
 _FS_ABI1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
-FS_RIGHTS_BY_ABI: Mapping[int, int] = MappingProxyType({
-    1: _FS_ABI1,
-    2: _FS_ABI1 | LANDLOCK_ACCESS_FS_REFER,
-    3: _FS_ABI1 | LANDLOCK_ACCESS_FS_REFER | LANDLOCK_ACCESS_FS_TRUNCATE,
-    4: _FS_ABI1 | LANDLOCK_ACCESS_FS_REFER | LANDLOCK_ACCESS_FS_TRUNCATE,
-    5: _FS_ABI1 | LANDLOCK_ACCESS_FS_REFER | LANDLOCK_ACCESS_FS_TRUNCATE
-       | LANDLOCK_ACCESS_FS_IOCTL_DEV,
-})
+FS_RIGHTS_BY_ABI: Mapping[int, int] = MappingProxyType(
+    {
+        1: _FS_ABI1,
+        2: _FS_ABI1 | LANDLOCK_ACCESS_FS_REFER,
+        3: _FS_ABI1 | LANDLOCK_ACCESS_FS_REFER | LANDLOCK_ACCESS_FS_TRUNCATE,
+        4: _FS_ABI1 | LANDLOCK_ACCESS_FS_REFER | LANDLOCK_ACCESS_FS_TRUNCATE,
+        5: _FS_ABI1
+        | LANDLOCK_ACCESS_FS_REFER
+        | LANDLOCK_ACCESS_FS_TRUNCATE
+        | LANDLOCK_ACCESS_FS_IOCTL_DEV,
+    }
+)
 LATEST_ABI = 7  # the newest ABI this module knows (Linux 6.15 .. 6.18)
 NET_RIGHTS_ABI = 4
 SCOPES_ABI = 6
@@ -83,36 +87,46 @@ ALL_NET_RIGHTS = LANDLOCK_ACCESS_NET_BIND_TCP | LANDLOCK_ACCESS_NET_CONNECT_TCP
 ALL_SCOPES = LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL
 
 # The rights a rule on a non-directory may carry (the kernel refuses the others with EINVAL).
-FILE_RIGHTS = (LANDLOCK_ACCESS_FS_EXECUTE | LANDLOCK_ACCESS_FS_WRITE_FILE
-               | LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_TRUNCATE
-               | LANDLOCK_ACCESS_FS_IOCTL_DEV)
+FILE_RIGHTS = (
+    LANDLOCK_ACCESS_FS_EXECUTE
+    | LANDLOCK_ACCESS_FS_WRITE_FILE
+    | LANDLOCK_ACCESS_FS_READ_FILE
+    | LANDLOCK_ACCESS_FS_TRUNCATE
+    | LANDLOCK_ACCESS_FS_IOCTL_DEV
+)
 
-FS_RIGHT_NAMES: Mapping[int, str] = MappingProxyType({
-    LANDLOCK_ACCESS_FS_EXECUTE: "execute",
-    LANDLOCK_ACCESS_FS_WRITE_FILE: "write_file",
-    LANDLOCK_ACCESS_FS_READ_FILE: "read_file",
-    LANDLOCK_ACCESS_FS_READ_DIR: "read_dir",
-    LANDLOCK_ACCESS_FS_REMOVE_DIR: "remove_dir",
-    LANDLOCK_ACCESS_FS_REMOVE_FILE: "remove_file",
-    LANDLOCK_ACCESS_FS_MAKE_CHAR: "make_char",
-    LANDLOCK_ACCESS_FS_MAKE_DIR: "make_dir",
-    LANDLOCK_ACCESS_FS_MAKE_REG: "make_reg",
-    LANDLOCK_ACCESS_FS_MAKE_SOCK: "make_sock",
-    LANDLOCK_ACCESS_FS_MAKE_FIFO: "make_fifo",
-    LANDLOCK_ACCESS_FS_MAKE_BLOCK: "make_block",
-    LANDLOCK_ACCESS_FS_MAKE_SYM: "make_sym",
-    LANDLOCK_ACCESS_FS_REFER: "refer",
-    LANDLOCK_ACCESS_FS_TRUNCATE: "truncate",
-    LANDLOCK_ACCESS_FS_IOCTL_DEV: "ioctl_dev",
-})
-NET_RIGHT_NAMES: Mapping[int, str] = MappingProxyType({
-    LANDLOCK_ACCESS_NET_BIND_TCP: "bind_tcp",
-    LANDLOCK_ACCESS_NET_CONNECT_TCP: "connect_tcp",
-})
-SCOPE_NAMES: Mapping[int, str] = MappingProxyType({
-    LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET: "abstract_unix_socket",
-    LANDLOCK_SCOPE_SIGNAL: "signal",
-})
+FS_RIGHT_NAMES: Mapping[int, str] = MappingProxyType(
+    {
+        LANDLOCK_ACCESS_FS_EXECUTE: "execute",
+        LANDLOCK_ACCESS_FS_WRITE_FILE: "write_file",
+        LANDLOCK_ACCESS_FS_READ_FILE: "read_file",
+        LANDLOCK_ACCESS_FS_READ_DIR: "read_dir",
+        LANDLOCK_ACCESS_FS_REMOVE_DIR: "remove_dir",
+        LANDLOCK_ACCESS_FS_REMOVE_FILE: "remove_file",
+        LANDLOCK_ACCESS_FS_MAKE_CHAR: "make_char",
+        LANDLOCK_ACCESS_FS_MAKE_DIR: "make_dir",
+        LANDLOCK_ACCESS_FS_MAKE_REG: "make_reg",
+        LANDLOCK_ACCESS_FS_MAKE_SOCK: "make_sock",
+        LANDLOCK_ACCESS_FS_MAKE_FIFO: "make_fifo",
+        LANDLOCK_ACCESS_FS_MAKE_BLOCK: "make_block",
+        LANDLOCK_ACCESS_FS_MAKE_SYM: "make_sym",
+        LANDLOCK_ACCESS_FS_REFER: "refer",
+        LANDLOCK_ACCESS_FS_TRUNCATE: "truncate",
+        LANDLOCK_ACCESS_FS_IOCTL_DEV: "ioctl_dev",
+    }
+)
+NET_RIGHT_NAMES: Mapping[int, str] = MappingProxyType(
+    {
+        LANDLOCK_ACCESS_NET_BIND_TCP: "bind_tcp",
+        LANDLOCK_ACCESS_NET_CONNECT_TCP: "connect_tcp",
+    }
+)
+SCOPE_NAMES: Mapping[int, str] = MappingProxyType(
+    {
+        LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET: "abstract_unix_socket",
+        LANDLOCK_SCOPE_SIGNAL: "signal",
+    }
+)
 
 
 def fs_rights(abi: int) -> int:
@@ -141,6 +155,7 @@ def right_names(mask: int, names: Mapping[int, str] = FS_RIGHT_NAMES) -> list[st
 
 # --- the system calls -----------------------------------------------------------------------------
 
+
 class _Syscalls:
     """The Landlock system calls through ``libc.syscall`` (declared before any fork)."""
 
@@ -155,8 +170,11 @@ class _Syscalls:
 
 
 class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64)]
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
 
 
 class _PathBeneathAttr(ctypes.Structure):
@@ -174,6 +192,7 @@ assert ctypes.sizeof(_RulesetAttr) == 24
 
 
 # --- probing --------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class LandlockSupport:
@@ -195,9 +214,9 @@ class LandlockSupport:
 
 _PROBE_PROBLEMS = {
     errno_codes.ENOSYS: "the kernel has no Landlock system calls (built without "
-                        "CONFIG_SECURITY_LANDLOCK, or an outer seccomp profile refuses them)",
+    "CONFIG_SECURITY_LANDLOCK, or an outer seccomp profile refuses them)",
     errno_codes.EOPNOTSUPP: "Landlock is built into the kernel but not enabled at boot "
-                            "(add 'landlock' to the lsm= kernel parameter)",
+    "(add 'landlock' to the lsm= kernel parameter)",
     errno_codes.EPERM: "an outer seccomp profile refuses the Landlock system calls (containers)",
 }
 
@@ -207,14 +226,18 @@ def probe(syscalls: _Syscalls | None = None) -> LandlockSupport:
     calls = syscalls or _Syscalls()
     abi, code = calls.call(SYS_LANDLOCK_CREATE_RULESET, 0, 0, LANDLOCK_CREATE_RULESET_VERSION)
     if abi < 0:
-        problem = _PROBE_PROBLEMS.get(code, f"landlock_create_ruleset(VERSION) failed: "
-                                            f"{os.strerror(code) if code else 'unknown error'}")
+        problem = _PROBE_PROBLEMS.get(
+            code,
+            f"landlock_create_ruleset(VERSION) failed: "
+            f"{os.strerror(code) if code else 'unknown error'}",
+        )
         return LandlockSupport(0, 0, problem)
     errata, code = calls.call(SYS_LANDLOCK_CREATE_RULESET, 0, 0, LANDLOCK_CREATE_RULESET_ERRATA)
     return LandlockSupport(int(abi), int(errata) if errata > 0 else 0, None)
 
 
 # --- the ruleset as data --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class PathRule:
@@ -253,22 +276,31 @@ def fit_to_abi(spec: RulesetSpec, abi: int) -> tuple[RulesetSpec, tuple[str, ...
     """``spec`` restricted to what ABI ``abi`` knows, and one sentence per thing dropped."""
     dropped: list[str] = []
     fs_known, net_known, scope_known = fs_rights(abi), net_rights(abi), scopes(abi)
-    for label, wanted, known, names in (("filesystem rights", spec.handled_fs, fs_known,
-                                         FS_RIGHT_NAMES),
-                                        ("network rights", spec.handled_net, net_known,
-                                         NET_RIGHT_NAMES),
-                                        ("scopes", spec.scoped, scope_known, SCOPE_NAMES)):
+    for label, wanted, known, names in (
+        ("filesystem rights", spec.handled_fs, fs_known, FS_RIGHT_NAMES),
+        ("network rights", spec.handled_net, net_known, NET_RIGHT_NAMES),
+        ("scopes", spec.scoped, scope_known, SCOPE_NAMES),
+    ):
         if wanted & ~known:
-            dropped.append(f"Landlock ABI {abi} does not know the {label} "
-                           f"{', '.join(right_names(wanted & ~known, names))}: not enforced by "
-                           f"Landlock")
+            dropped.append(
+                f"Landlock ABI {abi} does not know the {label} "
+                f"{', '.join(right_names(wanted & ~known, names))}: not enforced by "
+                f"Landlock"
+            )
     handled_fs, handled_net = spec.handled_fs & fs_known, spec.handled_net & net_known
-    path_rules = tuple(PathRule(r.path, r.access & handled_fs, r.why) for r in spec.path_rules
-                       if r.access & handled_fs)
-    port_rules = tuple(PortRule(r.port, r.access & handled_net, r.why) for r in spec.port_rules
-                       if r.access & handled_net)
-    return RulesetSpec(handled_fs, handled_net, spec.scoped & scope_known, path_rules,
-                       port_rules), tuple(dropped)
+    path_rules = tuple(
+        PathRule(r.path, r.access & handled_fs, r.why)
+        for r in spec.path_rules
+        if r.access & handled_fs
+    )
+    port_rules = tuple(
+        PortRule(r.port, r.access & handled_net, r.why)
+        for r in spec.port_rules
+        if r.access & handled_net
+    )
+    return RulesetSpec(
+        handled_fs, handled_net, spec.scoped & scope_known, path_rules, port_rules
+    ), tuple(dropped)
 
 
 # --- compile in the parent, apply in the child ----------------------------------------------------
@@ -278,7 +310,7 @@ _RESTRICT_PROBLEMS = {
     errno_codes.E2BIG: "the process already has the maximum of 16 stacked Landlock domains",
     errno_codes.EBADFD: "the ruleset descriptor is not a Landlock ruleset (a bug in agentd)",
     errno_codes.EBADF: "the ruleset descriptor is closed (a bug in agentd: it must stay open "
-                       "until the child has applied it)",
+    "until the child has applied it)",
     errno_codes.EINVAL: "the kernel rejected the flags (a bug in agentd)",
 }
 
@@ -316,7 +348,7 @@ class PreparedRuleset:
             os.close(self.ruleset_fd)
             self.ruleset_fd = -1
 
-    def __enter__(self) -> "PreparedRuleset":
+    def __enter__(self) -> PreparedRuleset:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -337,9 +369,13 @@ def _open_rule_path(path: str) -> tuple[int | None, bool, str | None]:
     return fd, is_dir, None
 
 
-def prepare(spec: RulesetSpec, support: LandlockSupport | None = None, *,
-            log_new_exec: bool = True,
-            syscalls: _Syscalls | None = None) -> tuple[PreparedRuleset | None, tuple[str, ...]]:
+def prepare(
+    spec: RulesetSpec,
+    support: LandlockSupport | None = None,
+    *,
+    log_new_exec: bool = True,
+    syscalls: _Syscalls | None = None,
+) -> tuple[PreparedRuleset | None, tuple[str, ...]]:
     """Build the kernel ruleset for ``spec`` now (in the parent); ``(None, warnings)`` if none.
 
     Best effort: rights the kernel's ABI does not know are dropped, a rule whose path cannot be
@@ -363,46 +399,64 @@ def prepare(spec: RulesetSpec, support: LandlockSupport | None = None, *,
     size = 24 if fitted.scoped else 16 if fitted.handled_net else 8
     ruleset_fd, code = calls.call(SYS_LANDLOCK_CREATE_RULESET, ctypes.addressof(attr), size, 0)
     if ruleset_fd < 0:
-        warnings.append(f"landlock_create_ruleset failed: {os.strerror(code)}; nothing is "
-                        f"enforced by Landlock")
+        warnings.append(
+            f"landlock_create_ruleset failed: {os.strerror(code)}; nothing is enforced by Landlock"
+        )
         return None, tuple(warnings)
     applied: list[PathRule] = []
     try:
         for rule in fitted.path_rules:
             fd, is_dir, problem = _open_rule_path(rule.path)
             if fd is None:
-                warnings.append(f"Landlock rule for {rule.path} left out ({problem}): Landlock "
-                                f"refuses {', '.join(right_names(rule.access))} there")
+                warnings.append(
+                    f"Landlock rule for {rule.path} left out ({problem}): Landlock "
+                    f"refuses {', '.join(right_names(rule.access))} there"
+                )
                 continue
             try:
                 access = rule.access if is_dir else rule.access & FILE_RIGHTS
                 if not access:
                     continue
                 beneath = _PathBeneathAttr(access, fd)
-                result, code = calls.call(SYS_LANDLOCK_ADD_RULE, ruleset_fd,
-                                          LANDLOCK_RULE_PATH_BENEATH, ctypes.addressof(beneath), 0)
+                result, code = calls.call(
+                    SYS_LANDLOCK_ADD_RULE,
+                    ruleset_fd,
+                    LANDLOCK_RULE_PATH_BENEATH,
+                    ctypes.addressof(beneath),
+                    0,
+                )
                 if result != 0:
-                    raise OSError(code, f"landlock_add_rule({rule.path}, "
-                                        f"{', '.join(right_names(access))}) failed: "
-                                        f"{os.strerror(code)}")
+                    raise OSError(
+                        code,
+                        f"landlock_add_rule({rule.path}, "
+                        f"{', '.join(right_names(access))}) failed: "
+                        f"{os.strerror(code)}",
+                    )
                 applied.append(PathRule(rule.path, access, rule.why))
             finally:
                 os.close(fd)  # the ruleset keeps its own reference to the hierarchy
         for port_rule in fitted.port_rules:
             net_port = _NetPortAttr(port_rule.access, port_rule.port)
-            result, code = calls.call(SYS_LANDLOCK_ADD_RULE, ruleset_fd, LANDLOCK_RULE_NET_PORT,
-                                      ctypes.addressof(net_port), 0)
+            result, code = calls.call(
+                SYS_LANDLOCK_ADD_RULE,
+                ruleset_fd,
+                LANDLOCK_RULE_NET_PORT,
+                ctypes.addressof(net_port),
+                0,
+            )
             if result != 0:
-                raise OSError(code, f"landlock_add_rule(port {port_rule.port}) failed: "
-                                    f"{os.strerror(code)}")
+                raise OSError(
+                    code, f"landlock_add_rule(port {port_rule.port}) failed: {os.strerror(code)}"
+                )
     except BaseException:
         os.close(ruleset_fd)
         raise
     flags = 0
     if log_new_exec and support.abi >= RESTRICT_FLAGS_ABI:
         flags |= LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON
-    applied_spec = RulesetSpec(fitted.handled_fs, fitted.handled_net, fitted.scoped,
-                               tuple(applied), fitted.port_rules)
+    applied_spec = RulesetSpec(
+        fitted.handled_fs, fitted.handled_net, fitted.scoped, tuple(applied), fitted.port_rules
+    )
     return PreparedRuleset(int(ruleset_fd), flags, applied_spec, support, calls), tuple(warnings)
 
 
@@ -412,19 +466,25 @@ def describe_spec(spec: RulesetSpec) -> list[str]:
     if spec.handled_fs:
         lines.append(f"handled filesystem rights: {', '.join(right_names(spec.handled_fs))}")
         for rule in spec.path_rules:
-            lines.append(f"  allow {rule.path}: {', '.join(right_names(rule.access))}"
-                         + (f"  ({rule.why})" if rule.why else ""))
+            lines.append(
+                f"  allow {rule.path}: {', '.join(right_names(rule.access))}"
+                + (f"  ({rule.why})" if rule.why else "")
+            )
         if not spec.path_rules:
             lines.append("  no hierarchy is allowed: these rights are refused everywhere")
     if spec.handled_net:
-        lines.append(f"handled network rights: "
-                     f"{', '.join(right_names(spec.handled_net, NET_RIGHT_NAMES))}")
+        lines.append(
+            f"handled network rights: {', '.join(right_names(spec.handled_net, NET_RIGHT_NAMES))}"
+        )
         for port_rule in spec.port_rules:
-            lines.append(f"  allow TCP port {port_rule.port}: "
-                         f"{', '.join(right_names(port_rule.access, NET_RIGHT_NAMES))}")
+            lines.append(
+                f"  allow TCP port {port_rule.port}: "
+                f"{', '.join(right_names(port_rule.access, NET_RIGHT_NAMES))}"
+            )
         if not spec.port_rules:
             lines.append("  no port is allowed: refused for every port")
     if spec.scoped:
-        lines.append(f"scoped to the agent's own domain: "
-                     f"{', '.join(right_names(spec.scoped, SCOPE_NAMES))}")
+        lines.append(
+            f"scoped to the agent's own domain: {', '.join(right_names(spec.scoped, SCOPE_NAMES))}"
+        )
     return lines

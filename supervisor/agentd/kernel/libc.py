@@ -15,8 +15,14 @@ __all__ = ["syscall", "prctl", "last_errno"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
-_syscall.argtypes = [ctypes.c_long, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                     ctypes.c_ulong, ctypes.c_ulong]
+_syscall.argtypes = [
+    ctypes.c_long,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
 _syscall.restype = ctypes.c_long
 _prctl = _libc.prctl
 _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
@@ -25,8 +31,14 @@ _prctl.restype = ctypes.c_int
 
 def syscall(number: int, a: int = 0, b: int = 0, c: int = 0, d: int = 0, e: int = 0) -> int:
     """The raw system call ``number``; arguments are integers (addresses included)."""
-    return _syscall(number, a & 0xFFFFFFFFFFFFFFFF, b & 0xFFFFFFFFFFFFFFFF,
-                    c & 0xFFFFFFFFFFFFFFFF, d & 0xFFFFFFFFFFFFFFFF, e & 0xFFFFFFFFFFFFFFFF)
+    return _syscall(
+        number,
+        a & 0xFFFFFFFFFFFFFFFF,
+        b & 0xFFFFFFFFFFFFFFFF,
+        c & 0xFFFFFFFFFFFFFFFF,
+        d & 0xFFFFFFFFFFFFFFFF,
+        e & 0xFFFFFFFFFFFFFFFF,
+    )
 
 
 def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> int:

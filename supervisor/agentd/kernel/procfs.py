@@ -19,22 +19,32 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .syscall_numbers import SYSCALL_NUMBERS
 
-__all__ = ["ProcStat", "stat", "status", "tgid_of", "tracer_of", "pids", "listeners",
-           "held_sockets", "is_stream_socket"]
+__all__ = [
+    "ProcStat",
+    "stat",
+    "status",
+    "tgid_of",
+    "tracer_of",
+    "pids",
+    "listeners",
+    "held_sockets",
+    "is_stream_socket",
+]
+
 
 @dataclass(frozen=True)
 class ProcStat:
     """The fields of /proc/PID/stat agentd reads."""
 
-    state: str        # R, S, D, T (stopped), t (tracing stop), Z, ...
+    state: str  # R, S, D, T (stopped), t (tracing stop), Z, ...
     ppid: int
     pgrp: int
-    start_time: str   # clock ticks since boot: tells a reused pid from its owner
+    start_time: str  # clock ticks since boot: tells a reused pid from its owner
 
 
 def stat(pid: int | str) -> ProcStat | None:
@@ -44,10 +54,14 @@ def stat(pid: int | str) -> ProcStat | None:
             raw = handle.read()
     except OSError:
         return None
-    fields = raw[raw.rfind(b")") + 2:].split()
+    fields = raw[raw.rfind(b")") + 2 :].split()
     try:
-        return ProcStat(fields[0].decode("ascii", "replace"), int(fields[1]), int(fields[2]),
-                        fields[19].decode("ascii", "replace"))
+        return ProcStat(
+            fields[0].decode("ascii", "replace"),
+            int(fields[1]),
+            int(fields[2]),
+            fields[19].decode("ascii", "replace"),
+        )
     except (IndexError, ValueError):
         return None
 
@@ -56,8 +70,11 @@ def status(pid: int | str) -> dict[str, str]:
     """/proc/PID/status as ``{key: value}`` (values stripped); empty when it cannot be read."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
-            return {key: value.strip() for key, _, value in
-                    (line.partition(":") for line in handle) if value}
+            return {
+                key: value.strip()
+                for key, _, value in (line.partition(":") for line in handle)
+                if value
+            }
     except OSError:
         return {}
 
@@ -82,9 +99,13 @@ def pids() -> list[int]:
 
 
 _TCP_LISTEN = "0A"
-_UDP_UNCONNECTED = "07"   # TCP_CLOSE: a bound UDP socket without a peer
-_TABLES = (("tcp", 4, _TCP_LISTEN), ("tcp6", 6, _TCP_LISTEN),
-           ("udp", 4, _UDP_UNCONNECTED), ("udp6", 6, _UDP_UNCONNECTED))
+_UDP_UNCONNECTED = "07"  # TCP_CLOSE: a bound UDP socket without a peer
+_TABLES = (
+    ("tcp", 4, _TCP_LISTEN),
+    ("tcp6", 6, _TCP_LISTEN),
+    ("udp", 4, _UDP_UNCONNECTED),
+    ("udp6", 6, _UDP_UNCONNECTED),
+)
 
 
 def _address(hex_text: str, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -92,7 +113,7 @@ def _address(hex_text: str, family: int) -> ipaddress.IPv4Address | ipaddress.IP
     if family == 4:
         return ipaddress.IPv4Address(raw[::-1])
     # /proc prints an IPv6 address as four host-order 32-bit words
-    return ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+    return ipaddress.IPv6Address(b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
 
 
 def _covers(local, destination) -> bool:
@@ -114,7 +135,7 @@ def listeners(netns_pid: int, ip: str, port: int) -> set[int]:
         return set()
     if destination.version == 6 and destination.ipv4_mapped is not None:
         destination = destination.ipv4_mapped
-    if destination.is_unspecified:   # a connect to 0.0.0.0 or :: goes to loopback
+    if destination.is_unspecified:  # a connect to 0.0.0.0 or :: goes to loopback
         destination = ipaddress.ip_address("127.0.0.1" if destination.version == 4 else "::1")
     inodes: set[int] = set()
     for table, family, state in _TABLES:
@@ -131,7 +152,7 @@ def listeners(netns_pid: int, ip: str, port: int) -> set[int]:
                     if _covers(_address(address, family), destination):
                         inodes.add(int(fields[9]))
         except FileNotFoundError:
-            continue   # no IPv6 in this kernel
+            continue  # no IPv6 in this kernel
     return inodes
 
 

@@ -29,9 +29,11 @@ def _provide_libc() -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
         return
-    module = types.ModuleType("ptrace.ctypes_libc", "the C library (provided by agentd.kernel.ptrace)")
-    setattr(module, "LIBC_FILENAME", "libc.so.6")
-    setattr(module, "libc", libc)
+    module = types.ModuleType(
+        "ptrace.ctypes_libc", "the C library (provided by agentd.kernel.ptrace)"
+    )
+    setattr(module, "LIBC_FILENAME", "libc.so.6")  # noqa: B010 (a module made at run time)
+    setattr(module, "libc", libc)  # noqa: B010
     sys.modules["ptrace.ctypes_libc"] = module
 
 
@@ -43,16 +45,36 @@ from ptrace.binding.linux_struct import user_regs_struct  # noqa: E402
 
 from . import consts  # noqa: E402
 
-__all__ = ["PtraceError", "Registers", "traceme", "seize", "setoptions", "cont", "syscall",
-           "listen", "interrupt", "detach", "getregs", "setregs", "geteventmsg",
-           "getsiginfo_code", "TRACE_OPTIONS"]
+__all__ = [
+    "PtraceError",
+    "Registers",
+    "traceme",
+    "seize",
+    "setoptions",
+    "cont",
+    "syscall",
+    "listen",
+    "interrupt",
+    "detach",
+    "getregs",
+    "setregs",
+    "geteventmsg",
+    "getsiginfo_code",
+    "TRACE_OPTIONS",
+]
 
 Registers = user_regs_struct
 
 # Options set on every tracee: stop at SECCOMP_RET_TRACE, follow every new task from its first
 # instruction, report exec, and kill every tracee if the supervisor dies.
-TRACE_OPTIONS = (consts.PTRACE_O_TRACESECCOMP | consts.PTRACE_O_TRACEFORK | consts.PTRACE_O_TRACEVFORK
-                 | consts.PTRACE_O_TRACECLONE | consts.PTRACE_O_TRACEEXEC | consts.PTRACE_O_EXITKILL)
+TRACE_OPTIONS = (
+    consts.PTRACE_O_TRACESECCOMP
+    | consts.PTRACE_O_TRACEFORK
+    | consts.PTRACE_O_TRACEVFORK
+    | consts.PTRACE_O_TRACECLONE
+    | consts.PTRACE_O_TRACEEXEC
+    | consts.PTRACE_O_EXITKILL
+)
 
 
 def traceme() -> None:
@@ -61,7 +83,7 @@ def traceme() -> None:
 
 
 def seize(pid: int, options: int = TRACE_OPTIONS) -> None:
-    """PTRACE_SEIZE ``pid`` with ``options`` (group-stops are then reported as PTRACE_EVENT_STOP)."""
+    """PTRACE_SEIZE ``pid`` with ``options`` (group-stops then report as PTRACE_EVENT_STOP)."""
     _binding.ptrace(consts.PTRACE_SEIZE, pid, 0, options)
 
 

@@ -1,9 +1,10 @@
-"""The seccomp-bpf filter of ``agentd run``: described as data, compiled to BPF, installed in the child.
+"""The seccomp-bpf filter of ``agentd run``: data, compiled to BPF, installed in the child.
 
 This module owns the question the kernel answers on every syscall of the agent before the tracer
 sees anything: refuse it here (a baseline denial), stop for the tracer (SECCOMP_RET_TRACE), or let
 it run. A ``FilterSpec`` (traced names, denied names, argument rules) is data; ``build_filter``
-compiles it with the assembler of ``agentd.kernel.bpf`` into a program that checks the architecture first
+compiles it with the assembler of ``agentd.kernel.bpf`` into a program that checks the architecture
+first
 (ia32 and x32 are killed), then finds the syscall number in a binary search tree of JGE over
 number ranges. ``TRACER_INVARIANTS`` are denials every filter carries whatever the profile says,
 because without them a process escapes the tracer. ``load_profile`` reads the OCI/Docker seccomp
@@ -14,8 +15,6 @@ the kernel lacks. Why a builder of our own rather than libseccomp: docs/architec
 
 from __future__ import annotations
 
-from typing import TypeGuard
-
 import ctypes
 import errno as errno_codes
 import json
@@ -23,13 +22,14 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeGuard
 
 from agentd.kernel import bpf, libc
 from agentd.kernel.consts import (
     AUDIT_ARCH_X86_64,
     CLONE_UNTRACED,
-    PERSONALITY_QUERY,
     PER_LINUX,
+    PERSONALITY_QUERY,
     PR_SET_NO_NEW_PRIVS,
     SECCOMP_DATA_ARCH_OFFSET,
     SECCOMP_DATA_NR_OFFSET,
@@ -53,9 +53,10 @@ SYS_SECCOMP = SYSCALL_NUMBERS["seccomp"]
 
 # --- the filter as data --------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Denial:
-    """How the kernel refuses a syscall: fail it with ``errno``, or kill the process (errno None)."""
+    """How the kernel refuses a syscall: fail it with ``errno``; errno None kills the process."""
 
     errno: int | None
 
@@ -167,9 +168,11 @@ class FilterSpec:
     def merged(self, other: FilterSpec) -> FilterSpec:
         """This spec with ``other`` added: both sets of denials and rules hold (``other``'s errno
         wins where both deny the same syscall unconditionally)."""
-        return FilterSpec(traced=self.traced | other.traced,
-                          denied={**self.denied, **other.denied},
-                          arg_rules=self.arg_rules + other.arg_rules)
+        return FilterSpec(
+            traced=self.traced | other.traced,
+            denied={**self.denied, **other.denied},
+            arg_rules=self.arg_rules + other.arg_rules,
+        )
 
     def names(self) -> set[str]:
         return set(self.traced) | set(self.denied) | {rule.syscall for rule in self.arg_rules}
@@ -196,63 +199,107 @@ TRACER_INVARIANTS = FilterSpec(
         "process_vm_writev": EPERM,
         # Opens a file by handle, with no path for the policy to see.
         "open_by_handle_at": EPERM,
-        # Takes a descriptor out of another process (the supervisor's audit log, a sibling's socket).
+        # Takes a descriptor out of another process (the supervisor's audit log, a sibling's
+        # socket).
         "pidfd_getfd": EPERM,
     },
     arg_rules=(
-        ArgRule("clone", (ArgCondition(0, "any_bits", CLONE_UNTRACED, width=32),), EPERM,
-                "CLONE_UNTRACED would start a child the tracer never sees"),
-        ArgRule("personality",
-                (ArgCondition(0, "ne", PER_LINUX, width=32),
-                 ArgCondition(0, "ne", PERSONALITY_QUERY, width=32)), EPERM,
-                "only PER_LINUX and the query are allowed: other personas change how the kernel "
-                "treats the process behind the tracer's back (READ_IMPLIES_EXEC makes data "
-                "executable, ADDR_NO_RANDOMIZE drops ASLR, MMAP_PAGE_ZERO, STICKY_TIMEOUTS)"),
-        ArgRule("ioctl", (ArgCondition(1, "eq", TIOCSTI, width=32),), EPERM,
-                "TIOCSTI types into the user's terminal: commands that run outside the sandbox"),
-        ArgRule("ioctl", (ArgCondition(1, "eq", TIOCLINUX, width=32),), EPERM,
-                "TIOCLINUX pastes the console selection into its input, like TIOCSTI"),
+        ArgRule(
+            "clone",
+            (ArgCondition(0, "any_bits", CLONE_UNTRACED, width=32),),
+            EPERM,
+            "CLONE_UNTRACED would start a child the tracer never sees",
+        ),
+        ArgRule(
+            "personality",
+            (
+                ArgCondition(0, "ne", PER_LINUX, width=32),
+                ArgCondition(0, "ne", PERSONALITY_QUERY, width=32),
+            ),
+            EPERM,
+            "only PER_LINUX and the query are allowed: other personas change how the kernel "
+            "treats the process behind the tracer's back (READ_IMPLIES_EXEC makes data "
+            "executable, ADDR_NO_RANDOMIZE drops ASLR, MMAP_PAGE_ZERO, STICKY_TIMEOUTS)",
+        ),
+        ArgRule(
+            "ioctl",
+            (ArgCondition(1, "eq", TIOCSTI, width=32),),
+            EPERM,
+            "TIOCSTI types into the user's terminal: commands that run outside the sandbox",
+        ),
+        ArgRule(
+            "ioctl",
+            (ArgCondition(1, "eq", TIOCLINUX, width=32),),
+            EPERM,
+            "TIOCLINUX pastes the console selection into its input, like TIOCSTI",
+        ),
         # A raw or packet socket writes its own headers: the sockaddr the tracer judges does not
         # say where the packet goes (IP_HDRINCL names 127.0.0.2 in the sockaddr and 127.0.0.1 in
         # the header). The type's low nibble is the type (SOCK_NONBLOCK|SOCK_CLOEXEC masked off);
         # ping sockets (SOCK_DGRAM, IPPROTO_ICMP) stay allowed.
         # Only IP families: netlink uses SOCK_RAW too (glibc's getifaddrs, getaddrinfo).
-        ArgRule("socket", (ArgCondition(0, "eq", AF_INET, width=32),
-                           ArgCondition(1, "masked_eq", SOCK_RAW, mask=SOCK_TYPE_MASK, width=32)),
-                EPERM, "a raw IP socket's packets carry their own addresses, which no rule sees"),
-        ArgRule("socket", (ArgCondition(0, "eq", AF_INET6, width=32),
-                           ArgCondition(1, "masked_eq", SOCK_RAW, mask=SOCK_TYPE_MASK, width=32)),
-                EPERM, "a raw IP socket's packets carry their own addresses, which no rule sees"),
+        ArgRule(
+            "socket",
+            (
+                ArgCondition(0, "eq", AF_INET, width=32),
+                ArgCondition(1, "masked_eq", SOCK_RAW, mask=SOCK_TYPE_MASK, width=32),
+            ),
+            EPERM,
+            "a raw IP socket's packets carry their own addresses, which no rule sees",
+        ),
+        ArgRule(
+            "socket",
+            (
+                ArgCondition(0, "eq", AF_INET6, width=32),
+                ArgCondition(1, "masked_eq", SOCK_RAW, mask=SOCK_TYPE_MASK, width=32),
+            ),
+            EPERM,
+            "a raw IP socket's packets carry their own addresses, which no rule sees",
+        ),
         # (AF_INET, SOCK_PACKET) is turned into a packet socket by the kernel (__sock_create).
-        ArgRule("socket", (ArgCondition(1, "masked_eq", SOCK_PACKET, mask=SOCK_TYPE_MASK,
-                                        width=32),),
-                EPERM, "SOCK_PACKET (obsolete packet socket): raw frames, addresses unseen"),
-        ArgRule("socket", (ArgCondition(0, "eq", AF_PACKET, width=32),), EPERM,
-                "a packet socket sends raw frames whose addresses no rule sees"),
-        ArgRule("seccomp", (ArgCondition(1, "any_bits", SECCOMP_FILTER_FLAG_NEW_LISTENER),), EPERM,
-                "a nested filter's USER_NOTIF outranks our TRACE; with a listener of its own the "
-                "agent could answer CONTINUE and run the syscall without a tracer stop"),
+        ArgRule(
+            "socket",
+            (ArgCondition(1, "masked_eq", SOCK_PACKET, mask=SOCK_TYPE_MASK, width=32),),
+            EPERM,
+            "SOCK_PACKET (obsolete packet socket): raw frames, addresses unseen",
+        ),
+        ArgRule(
+            "socket",
+            (ArgCondition(0, "eq", AF_PACKET, width=32),),
+            EPERM,
+            "a packet socket sends raw frames whose addresses no rule sees",
+        ),
+        ArgRule(
+            "seccomp",
+            (ArgCondition(1, "any_bits", SECCOMP_FILTER_FLAG_NEW_LISTENER),),
+            EPERM,
+            "a nested filter's USER_NOTIF outranks our TRACE; with a listener of its own the "
+            "agent could answer CONTINUE and run the syscall without a tracer stop",
+        ),
     ),
 )
 
 
 # Arguments the kernel declares as 32-bit ints (or truncates with lower_32_bits): profile rules on
 # them compare the low word only, so the upper half cannot carry a value past an `eq` rule.
-KERNEL_INT_ARGS: Mapping[str, frozenset[int]] = MappingProxyType({
-    "clone": frozenset({0}),
-    "ioctl": frozenset({0, 1}),
-    "personality": frozenset({0}),
-    "fcntl": frozenset({0, 1}),
-    "prctl": frozenset({0}),
-    "socket": frozenset({0, 1, 2}),
-    "unshare": frozenset({0}),
-    "setns": frozenset({0, 1}),
-    "kill": frozenset({0, 1}),
-    "tgkill": frozenset({0, 1, 2}),
-})
+KERNEL_INT_ARGS: Mapping[str, frozenset[int]] = MappingProxyType(
+    {
+        "clone": frozenset({0}),
+        "ioctl": frozenset({0, 1}),
+        "personality": frozenset({0}),
+        "fcntl": frozenset({0, 1}),
+        "prctl": frozenset({0}),
+        "socket": frozenset({0, 1, 2}),
+        "unshare": frozenset({0}),
+        "setns": frozenset({0, 1}),
+        "kill": frozenset({0, 1}),
+        "tgkill": frozenset({0, 1, 2}),
+    }
+)
 
 
 # --- compiling ------------------------------------------------------------------------------------
+
 
 def _check_names(names: Iterable[str], what: str) -> None:
     unknown = sorted(name for name in names if name not in SYSCALL_NUMBERS)
@@ -290,13 +337,20 @@ def _normalise_rules(rules: Sequence[ArgRule]) -> list[ArgRule]:
     for rule in unique:
         single = _as_bit_test(rule)
         previous = _as_bit_test(merged[-1]) if merged else None
-        if (single is not None and previous is not None and merged[-1].outcome == rule.outcome
-                and (single.index, single.width) == (previous.index, previous.width)):
+        if (
+            single is not None
+            and previous is not None
+            and merged[-1].outcome == rule.outcome
+            and (single.index, single.width) == (previous.index, previous.width)
+        ):
             bits = previous.value | single.value
             reason = "; ".join(filter(None, (merged[-1].reason, rule.reason)))
-            merged[-1] = ArgRule(rule.syscall, (ArgCondition(single.index, "any_bits", bits,
-                                                             width=single.width),),
-                                 rule.outcome, reason)
+            merged[-1] = ArgRule(
+                rule.syscall,
+                (ArgCondition(single.index, "any_bits", bits, width=single.width),),
+                rule.outcome,
+                reason,
+            )
         else:
             merged.append(rule)
     return merged
@@ -308,8 +362,12 @@ def _as_bit_test(rule: ArgRule) -> ArgCondition | None:
     condition = rule.when[0]
     if condition.op == "any_bits":
         return condition
-    if (condition.op == "masked_eq" and condition.mask == condition.value
-            and condition.value and condition.value & (condition.value - 1) == 0):
+    if (
+        condition.op == "masked_eq"
+        and condition.mask == condition.value
+        and condition.value
+        and condition.value & (condition.value - 1) == 0
+    ):
         return ArgCondition(condition.index, "any_bits", condition.value, width=condition.width)
     return None
 
@@ -326,8 +384,9 @@ class _FilterAssembler:
             self.returns[action] = self.asm.new_label(f"ret_{action:08x}")
         return self.returns[action]
 
-    def emit_condition(self, condition: ArgCondition, on_fail: str,
-                       holding: int | None = None) -> int | None:
+    def emit_condition(
+        self, condition: ArgCondition, on_fail: str, holding: int | None = None
+    ) -> int | None:
         """Fall through when ``condition`` holds, jump to ``on_fail`` when it does not.
 
         ``holding``: the seccomp_data offset the accumulator is known to hold on entry (its load
@@ -411,10 +470,12 @@ def _rules_by_name(full: FilterSpec) -> dict[str, list[ArgRule]]:
     return rules_by_name
 
 
-def _outcome_ranges(full: FilterSpec, rules_by_name: dict[str, list[ArgRule]]
-                    ) -> list[tuple[int, tuple[str, object]]]:
+def _outcome_ranges(
+    full: FilterSpec, rules_by_name: dict[str, list[ArgRule]]
+) -> list[tuple[int, tuple[str, object]]]:
     """The syscall numbers cut into ranges of one outcome each: ``(first number, outcome)``,
     sorted, where an outcome is ``("ret", action)`` or ``("rules", name)``."""
+
     def outcome(nr: int) -> tuple[str, object]:
         name = SYSCALL_NAMES.get(nr)
         if nr > MAX_SYSCALL_NR:
@@ -518,7 +579,8 @@ def measure_cost(program: Sequence[bpf.Instruction]) -> FilterCost:
     return FilterCost(costs[worst], sum(costs.values()) / len(costs), worst, len(program))
 
 
-# --- OCI / Docker seccomp profiles ------------------------------------------------------------------
+# --- OCI / Docker seccomp profiles ----------------------------------------------------------------
+
 
 class SeccompProfileError(ValueError):
     """A profile we cannot load; the message names the file and the entry."""
@@ -535,12 +597,14 @@ class ProfileDenials:
 
     def spec(self, traced: Iterable[str] = ()) -> FilterSpec:
         """The FilterSpec of this profile with the tracer's ``traced`` names."""
-        return FilterSpec(traced=self.traced | frozenset(traced), denied=self.denied,
-                          arg_rules=self.arg_rules)
+        return FilterSpec(
+            traced=self.traced | frozenset(traced), denied=self.denied, arg_rules=self.arg_rules
+        )
 
 
-PROFILE_KEYS = frozenset({"defaultAction", "defaultErrnoRet", "architectures", "archMap",
-                          "syscalls", "comment"})
+PROFILE_KEYS = frozenset(
+    {"defaultAction", "defaultErrnoRet", "architectures", "archMap", "syscalls", "comment"}
+)
 ENTRY_KEYS = frozenset({"names", "name", "action", "errnoRet", "args", "comment"})
 ARG_KEYS = frozenset({"index", "value", "valueTwo", "op", "comment"})
 KILL_ACTIONS = frozenset({"SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD"})
@@ -569,14 +633,19 @@ def load_profile(path: str | os.PathLike[str]) -> ProfileDenials:
         with open(source, encoding="utf-8") as handle:
             document = json.load(handle)
     except json.JSONDecodeError as error:
-        raise SeccompProfileError(f"{source}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}") from None
+        raise SeccompProfileError(
+            f"{source}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}"
+        ) from None
     except OSError as error:
-        raise SeccompProfileError(f"{source}: cannot read seccomp profile: {error.strerror}") from None
+        raise SeccompProfileError(
+            f"{source}: cannot read seccomp profile: {error.strerror}"
+        ) from None
     return parse_profile(document, source)
 
 
 def parse_profile(document: object, source: str = "<profile>") -> ProfileDenials:
     """``load_profile`` on an already parsed JSON document."""
+
     def fail(where: str, message: str) -> SeccompProfileError:
         return SeccompProfileError(f"{source}: {where}: {message}")
 
@@ -587,8 +656,11 @@ def parse_profile(document: object, source: str = "<profile>") -> ProfileDenials
         raise fail("top level", f"unsupported key(s) {unknown} (supported: {sorted(PROFILE_KEYS)})")
     default_action = document.get("defaultAction")
     if default_action != "SCMP_ACT_ALLOW":
-        raise fail("defaultAction", f"{default_action!r} is not supported: agentd's profile is a deny "
-                   "list on top of SCMP_ACT_ALLOW (the tracer decides the rest)")
+        raise fail(
+            "defaultAction",
+            f"{default_action!r} is not supported: agentd's profile is a deny "
+            "list on top of SCMP_ACT_ALLOW (the tracer decides the rest)",
+        )
     default_errno = document.get("defaultErrnoRet", errno_codes.EPERM)
     if not _is_int(default_errno) or not 1 <= default_errno <= MAX_ERRNO:
         raise fail("defaultErrnoRet", f"{default_errno!r} is not an errno in 1..{MAX_ERRNO}")
@@ -606,27 +678,40 @@ def parse_profile(document: object, source: str = "<profile>") -> ProfileDenials
         names, where = _entry_names(entry, f"syscalls[{position}]", fail)
         action = entry.get("action")
         if action not in SUPPORTED_ACTIONS:
-            raise fail(where, f"action {action!r} is not supported (supported: {sorted(SUPPORTED_ACTIONS)})")
+            raise fail(
+                where,
+                f"action {action!r} is not supported (supported: {sorted(SUPPORTED_ACTIONS)})",
+            )
         if "errnoRet" in entry and action != "SCMP_ACT_ERRNO":
             raise fail(where, "errnoRet only goes with SCMP_ACT_ERRNO")
         args = entry.get("args") or []
         if not isinstance(args, list):
             raise fail(where, "args must be a list")
         # Parsed per name: the width of a comparison depends on the syscall (KERNEL_INT_ARGS).
-        conditions = {name: tuple(_parse_arg(arg, name, f"{where}.args[{i}]", fail)
-                                  for i, arg in enumerate(args)) for name in names}
+        conditions = {
+            name: tuple(
+                _parse_arg(arg, name, f"{where}.args[{i}]", fail) for i, arg in enumerate(args)
+            )
+            for name in names
+        }
 
         if action == "SCMP_ACT_ALLOW":
             restricted = TRACER_INVARIANTS.names() - TRACER_INVARIANTS.traced
             lifted = sorted(name for name in names if name in restricted)
             if lifted:
-                raise fail(where, f"cannot allow {', '.join(lifted)}: agentd always refuses "
-                           "(or restricts) it, because it leads around the tracer")
+                raise fail(
+                    where,
+                    f"cannot allow {', '.join(lifted)}: agentd always refuses "
+                    "(or restricts) it, because it leads around the tracer",
+                )
             continue  # ALLOW is the default
         if action == "SCMP_ACT_TRACE":
             if args:
-                raise fail(where, "SCMP_ACT_TRACE with args is not supported: the tracer sees "
-                           "every call of a traced syscall")
+                raise fail(
+                    where,
+                    "SCMP_ACT_TRACE with args is not supported: the tracer sees "
+                    "every call of a traced syscall",
+                )
             traced.update(names)
             continue
         if action == "SCMP_ACT_ERRNO":
@@ -670,7 +755,12 @@ def _parse_arg(arg: object, syscall: str, where: str, fail) -> ArgCondition:
     unknown = sorted(set(arg) - ARG_KEYS)
     if unknown:
         raise fail(where, f"unsupported key(s) {unknown} (supported: {sorted(ARG_KEYS)})")
-    index, value, value_two, op = arg.get("index"), arg.get("value"), arg.get("valueTwo", 0), arg.get("op")
+    index, value, value_two, op = (
+        arg.get("index"),
+        arg.get("value"),
+        arg.get("valueTwo", 0),
+        arg.get("op"),
+    )
     if not _is_int(index) or not 0 <= index < 6:
         raise fail(where, f"index {index!r} is not in 0..5")
     if not _is_int(value) or not 0 <= value <= U64_MASK:
@@ -686,6 +776,7 @@ def _parse_arg(arg: object, syscall: str, where: str, fail) -> ArgCondition:
 
 
 # --- installing -----------------------------------------------------------------------------------
+
 
 class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
@@ -709,11 +800,11 @@ class PreparedFilter:
         self._messages = {
             errno_codes.EACCES: "no_new_privs is not set and the caller lacks CAP_SYS_ADMIN",
             errno_codes.EINVAL: "the kernel rejected the program or the flags (or it was built "
-                                "without CONFIG_SECCOMP_FILTER)",
+            "without CONFIG_SECCOMP_FILTER)",
             errno_codes.ENOMEM: "too many filters or instructions already attached to this process",
             errno_codes.EFAULT: "the program is not readable (a bug in agentd)",
             errno_codes.ENOSYS: "seccomp(2) is not available: blocked by an outer seccomp "
-                                "profile (containers) or not built into the kernel",
+            "profile (containers) or not built into the kernel",
             errno_codes.EPERM: "seccomp(2) is refused by an outer seccomp profile (containers)",
         }
 
@@ -723,8 +814,7 @@ class PreparedFilter:
         if libc.prctl(PR_SET_NO_NEW_PRIVS, 1) != 0:
             code = libc.last_errno()
             raise OSError(code, f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(code)}")
-        if libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, self.flags,
-                        self._fprog_address) != 0:
+        if libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, self.flags, self._fprog_address) != 0:
             code = libc.last_errno()
             reason = self._messages.get(code, os.strerror(code))
             raise OSError(code, f"seccomp(SECCOMP_SET_MODE_FILTER) failed: {reason}")
@@ -735,19 +825,23 @@ def prepare(program: Sequence[bpf.Instruction], flags: int = 0) -> PreparedFilte
     return PreparedFilter(program, flags)
 
 
-# --- probing the kernel -----------------------------------------------------------------------------
+# --- probing the kernel ---------------------------------------------------------------------------
 
 # action name in /proc/sys/kernel/seccomp/actions_avail -> (constant name, value)
-REQUIRED_ACTIONS: Mapping[str, tuple[str, int]] = MappingProxyType({
-    "kill_process": ("SECCOMP_RET_KILL_PROCESS", SECCOMP_RET_KILL_PROCESS),
-    "errno": ("SECCOMP_RET_ERRNO", SECCOMP_RET_ERRNO),
-    "trace": ("SECCOMP_RET_TRACE", SECCOMP_RET_TRACE),
-    "allow": ("SECCOMP_RET_ALLOW", SECCOMP_RET_ALLOW),
-})
+REQUIRED_ACTIONS: Mapping[str, tuple[str, int]] = MappingProxyType(
+    {
+        "kill_process": ("SECCOMP_RET_KILL_PROCESS", SECCOMP_RET_KILL_PROCESS),
+        "errno": ("SECCOMP_RET_ERRNO", SECCOMP_RET_ERRNO),
+        "trace": ("SECCOMP_RET_TRACE", SECCOMP_RET_TRACE),
+        "allow": ("SECCOMP_RET_ALLOW", SECCOMP_RET_ALLOW),
+    }
+)
 
 
-def probe_kernel(actions_avail: str = "/proc/sys/kernel/seccomp/actions_avail",
-                 proc_status: str = "/proc/self/status") -> list[str]:
+def probe_kernel(
+    actions_avail: str = "/proc/sys/kernel/seccomp/actions_avail",
+    proc_status: str = "/proc/self/status",
+) -> list[str]:
     """What the kernel lacks for our filter, one sentence each; an empty list means all is there.
 
     Also mseal(2) (Linux 6.10), which seals the TOCTOU scratch region (``scratch.py``), and
@@ -759,8 +853,10 @@ def _probe_mseal() -> list[str]:
     # mseal(addr, 0, 0) seals nothing and succeeds where the syscall exists
     if libc.syscall(SYSCALL_NUMBERS["mseal"], 0, 0, 0) != 0:
         code = libc.last_errno()
-        return [f"mseal(2) is not available ({os.strerror(code)}; Linux 6.10 or later): the "
-                f"TOCTOU scratch region cannot be sealed"]
+        return [
+            f"mseal(2) is not available ({os.strerror(code)}; Linux 6.10 or later): the "
+            f"TOCTOU scratch region cannot be sealed"
+        ]
     return []
 
 
@@ -770,15 +866,19 @@ def _probe_openat2() -> list[str]:
     shared object file: Error 38"). systemd's RestrictSUIDSGID=yes answers openat2 with ENOSYS."""
     # struct open_how {flags, mode, resolve}: O_PATH | O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS
     how = ctypes.create_string_buffer(
-        (0o10000000 | 0o2000000).to_bytes(8, "little") + bytes(8) + (0x04).to_bytes(8, "little"), 24)
+        (0o10000000 | 0o2000000).to_bytes(8, "little") + bytes(8) + (0x04).to_bytes(8, "little"), 24
+    )
     root = ctypes.create_string_buffer(b"/")
-    fd = libc.syscall(SYSCALL_NUMBERS["openat2"], -100, ctypes.addressof(root),
-                      ctypes.addressof(how), 24)
+    fd = libc.syscall(
+        SYSCALL_NUMBERS["openat2"], -100, ctypes.addressof(root), ctypes.addressof(how), 24
+    )
     if fd < 0:
         code = libc.last_errno()
-        return [f"openat2(2) with RESOLVE_NO_SYMLINKS fails here ({os.strerror(code)}: Linux 5.6 or "
-                f"later, and no inherited seccomp filter refusing it, such as systemd's "
-                f"RestrictSUIDSGID=yes): the agent's pinned opens are run as openat2"]
+        return [
+            f"openat2(2) with RESOLVE_NO_SYMLINKS fails here ({os.strerror(code)}: Linux 5.6 or "
+            f"later, and no inherited seccomp filter refusing it, such as systemd's "
+            f"RestrictSUIDSGID=yes): the agent's pinned opens are run as openat2"
+        ]
     os.close(fd)
     return []
 
@@ -793,8 +893,10 @@ def _probe_seccomp(actions_avail: str, proc_status: str) -> list[str]:
         missing.append(f"cannot read {proc_status} to check seccomp support: {error.strerror}")
     mode = status.get("Seccomp", "").strip()
     if status and not mode:
-        missing.append("seccomp filter mode: the kernel was built without CONFIG_SECCOMP "
-                       "(no 'Seccomp:' line in /proc/self/status)")
+        missing.append(
+            "seccomp filter mode: the kernel was built without CONFIG_SECCOMP "
+            "(no 'Seccomp:' line in /proc/self/status)"
+        )
         return missing
     if mode == "1":
         missing.append("seccomp filter mode: this process is in seccomp strict mode")
@@ -805,8 +907,10 @@ def _probe_seccomp(actions_avail: str, proc_status: str) -> list[str]:
             available = set(handle.read().split())
         for name, (constant, _) in REQUIRED_ACTIONS.items():
             if name not in available:
-                missing.append(f"seccomp action {constant} ('{name}') is not available: "
-                               f"{actions_avail} lists only {' '.join(sorted(available))}")
+                missing.append(
+                    f"seccomp action {constant} ('{name}') is not available: "
+                    f"{actions_avail} lists only {' '.join(sorted(available))}"
+                )
         return missing
     except OSError:
         pass  # masked in some containers: ask the kernel directly
@@ -815,14 +919,32 @@ def _probe_seccomp(actions_avail: str, proc_status: str) -> list[str]:
         action = ctypes.c_uint32(value)
         if libc.syscall(SYS_SECCOMP, SECCOMP_GET_ACTION_AVAIL, 0, ctypes.addressof(action)) != 0:
             code = libc.last_errno()
-            missing.append(f"seccomp action {constant} ('{name}') is not available: "
-                           f"seccomp(SECCOMP_GET_ACTION_AVAIL) says {os.strerror(code)}")
+            missing.append(
+                f"seccomp action {constant} ('{name}') is not available: "
+                f"seccomp(SECCOMP_GET_ACTION_AVAIL) says {os.strerror(code)}"
+            )
     return missing
 
 
 __all__ = [
-    "ArgCondition", "ArgRule", "Denial", "ENOSYS", "EPERM", "FilterCost", "FilterSpec",
-    "KILL_PROCESS", "UNTRACED", "Untraced", "PreparedFilter", "ProfileDenials", "SeccompProfileError",
-    "TRACER_INVARIANTS", "build_filter", "load_profile", "measure_cost", "parse_profile",
-    "prepare", "probe_kernel",
+    "ArgCondition",
+    "ArgRule",
+    "Denial",
+    "ENOSYS",
+    "EPERM",
+    "FilterCost",
+    "FilterSpec",
+    "KILL_PROCESS",
+    "UNTRACED",
+    "Untraced",
+    "PreparedFilter",
+    "ProfileDenials",
+    "SeccompProfileError",
+    "TRACER_INVARIANTS",
+    "build_filter",
+    "load_profile",
+    "measure_cost",
+    "parse_profile",
+    "prepare",
+    "probe_kernel",
 ]

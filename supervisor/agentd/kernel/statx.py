@@ -18,16 +18,16 @@ __all__ = ["birth_and_mode", "birth_time_ns", "coarse_now_ns"]
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
-AT_STATX_DONT_SYNC = 0x4000      # a network file system may answer from its cache
+AT_STATX_DONT_SYNC = 0x4000  # a network file system may answer from its cache
 STATX_TYPE = 0x1
 STATX_MODE = 0x2
 STATX_BTIME = 0x800
-CLOCK_REALTIME_COARSE = 5          # <linux/time.h>; Python's time module does not name it
-STATX_SIZE = 256                 # sizeof(struct statx)
+CLOCK_REALTIME_COARSE = 5  # <linux/time.h>; Python's time module does not name it
+STATX_SIZE = 256  # sizeof(struct statx)
 _MASK = struct.Struct("<I")
-_BTIME = struct.Struct("<qI")    # struct statx_timestamp at offset 80: tv_sec, tv_nsec
+_BTIME = struct.Struct("<qI")  # struct statx_timestamp at offset 80: tv_sec, tv_nsec
 _BTIME_OFFSET = 80
-_MODE = struct.Struct("<H")     # stx_mode at offset 28
+_MODE = struct.Struct("<H")  # stx_mode at offset 28
 _MODE_OFFSET = 28
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -42,8 +42,10 @@ def birth_and_mode(path: str, follow: bool = False) -> tuple[int | None, int]:
     (ENOENT, ...)."""
     buffer = ctypes.create_string_buffer(STATX_SIZE)
     flags = AT_STATX_DONT_SYNC | (0 if follow else AT_SYMLINK_NOFOLLOW)
-    if _statx(AT_FDCWD, os.fsencode(path), flags, STATX_BTIME | STATX_TYPE | STATX_MODE,
-              buffer) != 0:
+    if (
+        _statx(AT_FDCWD, os.fsencode(path), flags, STATX_BTIME | STATX_TYPE | STATX_MODE, buffer)
+        != 0
+    ):
         error = ctypes.get_errno()
         raise OSError(error, os.strerror(error), path)
     (mask,) = _MASK.unpack_from(buffer, 0)

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 # Generated from /usr/include/x86_64-linux-gnu/asm/unistd_64.h (see the module docstring).
+# A table: one syscall a line, numbers aligned: laid out by hand.
+# fmt: off
 _FROM_HEADERS: dict[str, int] = {
     "read":                      0,
     "write":                     1,
@@ -390,8 +392,11 @@ _FROM_HEADERS: dict[str, int] = {
     "futex_waitv":               449,
     "set_mempolicy_home_node":   450,
 }
+# fmt: on
 
 # Linux 6.2 .. 6.18 additions (syscall_64.tbl), absent from the 6.1 headers on this box.
+# A table: laid out by hand.
+# fmt: off
 _NEWER_THAN_HEADERS: dict[str, int] = {
     "uretprobe":                 335,  # Linux 6.11
     "uprobe":                    336,  # Linux 6.16
@@ -415,9 +420,12 @@ _NEWER_THAN_HEADERS: dict[str, int] = {
     "file_getattr":              468,  # Linux 6.17
     "file_setattr":              469,  # Linux 6.17
 }
+# fmt: on
 
 SYSCALL_NUMBERS: Mapping[str, int] = MappingProxyType({**_FROM_HEADERS, **_NEWER_THAN_HEADERS})
-SYSCALL_NAMES: Mapping[int, str] = MappingProxyType({nr: name for name, nr in SYSCALL_NUMBERS.items()})
+SYSCALL_NAMES: Mapping[int, str] = MappingProxyType(
+    {nr: name for name, nr in SYSCALL_NUMBERS.items()}
+)
 MAX_SYSCALL_NR: int = max(SYSCALL_NUMBERS.values())
 
 # INVARIANT: one name per number and one number per name.

@@ -39,8 +39,14 @@ class _Libc:
         if cls.func is None:
             libc = ctypes.CDLL(None, use_errno=True)
             f = libc.process_vm_readv
-            f.argtypes = (ctypes.c_int, ctypes.POINTER(_iovec), ctypes.c_ulong,
-                          ctypes.POINTER(_iovec), ctypes.c_ulong, ctypes.c_ulong)
+            f.argtypes = (
+                ctypes.c_int,
+                ctypes.POINTER(_iovec),
+                ctypes.c_ulong,
+                ctypes.POINTER(_iovec),
+                ctypes.c_ulong,
+                ctypes.c_ulong,
+            )
             f.restype = ctypes.c_ssize_t
             cls.func = f
         return cls.func
@@ -55,8 +61,9 @@ def _readv_once(pid: int, addr: int, length: int) -> bytes:
         err = ctypes.get_errno()
         if err in (errno.ENOSYS, errno.EPERM):
             return _read_proc_mem(pid, addr, length)
-        raise MemoryReadError(err, f"pid {pid}: cannot read {length} bytes at {addr:#x}: "
-                                   f"{os.strerror(err)}")
+        raise MemoryReadError(
+            err, f"pid {pid}: cannot read {length} bytes at {addr:#x}: {os.strerror(err)}"
+        )
     return buf.raw[:n]
 
 
@@ -64,12 +71,15 @@ def _read_proc_mem(pid: int, addr: int, length: int) -> bytes:
     try:
         fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise MemoryReadError(exc.errno, f"pid {pid}: cannot open /proc/{pid}/mem: {exc.strerror}")
+        raise MemoryReadError(
+            exc.errno, f"pid {pid}: cannot open /proc/{pid}/mem: {exc.strerror}"
+        ) from None
     try:
         return os.pread(fd, length, addr)
     except OSError as exc:
-        raise MemoryReadError(exc.errno, f"pid {pid}: cannot read {length} bytes at {addr:#x}: "
-                                         f"{exc.strerror}")
+        raise MemoryReadError(
+            exc.errno, f"pid {pid}: cannot read {length} bytes at {addr:#x}: {exc.strerror}"
+        ) from None
     finally:
         os.close(fd)
 
@@ -82,8 +92,9 @@ def read_bytes(pid: int, addr: int, length: int) -> bytes:
         raise MemoryReadError(errno.EFAULT, f"pid {pid}: NULL pointer")
     data = _readv_once(pid, addr, length)
     if len(data) != length:
-        raise MemoryReadError(errno.EFAULT, f"pid {pid}: only {len(data)} of {length} bytes "
-                                            f"readable at {addr:#x}")
+        raise MemoryReadError(
+            errno.EFAULT, f"pid {pid}: only {len(data)} of {length} bytes readable at {addr:#x}"
+        )
     return data
 
 
@@ -118,19 +129,23 @@ class TraceeMemory:
             try:
                 self._wfd = os.open(f"/proc/{self.pid}/mem", os.O_WRONLY | os.O_CLOEXEC)
             except OSError as exc:
-                raise MemoryReadError(exc.errno, f"pid {self.pid}: cannot open /proc/{self.pid}"
-                                                 f"/mem for writing: {exc.strerror}") from None
+                raise MemoryReadError(
+                    exc.errno,
+                    f"pid {self.pid}: cannot open /proc/{self.pid}/mem for writing: {exc.strerror}",
+                ) from None
         view = memoryview(data)
         done = 0
         while done < len(data):
             try:
                 n = os.pwrite(self._wfd, view[done:], addr + done)
             except OSError as exc:
-                raise MemoryReadError(exc.errno, f"pid {self.pid}: cannot write at "
-                                                 f"{addr + done:#x}: {exc.strerror}") from None
+                raise MemoryReadError(
+                    exc.errno, f"pid {self.pid}: cannot write at {addr + done:#x}: {exc.strerror}"
+                ) from None
             if n <= 0:
-                raise MemoryReadError(errno.EFAULT, f"pid {self.pid}: short write at "
-                                                    f"{addr + done:#x}")
+                raise MemoryReadError(
+                    errno.EFAULT, f"pid {self.pid}: short write at {addr + done:#x}"
+                )
             done += n
 
     def __del__(self) -> None:
@@ -152,8 +167,9 @@ class TraceeMemory:
         try:
             data = os.pread(self._fd, length, addr)
         except OSError as exc:
-            raise MemoryReadError(exc.errno, f"pid {self.pid}: cannot read at {addr:#x}: "
-                                             f"{exc.strerror}") from None
+            raise MemoryReadError(
+                exc.errno, f"pid {self.pid}: cannot read at {addr:#x}: {exc.strerror}"
+            ) from None
         if not data:
             raise MemoryReadError(errno.EFAULT, f"pid {self.pid}: nothing readable at {addr:#x}")
         return data
@@ -192,9 +208,9 @@ class TraceeMemory:
         cursor = addr
         while len(pointers) < max_items:
             data = self._read_upto(cursor, min(PAGE_SIZE, (max_items - len(pointers)) * 8))
-            data = data[:len(data) - len(data) % 8] or self.read_bytes(cursor, 8)
+            data = data[: len(data) - len(data) % 8] or self.read_bytes(cursor, 8)
             for i in range(0, len(data), 8):
-                ptr = int.from_bytes(data[i:i + 8], "little")
+                ptr = int.from_bytes(data[i : i + 8], "little")
                 if ptr == 0:
                     return pointers, False
                 pointers.append(ptr)

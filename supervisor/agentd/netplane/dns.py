@@ -25,7 +25,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import dns.edns
 import dns.exception
@@ -36,21 +36,28 @@ import dns.opcode
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
-import dns.resolver
 import dns.rdtypes.svcbbase
+import dns.resolver
 
 from agentd.trace.decide import Evaluation, split_host_port
 
-__all__ = ["NameBook", "DnsStub", "DnsStubError", "system_nameservers", "parse_upstream",
-           "normalize_name",
-           "MAX_QUERY_BYTES", "MAX_CNAME_CHAIN"]
+__all__ = [
+    "NameBook",
+    "DnsStub",
+    "DnsStubError",
+    "system_nameservers",
+    "parse_upstream",
+    "normalize_name",
+    "MAX_QUERY_BYTES",
+    "MAX_CNAME_CHAIN",
+]
 
 log = logging.getLogger("agentd.netplane.dns")
 
-MAX_QUERY_BYTES = 2048        # a question plus EDNS padding fits in far less; more is not a query
-MAX_MESSAGE_BYTES = 65535     # what one DNS message can be (TCP length prefix)
-MAX_CNAME_CHAIN = 16          # longer chains (or loops) teach the book nothing
-_UDP_PLAIN_LIMIT = 512        # a client without EDNS accepts no more over UDP (RFC 1035)
+MAX_QUERY_BYTES = 2048  # a question plus EDNS padding fits in far less; more is not a query
+MAX_MESSAGE_BYTES = 65535  # what one DNS message can be (TCP length prefix)
+MAX_CNAME_CHAIN = 16  # longer chains (or loops) teach the book nothing
+_UDP_PLAIN_LIMIT = 512  # a client without EDNS accepts no more over UDP (RFC 1035)
 _UPSTREAM_PAYLOAD_CAP = 4096  # EDNS payload we let the upstream use for the agent's queries
 _EDE_TEXT_MAX = 200
 
@@ -75,7 +82,7 @@ def _address_key(ip: str) -> str:
     text = str(ip).strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
-    address = ipaddress.ip_address(text.split("%", 1)[0])   # ValueError for a non-address
+    address = ipaddress.ip_address(text.split("%", 1)[0])  # ValueError for a non-address
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return str(address)
@@ -90,8 +97,14 @@ class NameBook:
     learned entry goes first. ``clock`` is injectable for tests (``time.monotonic`` by default).
     """
 
-    def __init__(self, *, min_ttl: float = 60.0, max_ttl: float = 3600.0,
-                 max_entries: int = 8192, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        *,
+        min_ttl: float = 60.0,
+        max_ttl: float = 3600.0,
+        max_entries: int = 8192,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if not 0 <= min_ttl <= max_ttl:
             raise ValueError(f"need 0 <= min_ttl <= max_ttl, got {min_ttl}, {max_ttl}")
         if max_entries < 1:
@@ -223,15 +236,16 @@ def _netns_cookie(sock: socket.socket | None) -> int | None:
     try:
         if sock is None:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                return struct.unpack("Q", probe.getsockopt(socket.SOL_SOCKET, so_netns_cookie, 8))[0]
+                return struct.unpack("Q", probe.getsockopt(socket.SOL_SOCKET, so_netns_cookie, 8))[
+                    0
+                ]
         return struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, so_netns_cookie, 8))[0]
     except OSError:
         return None
 
 
 def _sockaddr(ip: str, port: int, kind: int) -> tuple[int, tuple]:
-    family, _, _, _, sockaddr = socket.getaddrinfo(ip, port, 0, kind, 0,
-                                                   socket.AI_NUMERICHOST)[0]
+    family, _, _, _, sockaddr = socket.getaddrinfo(ip, port, 0, kind, 0, socket.AI_NUMERICHOST)[0]
     return family, sockaddr
 
 
@@ -253,14 +267,21 @@ class DnsStub:
     ``judge`` and ``on_query`` run on the stub's worker threads, up to ``workers`` at a time.
     """
 
-    def __init__(self, listen: Sequence[tuple[str, int]] = (), *,
-                 sockets: Sequence[socket.socket] = (),
-                 upstream: Sequence[tuple[str, int]] | None = None,
-                 book: NameBook | None = None,
-                 judge: Callable[[str, str], Evaluation | None] | None = None,
-                 on_query: Callable[[dict], None] | None = None,
-                 timeout: float = 2.0, workers: int = 4, max_tcp_clients: int = 16,
-                 tcp_idle: float = 10.0, queue_size: int = 256):
+    def __init__(
+        self,
+        listen: Sequence[tuple[str, int]] = (),
+        *,
+        sockets: Sequence[socket.socket] = (),
+        upstream: Sequence[tuple[str, int]] | None = None,
+        book: NameBook | None = None,
+        judge: Callable[[str, str], Evaluation | None] | None = None,
+        on_query: Callable[[dict], None] | None = None,
+        timeout: float = 2.0,
+        workers: int = 4,
+        max_tcp_clients: int = 16,
+        tcp_idle: float = 10.0,
+        queue_size: int = 256,
+    ):
         if not listen and not sockets:
             raise ValueError("DnsStub needs listen addresses or sockets")
         if workers < 1 or max_tcp_clients < 0 or timeout <= 0:
@@ -280,7 +301,7 @@ class DnsStub:
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
-        self.dropped_busy = 0         # UDP queries dropped because every worker was busy
+        self.dropped_busy = 0  # UDP queries dropped because every worker was busy
         self._stop_r = self._stop_w = -1
         try:
             for sock in sockets:
@@ -293,9 +314,12 @@ class DnsStub:
             # A socket made in another network namespace (the agent's) cannot loop back to an
             # upstream that the stub asks from this one, even at the same address.
             here = _netns_cookie(None)
-            own = {(_address_key(ip), port) for sock in self._udp + self._tcp
-                   if _netns_cookie(sock) == here
-                   for ip, port in [sock.getsockname()[:2]]}
+            own = {
+                (_address_key(ip), port)
+                for sock in self._udp + self._tcp
+                if _netns_cookie(sock) == here
+                for ip, port in [sock.getsockname()[:2]]
+            }
             for ip, port in self._upstream:
                 if (_address_key(ip), port) in own:
                     raise DnsStubError(f"upstream {ip}:{port} is the stub itself (a loop)")
@@ -320,14 +344,16 @@ class DnsStub:
     def upstream(self) -> list[tuple[str, int]]:
         return list(self._upstream)
 
-    def start(self) -> "DnsStub":
+    def start(self) -> DnsStub:
         with self._lock:
             if self._started or self._closed:
                 raise RuntimeError("DnsStub.start(): already started or closed")
             self._started = True
             threads = [threading.Thread(target=self._serve, name="agentd-dns-serve", daemon=True)]
-            threads += [threading.Thread(target=self._work, name=f"agentd-dns-worker-{n}",
-                                         daemon=True) for n in range(self._workers_wanted)]
+            threads += [
+                threading.Thread(target=self._work, name=f"agentd-dns-worker-{n}", daemon=True)
+                for n in range(self._workers_wanted)
+            ]
             self._threads = threads
         for thread in threads:
             thread.start()
@@ -342,10 +368,10 @@ class DnsStub:
             threads = list(self._threads)
             clients = list(self._tcp_clients.items())
         if self._stop_w >= 0:
-            os.write(self._stop_w, b"x")   # INVARIANT: never read: stays readable for every waiter
-        for thread in threads[1:]:
+            os.write(self._stop_w, b"x")  # INVARIANT: never read: stays readable for every waiter
+        for _ in threads[1:]:
             self._jobs.put(None)
-        for thread, conn in clients:
+        for _thread, conn in clients:
             try:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -362,7 +388,7 @@ class DnsStub:
                 os.close(fd)
         self._stop_r = self._stop_w = -1
 
-    def __enter__(self) -> "DnsStub":
+    def __enter__(self) -> DnsStub:
         if not self._started:
             self.start()
         return self
@@ -398,7 +424,7 @@ class DnsStub:
                 udp.close()
                 tcp.close()
                 if port == 0:
-                    continue            # the free UDP port was taken on TCP: try another one
+                    continue  # the free UDP port was taken on TCP: try another one
                 raise
             self._adopt(udp)
             self._adopt(tcp)
@@ -427,7 +453,7 @@ class DnsStub:
                         self._read_udp(key.fileobj)
                     else:
                         self._accept(key.fileobj)
-        except Exception:   # INVARIANT: logged, never silent; close() still cleans up
+        except Exception:  # INVARIANT: logged, never silent; close() still cleans up
             log.exception("dns stub: serving thread failed")
         finally:
             selector.close()
@@ -445,8 +471,11 @@ class DnsStub:
         except queue.Full:
             # The client retries; one line per 1000 drops keeps a flood out of the log.
             if self.dropped_busy % 1000 == 0:
-                log.warning("dns stub: busy, query from %s dropped (%d so far)",
-                            _endpoint(peer), self.dropped_busy + 1)
+                log.warning(
+                    "dns stub: busy, query from %s dropped (%d so far)",
+                    _endpoint(peer),
+                    self.dropped_busy + 1,
+                )
             self.dropped_busy += 1
 
     def _work(self) -> None:
@@ -476,8 +505,9 @@ class DnsStub:
             if self._closed or len(self._tcp_clients) >= self._max_tcp_clients:
                 conn.close()
                 return
-            thread = threading.Thread(target=self._serve_tcp, args=(conn, peer),
-                                      name="agentd-dns-tcp", daemon=True)
+            thread = threading.Thread(
+                target=self._serve_tcp, args=(conn, peer), name="agentd-dns-tcp", daemon=True
+            )
             self._tcp_clients[thread] = conn
         thread.start()
 
@@ -491,15 +521,17 @@ class DnsStub:
                     return
                 (length,) = struct.unpack("!H", header)
                 if length == 0 or length > MAX_QUERY_BYTES:
-                    self._report_malformed("tcp", peer, "dropped",
-                                           f"TCP message of {length} bytes: connection closed")
+                    self._report_malformed(
+                        "tcp", peer, "dropped", f"TCP message of {length} bytes: connection closed"
+                    )
                     return
                 data = self._recv_exact(conn, length, deadline)
                 reply = self._answer(data, "tcp", peer)
                 if reply is None:
                     return
-                self._send_all(conn, struct.pack("!H", len(reply)) + reply,
-                               time.monotonic() + self._tcp_idle)
+                self._send_all(
+                    conn, struct.pack("!H", len(reply)) + reply, time.monotonic() + self._tcp_idle
+                )
         except (_Stopping, _UpstreamFailure, OSError) as exc:
             log.debug("dns stub: tcp client %s: %s", _endpoint(peer), exc)
         except Exception:
@@ -527,8 +559,9 @@ class DnsStub:
             if fds:
                 return
 
-    def _recv_exact(self, sock: socket.socket, count: int, deadline: float,
-                    allow_eof: bool = False) -> bytes | None:
+    def _recv_exact(
+        self, sock: socket.socket, count: int, deadline: float, allow_eof: bool = False
+    ) -> bytes | None:
         chunks, got = [], 0
         while got < count:
             self._wait(sock, select.POLLIN, deadline)
@@ -563,7 +596,7 @@ class DnsStub:
             reply = self._answer_query(wire, transport, report)
         except _Stopping:
             report.update(rcode="dropped", reason="stub closing")
-        except Exception as exc:   # INVARIANT: a bug costs one query, never the stub
+        except Exception as exc:  # INVARIANT: a bug costs one query, never the stub
             log.exception("dns stub: query from %s", report["client"])
             report.update(rcode="dropped", reason=f"internal error: {exc!r}")
         self._report(report)
@@ -596,12 +629,13 @@ class DnsStub:
             return _bare_error(message_id, flags, dns.rcode.FORMERR)
         try:
             query = dns.message.from_wire(wire)
-        except Exception as exc:   # dnspython raises many kinds on garbage
+        except Exception as exc:  # dnspython raises many kinds on garbage
             report.update(rcode="FORMERR", reason=f"malformed query: {exc}")
             return _bare_error(message_id, flags, dns.rcode.FORMERR)
         if query.opcode() != dns.opcode.QUERY:
-            report.update(rcode="NOTIMP",
-                          reason=f"opcode {dns.opcode.to_text(query.opcode())} not served")
+            report.update(
+                rcode="NOTIMP", reason=f"opcode {dns.opcode.to_text(query.opcode())} not served"
+            )
             return _bare_error(message_id, flags, dns.rcode.NOTIMP)
         if len(query.question) != 1:
             report.update(rcode="FORMERR", reason=f"{len(query.question)} questions, not 1")
@@ -611,24 +645,31 @@ class DnsStub:
         qtype = dns.rdatatype.to_text(question.rdtype)
         report.update(name=name, qtype=qtype)
         if question.rdclass != dns.rdataclass.IN:
-            return self._refuse(query, report, None,
-                                f"class {dns.rdataclass.to_text(question.rdclass)} not served")
+            return self._refuse(
+                query, report, None, f"class {dns.rdataclass.to_text(question.rdclass)} not served"
+            )
         if dns.rdatatype.is_metatype(question.rdtype) and question.rdtype != dns.rdatatype.ANY:
             return self._refuse(query, report, None, f"query type {qtype} not served")
         if self._judge is not None:
             try:
                 evaluation = self._judge(name, qtype)
-            except Exception as exc:   # INVARIANT: an error while judging refuses (fail closed)
-                evaluation = Evaluation("network_connect", name, "deny", "block",
-                                        f"fail closed: error while judging the DNS query: {exc!r}",
-                                        ("agentd:fail_closed",))
+            except Exception as exc:  # INVARIANT: an error while judging refuses (fail closed)
+                evaluation = Evaluation(
+                    "network_connect",
+                    name,
+                    "deny",
+                    "block",
+                    f"fail closed: error while judging the DNS query: {exc!r}",
+                    ("agentd:fail_closed",),
+                )
             report["evaluation"] = evaluation
             if evaluation is not None and evaluation.outcome not in ("allow", "warn"):
                 return self._refuse(query, report, evaluation, evaluation.reason)
         return self._forward(query, transport, report)
 
-    def _refuse(self, query: dns.message.Message, report: dict, evaluation: Evaluation | None,
-                reason: str) -> bytes:
+    def _refuse(
+        self, query: dns.message.Message, report: dict, evaluation: Evaluation | None, reason: str
+    ) -> bytes:
         report.update(rcode="REFUSED", refused=True, reason=reason)
         response = dns.message.make_response(query, recursion_available=True)
         response.set_rcode(dns.rcode.REFUSED)
@@ -636,7 +677,9 @@ class DnsStub:
             # RFC 8914 "Prohibited", with the pattern that said no: dig and friends show it.
             text = "agentd: " + reason
             if evaluation is not None and evaluation.pattern_ids:
-                text = f"agentd: {', '.join(evaluation.pattern_ids)}: {evaluation.message or reason}"
+                text = (
+                    f"agentd: {', '.join(evaluation.pattern_ids)}: {evaluation.message or reason}"
+                )
             option = dns.edns.EDEOption(dns.edns.EDECode.PROHIBITED, text[:_EDE_TEXT_MAX])
             response.use_edns(0, 0, max(query.payload, _UDP_PLAIN_LIMIT), options=[option])
         return response.to_wire()
@@ -664,8 +707,12 @@ class DnsStub:
             except (_UpstreamFailure, OSError) as exc:
                 failures.append(f"{_endpoint((ip, port))}: {exc or type(exc).__name__}")
         else:
-            report.update(rcode="SERVFAIL", reason="upstream failed: " + "; ".join(failures)
-                          if failures else "no upstream nameserver on this host")
+            report.update(
+                rcode="SERVFAIL",
+                reason="upstream failed: " + "; ".join(failures)
+                if failures
+                else "no upstream nameserver on this host",
+            )
             response = dns.message.make_response(query, recursion_available=True)
             response.set_rcode(dns.rcode.SERVFAIL)
             return response.to_wire()
@@ -673,8 +720,9 @@ class DnsStub:
         if addresses:
             # INVARIANT: learned before the agent sees the answer, so its connect finds the name.
             self.book.remember(report["name"], addresses, ttl)
-        report.update(rcode=dns.rcode.to_text(response.rcode()), addresses=addresses,
-                      cnames=cnames, ttl=ttl)
+        report.update(
+            rcode=dns.rcode.to_text(response.rcode()), addresses=addresses, cnames=cnames, ttl=ttl
+        )
         reply = struct.pack("!H", query.id) + data[2:]
         limit = max(query.payload, _UDP_PLAIN_LIMIT) if query.edns >= 0 else _UDP_PLAIN_LIMIT
         if transport == "udp" and len(reply) > limit:
@@ -685,12 +733,13 @@ class DnsStub:
             reply = short.to_wire()
         return reply
 
-    def _exchange_udp(self, out_wire: bytes, outgoing: dns.message.Message, ip: str, port: int,
-                      deadline: float) -> tuple[bytes, dns.message.Message]:
+    def _exchange_udp(
+        self, out_wire: bytes, outgoing: dns.message.Message, ip: str, port: int, deadline: float
+    ) -> tuple[bytes, dns.message.Message]:
         family, sockaddr = _sockaddr(ip, port, socket.SOCK_DGRAM)
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
-            sock.connect(sockaddr)       # only the upstream's address can answer
+            sock.connect(sockaddr)  # only the upstream's address can answer
             sock.send(out_wire)
             while True:
                 self._wait(sock, select.POLLIN, deadline)
@@ -704,8 +753,9 @@ class DnsStub:
                 if response is not None:
                     return data, response
 
-    def _exchange_tcp(self, out_wire: bytes, outgoing: dns.message.Message, ip: str, port: int,
-                      deadline: float) -> tuple[bytes, dns.message.Message]:
+    def _exchange_tcp(
+        self, out_wire: bytes, outgoing: dns.message.Message, ip: str, port: int, deadline: float
+    ) -> tuple[bytes, dns.message.Message]:
         family, sockaddr = _sockaddr(ip, port, socket.SOCK_STREAM)
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.setblocking(False)
@@ -727,9 +777,20 @@ class DnsStub:
 
 def _new_report(transport: str, peer) -> dict:
     """The ``on_query`` report of one query, before anything is known about it."""
-    return {"name": None, "qtype": None, "transport": transport, "client": _endpoint(peer),
-            "rcode": None, "refused": False, "addresses": (), "cnames": (), "ttl": None,
-            "evaluation": None, "upstream": None, "reason": ""}
+    return {
+        "name": None,
+        "qtype": None,
+        "transport": transport,
+        "client": _endpoint(peer),
+        "rcode": None,
+        "refused": False,
+        "addresses": (),
+        "cnames": (),
+        "ttl": None,
+        "evaluation": None,
+        "upstream": None,
+        "reason": "",
+    }
 
 
 def _matching_response(outgoing: dns.message.Message, data: bytes) -> dns.message.Message | None:
@@ -750,22 +811,22 @@ def _bare_error(message_id: int, flags: int, rcode: int) -> bytes:
     return response.to_wire()
 
 
-def _learned(qname: dns.name.Name, response: dns.message.Message
-             ) -> tuple[tuple[str, ...], tuple[str, ...], int | None]:
+def _learned(
+    qname: dns.name.Name, response: dns.message.Message
+) -> tuple[tuple[str, ...], tuple[str, ...], int | None]:
     """(addresses, CNAME chain, TTL) the answer gives for the asked name: the chain is followed
     from ``qname`` only (records for other names are not believed), its smallest TTL counts."""
     if response.rcode() != dns.rcode.NOERROR:
         return (), (), None
     name, ttl, chain = qname, None, []
     for _ in range(MAX_CNAME_CHAIN + 1):
-        rrset = response.get_rrset(response.answer, name, dns.rdataclass.IN,
-                                   dns.rdatatype.CNAME)
+        rrset = response.get_rrset(response.answer, name, dns.rdataclass.IN, dns.rdatatype.CNAME)
         if rrset is None:
             break
         ttl = rrset.ttl if ttl is None else min(ttl, rrset.ttl)
         name = rrset[0].target
         if name in chain or name == qname or len(chain) >= MAX_CNAME_CHAIN:
-            return (), tuple(normalize_name(n) for n in chain), None   # a loop or too long
+            return (), tuple(normalize_name(n) for n in chain), None  # a loop or too long
         chain.append(name)
     addresses: list[str] = []
     for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
@@ -777,8 +838,10 @@ def _learned(qname: dns.name.Name, response: dns.message.Message
         # Address hints of HTTPS/SVCB records: clients may connect to them directly.
         rrset = response.get_rrset(response.answer, name, dns.rdataclass.IN, rdtype)
         for rdata in rrset or ():
-            for key in (dns.rdtypes.svcbbase.ParamKey.IPV4HINT,
-                        dns.rdtypes.svcbbase.ParamKey.IPV6HINT):
+            for key in (
+                dns.rdtypes.svcbbase.ParamKey.IPV4HINT,
+                dns.rdtypes.svcbbase.ParamKey.IPV6HINT,
+            ):
                 param = rdata.params.get(key)
                 if param is not None:
                     ttl = rrset.ttl if ttl is None else min(ttl, rrset.ttl)

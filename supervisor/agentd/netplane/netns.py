@@ -61,7 +61,12 @@ RTNH_F_ONLINK = 0x4
 # Per-interface sysctls as data: (family, key, value, why). Written before the link goes up.
 HOST_END_SYSCTLS = (
     ("ipv4", "forwarding", "0", "nothing the agent sends is routed on, even with ip_forward=1"),
-    ("ipv4", "rp_filter", "1", "strict: a packet from the agent must come from the agent's address"),
+    (
+        "ipv4",
+        "rp_filter",
+        "1",
+        "strict: a packet from the agent must come from the agent's address",
+    ),
     ("ipv4", "accept_local", "0", "a packet claiming one of the host's own addresses is dropped"),
     ("ipv4", "accept_source_route", "0", "no source-routed packets from the agent"),
     ("ipv4", "accept_redirects", "0", "the agent cannot rewrite the host's routes"),
@@ -74,8 +79,12 @@ HOST_END_SYSCTLS = (
 )
 AGENT_END_SYSCTLS = (
     ("ipv4", "rp_filter", "1", "strict reverse-path filtering inside too"),
-    ("ipv4", "route_localnet", "1", "replies to a redirected loopback nameserver (127.0.0.53) "
-     "come back through the veth"),
+    (
+        "ipv4",
+        "route_localnet",
+        "1",
+        "replies to a redirected loopback nameserver (127.0.0.53) come back through the veth",
+    ),
     ("ipv6", "accept_ra", "0", "no router advertisements"),
     ("ipv6", "disable_ipv6", "1", "no IPv6 route out: an IPv6 connect fails with ENETUNREACH"),
 )
@@ -109,7 +118,7 @@ table inet agentd {{
         counter name refused_other reject with icmpx admin-prohibited
     }}
 }}
-"""
+"""  # noqa: E501 (nft rules read best one to a line)
 LOOPBACK_DNS_RULE = (
     "        ip daddr 127.0.0.0/8 meta l4proto {{ tcp, udp }} th dport 53 "
     "counter name redirected_dns dnat ip to {host}:{dns_port}\n"
@@ -132,7 +141,7 @@ class _Libc:
     unshare: object
 
     @classmethod
-    def load(cls) -> "_Libc":
+    def load(cls) -> _Libc:
         libc = ctypes.CDLL(None, use_errno=True)
         setns, unshare = libc.setns, libc.unshare
         setns.argtypes, setns.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
@@ -145,8 +154,8 @@ class _Libc:
             raise OSError(err, f"setns(CLONE_NEWNET) on fd {fd}: {os.strerror(err)}")
 
 
-NEW_NETNS = "new"        # _in_thread: unshare a fresh namespace first
-HOST_NETNS = "host"      # _in_thread: stay in the supervisor's namespace
+NEW_NETNS = "new"  # _in_thread: unshare a fresh namespace first
+HOST_NETNS = "host"  # _in_thread: stay in the supervisor's namespace
 
 
 def _in_thread(libc: _Libc, where, fn, *args):
@@ -257,7 +266,7 @@ def _pick_subnet(pool: ipaddress.IPv4Network, used) -> ipaddress.IPv4Network | N
 class _PoolLock:
     """flock on LOCK_PATH: allocation and address assignment are one step across processes."""
 
-    def __enter__(self) -> "_PoolLock":
+    def __enter__(self) -> _PoolLock:
         os.makedirs(os.path.dirname(LOCK_PATH), mode=0o755, exist_ok=True)
         self.fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
@@ -271,21 +280,27 @@ def _host_ifname(subnet: ipaddress.IPv4Network) -> str:
     return f"{HOST_IFNAME_PREFIX}{int(subnet.network_address):08x}"
 
 
-def _add_host_end(pool: ipaddress.IPv4Network, run_id: str,
-                  netns_fd: int) -> ipaddress.IPv4Network:
+def _add_host_end(pool: ipaddress.IPv4Network, run_id: str, netns_fd: int) -> ipaddress.IPv4Network:
     """In the supervisor's namespace, under the pool lock: pick a free /30, make the veth pair
     (the peer born inside the agent's namespace) and set up the host end. Returns the /30."""
     pid = os.getpid()
-    alias = (f"{ALIAS_PREFIX} run={''.join(run_id.split())[:64]} pid={pid} "
-             f"start={_process_start_time(pid)}")
+    alias = (
+        f"{ALIAS_PREFIX} run={''.join(run_id.split())[:64]} pid={pid} "
+        f"start={_process_start_time(pid)}"
+    )
     with _PoolLock(), IPRoute() as ipr:
         chosen = _pick_subnet(pool, _networks_in_use(ipr))
         if chosen is None:
-            raise NetnsError(f"no free /{SUBNET_PREFIX} left in the pool {pool} "
-                             f"(each running agent holds one)")
+            raise NetnsError(
+                f"no free /{SUBNET_PREFIX} left in the pool {pool} (each running agent holds one)"
+            )
         host_ifname, host_address = _host_ifname(chosen), str(next(chosen.hosts()))
-        ipr.link("add", ifname=host_ifname, kind="veth",
-                 peer={"ifname": AGENT_IFNAME, "net_ns_fd": netns_fd})
+        ipr.link(
+            "add",
+            ifname=host_ifname,
+            kind="veth",
+            peer={"ifname": AGENT_IFNAME, "net_ns_fd": netns_fd},
+        )
         try:
             index = ipr.link_lookup(ifname=host_ifname)[0]
             ipr.link("set", index=index, ifalias=alias)
@@ -317,8 +332,13 @@ def _configure_inside(agent: str) -> None:
         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         index = ipr.link_lookup(ifname=AGENT_IFNAME)[0]
         # No prefix route: the main table will hold exactly one route, the default.
-        ipr.addr("add", index=index, address=agent, prefixlen=SUBNET_PREFIX,
-                 IFA_FLAGS=IFA_F_NOPREFIXROUTE)
+        ipr.addr(
+            "add",
+            index=index,
+            address=agent,
+            prefixlen=SUBNET_PREFIX,
+            IFA_FLAGS=IFA_F_NOPREFIXROUTE,
+        )
 
 
 def _open_inside(nft: str, ruleset: str, host: str) -> None:
@@ -333,11 +353,14 @@ def _open_inside(nft: str, ruleset: str, host: str) -> None:
 
 def _run_nft(nft: str, script: str, *args: str) -> str:
     """Run nft in the calling thread's namespace (the child inherits it) and return stdout."""
-    proc = subprocess.run([nft, *args], input=script, capture_output=True, text=True,
-                          check=False, timeout=30)
+    proc = subprocess.run(
+        [nft, *args], input=script, capture_output=True, text=True, check=False, timeout=30
+    )
     if proc.returncode != 0:
-        raise NetnsError(f"nft {' '.join(args)} in the agent's namespace failed "
-                         f"(exit {proc.returncode}): {proc.stderr.strip()}")
+        raise NetnsError(
+            f"nft {' '.join(args)} in the agent's namespace failed "
+            f"(exit {proc.returncode}): {proc.stderr.strip()}"
+        )
     return proc.stdout
 
 
@@ -350,8 +373,15 @@ class AgentNetwork:
     it), ``netns_path`` (``/proc/<pid>/fd/<fd>``: for ``nsenter --net=`` while debugging).
     """
 
-    def __init__(self, *, run_id: str, libc: _Libc, netns_fd: int,
-                 subnet: ipaddress.IPv4Network, host_ifname: str) -> None:
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        libc: _Libc,
+        netns_fd: int,
+        subnet: ipaddress.IPv4Network,
+        host_ifname: str,
+    ) -> None:
         self.run_id = run_id
         self._libc = libc
         self.netns_fd = netns_fd
@@ -370,14 +400,15 @@ class AgentNetwork:
     # -- building --------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, run_id: str, *, subnet: str = DEFAULT_POOL) -> "AgentNetwork":
+    def create(cls, run_id: str, *, subnet: str = DEFAULT_POOL) -> AgentNetwork:
         """Build the namespace and the veth pair. ``subnet`` is the IPv4 pool a /30 is taken
         from (a /30 itself means exactly that one). Raises ``NetnsUnavailable`` when this
         process cannot (not root, no namespaces), ``NetnsError`` when a step fails."""
         if os.geteuid() != 0:
             raise NetnsUnavailable(
                 f"a per-agent network namespace needs root (CAP_SYS_ADMIN for unshare/setns, "
-                f"CAP_NET_ADMIN for the veth pair); this process runs with euid {os.geteuid()}")
+                f"CAP_NET_ADMIN for the veth pair); this process runs with euid {os.geteuid()}"
+            )
         try:
             pool = ipaddress.IPv4Network(subnet)
         except ValueError as exc:
@@ -392,8 +423,13 @@ class AgentNetwork:
         network = None
         try:
             chosen = _in_thread(libc, HOST_NETNS, _add_host_end, pool, run_id, netns_fd)
-            network = cls(run_id=run_id, libc=libc, netns_fd=netns_fd, subnet=chosen,
-                          host_ifname=_host_ifname(chosen))
+            network = cls(
+                run_id=run_id,
+                libc=libc,
+                netns_fd=netns_fd,
+                subnet=chosen,
+                host_ifname=_host_ifname(chosen),
+            )
             _in_thread(libc, netns_fd, _configure_inside, network.agent_address)
         except BaseException as exc:
             if network is not None:
@@ -401,13 +437,13 @@ class AgentNetwork:
             else:
                 os.close(netns_fd)
             if isinstance(exc, NetlinkError):
-                raise NetnsError(f"building the agent's network for run {run_id}: "
-                                 f"{exc}") from None
+                raise NetnsError(f"building the agent's network for run {run_id}: {exc}") from None
             raise
         return network
 
-    def install_redirects(self, dns_port: int, proxy_port: int, *,
-                          loopback_dns: bool = True) -> None:
+    def install_redirects(
+        self, dns_port: int, proxy_port: int, *, loopback_dns: bool = True
+    ) -> None:
         """Load the nftables table ``inet agentd`` inside the agent's namespace: TCP/UDP port 53
         to ``host_address:dns_port``, TCP 80/443 to ``host_address:proxy_port``, anything else
         leaving by the veth refused (TCP reset, else ICMP admin-prohibited). With
@@ -422,11 +458,22 @@ class AgentNetwork:
                 raise ValueError(f"{name} must be a port number, not {port!r}")
         if not os.path.exists(self._nft):
             raise NetnsUnavailable("nft (nftables) is not installed; scripts/setup installs it")
-        fields = {"host": self.host_address, "agent": self.agent_address,
-                  "agent_if": AGENT_IFNAME, "dns_port": dns_port, "proxy_port": proxy_port}
+        fields = {
+            "host": self.host_address,
+            "agent": self.agent_address,
+            "agent_if": AGENT_IFNAME,
+            "dns_port": dns_port,
+            "proxy_port": proxy_port,
+        }
         fields["loopback_dns"] = LOOPBACK_DNS_RULE.format(**fields) if loopback_dns else ""
-        _in_thread(self._libc, self.netns_fd, _open_inside, self._nft,
-                   RULESET_TEMPLATE.format(**fields), self.host_address)
+        _in_thread(
+            self._libc,
+            self.netns_fd,
+            _open_inside,
+            self._nft,
+            RULESET_TEMPLATE.format(**fields),
+            self.host_address,
+        )
         self.dns_port, self.proxy_port = dns_port, proxy_port
 
     # -- using -----------------------------------------------------------------------------
@@ -464,8 +511,9 @@ class AgentNetwork:
 
         return self.run_inside(make)
 
-    def original_destination(self, agent_port: int, proto: int = socket.IPPROTO_TCP,
-                             to_port: int | None = None) -> tuple[str, int] | None:
+    def original_destination(
+        self, agent_port: int, proto: int = socket.IPPROTO_TCP, to_port: int | None = None
+    ) -> tuple[str, int] | None:
         """Where the agent meant to go before ``install_redirects`` rewrote it: looks up the
         conntrack entry inside the namespace whose reply tuple is ``host_address:to_port ->
         agent_address:agent_port`` (``to_port`` defaults to the proxy port for TCP and the DNS
@@ -479,8 +527,9 @@ class AgentNetwork:
             raise NetnsError("install_redirects has not run: there is nothing to look up")
         if self._conntrack is None:
             self._conntrack = _in_thread(self._libc, self.netns_fd, _ConntrackLookup.open_here)
-        return self._conntrack.original(proto, self.host_address, self.agent_address, to_port,
-                                        agent_port)
+        return self._conntrack.original(
+            proto, self.host_address, self.agent_address, to_port, agent_port
+        )
 
     def redirected_destination(self, sock: socket.socket) -> tuple[str, int] | None:
         """For a connection the supervisor accepted from the agent (``sock``): where the agent
@@ -505,8 +554,19 @@ class AgentNetwork:
         self._check_open()
         if self.dns_port is None:
             return {}
-        text = _in_thread(self._libc, self.netns_fd, _run_nft, self._nft, "", "-j", "list",
-                          "counters", "table", "inet", "agentd")
+        text = _in_thread(
+            self._libc,
+            self.netns_fd,
+            _run_nft,
+            self._nft,
+            "",
+            "-j",
+            "list",
+            "counters",
+            "table",
+            "inet",
+            "agentd",
+        )
         found = {}
         for item in json.loads(text).get("nftables", []):
             counter = item.get("counter")
@@ -529,8 +589,7 @@ class AgentNetwork:
         try:
             _in_thread(self._libc, HOST_NETNS, _delete_link, self.host_ifname)
         except NetlinkError as exc:
-            raise NetnsError(f"deleting {self.host_ifname} for run {self.run_id}: "
-                             f"{exc}") from None
+            raise NetnsError(f"deleting {self.host_ifname} for run {self.run_id}: {exc}") from None
         finally:
             if self._conntrack is not None:
                 self._conntrack.close()
@@ -540,7 +599,7 @@ class AgentNetwork:
         if self._closed:
             raise NetnsError(f"the agent network of run {self.run_id} is closed")
 
-    def __enter__(self) -> "AgentNetwork":
+    def __enter__(self) -> AgentNetwork:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -548,8 +607,10 @@ class AgentNetwork:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd {self.netns_fd}"
-        return (f"AgentNetwork(run {self.run_id}: {self.host_ifname} {self.host_address} <-> "
-                f"{self.agent_ifname} {self.agent_address}, {state})")
+        return (
+            f"AgentNetwork(run {self.run_id}: {self.host_ifname} {self.host_address} <-> "
+            f"{self.agent_ifname} {self.agent_address}, {state})"
+        )
 
 
 def cleanup_stale() -> list[str]:
@@ -616,7 +677,7 @@ def _parse_nlas(data: bytes) -> dict[int, bytes]:
         length, kind = struct.unpack_from("=HH", data, offset)
         if length < 4:
             break
-        found[kind & 0x3FFF] = data[offset + 4:offset + length]
+        found[kind & 0x3FFF] = data[offset + 4 : offset + length]
         offset += (length + 3) & ~3
     return found
 
@@ -631,32 +692,45 @@ class _ConntrackLookup:
         self.seq = 0
 
     @classmethod
-    def open_here(cls) -> "_ConntrackLookup":
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                             NETLINK_NETFILTER)
+    def open_here(cls) -> _ConntrackLookup:
+        sock = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER
+        )
         sock.settimeout(2.0)
         sock.bind((0, 0))
         return cls(sock)
 
-    def original(self, proto: int, host: str, agent: str, host_port: int,
-                 agent_port: int) -> tuple[str, int] | None:
+    def original(
+        self, proto: int, host: str, agent: str, host_port: int, agent_port: int
+    ) -> tuple[str, int] | None:
         """The original destination of the entry whose reply tuple is host:host_port ->
         agent:agent_port, or None when conntrack has no such entry."""
-        reply = _nla(CTA_TUPLE_REPLY | NLA_F_NESTED,
-                     _nla(CTA_TUPLE_IP | NLA_F_NESTED,
-                          _nla(CTA_IP_V4_SRC, socket.inet_aton(host))
-                          + _nla(CTA_IP_V4_DST, socket.inet_aton(agent)))
-                     + _nla(CTA_TUPLE_PROTO | NLA_F_NESTED,
-                            _nla(CTA_PROTO_NUM, bytes([proto]))
-                            + _nla(CTA_PROTO_SRC_PORT, struct.pack("!H", host_port))
-                            + _nla(CTA_PROTO_DST_PORT, struct.pack("!H", agent_port))))
+        reply = _nla(
+            CTA_TUPLE_REPLY | NLA_F_NESTED,
+            _nla(
+                CTA_TUPLE_IP | NLA_F_NESTED,
+                _nla(CTA_IP_V4_SRC, socket.inet_aton(host))
+                + _nla(CTA_IP_V4_DST, socket.inet_aton(agent)),
+            )
+            + _nla(
+                CTA_TUPLE_PROTO | NLA_F_NESTED,
+                _nla(CTA_PROTO_NUM, bytes([proto]))
+                + _nla(CTA_PROTO_SRC_PORT, struct.pack("!H", host_port))
+                + _nla(CTA_PROTO_DST_PORT, struct.pack("!H", agent_port)),
+            ),
+        )
         body = struct.pack("=BBH", socket.AF_INET, 0, 0) + reply
         with self.lock:
             self.seq += 1
             # INVARIANT: no NLM_F_ACK, so a GET has exactly one answer (the entry or an error)
-            header = struct.pack("=IHHII", 16 + len(body),
-                                 (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
-                                 NLM_F_REQUEST, self.seq, 0)
+            header = struct.pack(
+                "=IHHII",
+                16 + len(body),
+                (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+                NLM_F_REQUEST,
+                self.seq,
+                0,
+            )
             self.sock.send(header + body)
             while True:
                 answer = self.sock.recv(65536)
@@ -674,8 +748,10 @@ class _ConntrackLookup:
         ports = _parse_nlas(orig.get(CTA_TUPLE_PROTO, b""))
         if CTA_IP_V4_DST not in ip or CTA_PROTO_DST_PORT not in ports:
             return None
-        return (socket.inet_ntoa(ip[CTA_IP_V4_DST]),
-                struct.unpack("!H", ports[CTA_PROTO_DST_PORT])[0])
+        return (
+            socket.inet_ntoa(ip[CTA_IP_V4_DST]),
+            struct.unpack("!H", ports[CTA_PROTO_DST_PORT])[0],
+        )
 
     def close(self) -> None:
         self.sock.close()

@@ -28,10 +28,12 @@ import os
 import sys
 import threading
 import urllib.parse
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from agentd.trace import decide as D
 from agentd.trace.decode import Action
+
 from .dns import DnsStub, DnsStubError, NameBook, system_nameservers
 from .proxy import EgressProxy
 from .userns import PROXY_ADDRESS, NamespaceHandoff, namespace_nameservers, userns_unavailable
@@ -117,7 +119,6 @@ class PolicyPlane:
     def _lookup_address(self) -> tuple[str, int]:
         raise NotImplementedError
 
-
     # -- the proxy's and the stub's callbacks (their threads) -------------------------------
     def _resolve(self, host: str) -> list[str]:
         """Addresses for ``host``: a literal stays itself; a name the agent resolved through
@@ -149,28 +150,45 @@ class PolicyPlane:
 
     def _judge(self, method: str, url: str, headers: dict[str, str], dest_ip: str) -> D.Evaluation:
         session = self.session
-        context = {"agent_id": session.agent_id, "method": method, "headers": headers,
-                   "dest_ip": dest_ip, "syscall": "proxy"}
+        context = {
+            "agent_id": session.agent_id,
+            "method": method,
+            "headers": headers,
+            "dest_ip": dest_ip,
+            "syscall": "proxy",
+        }
         try:
             parts = urllib.parse.urlsplit(url)
             host = (parts.hostname or "").lower()
             port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 0)
             names = () if _is_address(host) else (host,)
-            policy = session.current_policy()   # a reload applies to the next request
+            policy = session.current_policy()  # a reload applies to the next request
             evaluations = [D.evaluate_action(policy, Action("network_request", url), context)]
             if dest_ip:
                 ip_form = f"[{dest_ip}]:{port}" if ":" in dest_ip else f"{dest_ip}:{port}"
                 evaluations += D.connect_evaluations(
-                    policy, Action("network_connect", ip_form), context,
-                    D.NetworkView(lambda ip: names))
-            else:   # the name did not resolve: judged by name (the proxy then answers 502)
+                    policy,
+                    Action("network_connect", ip_form),
+                    context,
+                    D.NetworkView(lambda ip: names),
+                )
+            else:  # the name did not resolve: judged by name (the proxy then answers 502)
                 del context["dest_ip"]
-                evaluations += [D.evaluate_action(policy, Action("network_connect", f"{name}:{port}"),
-                                            context) for name in names]
+                evaluations += [
+                    D.evaluate_action(policy, Action("network_connect", f"{name}:{port}"), context)
+                    for name in names
+                ]
         except Exception as exc:  # INVARIANT: an error while deciding denies (fail closed)
-            evaluations = [D.Evaluation("network_request", url, "deny", "block",
-                                        f"fail closed: error while judging: {exc!r}",
-                                        ("agentd:fail_closed",))]
+            evaluations = [
+                D.Evaluation(
+                    "network_request",
+                    url,
+                    "deny",
+                    "block",
+                    f"fail closed: error while judging: {exc!r}",
+                    ("agentd:fail_closed",),
+                )
+            ]
         worst = max(evaluations, key=lambda e: D.OUTCOME_RANK[e.outcome])
         enforced = worst.outcome
         if enforced == "stop":
@@ -180,12 +198,23 @@ class PolicyPlane:
         for evaluation in evaluations:
             if not session.record(None, "proxy", evaluation, enforced=enforced, method=method):
                 # INVARIANT: nothing passes unrecorded
-                return D.Evaluation("network_request", url, "deny", "block",
-                                    "fail closed: the audit record could not be written",
-                                    ("agentd:fail_closed",))
+                return D.Evaluation(
+                    "network_request",
+                    url,
+                    "deny",
+                    "block",
+                    "fail closed: the audit record could not be written",
+                    ("agentd:fail_closed",),
+                )
         if session.audit_only:
-            return D.Evaluation(worst.action_type, worst.target, "allow", "allow",
-                                f"audit mode: {worst.reason}", worst.pattern_ids)
+            return D.Evaluation(
+                worst.action_type,
+                worst.target,
+                "allow",
+                "allow",
+                f"audit mode: {worst.reason}",
+                worst.pattern_ids,
+            )
         if worst.outcome == "kill" and self.kill_agent is not None:
             session.killed = True
             self.kill_agent()
@@ -199,10 +228,12 @@ class PolicyPlane:
             return
         target = record.get("url") or f"{record.get('host')}:{record.get('port')}"
         reason = record.get("reason") or f"HTTP {status}"
-        evaluation = D.Evaluation("network_request", str(target), "deny", "block",
-                                  f"proxy answered {status}: {reason}")
-        self.session.record(None, "proxy", evaluation, enforced="block", status=status,
-                            client=record.get("client"))
+        evaluation = D.Evaluation(
+            "network_request", str(target), "deny", "block", f"proxy answered {status}: {reason}"
+        )
+        self.session.record(
+            None, "proxy", evaluation, enforced="block", status=status, client=record.get("client")
+        )
 
     def _dns_query(self, report: dict) -> None:
         refused = bool(report.get("refused"))
@@ -212,14 +243,26 @@ class PolicyPlane:
         elif report.get("reason"):
             reason = f"{report.get('rcode')}: {report['reason']}"
         else:
-            reason = (f"resolved through the run's DNS stub ({report.get('rcode')}): "
-                      f"{', '.join(addresses) or 'no address'}")
+            reason = (
+                f"resolved through the run's DNS stub ({report.get('rcode')}): "
+                f"{', '.join(addresses) or 'no address'}"
+            )
         evaluation = D.Evaluation(
-            "dns_query", f"{report.get('name')} {report.get('qtype')}",
-            "deny" if refused else "allow", "block" if refused else "allow", reason)
-        self.session.record(None, "dns", evaluation, enforced=evaluation.outcome,
-                            client=report.get("client"), rcode=report.get("rcode"),
-                            addresses=list(addresses))
+            "dns_query",
+            f"{report.get('name')} {report.get('qtype')}",
+            "deny" if refused else "allow",
+            "block" if refused else "allow",
+            reason,
+        )
+        self.session.record(
+            None,
+            "dns",
+            evaluation,
+            enforced=evaluation.outcome,
+            client=report.get("client"),
+            rcode=report.get("rcode"),
+            addresses=list(addresses),
+        )
 
 
 class NetworkPlane(PolicyPlane):
@@ -236,8 +279,9 @@ class NetworkPlane(PolicyPlane):
 
     # -- building -------------------------------------------------------------------------
     @classmethod
-    def start(cls, session, run_id: str, *,
-              upstream: list[tuple[str, int]] | None = None) -> "NetworkPlane":
+    def start(
+        cls, session, run_id: str, *, upstream: list[tuple[str, int]] | None = None
+    ) -> NetworkPlane:
         from .netns import AgentNetwork, NetnsError, NetnsUnavailable
 
         try:
@@ -250,16 +294,22 @@ class NetworkPlane(PolicyPlane):
             upstream = _default_upstream()
         try:
             book = NameBook()
-            dns = DnsStub([(network.host_address, 0)], upstream=upstream, book=book,
-                          on_query=lambda report: plane and plane._dns_query(report))
-            proxy = EgressProxy((network.host_address, 0),
-                                judge=lambda *args: plane._judge(*args),
-                                resolve=lambda host: plane._resolve(host),
-                                quick_resolve=book.addresses_for,   # no thread hop when known
-                                on_decision=lambda record: plane._proxy_outcome(record),
-                                # the DNAT happened in the agent's namespace: its conntrack
-                                # knows the original destination, SO_ORIGINAL_DST here does not
-                                original_destination=network.redirected_destination)
+            dns = DnsStub(
+                [(network.host_address, 0)],
+                upstream=upstream,
+                book=book,
+                on_query=lambda report: plane and plane._dns_query(report),
+            )
+            proxy = EgressProxy(
+                (network.host_address, 0),
+                judge=lambda *args: plane._judge(*args),
+                resolve=lambda host: plane._resolve(host),
+                quick_resolve=book.addresses_for,  # no thread hop when known
+                on_decision=lambda record: plane._proxy_outcome(record),
+                # the DNAT happened in the agent's namespace: its conntrack
+                # knows the original destination, SO_ORIGINAL_DST here does not
+                original_destination=network.redirected_destination,
+            )
             plane = cls(session, network, dns, proxy)
             dns.start()
             proxy.start()
@@ -294,10 +344,12 @@ class NetworkPlane(PolicyPlane):
         return self.dns.addresses[0]
 
     def describe(self) -> str:
-        return (f"network namespace with one veth to {self.network.host_address}; DNS stub "
-                f"{self.network.host_address}:{self.dns.addresses[0][1]} (upstream "
-                f"{', '.join(f'{ip}:{port}' for ip, port in self.dns.upstream)}), proxy "
-                f"{self.network.host_address}:{self.proxy.address[1]}")
+        return (
+            f"network namespace with one veth to {self.network.host_address}; DNS stub "
+            f"{self.network.host_address}:{self.dns.addresses[0][1]} (upstream "
+            f"{', '.join(f'{ip}:{port}' for ip, port in self.dns.upstream)}), proxy "
+            f"{self.network.host_address}:{self.proxy.address[1]}"
+        )
 
 
 class UsernsPlane(PolicyPlane):
@@ -312,15 +364,16 @@ class UsernsPlane(PolicyPlane):
     (``ENETUNREACH``). The stub also listens on the supervisor's 127.0.0.1 (a free port) for
     the proxy's own lookups, so the proxy and the agent see one answer, recorded once."""
 
-    HANDOFF_TIMEOUT = 10.0    # seconds for the child to unshare, configure lo and bind
+    HANDOFF_TIMEOUT = 10.0  # seconds for the child to unshare, configure lo and bind
 
     def __init__(self, session, handoff: NamespaceHandoff, upstream: list[tuple[str, int]]):
         super().__init__(session, NameBook())
         self.handoff = handoff
         self.upstream = list(upstream)
         proxy_ip, proxy_port = handoff.proxy
-        self.endpoints = frozenset({f"{ip}:53" for ip in handoff.nameservers}
-                                   | {f"{proxy_ip}:{proxy_port}"})
+        self.endpoints = frozenset(
+            {f"{ip}:53" for ip in handoff.nameservers} | {f"{proxy_ip}:{proxy_port}"}
+        )
         self.error: BaseException | None = None
         self._lookup: tuple[str, int] | None = None
         self._thread: threading.Thread | None = None
@@ -328,8 +381,14 @@ class UsernsPlane(PolicyPlane):
         self._closed = False
 
     @classmethod
-    def start(cls, session, run_id: str, *, upstream: list[tuple[str, int]] | None = None,
-              nameservers: list[str] | None = None) -> "UsernsPlane":
+    def start(
+        cls,
+        session,
+        run_id: str,
+        *,
+        upstream: list[tuple[str, int]] | None = None,
+        nameservers: list[str] | None = None,
+    ) -> UsernsPlane:
         """Prepared before the fork; nothing runs until ``enter`` and ``started``.
         ``PlaneUnavailable`` when the host refuses unprivileged user namespaces (the reason).
         ``nameservers``: where the stub listens inside (default: /etc/resolv.conf's)."""
@@ -338,13 +397,15 @@ class UsernsPlane(PolicyPlane):
             raise PlaneUnavailable(f"this host refuses unprivileged user namespaces: {reason}")
         if upstream is None:
             upstream = _default_upstream()
-        handoff = NamespaceHandoff(namespace_nameservers() if nameservers is None else nameservers,
-                                   PROXY_ADDRESS)
+        handoff = NamespaceHandoff(
+            namespace_nameservers() if nameservers is None else nameservers, PROXY_ADDRESS
+        )
         reason = handoff.probe()
         if reason is not None:
             handoff.close()
-            raise PlaneUnavailable(f"this host refuses the agent a user + network namespace: "
-                                   f"{reason}")
+            raise PlaneUnavailable(
+                f"this host refuses the agent a user + network namespace: {reason}"
+            )
         return cls(session, handoff, upstream)
 
     # -- what the supervisor uses ---------------------------------------------------------
@@ -356,8 +417,9 @@ class UsernsPlane(PolicyPlane):
         with self._lock:
             if self._closed:
                 return
-            self._thread = threading.Thread(target=self._bring_up, name="agentd-userns-plane",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._bring_up, name="agentd-userns-plane", daemon=True
+            )
             self._thread.start()
 
     def proxy_url(self) -> str:
@@ -372,11 +434,13 @@ class UsernsPlane(PolicyPlane):
     def describe(self) -> str:
         ip, port = self.handoff.proxy
         upstream = ", ".join(f"{ip}:{port}" for ip, port in self.upstream) or "none"
-        return (f"user namespace plane (no root): the agent has loopback only; DNS stub on "
-                f"{', '.join(f'{ns}:53' for ns in self.handoff.nameservers)} inside it "
-                f"(upstream {upstream}), proxy {ip}:{port} (HTTP_PROXY/HTTPS_PROXY); no "
-                "transparent redirect: a client that ignores the proxy variables, and any other "
-                "destination, has no route (ENETUNREACH)")
+        return (
+            f"user namespace plane (no root): the agent has loopback only; DNS stub on "
+            f"{', '.join(f'{ns}:53' for ns in self.handoff.nameservers)} inside it "
+            f"(upstream {upstream}), proxy {ip}:{port} (HTTP_PROXY/HTTPS_PROXY); no "
+            "transparent redirect: a client that ignores the proxy variables, and any other "
+            "destination, has no route (ENETUNREACH)"
+        )
 
     def _bring_up(self) -> None:
         """The supervisor's thread: the child's sockets -> the stub and the proxy -> the ack."""
@@ -385,20 +449,32 @@ class UsernsPlane(PolicyPlane):
             dns_sockets, proxy_socket = sockets[:-1], sockets[-1]
             try:
                 # (127.0.0.1, 0) here, in the supervisor's namespace: the proxy's own lookups
-                dns = DnsStub([("127.0.0.1", 0)], sockets=dns_sockets, upstream=self.upstream,
-                              book=self.book, on_query=self._dns_query)
+                dns = DnsStub(
+                    [("127.0.0.1", 0)],
+                    sockets=dns_sockets,
+                    upstream=self.upstream,
+                    book=self.book,
+                    on_query=self._dns_query,
+                )
             except BaseException:
                 proxy_socket.close()
                 raise
             with self._lock:
                 self.dns = dns
-            self._lookup = next(address for address in dns.addresses
-                                if f"{address[0]}:{address[1]}" not in self.endpoints)
-            proxy = EgressProxy(sockets=[proxy_socket], judge=self._judge, resolve=self._resolve,
-                                quick_resolve=self.book.addresses_for,
-                                on_decision=self._proxy_outcome,
-                                # no redirect in this namespace: every client is explicit
-                                original_destination=lambda sock: None)
+            self._lookup = next(
+                address
+                for address in dns.addresses
+                if f"{address[0]}:{address[1]}" not in self.endpoints
+            )
+            proxy = EgressProxy(
+                sockets=[proxy_socket],
+                judge=self._judge,
+                resolve=self._resolve,
+                quick_resolve=self.book.addresses_for,
+                on_decision=self._proxy_outcome,
+                # no redirect in this namespace: every client is explicit
+                original_destination=lambda sock: None,
+            )
             with self._lock:
                 self.proxy = proxy
                 if self._closed:
@@ -411,8 +487,9 @@ class UsernsPlane(PolicyPlane):
             with self._lock:
                 closed = self._closed
             if not closed:
-                sys.stderr.write(f"agentd run: network: cannot start the user namespace plane: "
-                                 f"{exc}\n")
+                sys.stderr.write(
+                    f"agentd run: network: cannot start the user namespace plane: {exc}\n"
+                )
                 sys.stderr.flush()
             self.handoff.close()
 
@@ -420,7 +497,7 @@ class UsernsPlane(PolicyPlane):
         with self._lock:
             self._closed = True
             thread = self._thread
-        self.handoff.shutdown()       # a thread waiting for the child's sockets wakes up
+        self.handoff.shutdown()  # a thread waiting for the child's sockets wakes up
         if thread is not None:
             thread.join(self.HANDOFF_TIMEOUT + 5.0)
         self.handoff.close()

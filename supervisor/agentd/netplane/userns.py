@@ -26,10 +26,16 @@ import ipaddress
 import os
 import socket
 import sys
-from typing import Callable
+from collections.abc import Callable
 
-__all__ = ["userns_unavailable", "namespace_nameservers", "NamespaceHandoff", "HandoffError",
-           "PROXY_ADDRESS", "USERNS_SYSCTLS"]
+__all__ = [
+    "userns_unavailable",
+    "namespace_nameservers",
+    "NamespaceHandoff",
+    "HandoffError",
+    "PROXY_ADDRESS",
+    "USERNS_SYSCTLS",
+]
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
@@ -38,7 +44,7 @@ SIOCSIFFLAGS = 0x8914
 SIOCSIFADDR = 0x8916
 SIOCSIFNETMASK = 0x891C
 IFF_UP = 0x1
-IFREQ_SIZE = 40            # struct ifreq on 64-bit Linux: 16 bytes of name, a 24-byte union
+IFREQ_SIZE = 40  # struct ifreq on 64-bit Linux: 16 bytes of name, a 24-byte union
 
 # The namespace is new and empty: the usual proxy port is free there.
 PROXY_ADDRESS = ("127.0.0.1", 3128)
@@ -47,13 +53,22 @@ FALLBACK_NAMESERVER = "127.0.0.53"
 
 # (path, value that refuses, why): what stops an ordinary user from creating a user namespace.
 USERNS_SYSCTLS = (
-    ("/proc/sys/kernel/unprivileged_userns_clone", lambda v: v == "0",
-     "kernel.unprivileged_userns_clone = 0 (Debian/Ubuntu switch: user namespaces are for root)"),
-    ("/proc/sys/user/max_user_namespaces", lambda v: v.isdigit() and int(v) == 0,
-     "user.max_user_namespaces = 0 (no user namespace may be created)"),
-    ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", lambda v: v == "1",
-     "kernel.apparmor_restrict_unprivileged_userns = 1 (AppArmor takes every capability from an "
-     "unprivileged user namespace, so its loopback cannot be brought up)"),
+    (
+        "/proc/sys/kernel/unprivileged_userns_clone",
+        lambda v: v == "0",
+        "kernel.unprivileged_userns_clone = 0 (Debian/Ubuntu switch: user namespaces are for root)",
+    ),
+    (
+        "/proc/sys/user/max_user_namespaces",
+        lambda v: v.isdigit() and int(v) == 0,
+        "user.max_user_namespaces = 0 (no user namespace may be created)",
+    ),
+    (
+        "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+        lambda v: v == "1",
+        "kernel.apparmor_restrict_unprivileged_userns = 1 (AppArmor takes every capability from an "
+        "unprivileged user namespace, so its loopback cannot be brought up)",
+    ),
 )
 
 
@@ -126,20 +141,30 @@ class NamespaceHandoff:
         self._unshare = libc.unshare
         self._unshare.argtypes = [ctypes.c_int]
         uid, gid = os.geteuid(), os.getegid()
-        self._maps = (("/proc/self/setgroups", b"deny"),     # before gid_map: the kernel's rule
-                      ("/proc/self/uid_map", f"{uid} {uid} 1".encode()),
-                      ("/proc/self/gid_map", f"{gid} {gid} 1".encode()))
+        self._maps = (
+            ("/proc/self/setgroups", b"deny"),  # before gid_map: the kernel's rule
+            ("/proc/self/uid_map", f"{uid} {uid} 1".encode()),
+            ("/proc/self/gid_map", f"{gid} {gid} 1".encode()),
+        )
         self._lo = _ifreq("lo")
-        self._aliases = []    # (label, SIOCSIFADDR ifreq, SIOCSIFNETMASK ifreq)
+        self._aliases = []  # (label, SIOCSIFADDR ifreq, SIOCSIFNETMASK ifreq)
         for address in self.nameservers:
             if ipaddress.ip_address(address) in ipaddress.ip_network("127.0.0.0/8"):
-                continue      # lo's 127.0.0.1/8 holds it already
+                continue  # lo's 127.0.0.1/8 holds it already
             label = f"lo:{len(self._aliases) + 1}"
-            self._aliases.append((label, _ifreq(label, _sockaddr_in(address)),
-                                  _ifreq(label, _sockaddr_in("255.255.255.255"))))
+            self._aliases.append(
+                (
+                    label,
+                    _ifreq(label, _sockaddr_in(address)),
+                    _ifreq(label, _sockaddr_in("255.255.255.255")),
+                )
+            )
         # (type, address): the stub's UDP and TCP on each nameserver's port 53, then the proxy
-        self._binds = [(kind, (address, 53)) for address in self.nameservers
-                       for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)]
+        self._binds = [
+            (kind, (address, 53))
+            for address in self.nameservers
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)
+        ]
         self._binds.append((socket.SOCK_STREAM, tuple(proxy)))
 
     # -- the child (after fork, before Landlock and seccomp) ---------------------------------
@@ -147,8 +172,9 @@ class NamespaceHandoff:
         """unshare, the identity maps, ``lo`` up with the aliases; OSError naming the step."""
         if self._unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
             errno = ctypes.get_errno()
-            raise OSError(errno, f"network: unshare(CLONE_NEWUSER|CLONE_NEWNET): "
-                                 f"{os.strerror(errno)}")
+            raise OSError(
+                errno, f"network: unshare(CLONE_NEWUSER|CLONE_NEWNET): {os.strerror(errno)}"
+            )
         for path, text in self._maps:
             try:
                 fd = os.open(path, os.O_WRONLY)
@@ -157,15 +183,19 @@ class NamespaceHandoff:
                 finally:
                     os.close(fd)
             except OSError as exc:
-                raise OSError(exc.errno, f"network: writing {text.decode()!r} to {path}: "
-                                         f"{exc.strerror}") from None
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as control:   # in the new namespace
+                raise OSError(
+                    exc.errno, f"network: writing {text.decode()!r} to {path}: {exc.strerror}"
+                ) from None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as control:  # in the new namespace
             step = "bringing lo up (SIOCSIFFLAGS)"
             try:
                 flags = fcntl.ioctl(control, SIOCGIFFLAGS, self._lo)
                 up = int.from_bytes(flags[16:18], sys.byteorder) | IFF_UP
-                fcntl.ioctl(control, SIOCSIFFLAGS, self._lo[:16] + up.to_bytes(2, sys.byteorder)
-                            + self._lo[18:])
+                fcntl.ioctl(
+                    control,
+                    SIOCSIFFLAGS,
+                    self._lo[:16] + up.to_bytes(2, sys.byteorder) + self._lo[18:],
+                )
                 for label, address, netmask in self._aliases:
                     step = f"giving {label} its address (SIOCSIFADDR, SIOCSIFNETMASK /32)"
                     fcntl.ioctl(control, SIOCSIFADDR, address)
@@ -180,7 +210,8 @@ class NamespaceHandoff:
         step = ""
         try:
             for kind, address in self._binds:
-                step = f"binding {'UDP' if kind == socket.SOCK_DGRAM else 'TCP'} {address[0]}:{address[1]}"
+                proto = "UDP" if kind == socket.SOCK_DGRAM else "TCP"
+                step = f"binding {proto} {address[0]}:{address[1]}"
                 sock = socket.socket(socket.AF_INET, kind)
                 sockets.append(sock)
                 if kind == socket.SOCK_STREAM:
@@ -206,7 +237,7 @@ class NamespaceHandoff:
         ``uid_map``, a namespace without the capabilities to configure ``lo``."""
         read_end, write_end = os.pipe()
         pid = os.fork()
-        if pid == 0:   # the probe child: syscalls only, then _exit
+        if pid == 0:  # the probe child: syscalls only, then _exit
             code = 0
             try:
                 os.close(read_end)
@@ -242,19 +273,21 @@ class NamespaceHandoff:
         nameserver, then the proxy's. HandoffError when the child failed or took too long."""
         self.supervisor_end.settimeout(timeout)
         try:
-            message, fds, _flags, _addr = socket.recv_fds(self.supervisor_end, 16,
-                                                          len(self._binds))
-        except (TimeoutError, socket.timeout):
-            raise HandoffError(f"the agent's child did not hand over its sockets within "
-                               f"{timeout:g} s") from None
+            message, fds, _flags, _addr = socket.recv_fds(self.supervisor_end, 16, len(self._binds))
+        except TimeoutError:
+            raise HandoffError(
+                f"the agent's child did not hand over its sockets within {timeout:g} s"
+            ) from None
         sockets = [socket.socket(fileno=fd) for fd in fds]
         for sock in sockets:
-            sock.set_inheritable(False)   # recvmsg gave them without close-on-exec
+            sock.set_inheritable(False)  # recvmsg gave them without close-on-exec
         if message != b"F" or len(sockets) != len(self._binds):
             for sock in sockets:
                 sock.close()
-            raise HandoffError("the agent's child failed before it handed over its sockets "
-                               "(its reason is on stderr)")
+            raise HandoffError(
+                "the agent's child failed before it handed over its sockets "
+                "(its reason is on stderr)"
+            )
         return sockets
 
     def acknowledge(self) -> None:

@@ -25,8 +25,9 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from agentd.trace.decide import Evaluation
 from agentd.trace.enforce import notice_line
@@ -39,9 +40,9 @@ __all__ = ["RunSpec", "RunEnd", "execute", "Termination", "PolicySwitch", "NewPo
 
 log = logging.getLogger("agentd.run.assembly")
 
-KILLED = 128 + signal.SIGKILL   # a kill verdict, or SIGTERM: 137, the shell's "killed"
+KILLED = 128 + signal.SIGKILL  # a kill verdict, or SIGTERM: 137, the shell's "killed"
 
-StopHandler = Callable[[Any, Any], None]     # (tracer, task): one seccomp stop, handled
+StopHandler = Callable[[Any, Any], None]  # (tracer, task): one seccomp stop, handled
 
 
 class Termination:
@@ -64,7 +65,7 @@ class Termination:
             self.tracer.kill_tree()
         try:
             os.write(self._wake, b"T")
-        except OSError:   # full or closed: it is readable already, or nobody waits any more
+        except OSError:  # full or closed: it is readable already, or nobody waits any more
             pass
 
     def attach(self, tracer: Any) -> None:
@@ -120,7 +121,7 @@ class PolicySwitch:
             return
         with self._lock:
             if not self.pending:
-                return   # the other thread applied it meanwhile
+                return  # the other thread applied it meanwhile
             self.pending = False
             try:
                 new = self.load()
@@ -130,9 +131,12 @@ class PolicySwitch:
             if new is None:
                 return
             session.switch_policy(new.policy)
-        session.record(None, "reload", Evaluation(
-            "policy_reload", f"{new.name}@{new.version}", "allow", "allow", new.reason),
-            enforced="reload")
+        session.record(
+            None,
+            "reload",
+            Evaluation("policy_reload", f"{new.name}@{new.version}", "allow", "allow", new.reason),
+            enforced="reload",
+        )
 
 
 @dataclass
@@ -142,32 +146,32 @@ class RunSpec:
     run_id: str
     agent_id: str
     argv: list[str]
-    policy: Any                                  # compiled, its variables bound
-    mode: str                                    # enforce | audit
-    env: Mapping[str, str]                       # before the policy's env_read removals
-    recorder: Any                                # FlightRecorder, or the daemon's pipe recorder
+    policy: Any  # compiled, its variables bound
+    mode: str  # enforce | audit
+    env: Mapping[str, str]  # before the policy's env_read removals
+    recorder: Any  # FlightRecorder, or the daemon's pipe recorder
     registration: RunRegistration
-    review: Callable[[Any], tuple[str, str]]     # asked about a SIGSTOP verdict (trace.hold)
-    protected_paths: tuple[str, ...]             # the audit log, the runs directory, ...
+    review: Callable[[Any], tuple[str, str]]  # asked about a SIGSTOP verdict (trace.hold)
+    protected_paths: tuple[str, ...]  # the audit log, the runs directory, ...
     seccomp_profile: str | None = None
     # The network plane for the session, or None to run without one; raises HostError when
     # the run must not go on without it.
     start_plane: Callable[[Session], Any] | None = None
-    child_steps: Sequence[Callable[[], None]] = ()   # the caller's, after the plane's
-    landlock: Any = None                         # a prepared ruleset: applied last, closed at the end
+    child_steps: Sequence[Callable[[], None]] = ()  # the caller's, after the plane's
+    landlock: Any = None  # a prepared ruleset: applied last, closed at the end
     on_started: Callable[[int], None] | None = None  # the agent's pid, once traced
     # wraps the stop handler (the daemon times every decision)
     wrap_stop: Callable[[StopHandler], StopHandler] | None = None
     policy_switch: PolicySwitch | None = None
     termination: Termination = field(default_factory=Termination)
-    say_terminated: bool = False                 # say "terminated" on stderr (agentd run)
+    say_terminated: bool = False  # say "terminated" on stderr (agentd run)
 
 
 @dataclass(frozen=True)
 class RunEnd:
-    code: int              # the exit status to give: the agent's, 128+N, 137, or 125/2/127
-    status: int | None     # the agent's wait status; None when it did not run to its end
-    terminated: bool       # SIGTERM ended the run
+    code: int  # the exit status to give: the agent's, 128+N, 137, or 125/2/127
+    status: int | None  # the agent's wait status; None when it did not run to its end
+    terminated: bool  # SIGTERM ended the run
     session: Session
 
 
@@ -183,9 +187,15 @@ def execute(spec: RunSpec) -> RunEnd:
     """Run ``spec`` to its end; errors are said on stderr (``agentd run: ...``) and become the
     exit status. Exceptions the caller must see (SystemExit from its own hooks) pass through
     after the cleanup."""
-    session = Session(spec.policy, spec.run_id, spec.agent_id, recorder=spec.recorder,
-                      audit_only=spec.mode == "audit", protected_paths=spec.protected_paths,
-                      review=spec.review)
+    session = Session(
+        spec.policy,
+        spec.run_id,
+        spec.agent_id,
+        recorder=spec.recorder,
+        audit_only=spec.mode == "audit",
+        protected_paths=spec.protected_paths,
+        review=spec.review,
+    )
     termination = spec.termination
     termination.install()
     spec.registration.interrupt_fd = termination.fd
@@ -197,7 +207,7 @@ def execute(spec: RunSpec) -> RunEnd:
             plane = spec.start_plane(session) if spec.start_plane is not None else None
             status = _supervise(spec, session, plane)
         except RunTerminated:
-            pass              # SIGTERM while the operator was asked; the tree is killed
+            pass  # SIGTERM while the operator was asked; the tree is killed
         except _Refused as exc:
             code = _say_refused(str(exc), exc.code)
         except HostError as exc:
@@ -227,8 +237,9 @@ def _supervise(spec: RunSpec, session: Session, plane: Any) -> int:
     try:
         spec.registration.create()
     except OSError as exc:
-        raise _Refused(f"cannot create the control socket in {spec.registration.directory}: "
-                       f"{exc}", 2) from None
+        raise _Refused(
+            f"cannot create the control socket in {spec.registration.directory}: {exc}", 2
+        ) from None
     if spec.termination.requested:
         raise RunTerminated(f"run {spec.run_id} was terminated before it started")
 
@@ -239,11 +250,18 @@ def _supervise(spec: RunSpec, session: Session, plane: Any) -> int:
         spec.registration.update(agent_pid=pid)
         if plane is not None:
             plane.attach(tracer)
-            plane.started(pid)   # the user namespace plane starts serving its child's sockets
+            plane.started(pid)  # the user namespace plane starts serving its child's sockets
 
-    return supervise(list(spec.argv), spec.policy, session, profile=spec.seccomp_profile,
-                     env=env, on_started=started, child_steps=_child_steps(spec, plane),
-                     on_syscall=_stop_handler(spec, session))
+    return supervise(
+        list(spec.argv),
+        spec.policy,
+        session,
+        profile=spec.seccomp_profile,
+        env=env,
+        on_started=started,
+        child_steps=_child_steps(spec, plane),
+        on_syscall=_stop_handler(spec, session),
+    )
 
 
 def _child_steps(spec: RunSpec, plane: Any) -> list[Callable[[], None]]:
@@ -257,6 +275,7 @@ def _child_steps(spec: RunSpec, plane: Any) -> list[Callable[[], None]]:
         # A root agent without the plane shares the host's network namespace: without
         # CAP_NET_ADMIN its netlink messages can read the network state, never change it.
         from agentd.kernel.capabilities import BoundingDrop
+
         steps.append(BoundingDrop())
     steps.extend(spec.child_steps)
     if spec.landlock is not None:

@@ -9,7 +9,8 @@ a hit costs a few milliseconds and never imports YAML. A cache entry is used onl
 matches: the SHA-256 of the policy file and of the YAML files of its own directory and of the
 search path, the variables, the search path, the Python version and the size and mtime of every
 ``agent_os`` source file; and the SHA-256 of every file the loaded policy came from (``extends:``
-and ``merge:`` may name files elsewhere), listed in the entry and checked before unpickling. Pickle runs code, so an entry is read
+and ``merge:`` may name files elsewhere), listed in the entry and checked before unpickling. Pickle
+runs code, so an entry is read
 only from a directory owned by us and closed to others (0700), from a file owned by us that no
 one else may write, and its key is checked again after loading; ``agentd run`` also puts the
 cache directory among the paths the agent may not write (``Session.protected_paths``). Any
@@ -29,7 +30,8 @@ import re
 import stat
 import sys
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["MAX_ENTRIES", "cache_dir", "load_policy_cached", "policy_key"]
 
@@ -47,8 +49,10 @@ def _search_dirs() -> list[str]:
     """The loader's search path, spelled out here: importing the loader imports YAML."""
     import agent_os
 
-    builtin = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(
-        agent_os.__file__)))), "policies")   # agent_os.loader.BUILTIN_POLICY_DIR
+    builtin = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(agent_os.__file__)))),
+        "policies",
+    )  # agent_os.loader.BUILTIN_POLICY_DIR
     dirs = [d for d in os.environ.get("AGENT_OS_POLICY_PATH", "").split(os.pathsep) if d]
     return dirs + ["/etc/agentd/policies", builtin]
 
@@ -102,6 +106,7 @@ def policy_key(name_or_path: str, variables: Mapping[str, str] | None) -> str:
 
 # --- pickling compiled regexes --------------------------------------------------------------------
 
+
 def _rebuild_regex(pattern, flags, code, groups, groupindex, indexgroup):
     import _sre
 
@@ -120,8 +125,14 @@ def _regex_parts(regex: re.Pattern) -> tuple | None:
         indexgroup = [None] * parsed.state.groups
         for key, index in groupindex.items():
             indexgroup[index] = key
-        parts = (regex.pattern, regex.flags | parsed.state.flags, code, parsed.state.groups - 1,
-                 groupindex, tuple(indexgroup))
+        parts = (
+            regex.pattern,
+            regex.flags | parsed.state.flags,
+            code,
+            parsed.state.groups - 1,
+            groupindex,
+            tuple(indexgroup),
+        )
         # INVARIANT: a Pattern compares equal only with the same pattern, flags and program.
         if _sre.compile(*parts) != regex:
             return None
@@ -147,6 +158,7 @@ class _PolicyPickler(pickle.Pickler):
 
 # --- the cache ------------------------------------------------------------------------------------
 
+
 def _private_dir(directory: str, create: bool) -> bool:
     """True when ``directory`` is ours and closed to everyone else (made so when ``create``)."""
     if create:
@@ -167,7 +179,7 @@ def _source_files(policy, seen: set | None = None) -> list[str] | None:
     seen.add(id(policy))
     files: list[str] = []
     parts = getattr(policy, "parts", None)
-    if parts:   # a merge: document; its parts carry the sources
+    if parts:  # a merge: document; its parts carry the sources
         for part in parts:
             sub = _source_files(part, seen)
             if sub is None:
@@ -216,7 +228,7 @@ def _read_entry(path: str, key: str):
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         return None
     if _digest_files(files).encode() != files_digest:
-        return None    # a policy it extends (perhaps outside the hashed directories) changed
+        return None  # a policy it extends (perhaps outside the hashed directories) changed
     entry = pickle.loads(body)
     if not isinstance(entry, dict) or entry.get("key") != key:
         return None
@@ -227,8 +239,14 @@ def _dumps(key: str, policy, files: list[str]) -> bytes:
     import json
 
     buffer = io.BytesIO()
-    buffer.write(key.encode() + b"\n" + json.dumps(files).encode() + b"\n"
-                 + _digest_files(files).encode() + b"\n")
+    buffer.write(
+        key.encode()
+        + b"\n"
+        + json.dumps(files).encode()
+        + b"\n"
+        + _digest_files(files).encode()
+        + b"\n"
+    )
     _PolicyPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump({"key": key, "policy": policy})
     return buffer.getvalue()
 
@@ -248,7 +266,9 @@ def _write_entry(directory: str, path: str, key: str, policy) -> None:
         except Exception:  # noqa: BLE001 - keep the unbuilt form
             pass
     temporary = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(
+        temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+    )
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -275,7 +295,7 @@ def _evict(directory: str) -> None:
         if len(entries) <= MAX_ENTRIES:
             return
         entries.sort(key=lambda entry: entry.stat(follow_symlinks=False).st_mtime_ns)
-        for entry in entries[:len(entries) - MAX_ENTRIES]:
+        for entry in entries[: len(entries) - MAX_ENTRIES]:
             os.unlink(entry.path)
     except OSError:
         pass
@@ -289,6 +309,7 @@ def load_policy_cached(name_or_path: str, variables: Mapping[str, str] | None = 
     """
     if os.environ.get("AGENTD_POLICY_CACHE", "1") == "0":
         from agent_os.loader import load_policy
+
         return load_policy(name_or_path, variables=dict(variables or {}))
     directory = cache_dir()
     key = path = None

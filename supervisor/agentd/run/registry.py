@@ -21,14 +21,24 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from agentd.kernel import procfs
 from agentd.trace.hold import DECISIONS
 
-__all__ = ["runs_dir", "RunRegistration", "RunTerminated", "list_runs", "send_decision",
-           "kill_run", "find_run", "OperatorReview", "DECISIONS"]
+__all__ = [
+    "runs_dir",
+    "RunRegistration",
+    "RunTerminated",
+    "list_runs",
+    "send_decision",
+    "kill_run",
+    "find_run",
+    "OperatorReview",
+    "DECISIONS",
+]
 
 
 def runs_dir() -> str:
@@ -140,8 +150,9 @@ class RunRegistration:
         import struct
 
         try:
-            pid, uid, _gid = struct.unpack("3i", conn.getsockopt(
-                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+            pid, uid, _gid = struct.unpack(
+                "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            )
         except OSError as exc:
             return f"cannot read the peer's credentials: {exc.strerror}"
         euid = os.geteuid()
@@ -194,8 +205,14 @@ class RunRegistration:
                 raise RunTerminated(f"run {self.run_id} was terminated while held")
             if 0 in ready:
                 line = os.read(0, 256).decode("utf-8", "replace").strip().lower()
-                choice = {"a": "allow", "allow": "allow", "d": "deny", "deny": "deny",
-                          "k": "kill", "kill": "kill"}.get(line)
+                choice = {
+                    "a": "allow",
+                    "allow": "allow",
+                    "d": "deny",
+                    "deny": "deny",
+                    "k": "kill",
+                    "kill": "kill",
+                }.get(line)
                 if choice:
                     return choice, "terminal"
                 os.write(2, b"agentd: answer a(llow), d(eny) or k(ill): ")
@@ -207,8 +224,9 @@ class RunRegistration:
                     if refusal is not None:
                         os.write(2, f"agentd: control connection refused: {refusal}\n".encode())
                         try:
-                            conn.sendall(json.dumps({"ok": False, "error": refusal}).encode()
-                                         + b"\n")
+                            conn.sendall(
+                                json.dumps({"ok": False, "error": refusal}).encode() + b"\n"
+                            )
                         except OSError:
                             pass
                         continue
@@ -218,10 +236,19 @@ class RunRegistration:
                         request = {}
                     decision = request.get("decision")
                     if decision in DECISIONS:
-                        conn.sendall(json.dumps({"ok": True, "decision": decision}).encode() + b"\n")
+                        conn.sendall(
+                            json.dumps({"ok": True, "decision": decision}).encode() + b"\n"
+                        )
                         return decision, "control socket"
-                    conn.sendall(json.dumps({"ok": False, "error": "decision must be one of "
-                                             + ", ".join(DECISIONS)}).encode() + b"\n")
+                    conn.sendall(
+                        json.dumps(
+                            {
+                                "ok": False,
+                                "error": "decision must be one of " + ", ".join(DECISIONS),
+                            }
+                        ).encode()
+                        + b"\n"
+                    )
 
 
 def _parent_pid(pid: int) -> int:
@@ -261,8 +288,9 @@ def find_run(run_id: str, directory: str | None = None) -> dict[str, Any]:
     for info in list_runs(directory):
         if info.get("run_id") == run_id:
             return info
-    raise LookupError(f"no running agentd run {run_id!r} in {directory or runs_dir()} "
-                      "(see `agentd ps`)")
+    raise LookupError(
+        f"no running agentd run {run_id!r} in {directory or runs_dir()} (see `agentd ps`)"
+    )
 
 
 def send_decision(run_id: str, decision: str, directory: str | None = None) -> dict[str, Any]:
@@ -303,17 +331,28 @@ class OperatorReview:
         batch = bool(getattr(verdict, "confirmation", False))
         self.registration.agent = hold.contains
         self.registration.open_socket()
-        self.registration.update(state="held", held={
-            "pid": hold.task.tgid, "what": what, "reason": verdict.reason,
-            "pattern_ids": list(deciding.pattern_ids) if deciding else [], "since": time.time(),
-            "batch": batch})
+        self.registration.update(
+            state="held",
+            held={
+                "pid": hold.task.tgid,
+                "what": what,
+                "reason": verdict.reason,
+                "pattern_ids": list(deciding.pattern_ids) if deciding else [],
+                "since": time.time(),
+                "batch": batch,
+            },
+        )
         if batch:
-            choices = ("agentd: [a]llow this batch, [d]eny it, [k]ill the agent? (the answer "
-                       "holds until a minute passes without such an action) ")
+            choices = (
+                "agentd: [a]llow this batch, [d]eny it, [k]ill the agent? (the answer "
+                "holds until a minute passes without such an action) "
+            )
         else:
             choices = "agentd: [a]llow once, [d]eny, [k]ill the agent? "
-        prompt = (f"\nagentd: run {self.registration.run_id} HELD: pid {hold.task.tgid} wants "
-                  f"{what}\nagentd: {verdict.reason}\n{choices}")
+        prompt = (
+            f"\nagentd: run {self.registration.run_id} HELD: pid {hold.task.tgid} wants "
+            f"{what}\nagentd: {verdict.reason}\n{choices}"
+        )
         try:
             return self.registration.wait_for_decision(prompt)
         finally:

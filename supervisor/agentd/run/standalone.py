@@ -32,9 +32,17 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, audit_log: str | None,
-              mode: str, seccomp_profile: str | None, command: tuple[str, ...],
-              network: str = "auto", dns_upstream: str | None = None) -> None:
+def run_agent(
+    policy_name: str,
+    workspace: str | None,
+    agent_id: str | None,
+    audit_log: str | None,
+    mode: str,
+    seccomp_profile: str | None,
+    command: tuple[str, ...],
+    network: str = "auto",
+    dns_upstream: str | None = None,
+) -> None:
     """Supervise ``command`` here (not through the daemon); exits with the agent's status."""
     import time
 
@@ -44,7 +52,7 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
     from .policy_cache import cache_dir
 
     try:
-        runner.check_host()   # first: a nested run must fail before it touches anything
+        runner.check_host()  # first: a nested run must fail before it touches anything
     except runner.HostError as exc:
         _fail(str(exc), 125)
     policy, workspace = _load_policy(policy_name, workspace)
@@ -52,21 +60,44 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
     run_id = _new_run_id()
     agent_id = agent_id or f"{os.path.basename(command[0])}-{run_id}"
     recorder, log_path = _open_audit_log(audit_log, run_id)
-    registration = control.RunRegistration(run_id, {
-        "run_id": run_id, "supervisor_pid": os.getpid(), "agent_pid": None,
-        "agent_id": agent_id, "command": list(command),
-        "policy": getattr(policy, "name", policy_name), "mode": mode, "workspace": workspace,
-        "audit_log": log_path, "started": time.time()})
-    end = execute(RunSpec(
-        run_id=run_id, agent_id=agent_id, argv=list(command), policy=policy, mode=mode,
-        env=os.environ, recorder=recorder, registration=registration,
-        review=control.OperatorReview(registration),
-        protected_paths=(log_path, registration.directory + "/",
-                         # a policy cache entry is unpickled by later runs
-                         os.path.realpath(cache_dir()) + "/"),
-        seccomp_profile=seccomp_profile,
-        start_plane=lambda session: _start_plane(network, dns_upstream, session, run_id),
-        landlock=landlock, say_terminated=True))
+    registration = control.RunRegistration(
+        run_id,
+        {
+            "run_id": run_id,
+            "supervisor_pid": os.getpid(),
+            "agent_pid": None,
+            "agent_id": agent_id,
+            "command": list(command),
+            "policy": getattr(policy, "name", policy_name),
+            "mode": mode,
+            "workspace": workspace,
+            "audit_log": log_path,
+            "started": time.time(),
+        },
+    )
+    end = execute(
+        RunSpec(
+            run_id=run_id,
+            agent_id=agent_id,
+            argv=list(command),
+            policy=policy,
+            mode=mode,
+            env=os.environ,
+            recorder=recorder,
+            registration=registration,
+            review=control.OperatorReview(registration),
+            protected_paths=(
+                log_path,
+                registration.directory + "/",
+                # a policy cache entry is unpickled by later runs
+                os.path.realpath(cache_dir()) + "/",
+            ),
+            seccomp_profile=seccomp_profile,
+            start_plane=lambda session: _start_plane(network, dns_upstream, session, run_id),
+            landlock=landlock,
+            say_terminated=True,
+        )
+    )
     if end.status is not None and mode == "audit":
         _audit_summary(end.session)
     sys.exit(end.code)
@@ -75,8 +106,12 @@ def run_agent(policy_name: str, workspace: str | None, agent_id: str | None, aud
 def _open_audit_log(audit_log: str | None, run_id: str):
     """(FlightRecorder, its path): ``--audit-log`` or the default log; exits 2 when it cannot
     be opened."""
-    from agent_os.flight_recorder import (AuditLogError, AuditLogLockedError, FlightRecorder,
-                                          default_audit_log_path)
+    from agent_os.flight_recorder import (
+        AuditLogError,
+        AuditLogLockedError,
+        FlightRecorder,
+        default_audit_log_path,
+    )
 
     log_path = os.path.abspath(audit_log) if audit_log else str(default_audit_log_path())
     try:
@@ -90,8 +125,10 @@ def _open_audit_log(audit_log: str | None, run_id: str):
             base, ext = os.path.splitext(log_path)
             log_path = f"{base}.{run_id}{ext}"
             recorder = FlightRecorder(log_path, fsync="interval")
-            _say(f"agentd run: the default audit log is in use by another run; "
-                 f"this run records to {log_path}")
+            _say(
+                f"agentd run: the default audit log is in use by another run; "
+                f"this run records to {log_path}"
+            )
             return recorder, log_path
     except (AuditLogError, OSError) as exc:
         _fail(f"cannot open the audit log {log_path}: {exc} (use --audit-log FILE)")
@@ -108,8 +145,11 @@ def _prepare_landlock(policy, mode: str):
     try:
         prepared, problems = plan.prepare_landlock()
     except OSError as exc:
-        _fail(f"cannot build the Landlock ruleset: {exc}. (agentd run --explain-sandbox shows "
-              "the plan.)", 125)
+        _fail(
+            f"cannot build the Landlock ruleset: {exc}. (agentd run --explain-sandbox shows "
+            "the plan.)",
+            125,
+        )
     for warning in (*plan.warnings, *problems):
         _say(f"agentd run: warning: {warning}")
     return prepared
@@ -145,8 +185,10 @@ def _start_plane(network: str, dns_upstream: str | None, session, run_id: str):
     except PlaneUnavailable as exc:
         if network == "plane":
             _fail(f"--network plane: {exc}", 125)
-        _say(f"agentd run: warning: no network plane ({exc}); network access is judged at "
-             "connect() only: no names, no URLs (--network off silences this)")
+        _say(
+            f"agentd run: warning: no network plane ({exc}); network access is judged at "
+            "connect() only: no names, no URLs (--network off silences this)"
+        )
         return None
     except Exception as exc:  # noqa: BLE001 - the DNS stub or proxy could not start
         _fail(f"cannot start the network plane: {exc} (--network off runs without it)", 125)
@@ -155,32 +197,40 @@ def _start_plane(network: str, dns_upstream: str | None, session, run_id: str):
 def explain_network(network: str) -> str:
     """The network part of ``--explain-sandbox``: which plane this run would get, and why."""
     if network == "off":
-        return ("Network (--network off): network_connect is judged at connect() by address; "
-                "no names, no URLs.")
+        return (
+            "Network (--network off): network_connect is judged at connect() by address; "
+            "no names, no URLs."
+        )
     if os.geteuid() == 0:
         import shutil
 
         if shutil.which("nft") is None:
             why = "nft (nftables) is not installed"
         else:
-            return ("Network (--network %s): own network namespace with one veth to the "
-                    "supervisor; DNS (port 53) goes to the run's DNS stub, ports 80/443 to its "
-                    "HTTP proxy, everything else is refused. network_request is judged on the "
-                    "method and URL (host and port for TLS), network_connect on the address and "
-                    "the names the stub resolved to it (docs/network.md)." % network)
+            return (
+                f"Network (--network {network}): own network namespace with one veth to the "
+                "supervisor; DNS (port 53) goes to the run's DNS stub, ports 80/443 to its "
+                "HTTP proxy, everything else is refused. network_request is judged on the "
+                "method and URL (host and port for TLS), network_connect on the address and "
+                "the names the stub resolved to it (docs/network.md)."
+            )
     else:
         from agentd.netplane.userns import userns_unavailable
 
         why = userns_unavailable()
         if why is None:
-            return ("Network (--network %s, no root): own user + network namespace with loopback "
-                    "only; the run's DNS stub and HTTP proxy serve it there, reached through "
-                    "/etc/resolv.conf's nameservers and HTTP(S)_PROXY; no other way out "
-                    "(docs/network.md)." % network)
+            return (
+                f"Network (--network {network}, no root): own user + network namespace "
+                "with loopback only; the run's DNS stub and HTTP proxy serve it there, "
+                "reached through /etc/resolv.conf's nameservers and HTTP(S)_PROXY; "
+                "no other way out (docs/network.md)."
+            )
     if network == "plane":
         return f"Network (--network plane): cannot be built here ({why}): the run would be refused."
-    return (f"Network (--network auto): no plane here ({why}); network_connect is judged at "
-            "connect() by address only.")
+    return (
+        f"Network (--network auto): no plane here ({why}); network_connect is judged at "
+        "connect() by address only."
+    )
 
 
 def _load_policy(policy_name: str, workspace: str | None):
@@ -192,8 +242,11 @@ def _load_policy(policy_name: str, workspace: str | None):
 
     workspace = os.path.realpath(workspace or os.getcwd())
     # Targets are resolved, symlink-free paths: bind the variables to the same form.
-    variables = {"WORKSPACE": workspace, "HOME": os.path.realpath(os.path.expanduser("~")),
-                 "TMPDIR": os.path.realpath(os.environ.get("TMPDIR") or "/tmp")}
+    variables = {
+        "WORKSPACE": workspace,
+        "HOME": os.path.realpath(os.path.expanduser("~")),
+        "TMPDIR": os.path.realpath(os.environ.get("TMPDIR") or "/tmp"),
+    }
     try:
         return load_policy_cached(policy_name, variables), workspace
     except PolicyError as exc:
@@ -224,5 +277,3 @@ def _audit_summary(session) -> None:
         seen.add(key)
         ids = ",".join(d.pattern_ids) or "-"
         _say(f"  {d.outcome:5} {d.action_type:15} {d.target}  [{ids}] (pid {d.pid}, {d.syscall})")
-
-

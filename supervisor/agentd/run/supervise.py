@@ -14,17 +14,31 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from agentd.kernel import procfs
 from agentd.kernel import ptrace as P
 
-__all__ = ["HostError", "FilterError", "check_host", "prepare_filter", "untraced_rules",
-           "filter_environment", "spawn_traced", "exit_code", "DEFAULT_PROFILE", "supervise"]
+__all__ = [
+    "HostError",
+    "FilterError",
+    "check_host",
+    "prepare_filter",
+    "untraced_rules",
+    "filter_environment",
+    "spawn_traced",
+    "exit_code",
+    "DEFAULT_PROFILE",
+    "supervise",
+]
 
 # <repo>/seccomp_profiles/default.json (this file is <repo>/supervisor/agentd/run/supervise.py)
-DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))), "seccomp_profiles", "default.json")
+DEFAULT_PROFILE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
+    "seccomp_profiles",
+    "default.json",
+)
 
 
 class HostError(RuntimeError):
@@ -43,7 +57,8 @@ def check_host() -> None:
         raise HostError(
             f"agentd is itself being traced (TracerPid {tracer}: a debugger, strace, or another "
             "agentd). A process can have only one tracer, so agentd's children could not be "
-            "traced. Fix: run agentd outside the debugger/strace, or stop nesting agentd runs.")
+            "traced. Fix: run agentd outside the debugger/strace, or stop nesting agentd runs."
+        )
     try:
         with open("/proc/sys/kernel/yama/ptrace_scope", encoding="ascii") as handle:
             scope = handle.read().strip()
@@ -53,15 +68,19 @@ def check_host() -> None:
         raise HostError(
             "ptrace is disabled on this host (kernel.yama.ptrace_scope = 3, which cannot be "
             "lowered without a reboot). Fix: boot with ptrace_scope <= 2, e.g. set "
-            "kernel.yama.ptrace_scope=1 in /etc/sysctl.d/ and reboot.")
+            "kernel.yama.ptrace_scope=1 in /etc/sysctl.d/ and reboot."
+        )
     if scope == "2" and os.geteuid() != 0:
         raise HostError(
             "ptrace is limited to root on this host (kernel.yama.ptrace_scope = 2). Fix: run "
-            "agentd as root, or `sysctl kernel.yama.ptrace_scope=1`.")
+            "agentd as root, or `sysctl kernel.yama.ptrace_scope=1`."
+        )
     mode = status.get("Seccomp", "").strip()
     if status and not mode:
-        raise HostError("the kernel has no seccomp (CONFIG_SECCOMP is off): agentd needs "
-                        "seccomp-bpf. Fix: use a kernel built with CONFIG_SECCOMP_FILTER.")
+        raise HostError(
+            "the kernel has no seccomp (CONFIG_SECCOMP is off): agentd needs "
+            "seccomp-bpf. Fix: use a kernel built with CONFIG_SECCOMP_FILTER."
+        )
 
 
 def untraced_rules(traced: frozenset[str]) -> tuple:
@@ -75,10 +94,18 @@ def untraced_rules(traced: frozenset[str]) -> tuple:
     from agentd.kernel.seccomp import UNTRACED, ArgCondition, ArgRule
 
     rules = (
-        ArgRule("sendto", (ArgCondition(4, "eq", 0),), UNTRACED,
-                "send() on a connected socket: no address, no network_connect"),
-        ArgRule("sendto", (ArgCondition(5, "eq", 0, width=32),), UNTRACED,
-                "an address of length 0 is no address: no network_connect"),
+        ArgRule(
+            "sendto",
+            (ArgCondition(4, "eq", 0),),
+            UNTRACED,
+            "send() on a connected socket: no address, no network_connect",
+        ),
+        ArgRule(
+            "sendto",
+            (ArgCondition(5, "eq", 0, width=32),),
+            UNTRACED,
+            "an address of length 0 is no address: no network_connect",
+        ),
     )
     return tuple(rule for rule in rules if rule.syscall in traced)
 
@@ -100,8 +127,9 @@ def prepare_filter(profile_path: str | None, traced: frozenset[str]):
         raise FilterError(f"seccomp profile: {exc}") from None
 
 
-def filter_environment(env: Mapping[str, str], policy, context: dict,
-                       on_removed=None) -> dict[str, str]:
+def filter_environment(
+    env: Mapping[str, str], policy, context: dict, on_removed=None
+) -> dict[str, str]:
     """``env`` without the variables the policy denies reading (``env_read``).
 
     ``on_removed(name, result)`` is called for each removal (the caller records it). An error
@@ -125,7 +153,7 @@ def resolve_executable(command: str, env: Mapping[str, str]) -> str:
     """The path execve will get, found on the agent's PATH now (in the parent)."""
     if "/" in command:
         return command
-    import shutil   # here: its import is a visible share of the start-up
+    import shutil  # here: its import is a visible share of the start-up
 
     found = shutil.which(command, path=env.get("PATH", os.defpath))
     if found is None:
@@ -133,8 +161,13 @@ def resolve_executable(command: str, env: Mapping[str, str]) -> str:
     return found
 
 
-def spawn_traced(executable: str, argv: list[str], env: Mapping[str, str], prepared,
-                 child_steps: Sequence[Callable[[], None]] = ()) -> int:
+def spawn_traced(
+    executable: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    prepared,
+    child_steps: Sequence[Callable[[], None]] = (),
+) -> int:
     """Fork the agent, seize it before its first instruction under the filter; return its pid.
 
     The child runs only async-signal-safe-ish code: raise SIGSTOP, the ``child_steps`` (each a
@@ -150,7 +183,7 @@ def spawn_traced(executable: str, argv: list[str], env: Mapping[str, str], prepa
         try:
             # Python ignores SIGPIPE; an ignored signal survives exec: give the agent defaults.
             signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGSTOP)   # the parent seizes us while we are stopped
+            os.kill(os.getpid(), signal.SIGSTOP)  # the parent seizes us while we are stopped
             for step in child_steps:
                 step()
             prepared.install()
@@ -176,7 +209,8 @@ def spawn_traced(executable: str, argv: list[str], env: Mapping[str, str], prepa
             f"cannot trace the agent (ptrace(PTRACE_SEIZE) failed: {os.strerror(exc.errno or 1)}). "
             "In a container, ptrace needs CAP_SYS_PTRACE or a seccomp profile that allows it "
             "(docker run --cap-add SYS_PTRACE --security-opt seccomp=unconfined); with Yama, "
-            "set kernel.yama.ptrace_scope to 0 or 1.") from None
+            "set kernel.yama.ptrace_scope to 0 or 1."
+        ) from None
     os.kill(pid, signal.SIGCONT)
     return pid
 
@@ -190,9 +224,17 @@ def exit_code(status: int) -> int:
     return 1
 
 
-def supervise(argv: list[str], policy, session, *, profile: str | None = None,
-              env: Mapping[str, str] | None = None, on_started=None,
-              child_steps: Sequence[Callable[[], None]] = (), on_syscall=None) -> int:
+def supervise(
+    argv: list[str],
+    policy,
+    session,
+    *,
+    profile: str | None = None,
+    env: Mapping[str, str] | None = None,
+    on_started=None,
+    child_steps: Sequence[Callable[[], None]] = (),
+    on_syscall=None,
+) -> int:
     """Run ``argv`` under ``policy`` with ``session`` handling the stops; return the wait status.
 
     Compiles the filter and the environment before forking (nothing is compiled in the child).
@@ -208,20 +250,34 @@ def supervise(argv: list[str], policy, session, *, profile: str | None = None,
 
     missing = probe_kernel()
     if missing:
-        raise HostError("the kernel lacks what agentd's seccomp filter needs: " + "; ".join(missing)
-                        + ". Fix: a kernel with CONFIG_SECCOMP_FILTER (Linux 4.14 or later), "
-                        "outside a container profile that blocks seccomp(2).")
+        raise HostError(
+            "the kernel lacks what agentd's seccomp filter needs: "
+            + "; ".join(missing)
+            + ". Fix: a kernel with CONFIG_SECCOMP_FILTER (Linux 4.14 or later), "
+            "outside a container profile that blocks seccomp(2)."
+        )
     prepared = prepare_filter(profile, traced_syscalls())
     context = {"agent_id": session.agent_id, "pid": os.getpid(), "syscall": "execve"}
 
     def removed(name: str, result: Any) -> None:
         from agentd.trace.decide import Evaluation
+
         reason = getattr(result, "reason", None) or f"error while evaluating: {result!r}"
-        session.record(None, "execve", Evaluation(
-            "env_read", name, "deny", "block", f"removed from the environment: {reason}",
-            tuple(x for x in (getattr(result, "pattern_id", None),) if x),
-            getattr(result, "severity", None), getattr(result, "signal", None)),
-            enforced="removed")
+        session.record(
+            None,
+            "execve",
+            Evaluation(
+                "env_read",
+                name,
+                "deny",
+                "block",
+                f"removed from the environment: {reason}",
+                tuple(x for x in (getattr(result, "pattern_id", None),) if x),
+                getattr(result, "severity", None),
+                getattr(result, "signal", None),
+            ),
+            enforced="removed",
+        )
 
     agent_env = filter_environment(os.environ if env is None else env, policy, context, removed)
     executable = resolve_executable(argv[0], agent_env)
@@ -230,7 +286,7 @@ def supervise(argv: list[str], policy, session, *, profile: str | None = None,
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGQUIT)}
     try:
         tracer = Tracer(pid, on_syscall or session.on_syscall)
-        tracer.tasks[pid].resuming = True   # its first stop is the seize of a stopped child
+        tracer.tasks[pid].resuming = True  # its first stop is the seize of a stopped child
         if on_started is not None:
             on_started(pid, tracer)
         try:

@@ -20,30 +20,45 @@ import enum
 import errno
 import ipaddress
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 from agent_os.policy import EvaluationResult, Severity, ViolationMode
 from agent_os.signals import AgentSignal
-
 from agentd.kernel import procfs
 
 from .decode import Action, DecodedSyscall, SignalTarget
 
-__all__ = ["Evaluation", "Verdict", "Outcome", "Decision", "PolicyEngine", "decide",
-           "fail_closed", "kernel_refuses", "OUTCOME_RANK", "AgentTree", "containment_of_protected",
-           "NetworkView", "split_host_port", "evaluate_action", "connect_evaluations"]
+__all__ = [
+    "Evaluation",
+    "Verdict",
+    "Outcome",
+    "Decision",
+    "PolicyEngine",
+    "decide",
+    "fail_closed",
+    "kernel_refuses",
+    "OUTCOME_RANK",
+    "AgentTree",
+    "containment_of_protected",
+    "NetworkView",
+    "split_host_port",
+    "evaluate_action",
+    "connect_evaluations",
+]
+
 
 class Outcome(enum.StrEnum):
     """What happens to a syscall, from the most lenient to the most severe. A ``StrEnum``: an
     outcome is its own name in the audit record (``enforced``) and compares equal to it."""
 
-    ALLOW = "allow"   # let it run
-    WARN = "warn"     # let it run, with a line on the agent's stderr (SIGWARN)
-    BLOCK = "block"   # skip it; the agent gets EACCES or the kernel's own errno
-    STOP = "stop"     # hold the agent for the operator's review (SIGSTOP)
-    KILL = "kill"     # skip it and kill the agent's whole tree (SIGKILL)
+    ALLOW = "allow"  # let it run
+    WARN = "warn"  # let it run, with a line on the agent's stderr (SIGWARN)
+    BLOCK = "block"  # skip it; the agent gets EACCES or the kernel's own errno
+    STOP = "stop"  # hold the agent for the operator's review (SIGSTOP)
+    KILL = "kill"  # skip it and kill the agent's whole tree (SIGKILL)
 
     @property
     def refuses(self) -> bool:
@@ -51,16 +66,20 @@ class Outcome(enum.StrEnum):
 
 
 OUTCOME_RANK: Mapping[str, int] = MappingProxyType(
-    {outcome: rank for rank, outcome in enumerate(Outcome)})
-Decision = Literal["allow", "deny", "warn"]   # the policy engine's answer (EvaluationResult.action)
+    {outcome: rank for rank, outcome in enumerate(Outcome)}
+)
+Decision = Literal["allow", "deny", "warn"]  # the policy engine's answer (EvaluationResult.action)
 
 
 class PolicyEngine(Protocol):
     """What the supervisor needs of a policy: agent_os's ``Policy`` and ``PolicyStack`` (and
     anything else that answers like them)."""
 
-    def evaluate(self, action_type: str, target: str,
-                 context: Mapping[str, Any] | None = None) -> EvaluationResult: ...
+    def evaluate(
+        self, action_type: str, target: str, context: Mapping[str, Any] | None = None
+    ) -> EvaluationResult: ...
+
+
 _PROC_PID = re.compile(r"/proc/(\d+)(?:/(.*))?\Z", re.DOTALL)
 _PROC_MEM = re.compile(r"(?:task/\d+/)?mem")
 
@@ -79,11 +98,11 @@ class Evaluation:
     signal: AgentSignal | None = None
     violation_mode: ViolationMode | None = None
     message: str = ""
-    confirmable: bool = False     # refused only for want of confirmation (require_confirmation)
-    errno: int | None = None      # refused: the kernel's own errno for it (else EACCES / probe)
+    confirmable: bool = False  # refused only for want of confirmation (require_confirmation)
+    errno: int | None = None  # refused: the kernel's own errno for it (else EACCES / probe)
 
     def __post_init__(self) -> None:
-        if type(self.outcome) is not Outcome:   # a plain word from a caller: one of the five
+        if type(self.outcome) is not Outcome:  # a plain word from a caller: one of the five
             object.__setattr__(self, "outcome", Outcome(self.outcome))
 
 
@@ -127,8 +146,9 @@ class AgentTree:
 def _outcome(result: EvaluationResult) -> Outcome:
     mode = result.violation_mode
     if not result.allowed:
-        return {ViolationMode.SIGKILL: Outcome.KILL,
-                ViolationMode.SIGSTOP: Outcome.STOP}.get(mode, Outcome.BLOCK)  # type: ignore[arg-type]
+        return {ViolationMode.SIGKILL: Outcome.KILL, ViolationMode.SIGSTOP: Outcome.STOP}.get(
+            mode, Outcome.BLOCK
+        )  # type: ignore[arg-type]
     return Outcome.WARN if mode is ViolationMode.SIGWARN else Outcome.ALLOW
 
 
@@ -147,18 +167,34 @@ def evaluate_action(policy: PolicyEngine, action: Action, context: dict) -> Eval
         result = policy.evaluate(action.action_type, action.target, context)
         outcome = _outcome(result)
     except Exception as exc:  # INVARIANT: an error while deciding denies (fail closed)
-        return Evaluation(action.action_type, action.target, "deny", Outcome.BLOCK,
-                          f"error while evaluating: {exc!r}")
-    return Evaluation(action.action_type, action.target, cast(Decision, result.action), outcome,
-                      result.reason,
-                      _pattern_ids(result), result.severity, result.signal,
-                      result.violation_mode, getattr(result, "message", "") or "",
-                      bool(getattr(result, "confirmable", False)) and outcome.refuses)
+        return Evaluation(
+            action.action_type,
+            action.target,
+            "deny",
+            Outcome.BLOCK,
+            f"error while evaluating: {exc!r}",
+        )
+    return Evaluation(
+        action.action_type,
+        action.target,
+        cast(Decision, result.action),
+        outcome,
+        result.reason,
+        _pattern_ids(result),
+        result.severity,
+        result.signal,
+        result.violation_mode,
+        getattr(result, "message", "") or "",
+        bool(getattr(result, "confirmable", False)) and outcome.refuses,
+    )
 
 
 def _containment_of_signal(target: SignalTarget, tree: AgentTree) -> Evaluation:
-    what = {"pid": f"pid {target.ident}", "pgrp": f"process group {target.ident}",
-            "all": "every process (kill -1)"}[target.kind]
+    what = {
+        "pid": f"pid {target.ident}",
+        "pgrp": f"process group {target.ident}",
+        "all": "every process (kill -1)",
+    }[target.kind]
     if target.kind == "pid":
         inside = tree.contains(target.ident)
     elif target.kind == "pgrp":
@@ -166,11 +202,17 @@ def _containment_of_signal(target: SignalTarget, tree: AgentTree) -> Evaluation:
     else:
         inside = False
     if inside:
-        return Evaluation("process_signal", what, "allow", Outcome.ALLOW,
-                          "target is inside the agent tree")
-    return Evaluation("process_signal", what, "deny", Outcome.BLOCK,
-                      "containment: the agent may only signal its own processes",
-                      ("agentd:containment",))
+        return Evaluation(
+            "process_signal", what, "allow", Outcome.ALLOW, "target is inside the agent tree"
+        )
+    return Evaluation(
+        "process_signal",
+        what,
+        "deny",
+        Outcome.BLOCK,
+        "containment: the agent may only signal its own processes",
+        ("agentd:containment",),
+    )
 
 
 def _pgrp_inside(pgid: int, tree: AgentTree) -> bool:
@@ -195,18 +237,29 @@ def _containment_of_path(action: Action, tree: AgentTree) -> Evaluation | None:
     if action.action_type == "file_write" and _PROC_MEM.fullmatch(rest):
         # Even the agent's own memory: /proc/PID/mem writes read-only pages, and the scratch
         # copies the decisions are made on are read-only pages (scratch.py, TOCTOU).
-        return Evaluation(action.action_type, action.target, "deny", Outcome.BLOCK,
-                          "containment: the agent may not write process memory through /proc",
-                          ("agentd:containment",))
+        return Evaluation(
+            action.action_type,
+            action.target,
+            "deny",
+            Outcome.BLOCK,
+            "containment: the agent may not write process memory through /proc",
+            ("agentd:containment",),
+        )
     if tree.contains(int(match.group(1))):
         return None
     # Reading: only the memory and the environment (which may hold the very variables
     # env_read removed from the agent's own) of a process outside the tree are off limits.
     if action.action_type == "file_read" and rest.rsplit("/", 1)[-1] not in ("mem", "environ"):
         return None
-    return Evaluation(action.action_type, action.target, "deny", Outcome.BLOCK,
-                      "containment: the agent may not change, or read the memory or environment "
-                      "of, processes outside its tree", ("agentd:containment",))
+    return Evaluation(
+        action.action_type,
+        action.target,
+        "deny",
+        Outcome.BLOCK,
+        "containment: the agent may not change, or read the memory or environment "
+        "of, processes outside its tree",
+        ("agentd:containment",),
+    )
 
 
 def _socket_fd(decoded: DecodedSyscall) -> int | None:
@@ -226,29 +279,37 @@ def _process_facts(action: Action, tree: AgentTree) -> Action:
     match = _PROC_PID.match(action.target)
     if not match:
         return action
-    return replace(action, facts=action.facts + (("created_by_agent",
-                                                  tree.contains(int(match.group(1)))),))
+    return replace(
+        action, facts=action.facts + (("created_by_agent", tree.contains(int(match.group(1)))),)
+    )
 
 
 _PROTECTED_FILE_ACTIONS = frozenset({"file_write", "file_delete", "file_move", "file_chmod"})
 
 
-def containment_of_protected(evaluation: Evaluation,
-                             protected_paths: Iterable[str]) -> Evaluation | None:
+def containment_of_protected(
+    evaluation: Evaluation, protected_paths: Iterable[str]
+) -> Evaluation | None:
     """The supervisor's own files (audit log, runs directory) are not the agent's to change,
     and its control socket is not the agent's to talk to (it would answer its own hold)."""
     target = evaluation.target
     if evaluation.action_type in _PROTECTED_FILE_ACTIONS:
         reason = "containment: the supervisor's own files"
     elif evaluation.action_type == "network_connect" and target.startswith("unix:"):
-        target = target[len("unix:"):]
+        target = target[len("unix:") :]
         reason = "containment: the supervisor's control socket is the operator's, not the agent's"
     else:
         return None
     if not any(target.startswith(path) for path in protected_paths):
         return None
-    return Evaluation(evaluation.action_type, evaluation.target, "deny", Outcome.BLOCK, reason,
-                      ("agentd:containment",))
+    return Evaluation(
+        evaluation.action_type,
+        evaluation.target,
+        "deny",
+        Outcome.BLOCK,
+        reason,
+        ("agentd:containment",),
+    )
 
 
 @dataclass(frozen=True)
@@ -283,20 +344,27 @@ def split_host_port(target: str) -> tuple[str, int] | None:
 
 
 def _own(action: Action, reason: str) -> Evaluation:
-    return Evaluation(action.action_type, action.target, "allow", Outcome.ALLOW, reason,
-                      ("agentd:own_network",))
+    return Evaluation(
+        action.action_type, action.target, "allow", Outcome.ALLOW, reason, ("agentd:own_network",)
+    )
 
 
-def connect_evaluations(policy: PolicyEngine, action: Action, context: dict,
-                        network: NetworkView | None,
-                        tree: AgentTree | None = None, fd: int | None = None) -> list[Evaluation]:
+def connect_evaluations(
+    policy: PolicyEngine,
+    action: Action,
+    context: dict,
+    network: NetworkView | None,
+    tree: AgentTree | None = None,
+    fd: int | None = None,
+) -> list[Evaluation]:
     """A connect to an address is judged as that address and, when the run's DNS stub resolved
     names to it, as each ``name:port`` too, with ``dest_ip`` in the context (the address-set
     conditions read it); the most restrictive answer wins.
 
     The agent's own network is not an internal network (``agentd:own_network``): under a network
     plane its loopback is its own namespace's; without one, a loopback port on which only the
-    agent's own tree listens (``procfs.listeners``) is let through when the policy refused it. A refused
+    agent's own tree listens (``procfs.listeners``) is let through when the policy refused it. A
+    refused
     loopback connect of a stream socket ``fd`` to a port nobody listens on answers the kernel's
     own ECONNREFUSED."""
     parsed = split_host_port(action.target)
@@ -304,31 +372,53 @@ def connect_evaluations(policy: PolicyEngine, action: Action, context: dict,
         return [evaluate_action(policy, action, context)]
     ip, port = parsed
     if network is not None and action.target in network.endpoints:
-        return [Evaluation(action.action_type, action.target, "allow", Outcome.ALLOW,
-                           "the run's own network plane (DNS stub or proxy)",
-                           ("agentd:network_plane",))]
+        return [
+            Evaluation(
+                action.action_type,
+                action.target,
+                "allow",
+                Outcome.ALLOW,
+                "the run's own network plane (DNS stub or proxy)",
+                ("agentd:network_plane",),
+            )
+        ]
     loopback = _is_loopback(ip)
     if loopback and network is not None and network.own_loopback:
-        return [_own(action, "the agent's own loopback: its network namespace holds nothing "
-                             "of the host")]
+        return [
+            _own(
+                action, "the agent's own loopback: its network namespace holds nothing of the host"
+            )
+        ]
     context = {**context, "dest_ip": ip}
     evaluations = [evaluate_action(policy, action, context)]
     if network is not None:
         for name in network.names_for(ip):
-            evaluations.append(evaluate_action(policy, Action(action.action_type, f"{name}:{port}"),
-                                         context))
+            evaluations.append(
+                evaluate_action(policy, Action(action.action_type, f"{name}:{port}"), context)
+            )
     pid = context.get("pid")
-    if loopback and tree is not None and isinstance(pid, int) \
-            and any(e.outcome == Outcome.BLOCK for e in evaluations) \
-            and all(OUTCOME_RANK[e.outcome] <= OUTCOME_RANK[Outcome.BLOCK] for e in evaluations):
+    if (
+        loopback
+        and tree is not None
+        and isinstance(pid, int)
+        and any(e.outcome == Outcome.BLOCK for e in evaluations)
+        and all(OUTCOME_RANK[e.outcome] <= OUTCOME_RANK[Outcome.BLOCK] for e in evaluations)
+    ):
         listening = procfs.listeners(pid, ip, port)
         if listening and listening <= procfs.held_sockets(tuple(tree.members())):
             return [_own(action, f"a port only the agent's own processes listen on ({port})")]
         if not listening and fd is not None and procfs.is_stream_socket(pid, fd):
             # the kernel refuses it anyway: the agent learns the truth, nothing of the host
-            return [replace(e, errno=errno.ECONNREFUSED,
-                            reason=f"{e.reason}; nothing listens there: ECONNREFUSED")
-                    if e.outcome == Outcome.BLOCK else e for e in evaluations]
+            return [
+                replace(
+                    e,
+                    errno=errno.ECONNREFUSED,
+                    reason=f"{e.reason}; nothing listens there: ECONNREFUSED",
+                )
+                if e.outcome == Outcome.BLOCK
+                else e
+                for e in evaluations
+            ]
     return evaluations
 
 
@@ -343,10 +433,15 @@ def _is_loopback(ip: str) -> bool:
     return address.is_loopback or address.is_unspecified
 
 
-def decide(decoded: DecodedSyscall, policy: PolicyEngine, context: dict, tree: AgentTree,
-           network: NetworkView | None = None,
-           confirmed: frozenset[str] = frozenset(),
-           declined: frozenset[str] = frozenset()) -> Verdict:
+def decide(
+    decoded: DecodedSyscall,
+    policy: PolicyEngine,
+    context: dict,
+    tree: AgentTree,
+    network: NetworkView | None = None,
+    confirmed: frozenset[str] = frozenset(),
+    declined: frozenset[str] = frozenset(),
+) -> Verdict:
     """The verdict on ``decoded``: the most restrictive outcome over all its evaluations.
 
     A refusal that confirmation alone would lift becomes a ``stop`` asking the operator for it
@@ -363,8 +458,9 @@ def decide(decoded: DecodedSyscall, policy: PolicyEngine, context: dict, tree: A
         if contained is not None:
             evaluations.append(contained)
         elif action.action_type == "network_connect":
-            evaluations.extend(connect_evaluations(policy, action, asked, network, tree,
-                                                   _socket_fd(decoded)))
+            evaluations.extend(
+                connect_evaluations(policy, action, asked, network, tree, _socket_fd(decoded))
+            )
         else:
             evaluations.append(evaluate_action(policy, _process_facts(action, tree), asked))
     if not evaluations:
@@ -374,11 +470,21 @@ def decide(decoded: DecodedSyscall, policy: PolicyEngine, context: dict, tree: A
     if refusals and all(e.confirmable for e in refusals):
         if all(e.action_type in declined for e in refusals):
             # recorded as such: the audit record alone says why nobody was asked
-            marked = tuple(replace(e, reason=f"the operator declined this batch: {e.reason}")
-                           if e.confirmable else e for e in evaluations)
-            return Verdict(Outcome.BLOCK, f"the operator declined this batch: {worst.reason}", marked)
-        return Verdict(Outcome.STOP, f"confirmation required: {worst.reason}", tuple(evaluations),
-                       confirmation=True)
+            marked = tuple(
+                replace(e, reason=f"the operator declined this batch: {e.reason}")
+                if e.confirmable
+                else e
+                for e in evaluations
+            )
+            return Verdict(
+                Outcome.BLOCK, f"the operator declined this batch: {worst.reason}", marked
+            )
+        return Verdict(
+            Outcome.STOP,
+            f"confirmation required: {worst.reason}",
+            tuple(evaluations),
+            confirmation=True,
+        )
     return Verdict(worst.outcome, worst.reason, tuple(evaluations))
 
 
@@ -387,10 +493,20 @@ def kernel_refuses(syscall: str, error: int, reason: str) -> Verdict:
     pointer, a closed descriptor, an empty or looping path): refused without running it, and
     no policy matter; the agent gets the kernel's errno (errno_probe)."""
     name = _errno_name(error)
-    return Verdict(Outcome.BLOCK, f"the kernel fails this call ({name}): {reason}",
-                   (Evaluation("", "", "deny", Outcome.BLOCK,
-                               f"the kernel fails this call ({name}): {reason}; not run",
-                               ("agentd:kernel_refuses",)),))
+    return Verdict(
+        Outcome.BLOCK,
+        f"the kernel fails this call ({name}): {reason}",
+        (
+            Evaluation(
+                "",
+                "",
+                "deny",
+                Outcome.BLOCK,
+                f"the kernel fails this call ({name}): {reason}; not run",
+                ("agentd:kernel_refuses",),
+            ),
+        ),
+    )
 
 
 def _errno_name(error: int) -> str:
@@ -399,6 +515,12 @@ def _errno_name(error: int) -> str:
 
 def fail_closed(syscall: str, reason: str) -> Verdict:
     """The verdict when decoding failed: refuse the syscall and say why."""
-    return Verdict(Outcome.BLOCK, reason,
-                   (Evaluation("", "", "deny", Outcome.BLOCK, f"fail closed: {reason}",
-                               ("agentd:fail_closed",)),))
+    return Verdict(
+        Outcome.BLOCK,
+        reason,
+        (
+            Evaluation(
+                "", "", "deny", Outcome.BLOCK, f"fail closed: {reason}", ("agentd:fail_closed",)
+            ),
+        ),
+    )

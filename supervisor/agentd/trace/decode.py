@@ -16,31 +16,51 @@ import ipaddress
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+
+from agentd.kernel import statx as _statx
+from agentd.kernel import tracee_memory as _mem
 
 from . import exec_identity as _exec_identity
 from . import paths as _paths
-from agentd.kernel import statx as _statx
-from agentd.kernel import tracee_memory as _mem
 from . import syscall_table
 
-__all__ = ["Action", "SignalTarget", "Tracee", "DecodedSyscall", "DecodeError", "decode_syscall",
-           "syscall_args", "format_sockaddr"]
+__all__ = [
+    "Action",
+    "SignalTarget",
+    "Tracee",
+    "DecodedSyscall",
+    "DecodeError",
+    "decode_syscall",
+    "syscall_args",
+    "format_sockaddr",
+]
 
 SyscallSpec_ = syscall_table.SyscallSpec
 
 MAX_ARGV_ITEMS = 65536
 MAX_ARGV_BYTES = 2 * 1024 * 1024  # the kernel's default ARG_MAX region
-MAX_ARG_BYTES = 128 * 1024 + 1    # MAX_ARG_STRLEN
-SOCKADDR_MAX = 128                # sizeof(struct sockaddr_storage)
+MAX_ARG_BYTES = 128 * 1024 + 1  # MAX_ARG_STRLEN
+SOCKADDR_MAX = 128  # sizeof(struct sockaddr_storage)
 MSGHDR_SIZE = 56
 MMSGHDR_SIZE = 64
-MAX_MMSG = 1024                   # UIO_MAXIOV: the kernel caps vlen here too
+MAX_MMSG = 1024  # UIO_MAXIOV: the kernel caps vlen here too
 
 AF_UNSPEC, AF_UNIX, AF_INET, AF_INET6 = 0, 1, 2, 10
-_FAMILY_NAMES = {16: "netlink", 17: "packet", 4: "ipx", 5: "appletalk", 9: "x25", 40: "vsock",
-                 38: "alg", 31: "bluetooth", 29: "can", 44: "xdp"}
+_FAMILY_NAMES = {
+    16: "netlink",
+    17: "packet",
+    4: "ipx",
+    5: "appletalk",
+    9: "x25",
+    40: "vsock",
+    38: "alg",
+    31: "bluetooth",
+    29: "can",
+    44: "xdp",
+}
 
 
 @dataclass(frozen=True)
@@ -69,7 +89,7 @@ class Tracee:
     tid: int
     tgid: int | None
     memory: _mem.TraceeMemory
-    exec_identifier: "_exec_identity.ExecIdentifier | None" = None  # per run: its caches
+    exec_identifier: _exec_identity.ExecIdentifier | None = None  # per run: its caches
     # When the run began (statx.coarse_now_ns): files born since are the agent's own. None: no
     # run (one-off decoding), nothing counts as the agent's.
     run_started_ns: int | None = None
@@ -108,8 +128,9 @@ def _s32(value: int) -> int:
 
 
 # Errors of a path walk or a descriptor lookup that mean the kernel fails the call itself.
-_KERNEL_ERRORS = frozenset({_errno.ENOENT, _errno.ENOTDIR, _errno.ELOOP, _errno.ENAMETOOLONG,
-                            _errno.EBADF, _errno.EFAULT})
+_KERNEL_ERRORS = frozenset(
+    {_errno.ENOENT, _errno.ENOTDIR, _errno.ELOOP, _errno.ENAMETOOLONG, _errno.EBADF, _errno.EFAULT}
+)
 
 
 def _read_path(t: Tracee, addr: int) -> str:
@@ -118,19 +139,36 @@ def _read_path(t: Tracee, addr: int) -> str:
     except _mem.MemoryReadError as exc:
         raise DecodeError(f"cannot read path argument: {exc.strerror}", _errno.EFAULT) from None
     if truncated:
-        raise DecodeError(f"path argument at {addr:#x} is longer than {_mem.MAX_PATH_BYTES} bytes",
-                          _errno.ENAMETOOLONG)
+        raise DecodeError(
+            f"path argument at {addr:#x} is longer than {_mem.MAX_PATH_BYTES} bytes",
+            _errno.ENAMETOOLONG,
+        )
     return os.fsdecode(data)
 
 
-def _resolve(t: Tracee, dirfd: int, path: str, follow_last: bool, empty_ok: bool = False,
-             in_root: bool = False) -> str:
+def _resolve(
+    t: Tracee,
+    dirfd: int,
+    path: str,
+    follow_last: bool,
+    empty_ok: bool = False,
+    in_root: bool = False,
+) -> str:
     try:
-        return _paths.resolve_tracee_path(t.tid, dirfd, path, follow_last=follow_last,
-                                          empty_ok=empty_ok, tgid=t.tgid, in_root=in_root)
+        return _paths.resolve_tracee_path(
+            t.tid,
+            dirfd,
+            path,
+            follow_last=follow_last,
+            empty_ok=empty_ok,
+            tgid=t.tgid,
+            in_root=in_root,
+        )
     except _paths.PathResolutionError as exc:
-        raise DecodeError(f"cannot resolve {path!r}: {exc.strerror}",
-                          exc.errno if exc.errno in _KERNEL_ERRORS else None) from None
+        raise DecodeError(
+            f"cannot resolve {path!r}: {exc.strerror}",
+            exc.errno if exc.errno in _KERNEL_ERRORS else None,
+        ) from None
 
 
 def _dirfd(args: tuple[int, ...], index: int | None) -> int:
@@ -150,8 +188,15 @@ def _follow(spec: SyscallSpec_, flags: int) -> bool:
     return follow
 
 
-def _named_path(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...], path_index: int | None,
-                dirfd_index: int | None, follow: bool, flags: int) -> str:
+def _named_path(
+    t: Tracee,
+    spec: SyscallSpec_,
+    args: tuple[int, ...],
+    path_index: int | None,
+    dirfd_index: int | None,
+    follow: bool,
+    flags: int,
+) -> str:
     """The resolved path of a (dirfd, path) or fd operand."""
     if spec.fd is not None and path_index is None:
         return _fd_path(t, _s32(args[spec.fd]))
@@ -174,11 +219,12 @@ def _fd_path(t: Tracee, fd: int) -> str:
 
 def _shm_action(path: str) -> tuple[Action, ...]:
     if path.startswith("/dev/shm/") and len(path) > len("/dev/shm/"):
-        return (Action("memory_access", "shm://" + path[len("/dev/shm/"):]),)
+        return (Action("memory_access", "shm://" + path[len("/dev/shm/") :]),)
     return ()
 
 
 # --- decoders: (pid, spec, args) -> (actions, signal targets) ------------------------------------
+
 
 def _decode_open(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     resolve = 0
@@ -197,17 +243,30 @@ def _decode_open(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     follow = not flags & syscall_table.O_NOFOLLOW
     # RESOLVE_IN_ROOT scopes the walk to the dirfd; the other RESOLVE_* flags only make the
     # kernel refuse more, so resolving without them names the same file or a refused one.
-    path = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[syscall_table.operand(spec.path)]),
-                    follow_last=follow and not (flags & syscall_table.O_CREAT and flags & syscall_table.O_EXCL),
-                    in_root=bool(resolve & syscall_table.RESOLVE_IN_ROOT))
-    writes = (flags & syscall_table.O_ACCMODE) in (syscall_table.O_WRONLY, syscall_table.O_RDWR) or flags & syscall_table.WRITE_FLAGS
+    path = _resolve(
+        t,
+        _dirfd(args, spec.dirfd),
+        _read_path(t, args[syscall_table.operand(spec.path)]),
+        follow_last=follow and not (flags & syscall_table.O_CREAT and flags & syscall_table.O_EXCL),
+        in_root=bool(resolve & syscall_table.RESOLVE_IN_ROOT),
+    )
+    writes = (flags & syscall_table.O_ACCMODE) in (
+        syscall_table.O_WRONLY,
+        syscall_table.O_RDWR,
+    ) or flags & syscall_table.WRITE_FLAGS
     action = Action("file_write" if writes else "file_read", path)
     return (action,) + _shm_action(path), ()
 
 
-_FILE_TYPES = {stat.S_IFREG: "regular", stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink",
-               stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "char_device",
-               stat.S_IFBLK: "block_device"}
+_FILE_TYPES = {
+    stat.S_IFREG: "regular",
+    stat.S_IFDIR: "directory",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "char_device",
+    stat.S_IFBLK: "block_device",
+}
 
 
 def _file_facts(t: Tracee, path: str, follow: bool = False) -> tuple[tuple[str, Any], ...]:
@@ -227,8 +286,9 @@ def _file_facts(t: Tracee, path: str, follow: bool = False) -> tuple[tuple[str, 
         return () if t.run_started_ns is None else (("preexisting", False),)
     except OSError:
         return ()
-    facts: tuple[tuple[str, Any], ...] = (("file_type", _FILE_TYPES.get(stat.S_IFMT(mode),
-                                                                          "unknown")),)
+    facts: tuple[tuple[str, Any], ...] = (
+        ("file_type", _FILE_TYPES.get(stat.S_IFMT(mode), "unknown")),
+    )
     if t.run_started_ns is not None:
         facts += (("preexisting", born is None or born < t.run_started_ns),)
     return facts
@@ -254,29 +314,47 @@ def _decode_chmod(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     return (Action("file_chmod", f"{path}:{mode:04o}", facts),), ()
 
 
-RENAME_EXCHANGE = 0x2   # renameat2: swap the two names
+RENAME_EXCHANGE = 0x2  # renameat2: swap the two names
 
 
 def _decode_move(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
-    src = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[syscall_table.operand(spec.path)]), False)
-    dst = _resolve(t, _dirfd(args, spec.dirfd2), _read_path(t, args[syscall_table.operand(spec.path2)]), False)
+    src = _resolve(
+        t, _dirfd(args, spec.dirfd), _read_path(t, args[syscall_table.operand(spec.path)]), False
+    )
+    dst = _resolve(
+        t, _dirfd(args, spec.dirfd2), _read_path(t, args[syscall_table.operand(spec.path2)]), False
+    )
     # A move is a file_move and a write of both names: the new name appears (or replaces a file
     # there) and the old one goes away. It is not a delete of the source: rename(tmp, file) is
     # how programs replace a file atomically. (Landlock agrees: a rename needs write rights at
     # both ends, docs/landlock.md.)
     if _flags(spec, args) & RENAME_EXCHANGE:
-        return (Action("file_move", f"{src} -> {dst}"), Action("file_move", f"{dst} -> {src}"),
-                Action("file_write", dst), Action("file_write", src)), ()
-    return (Action("file_move", f"{src} -> {dst}"), Action("file_write", dst),
-            Action("file_write", src)), ()
+        return (
+            Action("file_move", f"{src} -> {dst}"),
+            Action("file_move", f"{dst} -> {src}"),
+            Action("file_write", dst),
+            Action("file_write", src),
+        ), ()
+    return (
+        Action("file_move", f"{src} -> {dst}"),
+        Action("file_write", dst),
+        Action("file_write", src),
+    ), ()
 
 
 def _decode_link(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     flags = _flags(spec, args)
     empty_ok = bool(spec.empty_path_mask and flags & spec.empty_path_mask)
-    old = _resolve(t, _dirfd(args, spec.dirfd), _read_path(t, args[syscall_table.operand(spec.path)]),
-                   _follow(spec, flags), empty_ok)
-    new = _resolve(t, _dirfd(args, spec.dirfd2), _read_path(t, args[syscall_table.operand(spec.path2)]), False)
+    old = _resolve(
+        t,
+        _dirfd(args, spec.dirfd),
+        _read_path(t, args[syscall_table.operand(spec.path)]),
+        _follow(spec, flags),
+        empty_ok,
+    )
+    new = _resolve(
+        t, _dirfd(args, spec.dirfd2), _read_path(t, args[syscall_table.operand(spec.path2)]), False
+    )
     # A hard link aliases the inode: whatever the new name allows, the old file suffers. So
     # linking needs the right to read and to write the old file, and to create the new name.
     return (Action("file_write", new), Action("file_read", old), Action("file_write", old)), ()
@@ -310,21 +388,26 @@ def _decode_exec(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     # argv[0] is chosen by the caller, and a name is not an identity: judge what really runs
     # (a copy's original, the shebang's interpreter, the loader's program; exec_identity.py).
     fd = None
-    if spec.dirfd is not None and spec.empty_path_mask and flags & spec.empty_path_mask \
-            and _read_path(t, args[syscall_table.operand(spec.path)]) == "":
+    if (
+        spec.dirfd is not None
+        and spec.empty_path_mask
+        and flags & spec.empty_path_mask
+        and _read_path(t, args[syscall_table.operand(spec.path)]) == ""
+    ):
         fd = _dirfd(args, spec.dirfd)
     identifier = t.exec_identifier or _exec_identity.ExecIdentifier()
     try:
         what = identifier.identify(t.tid, path, argv, fd)
     except _exec_identity.IdentityError as exc:
         raise DecodeError(str(exc)) from None
-    return tuple([Action("shell_execute", line) for line in what.commands]
-                 + [Action("process_spawn", p) for p in what.spawn_paths]), ()
+    return tuple(
+        [Action("shell_execute", line) for line in what.commands]
+        + [Action("process_spawn", p) for p in what.spawn_paths]
+    ), ()
 
 
 def _printable(data: bytes) -> str:
-    return re.sub(r"[^\x21-\x7e]", lambda m: f"\\x{ord(m.group()):02x}",
-                  data.decode("latin-1"))
+    return re.sub(r"[^\x21-\x7e]", lambda m: f"\\x{ord(m.group()):02x}", data.decode("latin-1"))
 
 
 def format_sockaddr(t: Tracee | int, raw: bytes) -> str | None:
@@ -375,7 +458,7 @@ def _connect_actions(target: str | None) -> tuple[Action, ...]:
     actions = [Action("network_connect", target)]
     for unspecified, loopback in _UNSPECIFIED_AS_LOOPBACK:
         if target.startswith(unspecified):
-            actions.append(Action("network_connect", loopback + target[len(unspecified):]))
+            actions.append(Action("network_connect", loopback + target[len(unspecified) :]))
     return tuple(actions)
 
 
@@ -389,7 +472,10 @@ def _read_sockaddr(t: Tracee, address: int, length: int) -> bytes:
 
 
 def _decode_sockaddr(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
-    address, length = args[syscall_table.operand(spec.addr)], args[syscall_table.operand(spec.addrlen)] & 0xFFFFFFFF
+    address, length = (
+        args[syscall_table.operand(spec.addr)],
+        args[syscall_table.operand(spec.addrlen)] & 0xFFFFFFFF,
+    )
     if address == 0 or length == 0:
         return (), ()  # sendto on a connected socket: judged at connect()
     target = format_sockaddr(t, _read_sockaddr(t, address, length))
@@ -397,7 +483,10 @@ def _decode_sockaddr(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
 
 
 def _decode_bind(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
-    address, length = args[syscall_table.operand(spec.addr)], args[syscall_table.operand(spec.addrlen)] & 0xFFFFFFFF
+    address, length = (
+        args[syscall_table.operand(spec.addr)],
+        args[syscall_table.operand(spec.addrlen)] & 0xFFFFFFFF,
+    )
     if address == 0 or length < 3:
         return (), ()
     raw = _read_sockaddr(t, address, length)
@@ -478,8 +567,9 @@ def _as_tracee(tracee: Tracee | int) -> Tracee:
     return Tracee(tracee, None, _mem.TraceeMemory(tracee))
 
 
-def decode_syscall(tracee: Tracee | int, name: str, nr: int,
-                   args: tuple[int, ...]) -> DecodedSyscall:
+def decode_syscall(
+    tracee: Tracee | int, name: str, nr: int, args: tuple[int, ...]
+) -> DecodedSyscall:
     """Decode syscall ``name`` (number ``nr``, register ``args``) stopped in ``tracee`` (a
     ``Tracee``, or a bare tid for one-off use)."""
     t = _as_tracee(tracee)

@@ -19,11 +19,21 @@ import os
 from dataclasses import dataclass
 
 from agentd.kernel import ptrace
+
 from .errno_probe import Probe
 from .pinning import in_window, openat2_form, sendmsg_form
 
-__all__ = ["allow", "refuse", "refuse_probing", "Probing", "rewind", "kill", "warn_line",
-           "notice_line", "SYSCALL_INSN"]
+__all__ = [
+    "allow",
+    "refuse",
+    "refuse_probing",
+    "Probing",
+    "rewind",
+    "kill",
+    "warn_line",
+    "notice_line",
+    "SYSCALL_INSN",
+]
 
 SYSCALL_INSN = b"\x0f\x05"
 _U64 = (1 << 64) - 1
@@ -48,7 +58,7 @@ def _go(tid: int, regs: ptrace.Registers) -> None:
 
 def refuse(tid: int, regs: ptrace.Registers, error: int = errno.EACCES) -> None:
     """Skip the syscall; the agent sees -1 with ``errno = error``."""
-    regs.orig_rax = _U64            # -1: no syscall
+    regs.orig_rax = _U64  # -1: no syscall
     regs.rax = (-error) & _U64
     ptrace.setregs(tid, regs)
     _go(tid, regs)

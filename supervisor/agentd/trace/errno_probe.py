@@ -32,9 +32,10 @@ import os
 import stat
 from dataclasses import dataclass
 
+from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
+
 from . import syscall_table
 from .paths import AT_FDCWD
-from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
 
 __all__ = ["Probe", "probe_for", "WALK_ERRORS"]
 
@@ -45,8 +46,17 @@ F_GETFD = 1
 _U64 = (1 << 64) - 1
 
 # What the probes can fail with that the refused call would have failed with too.
-WALK_ERRORS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG,
-                         errno.EFAULT, errno.EBADF, errno.EACCES})
+WALK_ERRORS = frozenset(
+    {
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.ELOOP,
+        errno.ENAMETOOLONG,
+        errno.EFAULT,
+        errno.EBADF,
+        errno.EACCES,
+    }
+)
 
 # Syscalls that make their last component as a new name, failing with EEXIST when it exists.
 _EXCLUSIVE = frozenset({"mkdir", "mkdirat", "mknod", "mknodat", "symlink", "symlinkat"})
@@ -58,10 +68,10 @@ class Probe:
 
     nr: int
     args: tuple[int, ...]
-    if_exists: int = errno.EACCES        # the answer when the probe succeeds
-    creates: bool = False                # ENOENT may only mean "the new name is not there yet"
-    parent: str | None = None            # the resolved parent of a created name, when decoded
-    open_target: str | None = None       # a refused open's resolved target, for EISDIR & co.
+    if_exists: int = errno.EACCES  # the answer when the probe succeeds
+    creates: bool = False  # ENOENT may only mean "the new name is not there yet"
+    parent: str | None = None  # the resolved parent of a created name, when decoded
+    open_target: str | None = None  # a refused open's resolved target, for EISDIR & co.
     open_flags: int = 0
 
     def answer(self, result: int) -> int:
@@ -88,8 +98,15 @@ def _open_error(target: str, flags: int) -> int | None:
     except OSError:
         return None
     if stat.S_ISLNK(st.st_mode):
-        return errno.ELOOP if flags & syscall_table.O_NOFOLLOW and not flags & syscall_table.O_PATH else None
-    writes = (flags & syscall_table.O_ACCMODE) in (syscall_table.O_WRONLY, syscall_table.O_RDWR) or flags & syscall_table.O_CREAT
+        return (
+            errno.ELOOP
+            if flags & syscall_table.O_NOFOLLOW and not flags & syscall_table.O_PATH
+            else None
+        )
+    writes = (flags & syscall_table.O_ACCMODE) in (
+        syscall_table.O_WRONLY,
+        syscall_table.O_RDWR,
+    ) or flags & syscall_table.O_CREAT
     if stat.S_ISDIR(st.st_mode) and writes:
         return errno.EISDIR
     if flags & syscall_table.O_DIRECTORY and not stat.S_ISDIR(st.st_mode):
@@ -111,19 +128,24 @@ def _s32(value: int) -> int:
     return value - (1 << 32) if value & 0x80000000 else value
 
 
-def _access(dirfd: int | None, path: int, follow: bool, empty_ok: bool = False,
-            **more) -> Probe:
-    at_flags = (0 if follow else syscall_table.AT_SYMLINK_NOFOLLOW) | (syscall_table.AT_EMPTY_PATH if empty_ok else 0)
-    return Probe(NR_FACCESSAT2, ((AT_FDCWD if dirfd is None else dirfd) & _U64, path, F_OK,
-                                 at_flags, 0, 0), **more)
+def _access(dirfd: int | None, path: int, follow: bool, empty_ok: bool = False, **more) -> Probe:
+    at_flags = (0 if follow else syscall_table.AT_SYMLINK_NOFOLLOW) | (
+        syscall_table.AT_EMPTY_PATH if empty_ok else 0
+    )
+    return Probe(
+        NR_FACCESSAT2,
+        ((AT_FDCWD if dirfd is None else dirfd) & _U64, path, F_OK, at_flags, 0, 0),
+        **more,
+    )
 
 
 def _fd(fd: int) -> Probe:
     return Probe(NR_FCNTL, (fd & _U64, F_GETFD, 0, 0, 0, 0))
 
 
-def probe_for(name: str, args: tuple[int, ...], targets: tuple[str, ...] = (),
-              read_how=None) -> Probe | None:
+def probe_for(
+    name: str, args: tuple[int, ...], targets: tuple[str, ...] = (), read_how=None
+) -> Probe | None:
     """The probe for refused syscall ``name`` with register arguments ``args`` (as the kernel
     would read them: after pinning), or None when there is none (sockets, signals).
 
@@ -145,20 +167,28 @@ def probe_for(name: str, args: tuple[int, ...], targets: tuple[str, ...] = (),
             flags = spec.fixed_flags
         else:
             flags = _how_flags(read_how, args[spec.how])
-        creating = bool(flags & syscall_table.O_CREAT) and flags & syscall_table.O_TMPFILE != syscall_table.O_TMPFILE
+        creating = (
+            bool(flags & syscall_table.O_CREAT)
+            and flags & syscall_table.O_TMPFILE != syscall_table.O_TMPFILE
+        )
         exclusive = creating and bool(flags & syscall_table.O_EXCL)
         follow = not flags & syscall_table.O_NOFOLLOW and not exclusive
         target = targets[0] if targets else None
-        return _access(dirfd, args[syscall_table.operand(spec.path)], follow,
-                       if_exists=errno.EEXIST if exclusive else errno.EACCES,
-                       creates=creating,
-                       parent=os.path.dirname(target) if target and creating else None,
-                       open_target=None if exclusive else target, open_flags=flags)
+        return _access(
+            dirfd,
+            args[syscall_table.operand(spec.path)],
+            follow,
+            if_exists=errno.EEXIST if exclusive else errno.EACCES,
+            creates=creating,
+            parent=os.path.dirname(target) if target and creating else None,
+            open_target=None if exclusive else target,
+            open_flags=flags,
+        )
     flags = 0 if spec.flags is None else args[spec.flags] & 0xFFFFFFFF
     if spec.fd is not None and spec.path is None:
         return _fd(_s32(args[spec.fd]))
     if decoder == "path" and spec.dirfd is not None and args[syscall_table.operand(spec.path)] == 0:
-        return _fd(dirfd if dirfd is not None else AT_FDCWD)   # utimensat(fd, NULL, ...)
+        return _fd(dirfd if dirfd is not None else AT_FDCWD)  # utimensat(fd, NULL, ...)
     follow = spec.follow_last
     if spec.nofollow_mask and flags & spec.nofollow_mask:
         follow = False
@@ -167,8 +197,14 @@ def probe_for(name: str, args: tuple[int, ...], targets: tuple[str, ...] = (),
     empty_ok = bool(spec.empty_path_mask and flags & spec.empty_path_mask)
     if name in _EXCLUSIVE:
         target = targets[0] if targets else None
-        return _access(dirfd, args[syscall_table.operand(spec.path)], False, if_exists=errno.EEXIST, creates=True,
-                       parent=os.path.dirname(target) if target else None)
+        return _access(
+            dirfd,
+            args[syscall_table.operand(spec.path)],
+            False,
+            if_exists=errno.EEXIST,
+            creates=True,
+            parent=os.path.dirname(target) if target else None,
+        )
     # Everything else needs its (first) path to exist: the file to change, remove, move, link
     # or run. A second path (the new name of a move or link) is not probed: its errors are
     # reported as EACCES (docs/security.md).

@@ -22,34 +22,67 @@ import hashlib
 import os
 import re
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from glob import glob
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from . import paths as _paths
 
-if TYPE_CHECKING:   # decide imports decode, which imports this module
+if TYPE_CHECKING:  # decide imports decode, which imports this module
     from .decide import PolicyEngine
 
-__all__ = ["ExecIdentity", "ExecIdentifier", "IdentityError", "STANDARD_BIN_DIRS",
-           "parse_shebang", "loader_program", "is_loader_name", "spawn_denied_dirs"]
+__all__ = [
+    "ExecIdentity",
+    "ExecIdentifier",
+    "IdentityError",
+    "STANDARD_BIN_DIRS",
+    "parse_shebang",
+    "loader_program",
+    "is_loader_name",
+    "spawn_denied_dirs",
+]
 
 STANDARD_BIN_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
-LOADER_GLOBS = ("/lib64/ld-*.so*", "/lib/ld-*.so*", "/usr/lib64/ld-*.so*", "/usr/lib/ld-*.so*",
-                "/lib/*-linux-gnu*/ld-*.so*", "/usr/lib/*-linux-gnu*/ld-*.so*")
-BINPRM_BUF_SIZE = 256             # what binfmt_script sees of a file
-MAX_CHAIN_DEPTH = 4               # shebang / loader levels followed; deeper is refused
+LOADER_GLOBS = (
+    "/lib64/ld-*.so*",
+    "/lib/ld-*.so*",
+    "/usr/lib64/ld-*.so*",
+    "/usr/lib/ld-*.so*",
+    "/lib/*-linux-gnu*/ld-*.so*",
+    "/usr/lib/*-linux-gnu*/ld-*.so*",
+)
+BINPRM_BUF_SIZE = 256  # what binfmt_script sees of a file
+MAX_CHAIN_DEPTH = 4  # shebang / loader levels followed; deeper is refused
 MAX_HASH_BYTES = 64 * 1024 * 1024
-MAX_EXTRA_ENTRIES = 20000         # files indexed per policy-named directory tree
+MAX_EXTRA_ENTRIES = 20000  # files indexed per policy-named directory tree
 MAX_EXTRA_DEPTH = 4
 ELF_MAGIC = b"\x7fELF"
 _LOADER_NAME = re.compile(r"ld(-[\w.+-]*)?\.so(\.\d+)*\Z")
 # ld.so options (glibc rtld.c) that take a value; any other leading "--x" that rtld knows is a
 # flag; the first argument that is neither is the program.
-_LOADER_VALUE_OPTIONS = frozenset({"--library-path", "--inhibit-rpath", "--audit", "--preload",
-                                   "--argv0", "--glibc-hwcaps-prepend", "--glibc-hwcaps-mask"})
-_LOADER_FLAG_OPTIONS = frozenset({"--list", "--verify", "--inhibit-cache", "--list-tunables",
-                                  "--list-diagnostics", "--help", "--version"})
+_LOADER_VALUE_OPTIONS = frozenset(
+    {
+        "--library-path",
+        "--inhibit-rpath",
+        "--audit",
+        "--preload",
+        "--argv0",
+        "--glibc-hwcaps-prepend",
+        "--glibc-hwcaps-mask",
+    }
+)
+_LOADER_FLAG_OPTIONS = frozenset(
+    {
+        "--list",
+        "--verify",
+        "--inhibit-cache",
+        "--list-tunables",
+        "--list-diagnostics",
+        "--help",
+        "--version",
+    }
+)
 
 
 class IdentityError(Exception):
@@ -127,11 +160,11 @@ def loader_program(args: list[str]) -> tuple[str | None, list[str]]:
             i += 1
         else:
             program = arg
-            return program, [argv0 if argv0 is not None else program] + args[i + 1:]
+            return program, [argv0 if argv0 is not None else program] + args[i + 1 :]
     return None, []
 
 
-def spawn_denied_dirs(policy: "PolicyEngine") -> tuple[str, ...]:
+def spawn_denied_dirs(policy: PolicyEngine) -> tuple[str, ...]:
     """Existing directories that a process_spawn deny pattern of ``policy`` names by a literal
     prefix (``/tmp/x/nox/.*`` -> ``/tmp/x/nox``): their files join the content index, so a copy
     of a program there is known as that program."""
@@ -149,8 +182,12 @@ def spawn_denied_dirs(policy: "PolicyEngine") -> tuple[str, ...]:
                 continue
             for prefix in prefixes:
                 directory = prefix.text.rsplit("/", 1)[0] if "/" in prefix.text else ""
-                if len(directory) > 1 and directory.startswith("/") and os.path.isdir(directory) \
-                        and directory not in found:
+                if (
+                    len(directory) > 1
+                    and directory.startswith("/")
+                    and os.path.isdir(directory)
+                    and directory not in found
+                ):
                     found.append(directory)
     return tuple(found)
 
@@ -194,8 +231,9 @@ class _Index:
                 elif stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
                     out.append((entry.path, st))
                 if len(out) >= MAX_EXTRA_ENTRIES:
-                    self.notes.append(f"{directory}: more than {MAX_EXTRA_ENTRIES} files, "
-                                      "the rest is not indexed")
+                    self.notes.append(
+                        f"{directory}: more than {MAX_EXTRA_ENTRIES} files, the rest is not indexed"
+                    )
                     return out
         return out
 
@@ -211,10 +249,11 @@ class _Index:
         if changed:
             by_size: dict[int, list[tuple[str, os.stat_result]]] = {}
             seen: set[tuple[str, int, int]] = set()
-            loaders = [(p, os.stat(p)) for g in LOADER_GLOBS for p in sorted(glob(g))
-                       if os.path.isfile(p)]
+            loaders = [
+                (p, os.stat(p)) for g in LOADER_GLOBS for p in sorted(glob(g)) if os.path.isfile(p)
+            ]
             for directory in self.bin_dirs + self.extra_dirs + ("loaders",):
-                for path, st in (loaders if directory == "loaders" else self.by_dir[directory]):
+                for path, st in loaders if directory == "loaders" else self.by_dir[directory]:
                     key = (os.path.basename(path), st.st_dev, st.st_ino)
                     if key in seen:
                         continue
@@ -235,7 +274,7 @@ class ExecIdentifier:
         self.loader_inodes: set[tuple[int, int]] | None = None
 
     @classmethod
-    def for_policy(cls, policy: "PolicyEngine") -> ExecIdentifier:
+    def for_policy(cls, policy: PolicyEngine) -> ExecIdentifier:
         try:
             extra = spawn_denied_dirs(policy)
         except Exception:  # no directories to add: the standard index still holds
@@ -256,8 +295,16 @@ class ExecIdentifier:
         return ExecIdentity(tuple(found.commands), tuple(found.spawn_paths), tuple(found.notes))
 
     # --- the chain -----------------------------------------------------------------------------
-    def _walk(self, tid: int, path: str, argv: list[str], fd: int | None, found: _Found,
-              depth: int, commands: bool = True) -> None:
+    def _walk(
+        self,
+        tid: int,
+        path: str,
+        argv: list[str],
+        fd: int | None,
+        found: _Found,
+        depth: int,
+        commands: bool = True,
+    ) -> None:
         found.spawn(path)
         args = argv[1:]
         if commands:
@@ -268,7 +315,7 @@ class ExecIdentifier:
                 head = os.pread(handle, BINPRM_BUF_SIZE, 0)
                 canonical = self._canonical(path, st)
                 names = [os.path.basename(path)]
-                for other_path in ([] if canonical else self._same_content(handle, path, st, found)):
+                for other_path in [] if canonical else self._same_content(handle, path, st, found):
                     found.spawn(other_path)
                     names.append(os.path.basename(other_path))
                     if commands:
@@ -284,8 +331,9 @@ class ExecIdentifier:
                 # A system script run by its own name (/usr/bin/which: #!/bin/sh) is judged by
                 # that name, as a command allow-list expects; its interpreters still count as
                 # spawned. Any other script is judged as its interpreter's command line too.
-                self._walk(tid, resolved, script_argv, None, found, depth + 1,
-                           commands and not canonical)
+                self._walk(
+                    tid, resolved, script_argv, None, found, depth + 1, commands and not canonical
+                )
             elif head.startswith(ELF_MAGIC) and any(is_loader_name(n) for n in names):
                 program, program_argv = loader_program(args)
                 if program is None:
@@ -374,24 +422,31 @@ class ExecIdentifier:
             return (st.st_dev, st.st_ino) in self.loader_inodes
         return False
 
-    def _same_content(self, handle: int, path: str, st: os.stat_result,
-                      found: _Found) -> list[str]:
+    def _same_content(self, handle: int, path: str, st: os.stat_result, found: _Found) -> list[str]:
         """Paths of indexed files (system binaries, loaders, policy-named directories) whose
         content equals this file's, other than the file itself. Hashes only a file that is
         not the file of its own name (the caller checks) and has the size of an indexed one."""
-        candidates = [(p, s) for p, s in self.index.candidates(st.st_size)
-                      if (s.st_dev, s.st_ino) != (st.st_dev, st.st_ino)]
-        same_inode = [p for p, s in self.index.candidates(st.st_size)
-                      if (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino) and p != path]
+        candidates = [
+            (p, s)
+            for p, s in self.index.candidates(st.st_size)
+            if (s.st_dev, s.st_ino) != (st.st_dev, st.st_ino)
+        ]
+        same_inode = [
+            p
+            for p, s in self.index.candidates(st.st_size)
+            if (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino) and p != path
+        ]
         if not candidates:
             return same_inode
         if st.st_size > MAX_HASH_BYTES:
-            found.notes.append(f"{path}: {st.st_size} bytes, larger than {MAX_HASH_BYTES}: "
-                               "not identified by content")
+            found.notes.append(
+                f"{path}: {st.st_size} bytes, larger than {MAX_HASH_BYTES}: "
+                "not identified by content"
+            )
             return same_inode
         digest = self._digest(handle, st)
         matches = list(same_inode)
-        for candidate, candidate_st in candidates:
+        for candidate, _candidate_st in candidates:
             try:
                 with open(candidate, "rb", buffering=0) as other:
                     other_st = os.fstat(other.fileno())

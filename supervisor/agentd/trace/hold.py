@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import errno
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from agentd.kernel import ptrace
-from agentd.kernel import tracee_memory
+from agentd.kernel import ptrace, tracee_memory
 
 from . import enforce
 
@@ -47,24 +47,30 @@ DECISIONS = ("allow", "deny", "kill")
 class Hold:
     """One held syscall and who decides it."""
 
-    task: "Task"
+    task: Task
     nr: int
     args: tuple[int, ...]
-    verdict: "Verdict"
+    verdict: Verdict
     # the operator: (decision, who) with decision in DECISIONS; may block for as long as it takes
-    review: Callable[["Hold"], tuple[str, str]]
+    review: Callable[[Hold], tuple[str, str]]
     # the session: records the answer and remembers it (approval, batch); called before resuming
-    answered: Callable[["Hold", str, str], None]
-    contains: Callable[[int], bool]     # is this pid one of the agent's (for the control socket)
+    answered: Callable[[Hold, str, str], None]
+    contains: Callable[[int], bool]  # is this pid one of the agent's (for the control socket)
 
 
-def begin(tracer: "Tracer", task: "Task", regs, verdict: "Verdict",
-          review: Callable[[Hold], tuple[str, str]],
-          answered: Callable[[Hold, str, str], None]) -> bool:
+def begin(
+    tracer: Tracer,
+    task: Task,
+    regs,
+    verdict: Verdict,
+    review: Callable[[Hold], tuple[str, str]],
+    answered: Callable[[Hold, str, str], None],
+) -> bool:
     """Enter the hold state for ``task``'s stopped syscall; False when it cannot be re-issued."""
     try:
-        insn = tracee_memory.read_bytes(task.tid, regs.rip - len(enforce.SYSCALL_INSN),
-                                        len(enforce.SYSCALL_INSN))
+        insn = tracee_memory.read_bytes(
+            task.tid, regs.rip - len(enforce.SYSCALL_INSN), len(enforce.SYSCALL_INSN)
+        )
     except OSError:
         insn = b""
     if insn != enforce.SYSCALL_INSN:
@@ -75,23 +81,23 @@ def begin(tracer: "Tracer", task: "Task", regs, verdict: "Verdict",
     tracer.hold = Hold(task, nr, args, verdict, review, answered, tracer.contains)
     for other in tracer.tasks.values():
         other.parked = False
-        if other.listening:   # in a group-stop of its own: make it report again
+        if other.listening:  # in a group-stop of its own: make it report again
             other.listening = False
             try:
                 ptrace.interrupt(other.tid)
             except ptrace.PtraceError:
                 pass
     tracer.signal_tree(signal.SIGSTOP)
-    ptrace.cont(task.tid)   # back to user space, where the pending SIGSTOP is taken
+    ptrace.cont(task.tid)  # back to user space, where the pending SIGSTOP is taken
     return True
 
 
-def ready(tracer: "Tracer") -> bool:
+def ready(tracer: Tracer) -> bool:
     """Every task is parked in its group-stop: time to ask."""
     return all(task.parked for task in tracer.tasks.values())
 
 
-def conclude(tracer: "Tracer") -> None:
+def conclude(tracer: Tracer) -> None:
     """Detach, ask the operator, tell the session, then resume or kill the tree."""
     hold = tracer.hold
     assert hold is not None

@@ -58,8 +58,9 @@ def fd_target(pid: int, fd: int) -> str:
     try:
         return os.readlink(f"/proc/{pid}/fd/{fd}")
     except OSError as exc:
-        raise PathResolutionError(_fd_errno(exc), f"pid {pid}: descriptor {fd} is not open: "
-                                             f"{exc.strerror}") from None
+        raise PathResolutionError(
+            _fd_errno(exc), f"pid {pid}: descriptor {fd} is not open: {exc.strerror}"
+        ) from None
 
 
 def _walk_start(pid: int, dirfd: int, path: str, in_root: bool) -> tuple[list[str], list[str]]:
@@ -82,9 +83,15 @@ def _directory_components(pid: int, dirfd: int) -> list[str]:
     return [c for c in start.split("/") if c]
 
 
-def resolve_tracee_path(pid: int, dirfd: int, path: str | bytes, follow_last: bool = True,
-                        empty_ok: bool = False, tgid: int | None = None,
-                        in_root: bool = False) -> str:
+def resolve_tracee_path(
+    pid: int,
+    dirfd: int,
+    path: str | bytes,
+    follow_last: bool = True,
+    empty_ok: bool = False,
+    tgid: int | None = None,
+    in_root: bool = False,
+) -> str:
     """The absolute, normalised, symlink-resolved path ``path`` names for task ``pid``.
 
     ``dirfd`` is AT_FDCWD or a descriptor number of the tracee. ``empty_ok`` (AT_EMPTY_PATH)
@@ -122,10 +129,14 @@ def resolve_tracee_path(pid: int, dirfd: int, path: str | bytes, follow_last: bo
         is_last = not pending
         current = "/" + "/".join(resolved)
         # /proc/self and /proc/thread-self name the *caller*: substitute the tracee.
-        if not root and len(resolved) == 2 and resolved[0] == "proc" \
-                and component in ("self", "thread-self"):
+        if (
+            not root
+            and len(resolved) == 2
+            and resolved[0] == "proc"
+            and component in ("self", "thread-self")
+        ):
             if tgid is None:
-                tgid = procfs.tgid_of(pid)   # a thread's /proc/self is its process
+                tgid = procfs.tgid_of(pid)  # a thread's /proc/self is its process
             if component == "self":
                 resolved[1] = str(tgid)
                 continue
@@ -141,12 +152,16 @@ def resolve_tracee_path(pid: int, dirfd: int, path: str | bytes, follow_last: bo
         except NotADirectoryError:
             continue
         except OSError as exc:
-            raise PathResolutionError(exc.errno, f"cannot inspect {current}: {exc.strerror}") from None
+            raise PathResolutionError(
+                exc.errno, f"cannot inspect {current}: {exc.strerror}"
+            ) from None
         if not stat.S_ISLNK(st.st_mode):
             continue
         links += 1
         if links > MAX_SYMLINKS:
-            raise PathResolutionError(errno.ELOOP, f"too many levels of symbolic links at {current}")
+            raise PathResolutionError(
+                errno.ELOOP, f"too many levels of symbolic links at {current}"
+            )
         target = _readlink(current)
         resolved.pop()
         if root and (_is_magic_target(current, target) or current.startswith("/proc/")):

@@ -13,7 +13,8 @@ as a debugger does) and points the argument registers at the copies; the decoder
 copies, so the decision is made on exactly the bytes the kernel will read. Opens are also
 rewritten to the resolved path with ``O_NOFOLLOW`` and, once allowed, run as ``openat2`` with
 ``RESOLVE_NO_SYMLINKS`` (``openat2_form``): a symlink swapped in anywhere on the path after the
-check makes the kernel refuse. Each thread owns one slot while it lives (a thread is in one syscall at a
+check makes the kernel refuse. Each thread owns one slot while it lives (a thread is in one syscall
+at a
 time). An operand that cannot be copied is replaced by a non-canonical address, which the
 decoder cannot read (so the syscall is refused, fail closed) and the kernel would refuse too.
 State (slot owners) lives on the ``Scratch`` object of one tracer.
@@ -25,25 +26,39 @@ import os
 from dataclasses import dataclass, field
 
 from agentd.kernel import ptrace
-
-from . import paths as _paths
-from . import syscall_table
 from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
 from agentd.kernel.tracee_memory import MAX_PATH_BYTES, MemoryReadError, TraceeMemory
 
-__all__ = ["SCRATCH_BASE", "SCRATCH_SIZE", "SLOT_SIZE", "SLOT_COUNT", "POISON", "ScratchError",
-           "Install", "Scratch", "pinned_names", "send_deferred", "REGISTERS", "openat2_form",
-           "in_window", "MUTATORS", "sendmsg_form",
-           "sendmmsg_result"]
+from . import paths as _paths
+from . import syscall_table
+
+__all__ = [
+    "SCRATCH_BASE",
+    "SCRATCH_SIZE",
+    "SLOT_SIZE",
+    "SLOT_COUNT",
+    "POISON",
+    "ScratchError",
+    "Install",
+    "Scratch",
+    "pinned_names",
+    "send_deferred",
+    "REGISTERS",
+    "openat2_form",
+    "in_window",
+    "MUTATORS",
+    "sendmsg_form",
+    "sendmmsg_result",
+]
 
 # 32 TiB: above the ASan shadow, far below PIE images (0x55..), the mmap base (0x7f..) and the
 # stack; free in every freshly exec'd image.
 SCRATCH_BASE = 0x2000_0000_0000
-SLOT_SIZE = 4 << 20            # argv up to 2 MiB of strings + 512 KiB of pointers, paths, structs
-SLOT_COUNT = 1024              # live tasks of one agent tree that may hold a slot at once
-SCRATCH_SIZE = SLOT_SIZE * SLOT_COUNT   # 4 GiB of address space; only written pages cost memory
-POISON = 1 << 63               # non-canonical: unreadable for the decoder, EFAULT for the kernel
-WINDOW_OFFSET = 1 << 20        # where the copies of a window syscall start in a slot (3 MiB left)
+SLOT_SIZE = 4 << 20  # argv up to 2 MiB of strings + 512 KiB of pointers, paths, structs
+SLOT_COUNT = 1024  # live tasks of one agent tree that may hold a slot at once
+SCRATCH_SIZE = SLOT_SIZE * SLOT_COUNT  # 4 GiB of address space; only written pages cost memory
+POISON = 1 << 63  # non-canonical: unreadable for the decoder, EFAULT for the kernel
+WINDOW_OFFSET = 1 << 20  # where the copies of a window syscall start in a slot (3 MiB left)
 
 PROT_READ = 0x1
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x02, 0x20, 0x4000
@@ -56,23 +71,27 @@ MAX_ARG_BYTES = 128 * 1024 + 1
 MAX_ARGV_BYTES = 2 * 1024 * 1024
 SOCKADDR_MAX = 128
 MSGHDR_SIZE = 56
-MMSGHDR_SIZE = 64                # struct mmsghdr: a msghdr and its msg_len
+MMSGHDR_SIZE = 64  # struct mmsghdr: a msghdr and its msg_len
 MSG_LEN_OFFSET = 56
 OPEN_HOW_MIN, OPEN_HOW_MAX = 24, 4096
 
-REGISTERS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")   # syscall arguments 0..5
+REGISTERS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")  # syscall arguments 0..5
 
 
 # The install stub, run once at the entry point of every freshly exec'd image (then the original
 # bytes are put back): mmap(rdi..r9 as set by the tracer), keep the result in r12, then
 # mseal(rdi, rsi, 0) (rdi and rsi survive a syscall), then trap back to the tracer.
-INSTALL_STUB = (b"\xb8" + NR_MMAP.to_bytes(4, "little")      # mov eax, SYS_mmap
-                + b"\x0f\x05"                                # syscall
-                + b"\x49\x89\xc4"                            # mov r12, rax
-                + b"\x31\xd2"                                # xor edx, edx
-                + b"\xb8" + NR_MSEAL.to_bytes(4, "little")   # mov eax, SYS_mseal
-                + b"\x0f\x05"                                # syscall
-                + b"\xcc")                                   # int3
+INSTALL_STUB = (
+    b"\xb8"
+    + NR_MMAP.to_bytes(4, "little")  # mov eax, SYS_mmap
+    + b"\x0f\x05"  # syscall
+    + b"\x49\x89\xc4"  # mov r12, rax
+    + b"\x31\xd2"  # xor edx, edx
+    + b"\xb8"
+    + NR_MSEAL.to_bytes(4, "little")  # mov eax, SYS_mseal
+    + b"\x0f\x05"  # syscall
+    + b"\xcc"
+)  # int3
 STUB_LEN = len(INSTALL_STUB)
 
 
@@ -83,9 +102,25 @@ class ScratchError(Exception):
 # Syscalls that change which object a name leads to (the directory for a symlink exchange, a
 # symlink re-pointed, a name removed and made again): they wait while another task's window is
 # open, so a path the kernel still has to walk cannot change between the check and the walk.
-MUTATORS = frozenset({"rename", "renameat", "renameat2", "rmdir", "unlink", "unlinkat",
-                      "symlink", "symlinkat", "link", "linkat", "mkdir", "mkdirat", "mknod",
-                      "mknodat", "bind"})
+MUTATORS = frozenset(
+    {
+        "rename",
+        "renameat",
+        "renameat2",
+        "rmdir",
+        "unlink",
+        "unlinkat",
+        "symlink",
+        "symlinkat",
+        "link",
+        "linkat",
+        "mkdir",
+        "mkdirat",
+        "mknod",
+        "mknodat",
+        "bind",
+    }
+)
 
 
 def pinned_names() -> frozenset[str]:
@@ -94,18 +129,19 @@ def pinned_names() -> frozenset[str]:
 
 
 def _has_pointer(spec: syscall_table.SyscallSpec) -> bool:
-    return any(i is not None for i in (spec.path, spec.path2, spec.how, spec.argv, spec.addr,
-                                      spec.msg))
+    return any(
+        i is not None for i in (spec.path, spec.path2, spec.how, spec.argv, spec.addr, spec.msg)
+    )
 
 
 @dataclass
 class Install:
     """An installation in progress in one task (between the exec stop and the last trap)."""
 
-    entry: int                     # rip at the exec stop: where the stub runs
-    code: bytes                    # the program's bytes the stub overwrites
-    regs: ptrace.Registers         # the registers at the exec stop, restored at the end
-    deferred: list[int] = field(default_factory=list)   # signals that arrived meanwhile
+    entry: int  # rip at the exec stop: where the stub runs
+    code: bytes  # the program's bytes the stub overwrites
+    regs: ptrace.Registers  # the registers at the exec stop, restored at the end
+    deferred: list[int] = field(default_factory=list)  # signals that arrived meanwhile
 
 
 class _Blob:
@@ -178,15 +214,16 @@ class Scratch:
         regs.rip = entry
         regs.rdi, regs.rsi, regs.rdx = SCRATCH_BASE, SCRATCH_SIZE, PROT_READ
         regs.r10 = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
-        regs.r8, regs.r9 = _U64, 0          # fd -1, offset 0
+        regs.r8, regs.r9 = _U64, 0  # fd -1, offset 0
         setregs(tid, regs)
         return Install(entry, code, saved)
 
     def is_stub_trap(self, install: Install, regs) -> bool:
         return regs.rip == install.entry + STUB_LEN
 
-    def finish_install(self, tid: int, install: Install, memory: TraceeMemory, getregs,
-                       setregs) -> None:
+    def finish_install(
+        self, tid: int, install: Install, memory: TraceeMemory, getregs, setregs
+    ) -> None:
         """At the stub's trap: check what mmap and mseal returned, put the program back."""
         regs = getregs(tid)
         if regs.r12 != SCRATCH_BASE:
@@ -198,13 +235,14 @@ class Scratch:
         except MemoryReadError as exc:
             raise ScratchError(f"cannot restore the program's code: {exc}") from None
         restored = install.regs
-        restored.orig_rax = regs.orig_rax   # not in a syscall any more
-        restored.rax = 0                    # what execve returned
+        restored.orig_rax = regs.orig_rax  # not in a syscall any more
+        restored.rax = 0  # what execve returned
         setregs(tid, restored)
 
     # --- pinning -----------------------------------------------------------------------------
-    def pin(self, tid: int, tgid: int, memory: TraceeMemory, spec: syscall_table.SyscallSpec,
-            regs) -> tuple[bool, bool]:
+    def pin(
+        self, tid: int, tgid: int, memory: TraceeMemory, spec: syscall_table.SyscallSpec, regs
+    ) -> tuple[bool, bool]:
         """Copy the memory operands of the stopped syscall into ``tid``'s slot and point its
         registers at the copies. Returns ``(changed, window)``: whether a register changed (the
         caller sets them) and whether the kernel will walk a path that a rename elsewhere in
@@ -225,7 +263,10 @@ class Scratch:
             if spec.argv is not None and args[spec.argv] != 0:
                 args[spec.argv] = _or_poison(lambda: _pin_argv(memory, args[spec.argv], blob))
         elif decoder in ("sockaddr", "bind"):
-            address, length = args[syscall_table.operand(spec.addr)], args[syscall_table.operand(spec.addrlen)] & 0xFFFFFFFF
+            address, length = (
+                args[syscall_table.operand(spec.addr)],
+                args[syscall_table.operand(spec.addrlen)] & 0xFFFFFFFF,
+            )
             # A longer sockaddr is refused by the kernel (EINVAL) before it reads any of it.
             if address != 0 and 0 < length <= SOCKADDR_MAX:
                 try:
@@ -238,16 +279,24 @@ class Scratch:
                     args[syscall_table.operand(spec.addr)] = _or_poison(lambda: blob.add(raw))
         elif decoder == "sendmsg" and spec.vlen is None:
             if args[syscall_table.operand(spec.msg)] != 0:
-                args[syscall_table.operand(spec.msg)] = _or_poison(lambda: _pin_msghdr(memory, args[syscall_table.operand(spec.msg)], blob))
+                args[syscall_table.operand(spec.msg)] = _or_poison(
+                    lambda: _pin_msghdr(memory, args[syscall_table.operand(spec.msg)], blob)
+                )
         elif decoder == "sendmsg":
             # sendmmsg: the kernel writes each msg_len back into the array, which a read-only
             # copy cannot take. One message per call: pinned, run as sendmsg (``sendmsg_form``),
             # and the tracer writes msg_len and the count 1 at the exit stop (partial sends are
             # sendmmsg's documented behaviour; callers loop).
-            if args[syscall_table.operand(spec.msg)] != 0 and args[syscall_table.operand(spec.vlen)] & 0xFFFFFFFF:
+            if (
+                args[syscall_table.operand(spec.msg)] != 0
+                and args[syscall_table.operand(spec.vlen)] & 0xFFFFFFFF
+            ):
                 blob.open_window()
                 args[syscall_table.operand(spec.msg)] = _or_poison(
-                    lambda: _pin_msghdr(memory, args[syscall_table.operand(spec.msg)], blob, MMSGHDR_SIZE))
+                    lambda: _pin_msghdr(
+                        memory, args[syscall_table.operand(spec.msg)], blob, MMSGHDR_SIZE
+                    )
+                )
                 args[syscall_table.operand(spec.vlen)] = 1
         if args == before:
             # Nothing new to copy; the registers may still point at copies in the slot (a
@@ -258,7 +307,7 @@ class Scratch:
                 memory.write_bytes(blob.base, blob.data())
             except MemoryReadError as exc:
                 raise ScratchError(f"cannot write the scratch slot: {exc}") from None
-        for name, value in zip(REGISTERS, args):
+        for name, value in zip(REGISTERS, args, strict=False):
             setattr(regs, name, value)
         # INVARIANT: a window is exactly what ``enforce`` resumes with PTRACE_SYSCALL
         return True, in_window(regs)
@@ -266,7 +315,7 @@ class Scratch:
     def _pin_open(self, tid, tgid, memory, spec, args, blob) -> None:
         flags_index = spec.flags
         if spec.how is not None:
-            blob.open_window()   # openat2 keeps the agent's own resolve flags and path
+            blob.open_window()  # openat2 keeps the agent's own resolve flags and path
             size = args[3]
             if args[spec.how] != 0 and OPEN_HOW_MIN <= size <= OPEN_HOW_MAX:
                 try:
@@ -287,7 +336,7 @@ class Scratch:
         path = raw[:-1]
         rewritten = None
         if not raw.endswith(b"\0"):
-            flags_index = None   # too long: the kernel refuses it (ENAMETOOLONG) as it is
+            flags_index = None  # too long: the kernel refuses it (ENAMETOOLONG) as it is
         # The file system race (a symlink swapped in after the check): name the resolved path
         # and forbid following a symlink at its end. Only for plain open/openat/creat, where
         # O_NOFOLLOW can be added to a register (creat and openat2 keep the copied bytes);
@@ -308,18 +357,37 @@ class Scratch:
             blob.add(_open_how(args[flags_index], mode))
             assert blob.size == PINNED_OPEN_PATH_OFFSET
         elif blob.size == 0:
-            blob.open_window()   # kept as the agent wrote it: the walk may still be redirected
+            blob.open_window()  # kept as the agent wrote it: the walk may still be redirected
         args[spec.path] = _or_poison(lambda: blob.add(raw))
 
 
 # openat(2)'s own translation of flags and mode into a struct open_how (fs/open.c
 # build_open_how): openat2 refuses unknown bits and a mode without O_CREAT/O_TMPFILE.
-VALID_OPEN_FLAGS = 0o3 | 0o100 | 0o200 | 0o400 | 0o1000 | 0o2000 | 0o4000 | 0o10000 | 0o20000 \
-    | 0o40000 | 0o100000 | 0o200000 | 0o400000 | 0o1000000 | 0o2000000 | 0o10000000 \
-    | 0o20000000 | 0o4000000
-O_PATH_FLAGS = syscall_table.O_DIRECTORY | syscall_table.O_NOFOLLOW | syscall_table.O_PATH | 0o2000000
+VALID_OPEN_FLAGS = (
+    0o3
+    | 0o100
+    | 0o200
+    | 0o400
+    | 0o1000
+    | 0o2000
+    | 0o4000
+    | 0o10000
+    | 0o20000
+    | 0o40000
+    | 0o100000
+    | 0o200000
+    | 0o400000
+    | 0o1000000
+    | 0o2000000
+    | 0o10000000
+    | 0o20000000
+    | 0o4000000
+)
+O_PATH_FLAGS = (
+    syscall_table.O_DIRECTORY | syscall_table.O_NOFOLLOW | syscall_table.O_PATH | 0o2000000
+)
 RESOLVE_NO_SYMLINKS = 0x04
-PINNED_OPEN_PATH_OFFSET = 24     # a rewritten open: open_how at the slot's start, path after it
+PINNED_OPEN_PATH_OFFSET = 24  # a rewritten open: open_how at the slot's start, path after it
 _NR_OPEN, _NR_OPENAT, _NR_OPENAT2 = (SYSCALL_NUMBERS[n] for n in ("open", "openat", "openat2"))
 
 
@@ -328,8 +396,11 @@ def _open_how(flags: int, mode: int) -> bytes:
     if flags & syscall_table.O_PATH:
         flags &= O_PATH_FLAGS
     mode = mode & 0o7777 if flags & (syscall_table.O_CREAT | syscall_table.O_TMPFILE) else 0
-    return (flags.to_bytes(8, "little") + mode.to_bytes(8, "little")
-            + RESOLVE_NO_SYMLINKS.to_bytes(8, "little"))
+    return (
+        flags.to_bytes(8, "little")
+        + mode.to_bytes(8, "little")
+        + RESOLVE_NO_SYMLINKS.to_bytes(8, "little")
+    )
 
 
 def openat2_form(regs) -> bool:
@@ -360,13 +431,19 @@ def _resolved_for_open(tid, tgid, spec, args, path: bytes, flags: int) -> str | 
     if not text or text.startswith(("/proc", "/dev/fd", "/dev/std")):
         return None
     dirfd = _paths.AT_FDCWD if spec.dirfd is None else _s32(args[spec.dirfd])
-    follow = not flags & syscall_table.O_NOFOLLOW and not (flags & syscall_table.O_CREAT and flags & syscall_table.O_EXCL)
+    follow = not flags & syscall_table.O_NOFOLLOW and not (
+        flags & syscall_table.O_CREAT and flags & syscall_table.O_EXCL
+    )
     try:
         resolved = _paths.resolve_tracee_path(tid, dirfd, text, follow_last=follow, tgid=tgid)
     except (_paths.PathResolutionError, OSError):
         return None  # the decoder will fail the same way and refuse
-    if not resolved.startswith("/") or resolved.startswith("/proc/") \
-            or resolved.endswith(" (deleted)") or resolved.startswith("/memfd:"):
+    if (
+        not resolved.startswith("/")
+        or resolved.startswith("/proc/")
+        or resolved.endswith(" (deleted)")
+        or resolved.startswith("/memfd:")
+    ):
         return None
     if text.endswith("/") and not resolved.endswith("/"):
         resolved += "/"
@@ -414,8 +491,7 @@ def _pin_argv(memory: TraceeMemory, address: int, blob: _Blob) -> int:
     return blob.add(table)
 
 
-def _pin_msghdr(memory: TraceeMemory, address: int, blob: _Blob,
-                size: int = MSGHDR_SIZE) -> int:
+def _pin_msghdr(memory: TraceeMemory, address: int, blob: _Blob, size: int = MSGHDR_SIZE) -> int:
     header = bytearray(memory.read_bytes(address, size))
     name = int.from_bytes(header[0:8], "little")
     namelen = int.from_bytes(header[8:12], "little", signed=True)
@@ -493,4 +569,3 @@ def send_deferred(tid: int, signals: list[int]) -> None:
             os.kill(tid, sig)
         except ProcessLookupError:
             pass
-

@@ -17,24 +17,25 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
-from . import decide
-from .decide import Outcome
-from . import enforce
-from . import hold
-from .hold import Hold
 from agentd.kernel import ptrace
+from agentd.kernel.statx import coarse_now_ns
+from agentd.kernel.syscall_numbers import SYSCALL_NAMES
+
+from . import decide, enforce, hold
+from .decide import Outcome
 from .decode import DecodeError, Tracee, decode_syscall, syscall_args
 from .errno_probe import probe_for
 from .exec_identity import ExecIdentifier
-from agentd.kernel.statx import coarse_now_ns
-from agentd.kernel.syscall_numbers import SYSCALL_NAMES
+from .hold import Hold
 from .syscall_table import TABLE
 from .tracer import Task, Tracer
 
 __all__ = ["Session", "WouldDeny", "AuditRecorder"]
+
 
 class AuditRecorder(Protocol):
     """Where a session writes its records: agent_os's ``FlightRecorder``, or the daemon's pipe
@@ -48,7 +49,7 @@ log = logging.getLogger("agentd.trace.session")
 
 # the operator's answer to a hold, as what happens to the held syscall
 _OPERATOR_OUTCOMES = {"allow": Outcome.ALLOW, "deny": Outcome.BLOCK, "kill": Outcome.KILL}
-BATCH_QUIET = 60.0   # seconds without one of its actions that end a batch the operator answered
+BATCH_QUIET = 60.0  # seconds without one of its actions that end a batch the operator answered
 
 
 @dataclass(frozen=True)
@@ -68,17 +69,17 @@ class Session:
     policy: decide.PolicyEngine
     run_id: str
     agent_id: str
-    recorder: AuditRecorder | None = None      # agent_os's FlightRecorder, the daemon's pipe
-    audit_only: bool = False                   # --mode audit
-    protected_paths: tuple[str, ...] = ()      # the audit log, the run's control files
+    recorder: AuditRecorder | None = None  # agent_os's FlightRecorder, the daemon's pipe
+    audit_only: bool = False  # --mode audit
+    protected_paths: tuple[str, ...] = ()  # the audit log, the run's control files
     # the operator, asked about a stop verdict once the tree is parked (hold.py): returns
     # (decision, who); None: a stop verdict is refused instead
     review: Callable[[Hold], tuple[str, str]] | None = None
     would_deny: list[WouldDeny] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     killed: bool = False
-    exec_identifier: ExecIdentifier | None = None   # made for the policy when not given
-    network: decide.NetworkView | None = None       # the run's network plane (names, endpoints)
+    exec_identifier: ExecIdentifier | None = None  # made for the policy when not given
+    network: decide.NetworkView | None = None  # the run's network plane (names, endpoints)
     # Files born at or after this instant are the agent's own (decode: preexisting).
     started_ns: int = field(default_factory=coarse_now_ns)
     # action type -> (the operator's answer to a batch of these, "allow" or "deny"; monotonic
@@ -113,7 +114,7 @@ class Session:
     # --- called by the tracer at every seccomp stop --------------------------------------
     def on_syscall(self, tracer: Tracer, task: Task) -> None:
         if self.refresh is not None:
-            self.refresh()   # between two decisions, never inside one
+            self.refresh()  # between two decisions, never inside one
         regs = ptrace.getregs(task.tid)
         nr = regs.orig_rax
         name = SYSCALL_NAMES.get(nr, f"syscall_{nr}")
@@ -131,9 +132,12 @@ class Session:
             return
         decoded = None
         try:
-            decoded = decode_syscall(Tracee(task.tid, task.tgid, task.memory,
-                                            self.exec_identifier, self.started_ns),
-                                     name, nr, args)
+            decoded = decode_syscall(
+                Tracee(task.tid, task.tgid, task.memory, self.exec_identifier, self.started_ns),
+                name,
+                nr,
+                args,
+            )
         except DecodeError as exc:
             if exc.errno is not None:
                 verdict = decide.kernel_refuses(name, exc.errno, f"{name}: {exc}")
@@ -144,9 +148,14 @@ class Session:
             verdict = decide.fail_closed(name, f"error decoding {name}: {exc!r}")
         else:
             try:
-                verdict = decide.decide(decoded, self.policy, self._context(task, name),
-                                   decide.AgentTree(tracer.contains, tracer.thread_groups),
-                                   self.network, *self._batch_answers(decoded))
+                verdict = decide.decide(
+                    decoded,
+                    self.policy,
+                    self._context(task, name),
+                    decide.AgentTree(tracer.contains, tracer.thread_groups),
+                    self.network,
+                    *self._batch_answers(decoded),
+                )
                 verdict = self._protect(verdict)
             except Exception as exc:  # INVARIANT: fail closed
                 log.exception("pid %d: error deciding %s", task.tid, name)
@@ -202,16 +211,31 @@ class Session:
         worst = max(changed, key=lambda e: decide.OUTCOME_RANK[e.outcome])
         return decide.Verdict(worst.outcome, worst.reason, tuple(changed))
 
-    def _enforce(self, tracer: Tracer, task: Task, regs, name: str, nr: int,
-                 verdict: decide.Verdict, decoded=None) -> None:
+    def _enforce(
+        self,
+        tracer: Tracer,
+        task: Task,
+        regs,
+        name: str,
+        nr: int,
+        verdict: decide.Verdict,
+        decoded=None,
+    ) -> None:
         outcome = verdict.outcome
         self.stats[outcome] = self.stats.get(outcome, 0) + 1
         if self.audit_only and outcome.refuses:
             for evaluation in verdict.evaluations:
                 if evaluation.outcome.refuses:
-                    self.would_deny.append(WouldDeny(task.tgid, name, evaluation.action_type,
-                                                     evaluation.target, evaluation.outcome,
-                                                     evaluation.pattern_ids))
+                    self.would_deny.append(
+                        WouldDeny(
+                            task.tgid,
+                            name,
+                            evaluation.action_type,
+                            evaluation.target,
+                            evaluation.outcome,
+                            evaluation.pattern_ids,
+                        )
+                    )
             outcome = Outcome.ALLOW
         if outcome == Outcome.ALLOW:
             enforce.allow(task.tid)
@@ -224,12 +248,15 @@ class Session:
             self.killed = True
             deciding = verdict.deciding
             what = f"{deciding.action_type} {deciding.target}" if deciding else name
-            enforce.notice_line(f"killing the agent: {what}: {verdict.reason} (pid {task.tgid}, {name})")
+            enforce.notice_line(
+                f"killing the agent: {what}: {verdict.reason} (pid {task.tgid}, {name})"
+            )
             # The syscall must not run even for an instant: skip it, then kill every process.
             enforce.kill(tracer, task.tid, regs)
         elif outcome == Outcome.STOP:
-            if self.review is None or not hold.begin(tracer, task, regs, verdict, self.review,
-                                                     self._answered):
+            if self.review is None or not hold.begin(
+                tracer, task, regs, verdict, self.review, self._answered
+            ):
                 enforce.refuse(task.tid, regs, errno.EACCES)
         else:  # pragma: no cover - OUTCOME_RANK has no other names
             enforce.refuse(task.tid, regs, errno.EACCES)
@@ -239,10 +266,18 @@ class Session:
         (allow or deny once) or, for a batch, for the rest of the batch."""
         verdict = held.verdict
         deciding = verdict.deciding
-        self.record(held.task, "operator", decide.Evaluation(
-            deciding.action_type if deciding else "", deciding.target if deciding else "",
-            "allow" if decision == "allow" else "deny", _OPERATOR_OUTCOMES[decision],
-            f"operator decision via {who} on a held syscall"), enforced=decision)
+        self.record(
+            held.task,
+            "operator",
+            decide.Evaluation(
+                deciding.action_type if deciding else "",
+                deciding.target if deciding else "",
+                "allow" if decision == "allow" else "deny",
+                _OPERATOR_OUTCOMES[decision],
+                f"operator decision via {who} on a held syscall",
+            ),
+            enforced=decision,
+        )
         if decision == "kill":
             self.killed = True
             return
@@ -270,14 +305,20 @@ class Session:
             return
         target = deciding.target if deciding else ""
         self.warnings[(action_type, pattern)] = [1, verdict.reason]
-        enforce.warn_line(f"{action_type} {target}: {verdict.reason} (pid {task.tgid}, {name}; "
-                    f"more like it are counted)")
+        enforce.warn_line(
+            f"{action_type} {target}: {verdict.reason} (pid {task.tgid}, {name}; "
+            f"more like it are counted)"
+        )
 
     def warning_summary(self) -> list[str]:
         """One line per kind of warning that came more than once: the count and the reason."""
-        return [f"{count} x {action_type} [{pattern or '-'}]: {reason}"
-                for (action_type, pattern), (count, reason) in sorted(
-                    self.warnings.items(), key=lambda item: -item[1][0]) if count > 1]
+        return [
+            f"{count} x {action_type} [{pattern or '-'}]: {reason}"
+            for (action_type, pattern), (count, reason) in sorted(
+                self.warnings.items(), key=lambda item: -item[1][0]
+            )
+            if count > 1
+        ]
 
     def _refuse(self, task: Task, regs, name: str, decoded, verdict: decide.Verdict) -> None:
         """Refuse the syscall; where the kernel would have failed it anyway, with the kernel's
@@ -308,14 +349,17 @@ class Session:
         """One record per evaluation; False when any could not be written."""
         if self.recorder is None:
             return True
-        enforced = "allow (audit mode)" if self.audit_only and verdict.outcome.refuses \
-            else verdict.outcome
+        enforced = (
+            "allow (audit mode)" if self.audit_only and verdict.outcome.refuses else verdict.outcome
+        )
         ok = True
         for evaluation in verdict.evaluations:
             ok = self.record(task, name, evaluation, enforced=enforced, **extra) and ok
         return ok
 
-    def record(self, task: Task | None, name: str, evaluation: decide.Evaluation, **extra: Any) -> bool:
+    def record(
+        self, task: Task | None, name: str, evaluation: decide.Evaluation, **extra: Any
+    ) -> bool:
         if self.recorder is None:
             return True
         fields = extra
@@ -329,16 +373,24 @@ class Session:
             fields["reason"] = evaluation.reason
         try:
             self.recorder.record(
-                decision=evaluation.decision, agent_id=self.agent_id,
-                action_type=evaluation.action_type or None, target=evaluation.target or None,
-                pattern_ids=list(evaluation.pattern_ids), severity=evaluation.severity,
-                signal=evaluation.signal, run_id=self.run_id,
+                decision=evaluation.decision,
+                agent_id=self.agent_id,
+                action_type=evaluation.action_type or None,
+                target=evaluation.target or None,
+                pattern_ids=list(evaluation.pattern_ids),
+                severity=evaluation.severity,
+                signal=evaluation.signal,
+                run_id=self.run_id,
                 pid=task.tgid if task else os.getpid(),
-                ppid=task.ppid if task else None, exe=task.exe if task else None,
-                syscall=name, **fields)
+                ppid=task.ppid if task else None,
+                exe=task.exe if task else None,
+                syscall=name,
+                **fields,
+            )
         except Exception:
             # INVARIANT: nothing is allowed unrecorded; the caller refuses the syscall.
-            log.exception("cannot write the audit record for %s %s", evaluation.action_type,
-                          evaluation.target)
+            log.exception(
+                "cannot write the audit record for %s %s", evaluation.action_type, evaluation.target
+            )
             return False
         return True

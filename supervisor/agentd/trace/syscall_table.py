@@ -10,14 +10,31 @@ ones from ``<fcntl.h>`` / ``<linux/fcntl.h>``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
-__all__ = ["SyscallSpec", "TABLE", "traced_syscalls", "spec_for", "operand",
-           "O_ACCMODE", "O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "O_NOFOLLOW",
-           "O_TMPFILE", "O_PATH", "AT_SYMLINK_NOFOLLOW", "AT_SYMLINK_FOLLOW", "AT_EMPTY_PATH",
-           "AT_REMOVEDIR"]
+__all__ = [
+    "SyscallSpec",
+    "TABLE",
+    "traced_syscalls",
+    "spec_for",
+    "operand",
+    "O_ACCMODE",
+    "O_WRONLY",
+    "O_RDWR",
+    "O_CREAT",
+    "O_TRUNC",
+    "O_APPEND",
+    "O_NOFOLLOW",
+    "O_TMPFILE",
+    "O_PATH",
+    "AT_SYMLINK_NOFOLLOW",
+    "AT_SYMLINK_FOLLOW",
+    "AT_EMPTY_PATH",
+    "AT_REMOVEDIR",
+]
 
 O_ACCMODE = 0o3
 O_WRONLY = 0o1
@@ -54,43 +71,48 @@ class SyscallSpec:
     descriptor itself (AT_EMPTY_PATH).
     """
 
-    decoder: str                      # "open" | "path" | "move" | "link" | "chmod" | "exec" | ...
-    action_types: tuple[str, ...]     # what it can produce (documentation and tests)
+    decoder: str  # "open" | "path" | "move" | "link" | "chmod" | "exec" | ...
+    action_types: tuple[str, ...]  # what it can produce (documentation and tests)
     path: int | None = None
     dirfd: int | None = None
-    fd: int | None = None             # f*-variants: the descriptor names the file
+    fd: int | None = None  # f*-variants: the descriptor names the file
     flags: int | None = None
-    fixed_flags: int = 0              # creat(): flags implied by the syscall
-    how: int | None = None            # openat2: struct open_how *
+    fixed_flags: int = 0  # creat(): flags implied by the syscall
+    how: int | None = None  # openat2: struct open_how *
     follow_last: bool = True
     nofollow_mask: int = 0
     follow_mask: int = 0
     empty_path_mask: int = 0
-    path2: int | None = None          # rename/link destination
+    path2: int | None = None  # rename/link destination
     dirfd2: int | None = None
     mode: int | None = None
     argv: int | None = None
     addr: int | None = None
     addrlen: int | None = None
-    msg: int | None = None            # sendmsg: struct msghdr *; sendmmsg: struct mmsghdr *
+    msg: int | None = None  # sendmsg: struct msghdr *; sendmmsg: struct mmsghdr *
     vlen: int | None = None
-    action_type: str = ""             # the one type a "path" decoder produces
-    pid: int | None = None            # signal decoders: the target pid / tgid / pidfd
+    action_type: str = ""  # the one type a "path" decoder produces
+    pid: int | None = None  # signal decoders: the target pid / tgid / pidfd
 
 
 _FILE_RW = ("file_read", "file_write", "memory_access")
 _W = ("file_write",)
 
 
-def _path(action_type: str, path: int | None = None, dirfd: int | None = None,
-          **more) -> SyscallSpec:
-    return SyscallSpec("path", (action_type,), path=path, dirfd=dirfd, action_type=action_type,
-                       **more)
+def _path(
+    action_type: str, path: int | None = None, dirfd: int | None = None, **more
+) -> SyscallSpec:
+    return SyscallSpec(
+        "path", (action_type,), path=path, dirfd=dirfd, action_type=action_type, **more
+    )
 
 
-_NOFOLLOW_AT: dict[str, Any] = dict(nofollow_mask=AT_SYMLINK_NOFOLLOW,
-                                    empty_path_mask=AT_EMPTY_PATH)
+_NOFOLLOW_AT: dict[str, Any] = dict(
+    nofollow_mask=AT_SYMLINK_NOFOLLOW, empty_path_mask=AT_EMPTY_PATH
+)
 
+# The table: one syscall a line: laid out by hand.
+# fmt: off
 TABLE: Mapping[str, SyscallSpec] = MappingProxyType({
     # --- opening: flags decide read or write; /dev/shm/* is also memory_access -------------
     "open": SyscallSpec("open", _FILE_RW, path=0, flags=1),
@@ -166,6 +188,7 @@ TABLE: Mapping[str, SyscallSpec] = MappingProxyType({
     "pidfd_open": SyscallSpec("signal", (), pid=0),
     "pidfd_send_signal": SyscallSpec("pidfd_signal", (), fd=0),
 })
+# fmt: on
 
 
 def operand(index: int | None) -> int:

@@ -20,27 +20,26 @@ import errno
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from agentd.kernel import consts
-
-from agentd.kernel import procfs
-from agentd.kernel import ptrace
-from . import enforce
-from . import hold as holds
-from . import pinning
-from .hold import Hold
+from agentd.kernel import consts, procfs, ptrace
 from agentd.kernel.syscall_numbers import SYSCALL_NAMES
-from .syscall_table import TABLE
 from agentd.kernel.tracee_memory import TraceeMemory
+
+from . import enforce, pinning
+from . import hold as holds
+from .hold import Hold
+from .syscall_table import TABLE
 
 __all__ = ["Task", "Tracer"]
 
 log = logging.getLogger("agentd.trace.tracer")
 
 _STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
-_NEW_TASK_EVENTS = frozenset({consts.PTRACE_EVENT_FORK, consts.PTRACE_EVENT_VFORK, consts.PTRACE_EVENT_CLONE})
+_NEW_TASK_EVENTS = frozenset(
+    {consts.PTRACE_EVENT_FORK, consts.PTRACE_EVENT_VFORK, consts.PTRACE_EVENT_CLONE}
+)
 
 
 @dataclass
@@ -50,14 +49,14 @@ class Task:
 
     tid: int
     tgid: int
-    parent: int = 0                # tid of the task whose fork/clone created it (0: the root)
-    listening: bool = False        # in group-stop, left there with PTRACE_LISTEN
-    resuming: bool = False         # re-seized after a SIGSTOP verdict: run on its next stop
-    parked: bool = False           # stopped for a SIGSTOP verdict, waiting to be detached
+    parent: int = 0  # tid of the task whose fork/clone created it (0: the root)
+    listening: bool = False  # in group-stop, left there with PTRACE_LISTEN
+    resuming: bool = False  # re-seized after a SIGSTOP verdict: run on its next stop
+    parked: bool = False  # stopped for a SIGSTOP verdict, waiting to be detached
     approval: tuple | None = None  # (nr, args, outcome): a one-shot operator decision
-    install: pinning.Install | None = None   # the scratch region is being installed (after exec)
-    mutator: bool = False          # waiting (Tracer.waiting) with one of scratch.MUTATORS
-    sendmmsg_array: int = 0        # a pinned sendmmsg: the agent's array, for its exit stop
+    install: pinning.Install | None = None  # the scratch region is being installed (after exec)
+    mutator: bool = False  # waiting (Tracer.waiting) with one of scratch.MUTATORS
+    sendmmsg_array: int = 0  # a pinned sendmmsg: the agent's array, for its exit stop
     probing: enforce.Probing | None = None  # a refusal whose errno its exit stop sets
     _exe: str | None = None
     _ppid: int | None = None
@@ -110,9 +109,13 @@ def describe_status(status: int) -> str:
 class Tracer:
     """The loop. ``on_seccomp(tracer, task)`` must resume the task (or hold it) and return."""
 
-    def __init__(self, root_pid: int, on_seccomp: Callable[["Tracer", Task], None],
-                 on_exit: Callable[["Tracer", Task, int], None] | None = None,
-                 pin: bool | None = None):
+    def __init__(
+        self,
+        root_pid: int,
+        on_seccomp: Callable[[Tracer, Task], None],
+        on_exit: Callable[[Tracer, Task, int], None] | None = None,
+        pin: bool | None = None,
+    ):
         self.root_pid = root_pid
         # The TOCTOU defence; AGENTD_BENCH_NO_PINNING=1 turns it off, for bench/toctou_cost.py
         # only (the agent cannot set the supervisor's environment).
@@ -121,16 +124,16 @@ class Tracer:
         # tids inside a syscall whose path the kernel still walks (until their exit stop), and
         # the MUTATORS of other tasks that wait for them (scratch.py)
         self.windows: set[int] = set()
-        self.mutating: set[int] = set()   # the windows that are MUTATORS
+        self.mutating: set[int] = set()  # the windows that are MUTATORS
         self.waiting: list[Task] = []
-        self.root_exec_done = False   # before it, the root is the supervisor's own child code
+        self.root_exec_done = False  # before it, the root is the supervisor's own child code
         self._pinned = pinning.pinned_names()
         self.on_seccomp = on_seccomp
         self.on_exit = on_exit
         self.tasks: dict[int, Task] = {root_pid: Task(root_pid, root_pid)}
         self.root_status: int | None = None
-        self.killing = False      # a SIGKILL verdict: everything that reports is killed
-        self.hold: Hold | None = None   # a SIGSTOP verdict: everything that reports is parked
+        self.killing = False  # a SIGKILL verdict: everything that reports is killed
+        self.hold: Hold | None = None  # a SIGSTOP verdict: everything that reports is parked
 
     # --- the agent tree --------------------------------------------------------------------
     def contains(self, pid: int) -> bool:
@@ -224,8 +227,11 @@ class Tracer:
                 new_tid = ptrace.geteventmsg(tid)
                 if new_tid not in self.tasks:
                     # fork/vfork make a process; clone may make either: ask /proc
-                    self._adopt(new_tid, parent=tid,
-                                tgid=None if event == consts.PTRACE_EVENT_CLONE else new_tid)
+                    self._adopt(
+                        new_tid,
+                        parent=tid,
+                        tgid=None if event == consts.PTRACE_EVENT_CLONE else new_tid,
+                    )
                 else:
                     self.tasks[new_tid].parent = tid
                 self._resume(tid)
@@ -237,7 +243,7 @@ class Tracer:
                         gone.release()
                     self.scratch.release(former)
                 task.forget_process_facts()
-                self._close_window(former)   # the exec's walk is over; ptrace.cont ends its trace
+                self._close_window(former)  # the exec's walk is over; ptrace.cont ends its trace
                 self._close_window(tid)
                 if task.tgid == self.root_pid:
                     self.root_exec_done = True
@@ -259,7 +265,9 @@ class Tracer:
     # --- the scratch region (TOCTOU) -------------------------------------------------------------
     def _begin_install(self, task: Task) -> None:
         try:
-            task.install = self.scratch.begin_install(task.tid, task.memory, ptrace.getregs, ptrace.setregs)
+            task.install = self.scratch.begin_install(
+                task.tid, task.memory, ptrace.getregs, ptrace.setregs
+            )
         except pinning.ScratchError as exc:
             self._install_failed(task, exc)
 
@@ -267,11 +275,15 @@ class Tracer:
         """A stop while the install stubs run: their traps, or something to put off."""
         install = task.install
         assert install is not None
-        if event == 0 and sig == signal.SIGTRAP \
-                and self.scratch.is_stub_trap(install, ptrace.getregs(task.tid)):
+        if (
+            event == 0
+            and sig == signal.SIGTRAP
+            and self.scratch.is_stub_trap(install, ptrace.getregs(task.tid))
+        ):
             try:
-                self.scratch.finish_install(task.tid, install, task.memory, ptrace.getregs,
-                                            ptrace.setregs)
+                self.scratch.finish_install(
+                    task.tid, install, task.memory, ptrace.getregs, ptrace.setregs
+                )
             except pinning.ScratchError as exc:
                 self._install_failed(task, exc)
                 self._resume(task.tid)
@@ -321,16 +333,14 @@ class Tracer:
         a MUTATOR waits while another task's window is open, and a pinned path syscall waits
         while another task's mutator runs (it may be in the kernel already when we check).
         Rewritten opens need neither: they run with RESOLVE_NO_SYMLINKS."""
-        if not self.windows or self.windows == {task.tid} or self.killing \
-                or self.hold is not None:
+        if not self.windows or self.windows == {task.tid} or self.killing or self.hold is not None:
             return False
         name = SYSCALL_NAMES.get(ptrace.getregs(task.tid).orig_rax)
         if name in pinning.MUTATORS:
             wait = True
         elif name in self._pinned and name not in ("open", "openat"):
             # ... and behind a waiting mutator, which would otherwise starve
-            wait = any(t != task.tid for t in self.mutating) or any(
-                t.mutator for t in self.waiting)
+            wait = any(t != task.tid for t in self.mutating) or any(t.mutator for t in self.waiting)
         else:
             wait = False
         if wait:
@@ -385,7 +395,7 @@ class Tracer:
             ptrace.setregs(task.tid, regs)
 
     def _seccomp_stop(self, task: Task, wait: bool = True) -> None:
-        task.probing = None   # a new syscall: any earlier probe's exit has been reported
+        task.probing = None  # a new syscall: any earlier probe's exit has been reported
         try:
             if self.pin:
                 # its previous syscall is over, whether or not we saw the exit
