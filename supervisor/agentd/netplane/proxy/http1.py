@@ -13,11 +13,10 @@ and ``normalise_path``). Knows nothing of sockets, policies or the asyncio loop 
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 import h11
@@ -64,14 +63,19 @@ class RequestHead:
     version: str
     fields: tuple[tuple[str, str], ...]
     raw: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False, compare=False)
+    # h11's headers of the request this head was read from (None if made otherwise): what goes
+    # upstream when nothing in them changes, so that h11 does not validate them a second time
+    h11_headers: Any = field(default=None, repr=False, compare=False)
+    by_name: InitVar[dict[str, str] | None] = None   # _by_name when the caller made it already
+    _by_name: dict[str, str] = field(init=False, repr=False, compare=False)
 
-    @functools.cached_property
-    def _by_name(self) -> dict[str, str]:
-        headers: dict[str, str] = {}
-        for key, value in self.fields:
-            key = key.lower()
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        return headers
+    def __post_init__(self, by_name: dict[str, str] | None) -> None:
+        if by_name is None:
+            by_name = {}
+            for key, value in self.fields:
+                key = key.lower()
+                by_name[key] = f"{by_name[key]}, {value}" if key in by_name else value
+        object.__setattr__(self, "_by_name", by_name)
 
     def get(self, name: str) -> str | None:
         """The field ``name`` (lower case), repeated fields joined with ``, ``; None if absent."""
@@ -113,27 +117,36 @@ def _check_head(head: bytes) -> None:
 
 
 class _HeadGate:
-    """The bytes of the head a peer is sending, kept beside h11's buffer so that the head can
-    be checked whole before h11 reads it; scanned once however it trickles in."""
+    """The bytes of a head that came in pieces, kept beside h11's buffer so that the head can be
+    checked whole before h11 reads it; scanned once however it trickles in."""
 
     __slots__ = ("data", "searched")
 
     def __init__(self, pending: bytes):
         self.data = bytearray(pending)     # what h11 holds unread when the head became due
-        self.searched = 0
+        self.searched = len(pending)       # ``_head_end`` found no end in it
 
     def complete(self, max_head_bytes: int) -> bool:
         """True once the head is whole (and checked); 431 when it outgrows the bound."""
-        end = _HEAD_END.search(self.data, max(0, self.searched - 2))
-        if end is None:
+        end = _head_end(self.data, max(0, self.searched - 2), max_head_bytes)
+        if end < 0:
             self.searched = len(self.data)
-            if self.searched > max_head_bytes:
-                raise BadRequest(431, "head too large")
             return False
-        if end.end() > max_head_bytes:
-            raise BadRequest(431, "head too large")
-        _check_head(bytes(self.data[:end.end()]))
+        _check_head(bytes(self.data[:end]))
         return True
+
+
+def _head_end(data: bytes | bytearray, start: int, max_head_bytes: int) -> int:
+    """Where the head in ``data`` ends (after its empty line), -1 while it is incomplete; 431
+    once it is, or would be, longer than ``max_head_bytes``."""
+    end = _HEAD_END.search(data, start)
+    if end is None:
+        if len(data) > max_head_bytes:
+            raise BadRequest(431, "head too large")
+        return -1
+    if end.end() > max_head_bytes:
+        raise BadRequest(431, "head too large")
+    return end.end()
 
 
 def _status_of(exc: h11.RemoteProtocolError) -> int:
@@ -149,7 +162,7 @@ class Peer:
     agentd's checks; anything malformed raises ``BadRequest``."""
 
     __slots__ = ("conn", "_head_state", "_max_head_bytes", "_max_fields", "_max_trailer_bytes",
-                 "_gate")
+                 "_gate", "_request")
 
     def __init__(self, role: Any, *, max_head_bytes: int = 65536, max_fields: int = 100,
                  max_trailer_bytes: int = 16384):
@@ -161,6 +174,7 @@ class Peer:
         self._max_fields = max_fields
         self._max_trailer_bytes = max_trailer_bytes
         self._gate: _HeadGate | None = None   # while a head of theirs is due and incomplete
+        self._request: tuple[h11.Request, RequestHead] | None = None   # the last one read
 
     def receive(self, data: bytes) -> None:
         """Bytes read from the peer; ``b""`` when it closed its side."""
@@ -170,30 +184,40 @@ class Peer:
 
     def next_event(self) -> Any:
         conn = self.conn
+        # INVARIANT: h11 reads a head only after agentd's checks saw it whole (both end a head
+        # at the first LF [CR] LF); until then h11 only says NEED_DATA or refuses early
         if conn.their_state is self._head_state:
-            if self._gate is None:
+            gate = self._gate
+            if gate is None:
                 pending, closed = conn.trailing_data
-                if not pending and not closed:
+                if pending:
+                    end = _head_end(pending, 0, self._max_head_bytes)
+                    if end < 0:
+                        self._gate = _HeadGate(pending)    # more of it to come, maybe a byte
+                    else:                                  # at a time: scanned once
+                        _check_head(pending[:end])
+                elif not closed:
                     return h11.NEED_DATA      # what h11 would say, without asking it
-                self._gate = _HeadGate(pending)
-            # INVARIANT: h11 reads a head only after the gate saw it whole (both end a head
-            # at the first LF [CR] LF); until then h11 only says NEED_DATA or refuses early
-            if self._gate.complete(self._max_head_bytes):
+            elif gate.complete(self._max_head_bytes):
                 self._gate = None
         try:
-            event = conn.next_event()
+            event: Any = conn.next_event()
         except h11.RemoteProtocolError as exc:
             self._gate = None
             raise BadRequest(_status_of(exc), str(exc)) from None
-        if isinstance(event, h11.Data):
+        # type(), not isinstance(): h11's events are ABCs, whose isinstance is slow
+        kind = type(event)
+        if kind is h11.Data:
             if event.chunk_start:
                 self._check_chunk(event)
-        elif isinstance(event, (h11.Request, h11.Response, h11.InformationalResponse)):
+        elif kind is h11.EndOfMessage:
+            if event.headers:
+                size = sum(len(name) + len(value) + 4
+                           for name, value in event.headers.raw_items())
+                if size > self._max_trailer_bytes:
+                    raise BadRequest(400, "trailers too large")
+        elif kind is h11.Request or kind is h11.Response or kind is h11.InformationalResponse:
             self._check_message(event)
-        elif isinstance(event, h11.EndOfMessage) and event.headers:
-            size = sum(len(name) + len(value) + 4 for name, value in event.headers.raw_items())
-            if size > self._max_trailer_bytes:
-                raise BadRequest(400, "trailers too large")
         return event
 
     def _check_message(self, event: Any) -> None:
@@ -203,11 +227,12 @@ class Peer:
         if len(headers) > self._max_fields:
             raise BadRequest(431, f"more than {self._max_fields} header fields")
         if type(event) is h11.Request:
-            names = {name for name, _ in headers}
+            head = _request_head(event)        # read once, here, for request_head() too
             # INVARIANT: never both. h11 lets Transfer-Encoding win (RFC 9112 6.3); a server
             # that reads Content-Length instead would see the rest as a second request.
-            if b"transfer-encoding" in names and b"content-length" in names:
+            if head.get("transfer-encoding") is not None and head.get("content-length") is not None:
                 raise BadRequest(400, "both Transfer-Encoding and Content-Length")
+            self._request = (event, head)
 
     def _check_chunk(self, event: h11.Data) -> None:
         # h11 tells where a chunk starts and ends but not the size it declared; its reader keeps
@@ -233,11 +258,24 @@ class Peer:
         return False
 
     def request_head(self, event: h11.Request) -> RequestHead:
-        raw = tuple(event.headers.raw_items())
-        return RequestHead(event.method.decode("ascii"), event.target.decode("ascii"),
-                           "HTTP/" + event.http_version.decode("ascii"),
-                           tuple((name.decode("ascii"), value.decode("latin-1"))
-                                 for name, value in raw), raw)
+        """The head of a request ``next_event`` returned."""
+        if self._request is not None and self._request[0] is event:
+            return self._request[1]
+        return _request_head(event)
+
+
+def _request_head(event: h11.Request) -> RequestHead:
+    raw = event.headers.raw_items()
+    fields = []
+    by_name: dict[str, str] = {}
+    for name, value in raw:        # one pass: the fields as sent and by lower-case name
+        name_text, value_text = name.decode("ascii"), value.decode("latin-1")
+        fields.append((name_text, value_text))
+        key = name_text.lower()
+        by_name[key] = f"{by_name[key]}, {value_text}" if key in by_name else value_text
+    return RequestHead(event.method.decode("ascii"), event.target.decode("ascii"),
+                       "HTTP/" + event.http_version.decode("ascii"), tuple(fields), tuple(raw),
+                       event.headers, by_name)
 
 
 def parse_request_head(data: bytes, limits: Any = None) -> RequestHead:
@@ -261,10 +299,11 @@ def valid_host(host: str) -> str:
     host = host.lower()
     if host.endswith(".") and not host.endswith(".."):
         host = host[:-1]
-    try:
-        return str(ipaddress.IPv4Address(host))
-    except ValueError:
-        pass
+    if host[-1:].isdigit():       # else no IPv4 address (saves raising for every name)
+        try:
+            return str(ipaddress.IPv4Address(host))
+        except ValueError:
+            pass
     if not _HOSTNAME.match(host) or _NUMERIC_LABEL.match(host.rsplit(".", 1)[-1]):
         raise BadRequest(400, f"invalid host {host[:80]!r}")
     return host
@@ -400,11 +439,16 @@ def _target_of(head: RequestHead, original: tuple[str, int] | None) -> tuple[str
 def forwarded_fields(raw: Iterable[tuple[bytes, bytes]],
                      also_drop: frozenset[bytes] = frozenset()) -> list[tuple[bytes, bytes]]:
     """The header fields that go on to the next hop: hop-by-hop ones, those named in
-    ``Connection`` (except the framing and Host) and ``also_drop`` (lower case) removed."""
-    raw = list(raw)
-    drop = _HOP_BY_HOP_BYTES | also_drop
-    for name, value in raw:
-        if name.lower() == b"connection":
-            named = {token.strip().lower() for token in value.split(b",")}
-            drop = drop | (named - _NEVER_NAMED_AWAY_BYTES)
-    return [(name, value) for name, value in raw if name.lower() not in drop]
+    ``Connection`` (except the framing and Host) and ``also_drop`` (lower case) removed. When
+    nothing is removed, that is ``raw`` itself if it was a list."""
+    raw = raw if type(raw) is list else list(raw)
+    names = [name.lower() for name, _ in raw]
+    drop = _HOP_BY_HOP_BYTES | also_drop if also_drop else _HOP_BY_HOP_BYTES
+    if b"connection" in names:
+        for name, (_, value) in zip(names, raw, strict=True):
+            if name == b"connection":
+                named = {token.strip().lower() for token in value.split(b",")}
+                drop = drop | (named - _NEVER_NAMED_AWAY_BYTES)
+    if drop.isdisjoint(names):
+        return raw
+    return [item for name, item in zip(names, raw, strict=True) if name not in drop]

@@ -48,6 +48,7 @@ SO_ORIGINAL_DST = 80          # linux/netfilter_ipv4.h, on SOL_IP
 IP6T_SO_ORIGINAL_DST = 80     # linux/netfilter_ipv6/ip6_tables.h, on SOL_IPV6 (= IPPROTO_IPV6)
 _READ = 65536                 # bytes asked of a socket at a time
 _NOT_FORWARDED = frozenset({b"host", b"expect"})   # Host is set anew; the proxy answers Expect
+_END_OF_MESSAGE = h11.EndOfMessage()    # immutable, as every h11 event
 _PHRASES = {400: b"Bad Request", 403: b"Forbidden", 431: b"Request Header Fields Too Large",
             501: b"Not Implemented", 502: b"Bad Gateway"}
 
@@ -157,6 +158,14 @@ class _Client:
         if self.upstream is not None:
             self.upstream.writer.close()
             self.upstream = None
+
+
+def _forwarded_headers(headers: Any) -> Any:
+    """An upstream's header fields as they go on to the agent (``http1.forwarded_fields``):
+    h11's own list when nothing is removed, which h11 need not validate a second time."""
+    raw = headers.raw_items()
+    kept = http1.forwarded_fields(raw)
+    return headers if kept is raw else kept
 
 
 async def _next_event(peer: Peer, reader: asyncio.StreamReader) -> Any:
@@ -446,10 +455,11 @@ class EgressProxy:
 
     async def _destination(self, host: str, preferred: str | None) -> tuple[str | None, str]:
         """The one address the proxy will connect to for ``host``, or (None, why not)."""
-        try:
-            return str(ipaddress.ip_address(host)), "literal"
-        except ValueError:
-            pass
+        if ":" in host or host[-1:].isdigit():    # else no IP literal (saves raising)
+            try:
+                return str(ipaddress.ip_address(host)), "literal"
+            except ValueError:
+                pass
         try:
             answers = self._quick_resolve(host) if self._quick_resolve is not None else None
             if not answers and self._executor is not None:
@@ -590,7 +600,7 @@ class EgressProxy:
                                            reason=_PHRASES.get(status, b"")))
             if client.method != b"HEAD":
                 data += agent.send(h11.Data(data=payload))
-            data += agent.send(h11.EndOfMessage())
+            data += agent.send(_END_OF_MESSAGE)
         except h11.LocalProtocolError as exc:    # no answer fits where the exchange stands
             log.warning("egress proxy: cannot answer %d to %s: %s", status, client.peer, exc)
             return False
@@ -675,8 +685,15 @@ class EgressProxy:
         if not host_value:
             host_value = http1.url_host(request.host) + (
                 "" if request.port == 80 else f":{request.port}")
-        fields = [(b"Host", host_value.encode("latin-1"))]
-        fields += http1.forwarded_fields(head.raw, _NOT_FORWARDED)
+        host_field = (b"Host", host_value.encode("latin-1"))
+        raw = list(head.raw)
+        kept = http1.forwarded_fields(raw, _NOT_FORWARDED)
+        if (request.version == "HTTP/1.1" and head.h11_headers is not None and raw
+                and raw[0] == host_field and len(kept) == len(raw) - 1):
+            # exactly what the agent sent (Host first, nothing removed): h11's header list
+            # as it read it, which h11 need not validate again
+            return h11.Request(method=head.method, target=request.path, headers=head.h11_headers)
+        fields = [host_field, *kept]
         if request.version == "HTTP/1.0":
             fields.append((b"Connection", b"close"))
         return h11.Request(method=head.method, target=request.path, headers=fields)
@@ -696,13 +713,13 @@ class EgressProxy:
                 out.clear()
                 await upstream.writer.drain()
                 agent.receive(await client.reader.read(_READ))
-            elif type(event) is h11.Data:
-                out.append(peer.send(h11.Data(data=event.data)))
-            else:            # EndOfMessage: a chunked body's trailers go on as they came
-                trailers = list(event.headers.raw_items())
-                out.append(peer.send(h11.EndOfMessage(headers=trailers) if trailers
-                                     else h11.EndOfMessage()))
-                break
+            else:
+                # Data, then EndOfMessage (a chunked body's trailers with it) go on as read:
+                # the upstream's h11 writes their framing (an event carries only the bytes;
+                # h11's writers ignore where the agent's chunks began and ended)
+                out.append(peer.send(event))
+                if type(event) is not h11.Data:
+                    break
         upstream.writer.write(b"".join(out))
         await upstream.writer.drain()
 
@@ -721,7 +738,9 @@ class EgressProxy:
             except BadRequest as bad:
                 raise _UpstreamBroken(bad.reason) from None
             kind = type(event)
-            if event is h11.NEED_DATA:
+            if kind is h11.Data:     # the bytes as read; the agent's h11 writes their framing
+                out.append(agent.send(event))
+            elif event is h11.NEED_DATA:
                 if out:
                     client.writer.write(b"".join(out))
                     out.clear()
@@ -731,23 +750,20 @@ class EgressProxy:
                     raise _UpstreamClosed("the upstream closed without answering")
                 received = True
                 peer.receive(data)
-            elif kind is h11.Data:
-                out.append(agent.send(h11.Data(data=event.data)))
             elif kind is h11.Response:
                 client.answered = True
                 out.append(agent.send(h11.Response(
                     status_code=event.status_code, reason=event.reason,
-                    headers=http1.forwarded_fields(event.headers.raw_items()))))
+                    headers=_forwarded_headers(event.headers))))
             elif kind is h11.InformationalResponse:    # 100, 103 (h11 refuses an unasked 101)
                 out.append(agent.send(h11.InformationalResponse(
                     status_code=event.status_code, reason=event.reason,
-                    headers=http1.forwarded_fields(event.headers.raw_items()))))
+                    headers=_forwarded_headers(event.headers))))
             elif kind is h11.EndOfMessage:
                 # trailers go on to a client that can take them (HTTP/1.0 has no chunked)
-                trailers = list(event.headers.raw_items())
-                out.append(agent.send(h11.EndOfMessage(headers=trailers)
-                                      if trailers and agent.conn.their_http_version == b"1.1"
-                                      else h11.EndOfMessage()))
+                out.append(agent.send(event if not event.headers
+                                      or agent.conn.their_http_version == b"1.1"
+                                      else _END_OF_MESSAGE))
                 break
             else:
                 raise _UpstreamBroken(f"unexpected {kind.__name__} from the upstream")
