@@ -14,16 +14,27 @@ resolver and the audit log come in as callables (``plane.py`` wires them).
 """
 
 from .http1 import (
-                    HOP_BY_HOP,
-                    BadRequest,
-                    RequestHead,
-                    normalise_path,
-                    parse_authority,
-                    parse_request_head,
+    HOP_BY_HOP,
+    BadRequest,
+    RequestHead,
+    normalise_path,
+    parse_authority,
+    parse_request_head,
 )
 from .server import IP6T_SO_ORIGINAL_DST, SO_ORIGINAL_DST, EgressProxy, Limits, original_destination
 from .tls_sni import client_hello_sni
 
-__all__ = ["EgressProxy", "Limits", "RequestHead", "BadRequest", "parse_request_head",
-           "parse_authority", "normalise_path", "client_hello_sni", "original_destination",
-           "HOP_BY_HOP", "SO_ORIGINAL_DST", "IP6T_SO_ORIGINAL_DST"]
+__all__ = [
+    "EgressProxy",
+    "Limits",
+    "RequestHead",
+    "BadRequest",
+    "parse_request_head",
+    "parse_authority",
+    "normalise_path",
+    "client_hello_sni",
+    "original_destination",
+    "HOP_BY_HOP",
+    "SO_ORIGINAL_DST",
+    "IP6T_SO_ORIGINAL_DST",
+]

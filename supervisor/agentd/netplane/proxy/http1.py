@@ -21,22 +21,46 @@ from typing import Any
 
 import h11
 
-__all__ = ["BadRequest", "RequestHead", "Request", "Peer", "interpret", "parse_request_head",
-           "parse_authority", "normalise_path", "valid_host", "http_url", "tls_url", "url_host",
-           "forwarded_fields", "HOP_BY_HOP", "MAX_CHUNK_SIZE"]
+__all__ = [
+    "BadRequest",
+    "RequestHead",
+    "Request",
+    "Peer",
+    "interpret",
+    "parse_request_head",
+    "parse_authority",
+    "normalise_path",
+    "valid_host",
+    "http_url",
+    "tls_url",
+    "url_host",
+    "forwarded_fields",
+    "HOP_BY_HOP",
+    "MAX_CHUNK_SIZE",
+]
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the proxy's own; never forwarded. Transfer-Encoding
 # and Content-Length are not in the list: h11 writes the framing of what is forwarded itself.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
-                        "proxy-authorization", "te", "trailer", "upgrade"})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+    }
+)
 # INVARIANT: a header named in Connection is dropped, but never the framing or Host: dropping
 # Content-Length while relaying the body would let the body pass as an unjudged next request.
 _NEVER_NAMED_AWAY = frozenset({"content-length", "transfer-encoding", "host"})
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 _NEVER_NAMED_AWAY_BYTES = frozenset(name.encode() for name in _NEVER_NAMED_AWAY)
-MAX_CHUNK_SIZE = 16 ** 15 - 1          # 15 hex digits, as before h11 (h11 alone allows 20)
+MAX_CHUNK_SIZE = 16**15 - 1  # 15 hex digits, as before h11 (h11 alone allows 20)
 
-_HEAD_END = re.compile(rb"\n\r?\n")    # where h11 ends a head; the strict checks look up to it
+_HEAD_END = re.compile(rb"\n\r?\n")  # where h11 ends a head; the strict checks look up to it
 _HOSTNAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_-]{1,63})*\Z")
 _NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)\Z")
 _PORT = re.compile(r"[0-9]{1,5}\Z")
@@ -66,7 +90,7 @@ class RequestHead:
     # h11's headers of the request this head was read from (None if made otherwise): what goes
     # upstream when nothing in them changes, so that h11 does not validate them a second time
     h11_headers: Any = field(default=None, repr=False, compare=False)
-    by_name: InitVar[dict[str, str] | None] = None   # _by_name when the caller made it already
+    by_name: InitVar[dict[str, str] | None] = None  # _by_name when the caller made it already
     _by_name: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self, by_name: dict[str, str] | None) -> None:
@@ -94,10 +118,10 @@ class Request:
     version: str
     host: str
     port: int
-    path: str              # origin-form sent upstream ("" for CONNECT)
+    path: str  # origin-form sent upstream ("" for CONNECT)
     url: str
     connect: bool
-    has_body: bool         # a chunked body, or a Content-Length above 0
+    has_body: bool  # a chunked body, or a Content-Length above 0
     chunked: bool
     keep_alive: bool
     expect_continue: bool  # Expect: 100-continue with a body: the proxy answers 100 itself
@@ -123,8 +147,8 @@ class _HeadGate:
     __slots__ = ("data", "searched")
 
     def __init__(self, pending: bytes):
-        self.data = bytearray(pending)     # what h11 holds unread when the head became due
-        self.searched = len(pending)       # ``_head_end`` found no end in it
+        self.data = bytearray(pending)  # what h11 holds unread when the head became due
+        self.searched = len(pending)  # ``_head_end`` found no end in it
 
     def complete(self, max_head_bytes: int) -> bool:
         """True once the head is whole (and checked); 431 when it outgrows the bound."""
@@ -161,11 +185,24 @@ class Peer:
     responses. ``next_event()`` returns h11's events (``h11.NEED_DATA``: ``receive`` more) after
     agentd's checks; anything malformed raises ``BadRequest``."""
 
-    __slots__ = ("conn", "_head_state", "_max_head_bytes", "_max_fields", "_max_trailer_bytes",
-                 "_gate", "_request")
+    __slots__ = (
+        "conn",
+        "_head_state",
+        "_max_head_bytes",
+        "_max_fields",
+        "_max_trailer_bytes",
+        "_gate",
+        "_request",
+    )
 
-    def __init__(self, role: Any, *, max_head_bytes: int = 65536, max_fields: int = 100,
-                 max_trailer_bytes: int = 16384):
+    def __init__(
+        self,
+        role: Any,
+        *,
+        max_head_bytes: int = 65536,
+        max_fields: int = 100,
+        max_trailer_bytes: int = 16384,
+    ):
         self.conn = h11.Connection(role, max_incomplete_event_size=max_head_bytes)
         # the peer's state while a head of theirs is due (IDLE: a request; SEND_RESPONSE: a
         # response, also after a 1xx)
@@ -173,8 +210,8 @@ class Peer:
         self._max_head_bytes = max_head_bytes
         self._max_fields = max_fields
         self._max_trailer_bytes = max_trailer_bytes
-        self._gate: _HeadGate | None = None   # while a head of theirs is due and incomplete
-        self._request: tuple[h11.Request, RequestHead] | None = None   # the last one read
+        self._gate: _HeadGate | None = None  # while a head of theirs is due and incomplete
+        self._request: tuple[h11.Request, RequestHead] | None = None  # the last one read
 
     def receive(self, data: bytes) -> None:
         """Bytes read from the peer; ``b""`` when it closed its side."""
@@ -193,11 +230,11 @@ class Peer:
                 if pending:
                     end = _head_end(pending, 0, self._max_head_bytes)
                     if end < 0:
-                        self._gate = _HeadGate(pending)    # more of it to come, maybe a byte
-                    else:                                  # at a time: scanned once
+                        self._gate = _HeadGate(pending)  # more of it to come, maybe a byte
+                    else:  # at a time: scanned once
                         _check_head(pending[:end])
                 elif not closed:
-                    return h11.NEED_DATA      # what h11 would say, without asking it
+                    return h11.NEED_DATA  # what h11 would say, without asking it
             elif gate.complete(self._max_head_bytes):
                 self._gate = None
         try:
@@ -212,8 +249,7 @@ class Peer:
                 self._check_chunk(event)
         elif kind is h11.EndOfMessage:
             if event.headers:
-                size = sum(len(name) + len(value) + 4
-                           for name, value in event.headers.raw_items())
+                size = sum(len(name) + len(value) + 4 for name, value in event.headers.raw_items())
                 if size > self._max_trailer_bytes:
                     raise BadRequest(400, "trailers too large")
         elif kind is h11.Request or kind is h11.Response or kind is h11.InformationalResponse:
@@ -227,7 +263,7 @@ class Peer:
         if len(headers) > self._max_fields:
             raise BadRequest(431, f"more than {self._max_fields} header fields")
         if type(event) is h11.Request:
-            head = _request_head(event)        # read once, here, for request_head() too
+            head = _request_head(event)  # read once, here, for request_head() too
             # INVARIANT: never both. h11 lets Transfer-Encoding win (RFC 9112 6.3); a server
             # that reads Content-Length instead would see the rest as a second request.
             if head.get("transfer-encoding") is not None and head.get("content-length") is not None:
@@ -268,22 +304,31 @@ def _request_head(event: h11.Request) -> RequestHead:
     raw = event.headers.raw_items()
     fields = []
     by_name: dict[str, str] = {}
-    for name, value in raw:        # one pass: the fields as sent and by lower-case name
+    for name, value in raw:  # one pass: the fields as sent and by lower-case name
         name_text, value_text = name.decode("ascii"), value.decode("latin-1")
         fields.append((name_text, value_text))
         key = name_text.lower()
         by_name[key] = f"{by_name[key]}, {value_text}" if key in by_name else value_text
-    return RequestHead(event.method.decode("ascii"), event.target.decode("ascii"),
-                       "HTTP/" + event.http_version.decode("ascii"), tuple(fields), tuple(raw),
-                       event.headers, by_name)
+    return RequestHead(
+        event.method.decode("ascii"),
+        event.target.decode("ascii"),
+        "HTTP/" + event.http_version.decode("ascii"),
+        tuple(fields),
+        tuple(raw),
+        event.headers,
+        by_name,
+    )
 
 
 def parse_request_head(data: bytes, limits: Any = None) -> RequestHead:
     """Parse one request head (``data`` ending in CRLF CRLF) as the proxy does: h11 plus
     agentd's checks. ``limits``: anything with ``max_header_bytes`` and ``max_headers`` (a
     ``Limits``); None for the defaults."""
-    peer = Peer(h11.SERVER, max_head_bytes=getattr(limits, "max_header_bytes", 65536),
-                max_fields=getattr(limits, "max_headers", 100))
+    peer = Peer(
+        h11.SERVER,
+        max_head_bytes=getattr(limits, "max_header_bytes", 65536),
+        max_fields=getattr(limits, "max_headers", 100),
+    )
     peer.receive(data)
     event = peer.next_event()
     if type(event) is not h11.Request:
@@ -293,13 +338,14 @@ def parse_request_head(data: bytes, limits: Any = None) -> RequestHead:
 
 # -- what is judged: the request target as a URL -------------------------------------------------
 
+
 def valid_host(host: str) -> str:
     """``host`` lower-cased and checked: an IP literal or a DNS name; numeric look-alikes
     (``2130706433``, ``0x7f.1``) that resolvers would read as addresses are refused."""
     host = host.lower()
     if host.endswith(".") and not host.endswith(".."):
         host = host[:-1]
-    if host[-1:].isdigit():       # else no IPv4 address (saves raising for every name)
+    if host[-1:].isdigit():  # else no IPv4 address (saves raising for every name)
         try:
             return str(ipaddress.IPv4Address(host))
         except ValueError:
@@ -321,7 +367,7 @@ def parse_authority(text: str, default_port: int | None) -> tuple[str, int]:
             host = str(ipaddress.IPv6Address(text[1:end]))
         except ValueError:
             raise BadRequest(400, f"invalid IPv6 literal in {text[:80]!r}") from None
-        rest = text[end + 1:]
+        rest = text[end + 1 :]
         if rest and not rest.startswith(":"):
             raise BadRequest(400, f"invalid authority {text[:80]!r}")
         port_text = rest[1:]
@@ -343,9 +389,11 @@ def normalise_path(path: str) -> str:
     segments of the path removed (``/a/../admin`` is ``/admin``); a fragment is dropped."""
     path = path.split("#", 1)[0]
     if "%" in path:
+
         def unescape(match: re.Match) -> str:
             byte = int(match.group(1), 16)
             return chr(byte) if byte in _UNRESERVED else "%" + match.group(1).upper()
+
         path = _PCT.sub(unescape, path)
     path_part, question, query = path.partition("?")
     if not path_part.startswith("/"):
@@ -394,15 +442,37 @@ def interpret(head: RequestHead, original: tuple[str, int] | None) -> Request:
         if original is not None:
             raise BadRequest(400, "CONNECT on a redirected connection")
         host, port = parse_authority(head.target, None)
-        return Request(method, head.version, host, port, "", tls_url(host, port), True,
-                       False, False, False, False)
+        return Request(
+            method,
+            head.version,
+            host,
+            port,
+            "",
+            tls_url(host, port),
+            True,
+            False,
+            False,
+            False,
+            False,
+        )
     host, port, path = _target_of(head, original)
-    chunked = head.get("transfer-encoding") is not None   # h11: chunked is the only one
-    length = head.get("content-length")                   # h11: one value, digits only
+    chunked = head.get("transfer-encoding") is not None  # h11: chunked is the only one
+    length = head.get("content-length")  # h11: one value, digits only
     has_body = chunked or (length is not None and int(length) > 0)
     expect = has_body and (head.get("expect") or "").lower() == "100-continue"
-    return Request(method, head.version, host, port, path, http_url(host, port, path), False,
-                   has_body, chunked, keep_alive, expect)
+    return Request(
+        method,
+        head.version,
+        host,
+        port,
+        path,
+        http_url(host, port, path),
+        False,
+        has_body,
+        chunked,
+        keep_alive,
+        expect,
+    )
 
 
 def _target_of(head: RequestHead, original: tuple[str, int] | None) -> tuple[str, int, str]:
@@ -423,7 +493,7 @@ def _target_of(head: RequestHead, original: tuple[str, int] | None) -> tuple[str
         port = original[1]
         host_field = head.get("host")
         if host_field is None or not host_field.strip():
-            host = original[0]       # HTTP/1.0 without Host (h11 refuses 1.1 without it)
+            host = original[0]  # HTTP/1.0 without Host (h11 refuses 1.1 without it)
         elif "," in host_field:
             raise BadRequest(400, "more than one Host header")
         else:
@@ -436,8 +506,9 @@ def _target_of(head: RequestHead, original: tuple[str, int] | None) -> tuple[str
     raise BadRequest(400, f"unsupported request target {target[:80]!r}")
 
 
-def forwarded_fields(raw: Iterable[tuple[bytes, bytes]],
-                     also_drop: frozenset[bytes] = frozenset()) -> list[tuple[bytes, bytes]]:
+def forwarded_fields(
+    raw: Iterable[tuple[bytes, bytes]], also_drop: frozenset[bytes] = frozenset()
+) -> list[tuple[bytes, bytes]]:
     """The header fields that go on to the next hop: hop-by-hop ones, those named in
     ``Connection`` (except the framing and Host) and ``also_drop`` (lower case) removed. When
     nothing is removed, that is ``raw`` itself if it was a list."""

@@ -37,39 +37,54 @@ from . import http1
 from .http1 import BadRequest, Peer, Request, RequestHead
 from .tls_sni import ALERT_ACCESS_DENIED, scan_client_hello
 
-__all__ = ["EgressProxy", "Limits", "original_destination", "SO_ORIGINAL_DST",
-           "IP6T_SO_ORIGINAL_DST", "FAIL_CLOSED_ID"]
+__all__ = [
+    "EgressProxy",
+    "Limits",
+    "original_destination",
+    "SO_ORIGINAL_DST",
+    "IP6T_SO_ORIGINAL_DST",
+    "FAIL_CLOSED_ID",
+]
 
 log = logging.getLogger(__name__)
 
 ALLOWING = frozenset({"allow", "warn"})
 FAIL_CLOSED_ID = "agentd:fail_closed"
-SO_ORIGINAL_DST = 80          # linux/netfilter_ipv4.h, on SOL_IP
-IP6T_SO_ORIGINAL_DST = 80     # linux/netfilter_ipv6/ip6_tables.h, on SOL_IPV6 (= IPPROTO_IPV6)
-_READ = 65536                 # bytes asked of a socket at a time
-_NOT_FORWARDED = frozenset({b"host", b"expect"})   # Host is set anew; the proxy answers Expect
-_END_OF_MESSAGE = h11.EndOfMessage()    # immutable, as every h11 event
-_PHRASES = {400: b"Bad Request", 403: b"Forbidden", 431: b"Request Header Fields Too Large",
-            501: b"Not Implemented", 502: b"Bad Gateway"}
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h, on SOL_IP
+IP6T_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv6/ip6_tables.h, on SOL_IPV6 (= IPPROTO_IPV6)
+_READ = 65536  # bytes asked of a socket at a time
+_NOT_FORWARDED = frozenset({b"host", b"expect"})  # Host is set anew; the proxy answers Expect
+_END_OF_MESSAGE = h11.EndOfMessage()  # immutable, as every h11 event
+_PHRASES = {
+    400: b"Bad Request",
+    403: b"Forbidden",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+}
 
 
 @dataclass(frozen=True)
 class Limits:
     """Bounds on what one client may make the proxy hold or wait for."""
 
-    max_header_bytes: int = 65536      # request or response head, request line included
+    max_header_bytes: int = 65536  # request or response head, request line included
     max_headers: int = 100
-    max_client_hello: int = 65536      # TLS bytes read while looking for the SNI
+    max_client_hello: int = 65536  # TLS bytes read while looking for the SNI
     max_trailer_bytes: int = 16384
-    idle_timeout: float = 60.0         # waiting for a request head (also between requests)
-    hello_timeout: float = 10.0        # waiting for a ClientHello in transparent mode
+    idle_timeout: float = 60.0  # waiting for a request head (also between requests)
+    hello_timeout: float = 10.0  # waiting for a ClientHello in transparent mode
     connect_timeout: float = 10.0
     max_connections: int = 1024
 
     def peer(self, role: Any) -> Peer:
         """An HTTP/1.1 peer (``h11.SERVER``: the agent's side, ``h11.CLIENT``: an upstream)."""
-        return Peer(role, max_head_bytes=self.max_header_bytes, max_fields=self.max_headers,
-                    max_trailer_bytes=self.max_trailer_bytes)
+        return Peer(
+            role,
+            max_head_bytes=self.max_header_bytes,
+            max_fields=self.max_headers,
+            max_trailer_bytes=self.max_trailer_bytes,
+        )
 
 
 class _UpstreamBroken(Exception):
@@ -105,6 +120,7 @@ def _same_endpoint(original: tuple[str, int], local: tuple) -> bool:
         address = ipaddress.ip_address(ip.split("%", 1)[0])
         mapped = getattr(address, "ipv4_mapped", None)
         return str(mapped or address)
+
     try:
         return (canonical(original[0]), int(original[1])) == (canonical(local[0]), int(local[1]))
     except (ValueError, TypeError, IndexError):
@@ -117,8 +133,9 @@ def _clean(text: str, limit: int = 300) -> str:
 
 
 def _fail_closed(url: str, reason: str) -> Evaluation:
-    return Evaluation("network_request", url, "deny", Outcome.BLOCK, f"fail closed: {reason}",
-                      (FAIL_CLOSED_ID,))
+    return Evaluation(
+        "network_request", url, "deny", Outcome.BLOCK, f"fail closed: {reason}", (FAIL_CLOSED_ID,)
+    )
 
 
 class _Upstream:
@@ -126,8 +143,13 @@ class _Upstream:
 
     __slots__ = ("key", "reader", "writer", "http")
 
-    def __init__(self, key: tuple[str, int], reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, http: Peer):
+    def __init__(
+        self,
+        key: tuple[str, int],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        http: Peer,
+    ):
         self.key = key
         self.reader = reader
         self.writer = writer
@@ -137,18 +159,22 @@ class _Upstream:
 class _Client:
     """One accepted connection, its HTTP peer and the upstream connection it is using."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 original: tuple[str, int] | None):
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        original: tuple[str, int] | None,
+    ):
         self.reader = reader
         self.writer = writer
         self.original = original
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.peer = f"{http1.url_host(peer[0])}:{peer[1]}"
-        self.http: Peer | None = None     # HTTP/1.1 framing, once the connection speaks HTTP
-        self.method = b""                  # of the request being answered (HEAD: no body)
+        self.http: Peer | None = None  # HTTP/1.1 framing, once the connection speaks HTTP
+        self.method = b""  # of the request being answered (HEAD: no body)
         self.upstream: _Upstream | None = None
-        self.reused = False        # the current upstream connection served an earlier request
-        self.answered = False      # response head sent: a failure from here on just closes
+        self.reused = False  # the current upstream connection served an earlier request
+        self.answered = False  # response head sent: a failure from here on just closes
 
     @property
     def mode(self) -> str:
@@ -189,16 +215,21 @@ class EgressProxy:
     ``original_destination(sock)`` is injectable for tests.
     """
 
-    def __init__(self, listen: tuple[str, int] | None = None, *,
-                 sockets: Iterable[socket.socket] | None = None,
-                 judge: Callable[[str, str, dict[str, str], str], Evaluation],
-                 resolve: Callable[[str], list[str]],
-                 on_decision: Callable[[dict[str, Any]], None] | None = None,
-                 limits: Limits = Limits(),
-                 original_destination: Callable[[socket.socket], tuple[str, int] | None]
-                 = original_destination,
-                 resolve_in_thread: bool = True,
-                 quick_resolve: Callable[[str], list[str] | tuple[str, ...]] | None = None):
+    def __init__(
+        self,
+        listen: tuple[str, int] | None = None,
+        *,
+        sockets: Iterable[socket.socket] | None = None,
+        judge: Callable[[str, str, dict[str, str], str], Evaluation],
+        resolve: Callable[[str], list[str]],
+        on_decision: Callable[[dict[str, Any]], None] | None = None,
+        limits: Limits = Limits(),
+        original_destination: Callable[
+            [socket.socket], tuple[str, int] | None
+        ] = original_destination,
+        resolve_in_thread: bool = True,
+        quick_resolve: Callable[[str], list[str] | tuple[str, ...]] | None = None,
+    ):
         if (listen is None) == (sockets is None):
             raise ValueError("give exactly one of listen=(ip, port) or sockets=[...]")
         if sockets is None:
@@ -245,12 +276,14 @@ class EgressProxy:
             sock.setblocking(False)
         if self._resolve_in_thread:
             self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=4, thread_name_prefix="agentd-proxy-resolve")
+                max_workers=4, thread_name_prefix="agentd-proxy-resolve"
+            )
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
         failure: list[BaseException] = []
-        self._thread = threading.Thread(target=self._run, args=(ready, failure),
-                                        name="agentd-egress-proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(ready, failure), name="agentd-egress-proxy", daemon=True
+        )
         self._thread.start()
         ready.wait()
         if failure:
@@ -264,8 +297,13 @@ class EgressProxy:
         asyncio.set_event_loop(loop)
         try:
             for sock in self._sockets:
-                self._servers.append(loop.run_until_complete(asyncio.start_server(
-                    self._accept, sock=sock, limit=self.limits.max_header_bytes)))
+                self._servers.append(
+                    loop.run_until_complete(
+                        asyncio.start_server(
+                            self._accept, sock=sock, limit=self.limits.max_header_bytes
+                        )
+                    )
+                )
         except BaseException as exc:  # reported to start()'s caller
             failure.append(exc)
             ready.set()
@@ -329,7 +367,7 @@ class EgressProxy:
                 log.warning("egress proxy: original destination lookup failed: %r", exc)
                 original = None
             if original is not None and _same_endpoint(original, sock.getsockname()):
-                original = None   # the client came to the proxy itself (HTTP_PROXY): explicit
+                original = None  # the client came to the proxy itself (HTTP_PROXY): explicit
             client = _Client(reader, writer, original)
             if original is None:
                 await self._serve_http(client, b"")
@@ -357,7 +395,7 @@ class EgressProxy:
             await self._serve_tls(client, first)
         elif first:
             await self._serve_http(client, first)
-        else:   # nothing sent: a server-speaks-first protocol is judged on the address alone
+        else:  # nothing sent: a server-speaks-first protocol is judged on the address alone
             await self._serve_tls(client, b"")
 
     async def _read_client_hello(self, client: _Client, first: bytes) -> tuple[bytes, str | None]:
@@ -384,7 +422,7 @@ class EgressProxy:
             try:
                 host = http1.valid_host(sni)
                 ipaddress.ip_address(host)
-                host = original_ip           # an IP literal is no server name (RFC 6066 3)
+                host = original_ip  # an IP literal is no server name (RFC 6066 3)
             except BadRequest:
                 host = original_ip
             except ValueError:
@@ -418,12 +456,12 @@ class EgressProxy:
                 async with asyncio.timeout(self.limits.idle_timeout):
                     event = await _next_event(agent, client.reader)
                     if type(event) is not h11.Request:
-                        return               # the client closed between requests
+                        return  # the client closed between requests
                     client.method = event.method
                     head = agent.request_head(event)
                     request = http1.interpret(head, client.original)
                     if not request.has_body:
-                        early = [agent.next_event()]     # its EndOfMessage; no I/O
+                        early = [agent.next_event()]  # its EndOfMessage; no I/O
                     elif request.expect_continue:
                         early = []
                     else:
@@ -455,7 +493,7 @@ class EgressProxy:
 
     async def _destination(self, host: str, preferred: str | None) -> tuple[str | None, str]:
         """The one address the proxy will connect to for ``host``, or (None, why not)."""
-        if ":" in host or host[-1:].isdigit():    # else no IP literal (saves raising)
+        if ":" in host or host[-1:].isdigit():  # else no IP literal (saves raising)
             try:
                 return str(ipaddress.ip_address(host)), "literal"
             except ValueError:
@@ -481,8 +519,9 @@ class EgressProxy:
             return preferred, "resolved"
         return addresses[0], "resolved"
 
-    def _judge_safely(self, method: str, url: str, headers: dict[str, str],
-                      dest_ip: str) -> Evaluation:
+    def _judge_safely(
+        self, method: str, url: str, headers: dict[str, str], dest_ip: str
+    ) -> Evaluation:
         try:
             evaluation = self._judge(method, url, headers, dest_ip)
         except Exception as exc:  # INVARIANT: an error while judging denies (fail closed)
@@ -492,14 +531,30 @@ class EgressProxy:
             return _fail_closed(url, f"judge returned {evaluation!r}")
         return evaluation
 
-    def _record(self, method: str, url: str, host: str, port: int, dest_ip: str | None,
-                client: _Client, evaluation: Evaluation | None) -> dict[str, Any]:
-        return {"method": method, "url": url, "host": host, "port": port,
-                "dest_ip": dest_ip or "",
-                "dest": f"{http1.url_host(dest_ip)}:{port}" if dest_ip else "",
-                "mode": client.mode, "client": client.peer, "evaluation": evaluation,
-                "outcome": evaluation.outcome if evaluation is not None else "block",
-                "status": None, "reason": ""}
+    def _record(
+        self,
+        method: str,
+        url: str,
+        host: str,
+        port: int,
+        dest_ip: str | None,
+        client: _Client,
+        evaluation: Evaluation | None,
+    ) -> dict[str, Any]:
+        return {
+            "method": method,
+            "url": url,
+            "host": host,
+            "port": port,
+            "dest_ip": dest_ip or "",
+            "dest": f"{http1.url_host(dest_ip)}:{port}" if dest_ip else "",
+            "mode": client.mode,
+            "client": client.peer,
+            "evaluation": evaluation,
+            "outcome": evaluation.outcome if evaluation is not None else "block",
+            "status": None,
+            "reason": "",
+        }
 
     def _emit(self, record: dict[str, Any], status: int | None, reason: str) -> bool:
         """Hand the record to on_decision; False (deny) when that fails."""
@@ -515,16 +570,18 @@ class EgressProxy:
 
     # -- answering ---------------------------------------------------------------------------
 
-    async def _handle(self, client: _Client, head: RequestHead, request: Request,
-                      early: list[Any]) -> bool:
+    async def _handle(
+        self, client: _Client, head: RequestHead, request: Request, early: list[Any]
+    ) -> bool:
         """Judge and serve one request; True when the client connection stays open."""
         headers = head.lowered()
         headers.pop("proxy-authorization", None)
         preferred = client.original[0] if client.original is not None else None
         dest_ip, why = await self._destination(request.host, preferred)
         evaluation = self._judge_safely(request.method, request.url, headers, dest_ip or "")
-        record = self._record(request.method, request.url, request.host, request.port, dest_ip,
-                              client, evaluation)
+        record = self._record(
+            request.method, request.url, request.host, request.port, dest_ip, client, evaluation
+        )
         if evaluation.outcome not in ALLOWING:
             self._emit(record, 403, "denied by policy")
             return await self._deny(client, request, evaluation)
@@ -534,24 +591,35 @@ class EgressProxy:
         upstream = await self._connect(client, dest_ip, request.port, record, request)
         if upstream is None:
             return await self._simple(client, request, 502, f"agentd: {record['reason']}\n")
-        if not self._emit(record, 200 if request.connect else None,
-                          "tunnel" if request.connect else "forwarded"):
+        if not self._emit(
+            record, 200 if request.connect else None, "tunnel" if request.connect else "forwarded"
+        ):
             client.drop_upstream()
-            return await self._deny(client, request, _fail_closed(
-                request.url, "the decision could not be recorded"))
+            return await self._deny(
+                client, request, _fail_closed(request.url, "the decision could not be recorded")
+            )
         if request.connect:
             assert client.http is not None
-            client.writer.write(client.http.send(h11.Response(
-                status_code=200, reason=b"Connection Established", headers=[])))
-            leftover = client.http.leftover()     # what the client sent after its CONNECT
+            client.writer.write(
+                client.http.send(
+                    h11.Response(status_code=200, reason=b"Connection Established", headers=[])
+                )
+            )
+            leftover = client.http.leftover()  # what the client sent after its CONNECT
             if leftover:
                 upstream.writer.write(leftover)
             await self._tunnel(client, upstream)
             return False
         return await self._forward(client, head, request, record, early)
 
-    async def _connect(self, client: _Client, dest_ip: str, port: int, record: dict[str, Any],
-                       request: Request | None = None) -> _Upstream | None:
+    async def _connect(
+        self,
+        client: _Client,
+        dest_ip: str,
+        port: int,
+        record: dict[str, Any],
+        request: Request | None = None,
+    ) -> _Upstream | None:
         key = (dest_ip, port)
         reusable = request is not None and not request.connect
         if reusable and client.upstream is not None:
@@ -563,7 +631,8 @@ class EgressProxy:
         try:
             async with asyncio.timeout(self.limits.connect_timeout):
                 up_reader, up_writer = await asyncio.open_connection(
-                    dest_ip, port, limit=self.limits.max_header_bytes)
+                    dest_ip, port, limit=self.limits.max_header_bytes
+                )
         except (OSError, TimeoutError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timeout"
             self._emit(record, 502, f"upstream {record['dest']} unreachable: {why}")
@@ -575,33 +644,49 @@ class EgressProxy:
     async def _deny(self, client: _Client, request: Request, evaluation: Evaluation) -> bool:
         ids = ", ".join(evaluation.pattern_ids) or "none"
         message = evaluation.message or evaluation.reason
-        body = (f"agentd: {request.method} {request.url} denied by policy "
-                f"({evaluation.outcome})\npattern: {ids}\n{message}\n")
+        body = (
+            f"agentd: {request.method} {request.url} denied by policy "
+            f"({evaluation.outcome})\npattern: {ids}\n{message}\n"
+        )
         extra = {"X-Agentd-Pattern": _clean(ids), "X-Agentd-Outcome": _clean(evaluation.outcome)}
         if message:
             extra["X-Agentd-Message"] = _clean(message)
         return await self._simple(client, request, 403, body, extra)
 
-    async def _simple(self, client: _Client, request: Request | None, status: int, body: str,
-                      extra: Mapping[str, str] | None = None) -> bool:
+    async def _simple(
+        self,
+        client: _Client,
+        request: Request | None,
+        status: int,
+        body: str,
+        extra: Mapping[str, str] | None = None,
+    ) -> bool:
         """A response of the proxy's own; keeps the connection when no request body is unread."""
-        keep = (request is not None and request.keep_alive and not request.has_body
-                and not request.connect)
+        keep = (
+            request is not None
+            and request.keep_alive
+            and not request.has_body
+            and not request.connect
+        )
         payload = body.encode("utf-8", "replace")
-        headers = [(b"Content-Type", b"text/plain; charset=utf-8"),
-                   (b"Content-Length", b"%d" % len(payload)),
-                   (b"Connection", b"keep-alive" if keep else b"close")]
-        headers += [(name.encode("ascii"), value.encode("ascii"))
-                    for name, value in (extra or {}).items()]
+        headers = [
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"Content-Length", b"%d" % len(payload)),
+            (b"Connection", b"keep-alive" if keep else b"close"),
+        ]
+        headers += [
+            (name.encode("ascii"), value.encode("ascii")) for name, value in (extra or {}).items()
+        ]
         agent = client.http
         assert agent is not None
         try:
-            data = agent.send(h11.Response(status_code=status, headers=headers,
-                                           reason=_PHRASES.get(status, b"")))
+            data = agent.send(
+                h11.Response(status_code=status, headers=headers, reason=_PHRASES.get(status, b""))
+            )
             if client.method != b"HEAD":
                 data += agent.send(h11.Data(data=payload))
             data += agent.send(_END_OF_MESSAGE)
-        except h11.LocalProtocolError as exc:    # no answer fits where the exchange stands
+        except h11.LocalProtocolError as exc:  # no answer fits where the exchange stands
             log.warning("egress proxy: cannot answer %d to %s: %s", status, client.peer, exc)
             return False
         client.writer.write(data)
@@ -633,8 +718,14 @@ class EgressProxy:
 
     # -- relaying ----------------------------------------------------------------------------
 
-    async def _forward(self, client: _Client, head: RequestHead, request: Request,
-                       record: dict[str, Any], early: list[Any]) -> bool:
+    async def _forward(
+        self,
+        client: _Client,
+        head: RequestHead,
+        request: Request,
+        record: dict[str, Any],
+        early: list[Any],
+    ) -> bool:
         agent = client.http
         assert agent is not None and client.upstream is not None
         outgoing = self._outgoing(client, head, request)
@@ -642,8 +733,11 @@ class EgressProxy:
         if request.expect_continue:
             # Judged, allowed and connected: the client may send its body now. The upstream
             # is not asked (its own 100 would arrive only after the body).
-            client.writer.write(agent.send(h11.InformationalResponse(
-                status_code=100, reason=b"Continue", headers=[])))
+            client.writer.write(
+                agent.send(
+                    h11.InformationalResponse(status_code=100, reason=b"Continue", headers=[])
+                )
+            )
             try:
                 early = await self._early_body(client, request)
             except BadRequest as bad:
@@ -658,13 +752,17 @@ class EgressProxy:
                 # client's request vanish without an answer.
                 await self._send_request(client, upstream, outgoing, early)
                 return await self._relay_response(client)
-            except BadRequest as bad:              # the agent's body, read while relaying it
+            except BadRequest as bad:  # the agent's body, read while relaying it
                 client.drop_upstream()
                 await self._refuse_malformed(client, bad)
                 return False
             except (ConnectionError, _UpstreamBroken) as exc:
-                stale = (client.reused and not client.answered and not request.has_body
-                         and isinstance(exc, ConnectionError))
+                stale = (
+                    client.reused
+                    and not client.answered
+                    and not request.has_body
+                    and isinstance(exc, ConnectionError)
+                )
                 client.drop_upstream()
                 if client.answered:
                     raise _UpstreamBroken(str(exc)) from None
@@ -684,12 +782,18 @@ class EgressProxy:
         host_value = head.get("host") if client.original is not None else None
         if not host_value:
             host_value = http1.url_host(request.host) + (
-                "" if request.port == 80 else f":{request.port}")
+                "" if request.port == 80 else f":{request.port}"
+            )
         host_field = (b"Host", host_value.encode("latin-1"))
         raw = list(head.raw)
         kept = http1.forwarded_fields(raw, _NOT_FORWARDED)
-        if (request.version == "HTTP/1.1" and head.h11_headers is not None and raw
-                and raw[0] == host_field and len(kept) == len(raw) - 1):
+        if (
+            request.version == "HTTP/1.1"
+            and head.h11_headers is not None
+            and raw
+            and raw[0] == host_field
+            and len(kept) == len(raw) - 1
+        ):
             # exactly what the agent sent (Host first, nothing removed): h11's header list
             # as it read it, which h11 need not validate again
             return h11.Request(method=head.method, target=request.path, headers=head.h11_headers)
@@ -698,8 +802,9 @@ class EgressProxy:
             fields.append((b"Connection", b"close"))
         return h11.Request(method=head.method, target=request.path, headers=fields)
 
-    async def _send_request(self, client: _Client, upstream: _Upstream, outgoing: h11.Request,
-                            early: list[Any]) -> None:
+    async def _send_request(
+        self, client: _Client, upstream: _Upstream, outgoing: h11.Request, early: list[Any]
+    ) -> None:
         """The request head and its body to the upstream. h11 frames what goes out: a chunked
         body goes on chunked with h11's chunk sizes, never the agent's."""
         agent, peer = client.http, upstream.http
@@ -738,7 +843,7 @@ class EgressProxy:
             except BadRequest as bad:
                 raise _UpstreamBroken(bad.reason) from None
             kind = type(event)
-            if kind is h11.Data:     # the bytes as read; the agent's h11 writes their framing
+            if kind is h11.Data:  # the bytes as read; the agent's h11 writes their framing
                 out.append(agent.send(event))
             elif event is h11.NEED_DATA:
                 if out:
@@ -752,18 +857,34 @@ class EgressProxy:
                 peer.receive(data)
             elif kind is h11.Response:
                 client.answered = True
-                out.append(agent.send(h11.Response(
-                    status_code=event.status_code, reason=event.reason,
-                    headers=_forwarded_headers(event.headers))))
-            elif kind is h11.InformationalResponse:    # 100, 103 (h11 refuses an unasked 101)
-                out.append(agent.send(h11.InformationalResponse(
-                    status_code=event.status_code, reason=event.reason,
-                    headers=_forwarded_headers(event.headers))))
+                out.append(
+                    agent.send(
+                        h11.Response(
+                            status_code=event.status_code,
+                            reason=event.reason,
+                            headers=_forwarded_headers(event.headers),
+                        )
+                    )
+                )
+            elif kind is h11.InformationalResponse:  # 100, 103 (h11 refuses an unasked 101)
+                out.append(
+                    agent.send(
+                        h11.InformationalResponse(
+                            status_code=event.status_code,
+                            reason=event.reason,
+                            headers=_forwarded_headers(event.headers),
+                        )
+                    )
+                )
             elif kind is h11.EndOfMessage:
                 # trailers go on to a client that can take them (HTTP/1.0 has no chunked)
-                out.append(agent.send(event if not event.headers
-                                      or agent.conn.their_http_version == b"1.1"
-                                      else _END_OF_MESSAGE))
+                out.append(
+                    agent.send(
+                        event
+                        if not event.headers or agent.conn.their_http_version == b"1.1"
+                        else _END_OF_MESSAGE
+                    )
+                )
                 break
             else:
                 raise _UpstreamBroken(f"unexpected {kind.__name__} from the upstream")
@@ -775,10 +896,11 @@ class EgressProxy:
         return True
 
     async def _tunnel(self, client: _Client, upstream: _Upstream) -> None:
-        client.upstream = None   # the tunnel owns it now
+        client.upstream = None  # the tunnel owns it now
         try:
-            await asyncio.gather(_pump(client.reader, upstream.writer),
-                                 _pump(upstream.reader, client.writer))
+            await asyncio.gather(
+                _pump(client.reader, upstream.writer), _pump(upstream.reader, client.writer)
+            )
         finally:
             upstream.writer.close()
 
