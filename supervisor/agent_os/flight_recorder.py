@@ -519,6 +519,8 @@ def _check_rotation_link(path: Path, record: dict[str, Any]) -> tuple[str | None
 def _verify_bytes(
     path: Path, data: bytes, head: dict[str, Any] | None, head_problem: str | None
 ) -> VerifyResult:
+    # One pass on purpose: the expected sequence number and previous hash are the state of a
+    # single loop over the chain; split up, every piece would carry them.
     warnings: list[str] = []
     lines = data.split(b"\n")
     torn = lines.pop()  # b"" when the file ends with a newline

@@ -526,6 +526,7 @@ def _domain_rules(control: str, id: str, domains: Iterable[str], what: str):
 
 
 def _k12_rules(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    # Long because it is data: one entry per CIPA / COPPA / FERPA requirement, read as a table.
     rules: list[dict[str, Any]] = [
         *_domain_rules(
             f"{_CIPA}: obscene, child pornography, harmful to minors",

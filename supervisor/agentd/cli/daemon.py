@@ -2,7 +2,7 @@
 
 Owns the command-line surface of the daemon: start it (normally from ``agentd.service``), ask it
 to reload its policies, and act on its runs. ``ps``, ``resume`` and ``kill`` ask the daemon first
-when its socket is there and fall back to the standalone commands of ``cli_run`` for runs the
+when its socket is there and fall back to the standalone commands of ``cli/run.py`` for runs the
 daemon does not know, so one set of commands serves both kinds of run.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import NoReturn
 
 import click
 
@@ -30,8 +31,18 @@ def _daemon_request(op: str, **fields):
     try:
         return daemon_client.ask(protocol.request_for(op, **fields))
     except daemon_client.DaemonError as exc:
-        click.echo(f"agentd {op}: {exc}", err=True)
-        sys.exit(1)
+        _fail(op, str(exc))
+
+
+def _exit_if_refused(op: str, answer) -> None:
+    """Exit 1 with the daemon's one-line reason when it refused the request."""
+    if not answer.ok:
+        _fail(op, answer.error)
+
+
+def _fail(op: str, message: str) -> NoReturn:
+    click.echo(f"agentd {op}: {message}", err=True)
+    sys.exit(1)
 
 
 @click.command()
@@ -84,11 +95,8 @@ def reload() -> None:
     """Reload the daemon's policies atomically (root only); running agents switch."""
     answer = _daemon_request("reload")
     if answer is None:
-        click.echo("agentd reload: no daemon is running (no socket)", err=True)
-        sys.exit(1)
-    if not answer.ok:
-        click.echo(f"agentd reload: {answer.error}", err=True)
-        sys.exit(1)
+        _fail("reload", "no daemon is running (no socket)")
+    _exit_if_refused("reload", answer)
     for name, (old, new) in sorted(answer.changed.items()):
         click.echo(f"{name}: {old or '(new)'} -> {new}")
     if not answer.changed:
@@ -103,11 +111,8 @@ def stop(run_id: str) -> None:
     """Freeze a daemon run's whole agent (its cgroup); `agentd resume RUN_ID` thaws it."""
     answer = _daemon_request("stop", run_id=run_id)
     if answer is None:
-        click.echo("agentd stop: no daemon is running; standalone runs stop with ^Z", err=True)
-        sys.exit(1)
-    if not answer.ok:
-        click.echo(f"agentd stop: {answer.error}", err=True)
-        sys.exit(1)
+        _fail("stop", "no daemon is running; standalone runs stop with ^Z")
+    _exit_if_refused("stop", answer)
     click.echo(f"run {run_id}: {answer.state}")
 
 
@@ -154,9 +159,7 @@ def resume(ctx: click.Context, run_id: str, decision: str | None) -> None:
     if answer is None or answer.unknown:
         ctx.invoke(cli_run.resume, run_id=run_id, decision=decision)
         return
-    if not answer.ok:
-        click.echo(f"agentd resume: {answer.error}", err=True)
-        sys.exit(1)
+    _exit_if_refused("resume", answer)
     click.echo(f"run {run_id}: {decision or answer.state or 'resumed'}")
 
 
@@ -169,7 +172,5 @@ def kill(ctx: click.Context, run_id: str) -> None:
     if answer is None or answer.unknown:
         ctx.invoke(cli_run.kill, run_id=run_id)
         return
-    if not answer.ok:
-        click.echo(f"agentd kill: {answer.error}", err=True)
-        sys.exit(1)
+    _exit_if_refused("kill", answer)
     click.echo(f"run {run_id}: killed")

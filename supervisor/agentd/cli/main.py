@@ -1,7 +1,7 @@
 """The ``agentd`` command line.
 
-This module only assembles the click groups; each command family lives in its own ``cli_*``
-module and is imported lazily, so that ``agentd run`` does not pay for importing the code of
+This module only assembles the click groups; each command family lives in its own module of
+``agentd.cli`` and is imported lazily, so that ``agentd run`` does not pay for importing the code of
 ``agentd policy`` or ``agentd audit``.
 """
 
@@ -16,7 +16,7 @@ _LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "policy": ("agentd.cli.policy", "policy"),
     "audit": ("agentd.cli.audit", "audit"),
     "run": ("agentd.cli.run", "run"),
-    "ps": ("agentd.cli.daemon", "ps"),  # daemon runs first, then cli_run's
+    "ps": ("agentd.cli.daemon", "ps"),  # daemon runs first, then cli/run.py's
     "resume": ("agentd.cli.daemon", "resume"),
     "kill": ("agentd.cli.daemon", "kill"),
     "daemon": ("agentd.cli.daemon", "daemon"),

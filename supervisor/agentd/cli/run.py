@@ -97,6 +97,7 @@ def run(
     agentd run --mode audit --policy read_only -- make test
     agentd run --policy strict --explain-sandbox
     """
+    # Long because its docstring is `agentd run --help`; the code itself is short.
     if explain_sandbox:
         from agentd.run.standalone import explain_sandbox as explain
 

@@ -111,6 +111,8 @@ def run(
 
     from . import protocol
 
+    if not protocol.is_mode(mode):  # refused before connecting: the request could not be built
+        raise ValueError(f"unknown mode {mode!r} (enforce or audit)")
     say = on_error or (lambda text: os.write(2, f"agentd run: {text}\n".encode()))
     try:
         sock = _connect(path)

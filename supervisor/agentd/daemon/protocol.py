@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard, get_args
 
 from pydantic import (
     BaseModel,
@@ -44,6 +44,8 @@ __all__ = [
     "request_for",
     "encode",
     "Request",
+    "Mode",
+    "is_mode",
     "RunRequest",
     "PsRequest",
     "StatusRequest",
@@ -106,6 +108,14 @@ Text = Annotated[str, PlainSerializer(_text_out, return_type=str)]
 
 # --- requests (client -> daemon) ----------------------------------------------------------------
 
+# How a run's supervisor applies the policy: enforce it, or (audit) record and block nothing.
+Mode = Literal["enforce", "audit"]
+
+
+def is_mode(value: str) -> TypeGuard[Mode]:
+    """Is ``value`` one of the run modes? (For callers that hold it as a plain ``str``.)"""
+    return value in get_args(Mode)
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
@@ -121,7 +131,7 @@ class RunRequest(_Request):
     workspace: OsString | None = None  # default: cwd
     policy: OsString = "strict"  # a name, or (root) a policy file
     agent_id: OsString | None = None
-    mode: Literal["enforce", "audit"] = "enforce"
+    mode: Mode = "enforce"
     audit_log: OsString | None = None  # refused: the daemon's configuration decides
     seccomp_profile: OsString | None = None  # refused: the daemon's configuration decides
 
@@ -189,11 +199,11 @@ class MalformedRequest(ValueError):
 
 
 @cache
-def _request_adapter() -> TypeAdapter:
+def _request_adapter() -> TypeAdapter[Request]:
     return TypeAdapter(Request)
 
 
-def parse_request(line: bytes) -> _Request:
+def parse_request(line: bytes) -> Request:
     """The request on ``line`` (without its newline), or ``MalformedRequest`` saying why not."""
     if len(line) > PROTOCOL_LIMIT:
         raise MalformedRequest(f"request too long (more than {PROTOCOL_LIMIT} bytes)")

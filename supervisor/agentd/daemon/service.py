@@ -26,7 +26,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar, assert_never
 
 from pydantic import BaseModel
 
@@ -37,11 +37,17 @@ from .protocol import PROTOCOL_LIMIT
 from .supervisor import SupervisorPlan, fork_supervisor, switch_message
 from .systemd import sd_notify, setup_logging
 
+if TYPE_CHECKING:  # imported where used: the client's side of this package never needs them
+    from agent_os.flight_recorder import FlightRecorder
+    from agentd.kernel.cgroups import CgroupTree, RunCgroup
+
 __all__ = ["Run", "Daemon", "run_daemon", "PROTOCOL_LIMIT"]
 
 log = logging.getLogger("agentd.daemon.service")
 
 SO_PEERGROUPS = 59  # Linux 4.13; not in Python's socket module
+
+_Reply = TypeVar("_Reply", bound=wire.Reply)
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -61,8 +67,8 @@ class Run:
     supervisor_pid: int
     record_fd: int  # read end: audit records and events from the supervisor
     control_fd: int  # write end: policy switches to the supervisor
-    cgroup: Any = None  # cgroups.RunCgroup or None
-    client: Any = None  # the requesting Connection while it stays
+    cgroup: RunCgroup | None = None  # None: the daemon runs without cgroups
+    client: Connection | None = None  # the requesting Connection while it stays
     agent_pid: int | None = None
     state: str = "running"  # running | held | frozen | exited
     started: float = field(default_factory=time.time)
@@ -124,11 +130,11 @@ class Daemon:
         self.environ = environ
         self.store = PolicyStore(config.policy_dir)
         self.runs: dict[str, Run] = {}
-        self.by_fd: dict[int, Any] = {}
         self.selector = selectors.DefaultSelector()
-        self.recorder = None
-        self.cgroups = None
+        self.recorder: FlightRecorder | None = None  # opened by start()
+        self.cgroups: CgroupTree | None = None  # None: without per-agent cgroups
         self.listener: socket.socket | None = None
+        self._wake: tuple[socket.socket, ...] = ()  # the signal wake-up pair, from start()
         self.running = False
         self.counter = 0
         self.started = time.time()
@@ -199,6 +205,8 @@ class Daemon:
             self._tick(0.2)
         sd_notify("STOPPING=1", self.environ)
         signal.set_wakeup_fd(-1)
+        for end in self._wake:
+            end.close()
         if self.listener is not None:
             try:
                 os.unlink(self.config.socket_path)
@@ -233,7 +241,7 @@ class Daemon:
                 if kind == "listener":
                     self._accept()
                 elif kind == "signals":
-                    self._signals(key.fileobj)
+                    self._signals(self._wake[0])  # key.fileobj, as the socket it is
                 elif isinstance(kind, Connection):
                     self._client_readable(kind)
                 elif isinstance(kind, Run):
@@ -279,9 +287,11 @@ class Daemon:
 
     # -- clients -------------------------------------------------------------------------
     def _accept(self) -> None:
+        listener = self.listener
+        assert listener is not None  # the selector has it only once start() bound it
         while True:
             try:
-                sock, _ = self.listener.accept()
+                sock, _ = listener.accept()
             except BlockingIOError:
                 return
             sock.setblocking(False)
@@ -379,26 +389,38 @@ class Daemon:
                 wire.Reply(ok=False, error=f"agents may not use the daemon: {conn.confined}"),
             )
             return
-        handler = {
-            "run": self._op_run,
-            "ps": self._op_ps,
-            "stop": self._op_stop,
-            "resume": self._op_resume,
-            "kill": self._op_kill,
-            "reload": self._op_reload,
-            "status": self._op_status,
-            "signal": self._op_signal,
-        }[op]
         try:
-            reply = handler(conn, request)
+            reply = self._dispatch(conn, request)
         except Exception as exc:  # noqa: BLE001 - the caller gets the error, the daemon lives
             log.exception("op %s from uid %d failed", op, conn.uid)
             reply = wire.Reply(ok=False, error=f"{op} failed: {exc}")
         if reply is not None:
             _send(conn.sock, reply)
 
+    def _dispatch(self, conn: Connection, request: wire.Request) -> wire.Reply | None:
+        """The operation's answer; None for ``signal``, which has none."""
+        match request:
+            case wire.RunRequest():
+                return self._op_run(conn, request)
+            case wire.PsRequest():
+                return self._op_ps(conn, request)
+            case wire.StopRequest():
+                return self._op_stop(conn, request)
+            case wire.ResumeRequest():
+                return self._op_resume(conn, request)
+            case wire.KillRequest():
+                return self._op_kill(conn, request)
+            case wire.ReloadRequest():
+                return self._op_reload(conn, request)
+            case wire.StatusRequest():
+                return self._op_status(conn, request)
+            case wire.SignalRequest():
+                self._op_signal(conn, request)
+                return None
+        assert_never(request)  # mypy: every request model of ``wire.Request`` has its case
+
     # -- operations ----------------------------------------------------------------------
-    def _op_status(self, conn, request: wire.StatusRequest) -> wire.StatusReply:
+    def _op_status(self, conn: Connection, request: wire.StatusRequest) -> wire.StatusReply:
         return wire.StatusReply(
             ok=True,
             pid=os.getpid(),
@@ -409,7 +431,7 @@ class Daemon:
             policies={e.name: e.version for e in self.store.entries.values()},
         )
 
-    def _op_reload(self, conn, request: wire.ReloadRequest) -> wire.ReloadReply:
+    def _op_reload(self, conn: Connection, request: wire.ReloadRequest) -> wire.ReloadReply:
         if conn.uid != 0:
             return wire.ReloadReply(ok=False, error="only root may reload policies")
         return self.reload(who=f"uid {conn.uid}")
@@ -460,13 +482,15 @@ class Daemon:
             return
         run.version = entry.version
 
-    def _find(self, conn, run_id: str) -> tuple[Run | None, wire.Reply | None]:
+    def _find(self, conn: Connection, run_id: str, refusal: type[_Reply]) -> Run | _Reply:
+        """The caller's run ``run_id``, or the op's reply (``refusal``) saying why not. The
+        error fields are all it sets, so on the wire it is the same line whatever the op."""
         run = self.runs.get(run_id)
         if run is None:
-            return None, wire.Reply(ok=False, error=f"no daemon run {run_id!r}", unknown=True)
+            return refusal(ok=False, error=f"no daemon run {run_id!r}", unknown=True)
         if conn.uid not in (0, run.uid):
-            return None, wire.Reply(ok=False, error=f"run {run.run_id} is not yours")
-        return run, None
+            return refusal(ok=False, error=f"run {run.run_id} is not yours")
+        return run
 
     def _held_info(self, run: Run) -> wire.HeldInfo | None:
         try:
@@ -480,7 +504,7 @@ class Daemon:
         except (OSError, ValueError):  # ValueError: JSON, or pydantic's ValidationError
             return None
 
-    def _op_ps(self, conn, request: wire.PsRequest) -> wire.PsReply:
+    def _op_ps(self, conn: Connection, request: wire.PsRequest) -> wire.PsReply:
         runs = []
         for run in self.runs.values():
             if conn.uid not in (0, run.uid):
@@ -511,10 +535,10 @@ class Daemon:
             )
         return wire.PsReply(ok=True, runs=runs)
 
-    def _op_stop(self, conn, request: wire.StopRequest) -> wire.StopReply:
-        run, error = self._find(conn, request.run_id)
-        if error:
-            return error
+    def _op_stop(self, conn: Connection, request: wire.StopRequest) -> wire.StopReply:
+        run = self._find(conn, request.run_id, wire.StopReply)
+        if isinstance(run, wire.Reply):
+            return run
         if run.cgroup is None:
             return wire.StopReply(ok=False, error="this daemon runs without cgroups: cannot freeze")
         frozen = run.cgroup.freeze(wait=2.0)
@@ -522,12 +546,12 @@ class Daemon:
         log.info("run %s frozen by uid %d", run.run_id, conn.uid)
         return wire.StopReply(ok=True, state="frozen" if frozen else "freezing")
 
-    def _op_resume(self, conn, request: wire.ResumeRequest) -> wire.ResumeReply:
+    def _op_resume(self, conn: Connection, request: wire.ResumeRequest) -> wire.ResumeReply:
         from agentd.run import registry as control
 
-        run, error = self._find(conn, request.run_id)
-        if error:
-            return error
+        run = self._find(conn, request.run_id, wire.ResumeReply)
+        if isinstance(run, wire.Reply):
+            return run
         decision = request.decision
         if self._held_info(run) is not None:
             if decision is None:
@@ -549,14 +573,14 @@ class Daemon:
             return wire.ResumeReply(ok=True, state="running")
         return wire.ResumeReply(ok=False, error=f"run {run.run_id} is neither held nor frozen")
 
-    def _op_kill(self, conn, request: wire.KillRequest) -> wire.KillReply:
-        run, error = self._find(conn, request.run_id)
-        if error:
-            return error
+    def _op_kill(self, conn: Connection, request: wire.KillRequest) -> wire.KillReply:
+        run = self._find(conn, request.run_id, wire.KillReply)
+        if isinstance(run, wire.Reply):
+            return run
         self._kill_run(run, f"agentd kill by uid {conn.uid}")
         return wire.KillReply(ok=True)
 
-    def _op_signal(self, conn, request: wire.SignalRequest) -> None:
+    def _op_signal(self, conn: Connection, request: wire.SignalRequest) -> None:
         """The client's ^C and friends, forwarded to the agent's first process; no answer."""
         run = conn.run
         sig = request.signal
@@ -585,7 +609,7 @@ class Daemon:
             pass
 
     # -- launching -----------------------------------------------------------------------
-    def _op_run(self, conn, request: wire.RunRequest) -> wire.RunReply:
+    def _op_run(self, conn: Connection, request: wire.RunRequest) -> wire.RunReply:
         fds, conn.fds = conn.fds, []
         try:
             entry, refusal = self._grant(conn, request, fds)
@@ -736,17 +760,22 @@ class Daemon:
                 )
 
     def _write_record(self, run: Run, fields: dict) -> None:
+        recorder = self.recorder
         try:
-            self.recorder.record(**fields)
+            # Runs exist only once start() opened the log. Checked inside the try so that, were
+            # it ever missing, the run is killed like any other run that cannot be recorded.
+            if recorder is None:
+                raise RuntimeError("no audit log is open")
+            recorder.record(**fields)
         except Exception as exc:  # INVARIANT: an agent that cannot be recorded does not run
             log.error("run %s: audit record failed (%s): killing the agent", run.run_id, exc)
             self._kill_run(run, "the audit log cannot be written")
             return
         run.records += 1
         rotate = self.config.audit.rotate_bytes
-        if rotate and self.recorder._size >= rotate:  # noqa: SLF001 - size is tracked there
+        if rotate and recorder._size >= rotate:  # noqa: SLF001 - size is tracked there
             try:
-                rotated = self.recorder.rotate()
+                rotated = recorder.rotate()
                 log.info("audit log rotated to %s", rotated)
             except Exception:  # noqa: BLE001
                 log.exception("audit log rotation failed")

@@ -387,7 +387,7 @@ class ControlPipe:
 
 
 class DropPrivileges:
-    """A child step (``runner.spawn_traced``): in the agent's child, before the filter is
+    """A child step (``run.supervise.spawn_traced``): in the agent's child, before the filter is
     installed, join the run's cgroup (still root), take the caller's groups, gid and uid, and
     enter its cwd."""
 

@@ -46,7 +46,7 @@ def setup_logging(level: int = logging.INFO) -> logging.Handler:
     """Journal with structured fields (systemd-python's JournalHandler) when importable, else
     stderr — which systemd also routes to the journal, without the fields."""
     try:
-        from systemd.journal import JournalHandler  # type: ignore[import-not-found]
+        from systemd.journal import JournalHandler
 
         handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER="agentd")
     except ImportError:

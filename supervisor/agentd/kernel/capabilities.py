@@ -30,7 +30,7 @@ PLANE_CAPS = (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_SETPCAP)
 
 
 class BoundingDrop:
-    """A child step (``runner.spawn_traced``): drop ``caps`` from the bounding set, in order.
+    """A child step (``run.supervise.spawn_traced``): drop ``caps`` from the bounding set, in order.
     A capability already outside the bounding set is skipped. Prepared in the parent (libc)."""
 
     def __init__(self, caps: tuple[int, ...] = PLANE_CAPS):

@@ -383,6 +383,8 @@ def prepare(
     degradation is a sentence in the returned warnings. ``log_new_exec`` asks the kernel (ABI 7)
     to audit-log the denials of the executed agent: a denial there means the tracer was bypassed.
     """
+    # One piece on purpose: every descriptor opened here is closed on every failure path by the
+    # one try/finally below.
     calls = syscalls or _Syscalls()
     support = support or probe(calls)
     if spec.empty:
@@ -417,37 +419,24 @@ def prepare(
                 access = rule.access if is_dir else rule.access & FILE_RIGHTS
                 if not access:
                     continue
-                beneath = _PathBeneathAttr(access, fd)
-                result, code = calls.call(
-                    SYS_LANDLOCK_ADD_RULE,
+                _add_rule(
+                    calls,
                     ruleset_fd,
                     LANDLOCK_RULE_PATH_BENEATH,
-                    ctypes.addressof(beneath),
-                    0,
+                    _PathBeneathAttr(access, fd),
+                    f"{rule.path}, {', '.join(right_names(access))}",
                 )
-                if result != 0:
-                    raise OSError(
-                        code,
-                        f"landlock_add_rule({rule.path}, "
-                        f"{', '.join(right_names(access))}) failed: "
-                        f"{os.strerror(code)}",
-                    )
                 applied.append(PathRule(rule.path, access, rule.why))
             finally:
                 os.close(fd)  # the ruleset keeps its own reference to the hierarchy
         for port_rule in fitted.port_rules:
-            net_port = _NetPortAttr(port_rule.access, port_rule.port)
-            result, code = calls.call(
-                SYS_LANDLOCK_ADD_RULE,
+            _add_rule(
+                calls,
                 ruleset_fd,
                 LANDLOCK_RULE_NET_PORT,
-                ctypes.addressof(net_port),
-                0,
+                _NetPortAttr(port_rule.access, port_rule.port),
+                f"port {port_rule.port}",
             )
-            if result != 0:
-                raise OSError(
-                    code, f"landlock_add_rule(port {port_rule.port}) failed: {os.strerror(code)}"
-                )
     except BaseException:
         os.close(ruleset_fd)
         raise
@@ -458,6 +447,17 @@ def prepare(
         fitted.handled_fs, fitted.handled_net, fitted.scoped, tuple(applied), fitted.port_rules
     )
     return PreparedRuleset(int(ruleset_fd), flags, applied_spec, support, calls), tuple(warnings)
+
+
+def _add_rule(
+    calls: _Syscalls, ruleset_fd: int, rule_type: int, attr: ctypes.Structure, what: str
+) -> None:
+    """landlock_add_rule(2) of one rule; OSError naming ``what`` when the kernel refuses it."""
+    result, code = calls.call(
+        SYS_LANDLOCK_ADD_RULE, ruleset_fd, rule_type, ctypes.addressof(attr), 0
+    )
+    if result != 0:
+        raise OSError(code, f"landlock_add_rule({what}) failed: {os.strerror(code)}")
 
 
 def describe_spec(spec: RulesetSpec) -> list[str]:

@@ -238,23 +238,17 @@ TRACER_INVARIANTS = FilterSpec(
         # the header). The type's low nibble is the type (SOCK_NONBLOCK|SOCK_CLOEXEC masked off);
         # ping sockets (SOCK_DGRAM, IPPROTO_ICMP) stay allowed.
         # Only IP families: netlink uses SOCK_RAW too (glibc's getifaddrs, getaddrinfo).
-        ArgRule(
-            "socket",
-            (
-                ArgCondition(0, "eq", AF_INET, width=32),
-                ArgCondition(1, "masked_eq", SOCK_RAW, mask=SOCK_TYPE_MASK, width=32),
-            ),
-            EPERM,
-            "a raw IP socket's packets carry their own addresses, which no rule sees",
-        ),
-        ArgRule(
-            "socket",
-            (
-                ArgCondition(0, "eq", AF_INET6, width=32),
-                ArgCondition(1, "masked_eq", SOCK_RAW, mask=SOCK_TYPE_MASK, width=32),
-            ),
-            EPERM,
-            "a raw IP socket's packets carry their own addresses, which no rule sees",
+        *(
+            ArgRule(
+                "socket",
+                (
+                    ArgCondition(0, "eq", family, width=32),
+                    ArgCondition(1, "masked_eq", SOCK_RAW, mask=SOCK_TYPE_MASK, width=32),
+                ),
+                EPERM,
+                "a raw IP socket's packets carry their own addresses, which no rule sees",
+            )
+            for family in (AF_INET, AF_INET6)
         ),
         # (AF_INET, SOCK_PACKET) is turned into a packet socket by the kernel (__sock_create).
         ArgRule(
@@ -645,6 +639,7 @@ def load_profile(path: str | os.PathLike[str]) -> ProfileDenials:
 
 def parse_profile(document: object, source: str = "<profile>") -> ProfileDenials:
     """``load_profile`` on an already parsed JSON document."""
+    # Long because it checks a document key by key, each check with its own one-line error.
 
     def fail(where: str, message: str) -> SeccompProfileError:
         return SeccompProfileError(f"{source}: {where}: {message}")
@@ -844,7 +839,7 @@ def probe_kernel(
 ) -> list[str]:
     """What the kernel lacks for our filter, one sentence each; an empty list means all is there.
 
-    Also mseal(2) (Linux 6.10), which seals the TOCTOU scratch region (``scratch.py``), and
+    Also mseal(2) (Linux 6.10), which seals the TOCTOU scratch region (``trace/pinning.py``), and
     openat2(2) with RESOLVE_NO_SYMLINKS, which every pinned open is rewritten to."""
     return _probe_seccomp(actions_avail, proc_status) + _probe_mseal() + _probe_openat2()
 

@@ -2,9 +2,10 @@
 
 Owns one question the supervisor asks the kernel: when was this inode created, and what is it
 (``birth_and_mode``)? agentd uses it to tell the files an agent made during its run from the files
-that were there before (``provenance.py``). The kernel keeps a birth time on ext4, XFS, btrfs,
-tmpfs and overlayfs over those; where the file system keeps none (NFS, 9p, FAT), the answer is
-None and the caller treats the file as older than the run.
+that were there before (``trace.decode``: the ``created_by_agent`` and ``preexisting``
+conditions). The kernel keeps a birth time on ext4, XFS, btrfs, tmpfs and overlayfs over those;
+where the file system keeps none (NFS, 9p, FAT), the answer is None and the caller treats the file
+as older than the run.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ import dns.rdatatype
 import dns.rdtypes.svcbbase
 import dns.resolver
 
-from agentd.trace.decide import Evaluation, split_host_port
+from agentd.trace.decide import Evaluation, Outcome, split_host_port
 
 __all__ = [
     "NameBook",
@@ -449,10 +449,12 @@ class DnsStub:
                 for key, _ in selector.select():
                     if key.data == "stop":
                         return
+                    ready = key.fileobj
+                    assert isinstance(ready, socket.socket)  # only the stop pipe is a bare fd
                     if key.data == "udp":
-                        self._read_udp(key.fileobj)
+                        self._read_udp(ready)
                     else:
-                        self._accept(key.fileobj)
+                        self._accept(ready)
         except Exception:  # INVARIANT: logged, never silent; close() still cleans up
             log.exception("dns stub: serving thread failed")
         finally:
@@ -517,7 +519,7 @@ class DnsStub:
             while True:
                 deadline = time.monotonic() + self._tcp_idle
                 header = self._recv_exact(conn, 2, deadline, allow_eof=True)
-                if header is None:
+                if not header:  # the client closed between messages
                     return
                 (length,) = struct.unpack("!H", header)
                 if length == 0 or length > MAX_QUERY_BYTES:
@@ -561,7 +563,8 @@ class DnsStub:
 
     def _recv_exact(
         self, sock: socket.socket, count: int, deadline: float, allow_eof: bool = False
-    ) -> bytes | None:
+    ) -> bytes:
+        """``count`` bytes; with ``allow_eof``, b"" when the peer closed before the first one."""
         chunks, got = [], 0
         while got < count:
             self._wait(sock, select.POLLIN, deadline)
@@ -571,7 +574,7 @@ class DnsStub:
                 continue
             if not chunk:
                 if allow_eof and got == 0:
-                    return None
+                    return b""
                 raise _UpstreamFailure("connection closed mid-message")
             chunks.append(chunk)
             got += len(chunk)
@@ -658,7 +661,7 @@ class DnsStub:
                     "network_connect",
                     name,
                     "deny",
-                    "block",
+                    Outcome.BLOCK,
                     f"fail closed: error while judging the DNS query: {exc!r}",
                     ("agentd:fail_closed",),
                 )
@@ -718,6 +721,7 @@ class DnsStub:
             return response.to_wire()
         addresses, cnames, ttl = _learned(question.name, response)
         if addresses:
+            assert ttl is not None  # _learned gives a TTL with every address
             # INVARIANT: learned before the agent sees the answer, so its connect finds the name.
             self.book.remember(report["name"], addresses, ttl)
         report.update(
@@ -802,7 +806,7 @@ def _matching_response(outgoing: dns.message.Message, data: bytes) -> dns.messag
     return response if outgoing.is_response(response) else None
 
 
-def _bare_error(message_id: int, flags: int, rcode: int) -> bytes:
+def _bare_error(message_id: int, flags: int, rcode: dns.rcode.Rcode) -> bytes:
     """An answer with no sections for a query we could not (or would not) read."""
     response = dns.message.Message(id=message_id)
     response.flags = dns.flags.QR | dns.flags.RA | (flags & dns.flags.RD)
@@ -818,7 +822,8 @@ def _learned(
     from ``qname`` only (records for other names are not believed), its smallest TTL counts."""
     if response.rcode() != dns.rcode.NOERROR:
         return (), (), None
-    name, ttl, chain = qname, None, []
+    name, ttl = qname, None
+    chain: list[dns.name.Name] = []
     for _ in range(MAX_CNAME_CHAIN + 1):
         rrset = response.get_rrset(response.answer, name, dns.rdataclass.IN, dns.rdatatype.CNAME)
         if rrset is None:
@@ -837,7 +842,9 @@ def _learned(
     for rdtype in (dns.rdatatype.HTTPS, dns.rdatatype.SVCB):
         # Address hints of HTTPS/SVCB records: clients may connect to them directly.
         rrset = response.get_rrset(response.answer, name, dns.rdataclass.IN, rdtype)
-        for rdata in rrset or ():
+        if rrset is None:
+            continue
+        for rdata in rrset:
             for key in (
                 dns.rdtypes.svcbbase.ParamKey.IPV4HINT,
                 dns.rdtypes.svcbbase.ParamKey.IPV6HINT,

@@ -1,6 +1,6 @@
 """The per-agent network namespace: loopback plus one veth pair whose only peer is the supervisor.
 
-Owns creating, wiring and removing one agent's network namespace (issue 6, docs/network.md
+Owns creating, wiring and removing one agent's network namespace (docs/network.md
 "Namespace"). The namespace is anonymous: a thread ``unshare(CLONE_NEWNET)``s and opens its
 ``/proc/thread-self/ns/net``; the supervisor holds that fd, the agent enters it with
 ``setns`` after fork, and the kernel destroys the namespace (and with it both veth ends) when the
@@ -30,12 +30,15 @@ import socket
 import struct
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agentd.kernel.consts import CLONE_NEWNET
+
+from .sockets import bound_socket
 
 __all__ = [
     "DEFAULT_POOL",
@@ -137,8 +140,8 @@ class NetnsError(RuntimeError):
 class _Libc:
     """The two namespace calls, resolved before any fork (``enter`` runs in a forked child)."""
 
-    setns: object
-    unshare: object
+    setns: Callable[[int, int], int]  # setns(fd, nstype)
+    unshare: Callable[[int], int]  # unshare(flags)
 
     @classmethod
     def load(cls) -> _Libc:
@@ -499,17 +502,7 @@ class AgentNetwork:
         ``("127.0.0.53", 53)``); it stays there while the supervisor uses it from any thread.
         TCP callers still call ``listen()``."""
 
-        def make() -> socket.socket:
-            sock = socket.socket(family, type | socket.SOCK_CLOEXEC)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(addr)
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-
-        return self.run_inside(make)
+        return self.run_inside(bound_socket, family, type, addr)
 
     def original_destination(
         self, agent_port: int, proto: int = socket.IPPROTO_TCP, to_port: int | None = None

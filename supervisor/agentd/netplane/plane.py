@@ -1,6 +1,6 @@
 """One run's network plane: the namespace, the DNS stub and the proxy, wired to the policy.
 
-Owns the composition (issue 6): ``NetworkPlane.start`` builds the agent's network namespace
+Owns the composition: ``NetworkPlane.start`` builds the agent's network namespace
 (``netns.AgentNetwork``), starts the DNS stub and the HTTP proxy on the supervisor's end of the
 veth, points the namespace's redirects at them, and hands the supervisor three things: a child
 step (``enter``: the agent's process joins the namespace between fork and exec), the proxy
@@ -31,7 +31,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from agentd.trace import decide as D
+from agentd.trace import decide
 from agentd.trace.decode import Action
 
 from .dns import DnsStub, DnsStubError, NameBook, system_nameservers
@@ -113,8 +113,8 @@ class PolicyPlane:
         url = self.proxy_url()
         return {name: url for name in PROXY_VARIABLES}
 
-    def view(self) -> D.NetworkView:
-        return D.NetworkView(self.book.names_for, self.endpoints, own_loopback=True)
+    def view(self) -> decide.NetworkView:
+        return decide.NetworkView(self.book.names_for, self.endpoints, own_loopback=True)
 
     def _lookup_address(self) -> tuple[str, int]:
         raise NotImplementedError
@@ -148,7 +148,9 @@ class PolicyPlane:
                     raise OSError(f"cannot resolve {host}: {exc}") from None
         return found
 
-    def _judge(self, method: str, url: str, headers: dict[str, str], dest_ip: str) -> D.Evaluation:
+    def _judge(
+        self, method: str, url: str, headers: dict[str, str], dest_ip: str
+    ) -> decide.Evaluation:
         session = self.session
         context = {
             "agent_id": session.agent_id,
@@ -163,34 +165,36 @@ class PolicyPlane:
             port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 0)
             names = () if _is_address(host) else (host,)
             policy = session.current_policy()  # a reload applies to the next request
-            evaluations = [D.evaluate_action(policy, Action("network_request", url), context)]
+            evaluations = [decide.evaluate_action(policy, Action("network_request", url), context)]
             if dest_ip:
                 ip_form = f"[{dest_ip}]:{port}" if ":" in dest_ip else f"{dest_ip}:{port}"
-                evaluations += D.connect_evaluations(
+                evaluations += decide.connect_evaluations(
                     policy,
                     Action("network_connect", ip_form),
                     context,
-                    D.NetworkView(lambda ip: names),
+                    decide.NetworkView(lambda ip: names),
                 )
             else:  # the name did not resolve: judged by name (the proxy then answers 502)
                 del context["dest_ip"]
                 evaluations += [
-                    D.evaluate_action(policy, Action("network_connect", f"{name}:{port}"), context)
+                    decide.evaluate_action(
+                        policy, Action("network_connect", f"{name}:{port}"), context
+                    )
                     for name in names
                 ]
         except Exception as exc:  # INVARIANT: an error while deciding denies (fail closed)
             evaluations = [
-                D.Evaluation(
+                decide.Evaluation(
                     "network_request",
                     url,
                     "deny",
-                    "block",
+                    decide.Outcome.BLOCK,
                     f"fail closed: error while judging: {exc!r}",
                     ("agentd:fail_closed",),
                 )
             ]
-        worst = max(evaluations, key=lambda e: D.OUTCOME_RANK[e.outcome])
-        enforced = worst.outcome
+        worst = max(evaluations, key=lambda e: decide.OUTCOME_RANK[e.outcome])
+        enforced: str = worst.outcome  # the audit record's word (an Outcome is its own word)
         if enforced == "stop":
             enforced = "block (a proxied request cannot be held for review)"
         if session.audit_only and worst.outcome not in ("allow", "warn"):
@@ -198,20 +202,20 @@ class PolicyPlane:
         for evaluation in evaluations:
             if not session.record(None, "proxy", evaluation, enforced=enforced, method=method):
                 # INVARIANT: nothing passes unrecorded
-                return D.Evaluation(
+                return decide.Evaluation(
                     "network_request",
                     url,
                     "deny",
-                    "block",
+                    decide.Outcome.BLOCK,
                     "fail closed: the audit record could not be written",
                     ("agentd:fail_closed",),
                 )
         if session.audit_only:
-            return D.Evaluation(
+            return decide.Evaluation(
                 worst.action_type,
                 worst.target,
                 "allow",
-                "allow",
+                decide.Outcome.ALLOW,
                 f"audit mode: {worst.reason}",
                 worst.pattern_ids,
             )
@@ -228,8 +232,12 @@ class PolicyPlane:
             return
         target = record.get("url") or f"{record.get('host')}:{record.get('port')}"
         reason = record.get("reason") or f"HTTP {status}"
-        evaluation = D.Evaluation(
-            "network_request", str(target), "deny", "block", f"proxy answered {status}: {reason}"
+        evaluation = decide.Evaluation(
+            "network_request",
+            str(target),
+            "deny",
+            decide.Outcome.BLOCK,
+            f"proxy answered {status}: {reason}",
         )
         self.session.record(
             None, "proxy", evaluation, enforced="block", status=status, client=record.get("client")
@@ -247,11 +255,11 @@ class PolicyPlane:
                 f"resolved through the run's DNS stub ({report.get('rcode')}): "
                 f"{', '.join(addresses) or 'no address'}"
             )
-        evaluation = D.Evaluation(
+        evaluation = decide.Evaluation(
             "dns_query",
             f"{report.get('name')} {report.get('qtype')}",
             "deny" if refused else "allow",
-            "block" if refused else "allow",
+            decide.Outcome.BLOCK if refused else decide.Outcome.ALLOW,
             reason,
         )
         self.session.record(
@@ -268,6 +276,10 @@ class PolicyPlane:
 class NetworkPlane(PolicyPlane):
     """The root plane: the agent's namespace has one veth to the supervisor, where the stub and
     the proxy listen; nftables inside it redirects DNS and web traffic to them."""
+
+    # Never None here: the stub and the proxy are made before the plane (``start``).
+    dns: DnsStub
+    proxy: EgressProxy
 
     def __init__(self, session, network: AgentNetwork, dns: DnsStub, proxy: EgressProxy):
         super().__init__(session, dns.book)
@@ -289,7 +301,13 @@ class NetworkPlane(PolicyPlane):
         except (NetnsUnavailable, NetnsError, OSError) as exc:
             raise PlaneUnavailable(str(exc)) from None
         dns = proxy = None
-        plane = None
+        plane: NetworkPlane | None = None
+
+        def built() -> NetworkPlane:
+            # INVARIANT: the stub and the proxy call back only once started, after the plane
+            assert plane is not None
+            return plane
+
         if upstream is None:
             upstream = _default_upstream()
         try:
@@ -298,14 +316,14 @@ class NetworkPlane(PolicyPlane):
                 [(network.host_address, 0)],
                 upstream=upstream,
                 book=book,
-                on_query=lambda report: plane and plane._dns_query(report),
+                on_query=lambda report: built()._dns_query(report),
             )
             proxy = EgressProxy(
                 (network.host_address, 0),
-                judge=lambda *args: plane._judge(*args),
-                resolve=lambda host: plane._resolve(host),
+                judge=lambda *args: built()._judge(*args),
+                resolve=lambda host: built()._resolve(host),
                 quick_resolve=book.addresses_for,  # no thread hop when known
-                on_decision=lambda record: plane._proxy_outcome(record),
+                on_decision=lambda record: built()._proxy_outcome(record),
                 # the DNAT happened in the agent's namespace: its conntrack
                 # knows the original destination, SO_ORIGINAL_DST here does not
                 original_destination=network.redirected_destination,

@@ -1,6 +1,6 @@
 """The unprivileged agent's network namespace: a user + network namespace made by the agent's child.
 
-Issue 6, for ``agentd run`` without root, where the veth plane (``netns.py``) cannot be built.
+For ``agentd run`` without root, where the veth plane (``netns.py``) cannot be built.
 ``userns_unavailable`` says, from ``/proc``, whether the host lets an ordinary user create a user
 namespace (and why not); ``NamespaceHandoff.probe`` tries it in a throwaway child (what /proc
 cannot show: a container's seccomp profile, a limit set in a parent namespace).
@@ -147,7 +147,8 @@ class NamespaceHandoff:
             ("/proc/self/gid_map", f"{gid} {gid} 1".encode()),
         )
         self._lo = _ifreq("lo")
-        self._aliases = []  # (label, SIOCSIFADDR ifreq, SIOCSIFNETMASK ifreq)
+        # (label, SIOCSIFADDR ifreq, SIOCSIFNETMASK ifreq)
+        self._aliases: list[tuple[str, bytes, bytes]] = []
         for address in self.nameservers:
             if ipaddress.ip_address(address) in ipaddress.ip_network("127.0.0.0/8"):
                 continue  # lo's 127.0.0.1/8 holds it already
@@ -165,7 +166,8 @@ class NamespaceHandoff:
             for address in self.nameservers
             for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)
         ]
-        self._binds.append((socket.SOCK_STREAM, tuple(proxy)))
+        proxy_ip, proxy_port = proxy  # bind() takes a tuple, whatever sequence was given
+        self._binds.append((socket.SOCK_STREAM, (proxy_ip, proxy_port)))
 
     # -- the child (after fork, before Landlock and seccomp) ---------------------------------
     def _make_namespace(self) -> None:

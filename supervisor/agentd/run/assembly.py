@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentd.trace.decide import Evaluation
+from agentd.trace.decide import Evaluation, Outcome
 from agentd.trace.enforce import notice_line
 from agentd.trace.session import Session
 
@@ -134,7 +134,9 @@ class PolicySwitch:
         session.record(
             None,
             "reload",
-            Evaluation("policy_reload", f"{new.name}@{new.version}", "allow", "allow", new.reason),
+            Evaluation(
+                "policy_reload", f"{new.name}@{new.version}", "allow", Outcome.ALLOW, new.reason
+            ),
             enforced="reload",
         )
 
@@ -223,8 +225,9 @@ def execute(spec: RunSpec) -> RunEnd:
     finally:
         _clean_up(spec, session, plane)
     if code is None:
-        # a SIGKILL verdict is 137 even when the process that ran first had already exited
-        code = KILLED if session.killed else exit_code(status)
+        # a SIGKILL verdict is 137 even when the process that ran first had already exited;
+        # no status at all is a run whose tree was killed before its first process ended
+        code = KILLED if session.killed or status is None else exit_code(status)
     return RunEnd(code, status, termination.requested, session)
 
 

@@ -117,7 +117,7 @@ def _regex_parts(regex: re.Pattern) -> tuple | None:
     """The arguments of ``_sre.compile`` that rebuild ``regex`` exactly, or None."""
     try:
         import _sre
-        from re import _compiler, _parser
+        from re import _compiler, _parser  # type: ignore[attr-defined]  # private, no stubs
 
         parsed = _parser.parse(regex.pattern, regex.flags)
         code = [int(op) for op in _compiler._code(parsed, regex.flags)]  # plain ints pickle

@@ -194,7 +194,7 @@ class RunRegistration:
         self.drop_queued()
         watch: list[Any] = [self.sock]
         tty = prompt is not None and sys.stdin is not None and os.isatty(0)
-        if tty:
+        if tty and prompt is not None:
             os.write(2, prompt.encode("utf-8", "replace"))
             watch.append(0)
         if self.interrupt_fd is not None:

@@ -319,9 +319,9 @@ class SandboxPlan:
         ):
             if items:
                 lines.append(f"{title}:")
-                for item in items:
+                for text in items:
                     lines.extend(
-                        textwrap.wrap(item, 100, initial_indent="  - ", subsequent_indent="    ")
+                        textwrap.wrap(text, 100, initial_indent="  - ", subsequent_indent="    ")
                     )
         return "\n".join(lines)
 
@@ -330,10 +330,56 @@ def _ids(ids: Iterable[str]) -> str:
     return ", ".join(repr(i) for i in sorted(ids))
 
 
+def _write_rules(grants: _Grants, handled: int, kind: PathKind) -> list[ll.PathRule]:
+    """The Landlock rules for the writable hierarchies and single files in ``grants``; what
+    Landlock cannot express goes into its notes and caveats."""
+    dirs = _minimal_dirs(grants.dirs)
+    rules: list[ll.PathRule] = []
+    for directory, ids in dirs.items():
+        what = kind(directory)
+        if what != "dir":
+            grants.notes.append(
+                f"{directory} {'is not a directory' if what else 'does not exist'}"
+                f" now: no Landlock rule for it (patterns {_ids(ids)})"
+            )
+            grants.caveats.append(
+                f"{directory} is not there at start: if someone outside the "
+                f"agent creates it later, Landlock refuses writes in it"
+            )
+            continue
+        rules.append(ll.PathRule(directory, handled, f"patterns {_ids(ids)}"))
+    single_files = []
+    for path, ids in sorted(grants.files.items()):
+        if not any(path.startswith(d + "/") for d in dirs):
+            rules.append(ll.PathRule(path, FILE_WRITE_RIGHTS, f"patterns {_ids(ids)}"))
+            single_files.append(path)
+    if single_files:
+        grants.caveats.append(
+            f"{', '.join(single_files)}: allowed as single files; Landlock "
+            "allows writing them but not replacing them by a rename"
+        )
+    allowed_dirs = [r.path for r in rules if r.path not in single_files]
+    for pattern_id, names in grants.newline_names.items():
+        names = [
+            n
+            for n in names
+            if not any(_parent(n) == d or _parent(n).startswith(d + "/") for d in allowed_dirs)
+        ]
+        if names:
+            grants.caveats.append(
+                f"pattern {pattern_id!r} ends in '$', which also matches "
+                f"{', '.join(names)} followed by a newline; Landlock does not "
+                "allow creating such a name (write '\\Z' to be exact)"
+            )
+    return rules
+
+
 def _file_classes(
     policy: Any, support: ll.LandlockSupport, kind: PathKind
 ) -> tuple[list[ClassPlan], list[ll.PathRule], int, _Grants, list[str]]:
     """file_write, file_delete, file_move: one Landlock group (see docs/landlock.md)."""
+    # One decision chain on purpose: each early return says why Landlock cannot take these
+    # classes, and the reasons read best in the order they are tested.
     grants = _Grants()
     warnings: list[str] = []
     tracer_only = "enforced by the tracer only"
@@ -386,44 +432,7 @@ def _file_classes(
             f"the tracer only; Landlock needs ABI {REFER_ABI} or later for them"
         )
         return all_tracer(f"{tracer_only}: Landlock ABI {support.abi} is too old (see warnings)")
-    dirs = _minimal_dirs(grants.dirs)
-    rules: list[ll.PathRule] = []
-    for directory, ids in dirs.items():
-        what = kind(directory)
-        if what != "dir":
-            grants.notes.append(
-                f"{directory} {'is not a directory' if what else 'does not exist'}"
-                f" now: no Landlock rule for it (patterns {_ids(ids)})"
-            )
-            grants.caveats.append(
-                f"{directory} is not there at start: if someone outside the "
-                f"agent creates it later, Landlock refuses writes in it"
-            )
-            continue
-        rules.append(ll.PathRule(directory, handled, f"patterns {_ids(ids)}"))
-    single_files = []
-    for path, ids in sorted(grants.files.items()):
-        if not any(path.startswith(d + "/") for d in dirs):
-            rules.append(ll.PathRule(path, FILE_WRITE_RIGHTS, f"patterns {_ids(ids)}"))
-            single_files.append(path)
-    if single_files:
-        grants.caveats.append(
-            f"{', '.join(single_files)}: allowed as single files; Landlock "
-            "allows writing them but not replacing them by a rename"
-        )
-    allowed_dirs = [r.path for r in rules if r.path not in single_files]
-    for pattern_id, names in grants.newline_names.items():
-        names = [
-            n
-            for n in names
-            if not any(_parent(n) == d or _parent(n).startswith(d + "/") for d in allowed_dirs)
-        ]
-        if names:
-            grants.caveats.append(
-                f"pattern {pattern_id!r} ends in '$', which also matches "
-                f"{', '.join(names)} followed by a newline; Landlock does not "
-                "allow creating such a name (write '\\Z' to be exact)"
-            )
+    rules = _write_rules(grants, handled, kind)
     where = (
         f"allows writing only beneath {', '.join(r.path for r in rules)}"
         if rules
@@ -534,6 +543,63 @@ def _network_classes(
     return [tcp, abstract], handled_net, scoped, warnings
 
 
+# The classes no policy changes: who enforces them is agentd's design, not a plan's choice.
+_FIXED_CLASSES = (
+    ClassPlan(
+        "file_read",
+        (TRACER,),
+        "enforced by the tracer only: Landlock is an allow-list and its read right also "
+        "governs execve (the kernel opens the program and its ELF interpreter for "
+        "reading), which the policy judges as process_spawn, not file_read",
+    ),
+    ClassPlan(
+        "file_chmod", (TRACER,), "enforced by the tracer only: Landlock cannot restrict chmod"
+    ),
+    ClassPlan(
+        "shell_execute / process_spawn",
+        (TRACER,),
+        "enforced by the tracer only: decided on the command line and the resolved "
+        "executable, which Landlock cannot see",
+    ),
+    ClassPlan(
+        "memory_access / env_read",
+        (TRACER,),
+        "enforced by the tracer (env_read: denied variables are removed before exec)",
+    ),
+    ClassPlan(
+        "kernel side doors",
+        (SECCOMP,),
+        "io_uring, ptrace, bpf, mount, kexec, modules, userfaultfd, CLONE_UNTRACED: "
+        "refused in the kernel by the seccomp baseline; ia32 and x32 calls are killed",
+    ),
+)
+
+
+def _audit_plan(name: str, support: ll.LandlockSupport) -> SandboxPlan:
+    """The plan of ``--mode audit``: it blocks nothing, so every class is the tracer's."""
+    classes = [
+        ClassPlan(n, (TRACER,), "--mode audit blocks nothing, so Landlock is not used")
+        for n in (
+            "file_write",
+            "file_delete",
+            "file_move",
+            "network_connect (tcp)",
+            "network_connect (abstract unix)",
+            "signals outside the agent",
+        )
+    ]
+    return SandboxPlan(
+        name,
+        "audit",
+        support,
+        (*_FIXED_CLASSES[:1], *classes, *_FIXED_CLASSES[1:]),
+        ll.RulesetSpec(),
+        (),
+        (),
+        (),
+    )
+
+
 def plan_sandbox(
     policy: Any,
     *,
@@ -546,6 +612,8 @@ def plan_sandbox(
     ``support`` defaults to probing the running kernel (inject one to plan for another kernel);
     ``mode`` "audit" blocks nothing, so it uses no Landlock; ``kind`` says what a path is now.
     """
+    # Long because it assembles the plan from its pieces (_file_classes, _network_classes) and
+    # states what a missing or older Landlock changes; each step is a few lines.
     if mode not in ("enforce", "audit"):
         raise ValueError(f"mode must be enforce or audit, got {mode!r}")
     support = support if support is not None else ll.probe()
@@ -553,58 +621,8 @@ def plan_sandbox(
     warnings: list[str] = []
     caveats: list[str] = []
     notes: list[str] = []
-    enforcing = mode == "enforce"
-    fixed = [
-        ClassPlan(
-            "file_read",
-            (TRACER,),
-            "enforced by the tracer only: Landlock is an allow-list and its read right also "
-            "governs execve (the kernel opens the program and its ELF interpreter for "
-            "reading), which the policy judges as process_spawn, not file_read",
-        ),
-        ClassPlan(
-            "file_chmod", (TRACER,), "enforced by the tracer only: Landlock cannot restrict chmod"
-        ),
-        ClassPlan(
-            "shell_execute / process_spawn",
-            (TRACER,),
-            "enforced by the tracer only: decided on the command line and the resolved "
-            "executable, which Landlock cannot see",
-        ),
-        ClassPlan(
-            "memory_access / env_read",
-            (TRACER,),
-            "enforced by the tracer (env_read: denied variables are removed before exec)",
-        ),
-        ClassPlan(
-            "kernel side doors",
-            (SECCOMP,),
-            "io_uring, ptrace, bpf, mount, kexec, modules, userfaultfd, CLONE_UNTRACED: "
-            "refused in the kernel by the seccomp baseline; ia32 and x32 calls are killed",
-        ),
-    ]
-    if not enforcing:
-        classes = [
-            ClassPlan(n, (TRACER,), "--mode audit blocks nothing, so Landlock is not used")
-            for n in (
-                "file_write",
-                "file_delete",
-                "file_move",
-                "network_connect (tcp)",
-                "network_connect (abstract unix)",
-                "signals outside the agent",
-            )
-        ]
-        return SandboxPlan(
-            name,
-            mode,
-            support,
-            tuple(fixed[:1] + classes + fixed[1:]),
-            ll.RulesetSpec(),
-            (),
-            (),
-            (),
-        )
+    if mode == "audit":
+        return _audit_plan(name, support)
     # Plan for the kernel we have; without Landlock, plan for the newest one and then say what
     # that kernel would have enforced that this one does not.
     target = support if support.available else ll.LandlockSupport(ll.LATEST_ABI)
@@ -625,7 +643,7 @@ def plan_sandbox(
             "agentd's containment rule, enforced by the tracer only: Landlock "
             f"scopes need ABI {ll.SCOPES_ABI}",
         )
-    classes = [fixed[0], *file_classes, *net_classes, signals, *fixed[1:]]
+    classes = [_FIXED_CLASSES[0], *file_classes, *net_classes, signals, *_FIXED_CLASSES[1:]]
     spec = ll.RulesetSpec(handled_fs, handled_net, scoped, tuple(rules))
     notes += grants.notes
     if not support.available:

@@ -47,13 +47,13 @@ def run_agent(
     import time
 
     from . import registry as control
-    from . import supervise as runner
+    from . import supervise
     from .assembly import RunSpec, execute
     from .policy_cache import cache_dir
 
     try:
-        runner.check_host()  # first: a nested run must fail before it touches anything
-    except runner.HostError as exc:
+        supervise.check_host()  # first: a nested run must fail before it touches anything
+    except supervise.HostError as exc:
         _fail(str(exc), 125)
     policy, workspace = _load_policy(policy_name, workspace)
     landlock = _prepare_landlock(policy, mode)
@@ -205,7 +205,7 @@ def explain_network(network: str) -> str:
         import shutil
 
         if shutil.which("nft") is None:
-            why = "nft (nftables) is not installed"
+            why: str | None = "nft (nftables) is not installed"
         else:
             return (
                 f"Network (--network {network}): own network namespace with one veth to the "

@@ -17,8 +17,7 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from agentd.kernel import procfs
-from agentd.kernel import ptrace as P
+from agentd.kernel import procfs, ptrace
 
 __all__ = [
     "HostError",
@@ -201,8 +200,8 @@ def spawn_traced(
             break
         raise HostError(f"the agent process exited before it could be traced: status {status}")
     try:
-        P.seize(pid, P.TRACE_OPTIONS)
-    except P.PtraceError as exc:
+        ptrace.seize(pid, ptrace.TRACE_OPTIONS)
+    except ptrace.PtraceError as exc:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         raise HostError(
@@ -260,7 +259,7 @@ def supervise(
     context = {"agent_id": session.agent_id, "pid": os.getpid(), "syscall": "execve"}
 
     def removed(name: str, result: Any) -> None:
-        from agentd.trace.decide import Evaluation
+        from agentd.trace.decide import Evaluation, Outcome
 
         reason = getattr(result, "reason", None) or f"error while evaluating: {result!r}"
         session.record(
@@ -270,7 +269,7 @@ def supervise(
                 "env_read",
                 name,
                 "deny",
-                "block",
+                Outcome.BLOCK,
                 f"removed from the environment: {reason}",
                 tuple(x for x in (getattr(result, "pattern_id", None),) if x),
                 getattr(result, "severity", None),

@@ -146,9 +146,9 @@ class AgentTree:
 def _outcome(result: EvaluationResult) -> Outcome:
     mode = result.violation_mode
     if not result.allowed:
-        return {ViolationMode.SIGKILL: Outcome.KILL, ViolationMode.SIGSTOP: Outcome.STOP}.get(
-            mode, Outcome.BLOCK
-        )  # type: ignore[arg-type]
+        if mode is ViolationMode.SIGKILL:
+            return Outcome.KILL
+        return Outcome.STOP if mode is ViolationMode.SIGSTOP else Outcome.BLOCK
     return Outcome.WARN if mode is ViolationMode.SIGWARN else Outcome.ALLOW
 
 
@@ -236,7 +236,7 @@ def _containment_of_path(action: Action, tree: AgentTree) -> Evaluation | None:
     rest = match.group(2) or ""
     if action.action_type == "file_write" and _PROC_MEM.fullmatch(rest):
         # Even the agent's own memory: /proc/PID/mem writes read-only pages, and the scratch
-        # copies the decisions are made on are read-only pages (scratch.py, TOCTOU).
+        # copies the decisions are made on are read-only pages (pinning.py, TOCTOU).
         return Evaluation(
             action.action_type,
             action.target,

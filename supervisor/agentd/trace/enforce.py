@@ -40,7 +40,7 @@ _U64 = (1 << 64) - 1
 
 
 def allow(tid: int) -> None:
-    """Let the syscall run (a pinned open as openat2 with RESOLVE_NO_SYMLINKS: scratch.py)."""
+    """Let the syscall run (a pinned open as openat2 with RESOLVE_NO_SYMLINKS: pinning.py)."""
     regs = ptrace.getregs(tid)
     if openat2_form(regs) or sendmsg_form(regs):
         ptrace.setregs(tid, regs)

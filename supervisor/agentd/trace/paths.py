@@ -100,6 +100,8 @@ def resolve_tracee_path(
     directory behind ``dirfd`` the root of the walk: ``/``, absolute symlinks and ``..`` stay
     inside it.
     """
+    # One walk on purpose: the symlink budget, the root of the walk and the component queue are
+    # the state of a single loop, which pieces would have to pass back and forth.
     if isinstance(path, bytes):
         path = os.fsdecode(path)
     if "\0" in path:

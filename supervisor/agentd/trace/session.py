@@ -3,12 +3,12 @@
 Owns the handling of one seccomp stop end to end (``Session.on_syscall``, called by the tracer):
 read the registers, name the syscall, ``decode.decode_syscall``, ``decide.decide`` against the
 policy, one FlightRecorder record per evaluation, then ``enforce`` — or, in audit mode, let it run
-and remember the would-be denial. A SIGSTOP verdict is handed to ``hold`` (``control.py`` waits
-for the operator); the operator's answer to a confirmation covers the rest of that batch
-(``batches``). A refusal gets the kernel's own errno where the kernel would fail the call anyway
-(``errno_probe``). Warnings are printed once per kind and counted. Any exception on this path
-refuses the syscall with EACCES and is recorded (fail closed). Per-run state lives on the
-Session object.
+and remember the would-be denial. A SIGSTOP verdict is handed to ``hold`` (the run's
+``OperatorReview`` waits for the operator); the operator's answer to a confirmation covers the
+rest of that batch (``batches``). A refusal gets the kernel's own errno where the kernel would
+fail the call anyway (``errno_probe``). Warnings are printed once per kind and counted. Any
+exception on this path refuses the syscall with EACCES and is recorded (fail closed). Per-run
+state lives on the Session object.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ class Tracer:
         self.pin = pin if pin is not None else os.environ.get("AGENTD_BENCH_NO_PINNING") != "1"
         self.scratch = pinning.Scratch()
         # tids inside a syscall whose path the kernel still walks (until their exit stop), and
-        # the MUTATORS of other tasks that wait for them (scratch.py)
+        # the MUTATORS of other tasks that wait for them (pinning.py)
         self.windows: set[int] = set()
         self.mutating: set[int] = set()  # the windows that are MUTATORS
         self.waiting: list[Task] = []

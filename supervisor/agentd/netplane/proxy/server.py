@@ -33,6 +33,7 @@ import h11
 
 from agentd.trace.decide import OUTCOME_RANK, Evaluation, Outcome
 
+from ..sockets import bound_socket
 from . import http1
 from .http1 import BadRequest, Peer, Request, RequestHead
 from .tls_sni import ALERT_ACCESS_DENIED, scan_client_hello
@@ -235,14 +236,7 @@ class EgressProxy:
         if sockets is None:
             assert listen is not None
             family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(listen)
-            except OSError:
-                sock.close()
-                raise
-            sockets = [sock]
+            sockets = [bound_socket(family, socket.SOCK_STREAM, listen)]
         self._sockets = list(sockets)
         if not self._sockets:
             raise ValueError("sockets=[] gives the proxy nothing to listen on")
@@ -855,21 +849,12 @@ class EgressProxy:
                     raise _UpstreamClosed("the upstream closed without answering")
                 received = True
                 peer.receive(data)
-            elif kind is h11.Response:
-                client.answered = True
+            elif kind is h11.Response or kind is h11.InformationalResponse:
+                # InformationalResponse: 100, 103 (h11 refuses an unasked 101)
+                client.answered = client.answered or kind is h11.Response
                 out.append(
                     agent.send(
-                        h11.Response(
-                            status_code=event.status_code,
-                            reason=event.reason,
-                            headers=_forwarded_headers(event.headers),
-                        )
-                    )
-                )
-            elif kind is h11.InformationalResponse:  # 100, 103 (h11 refuses an unasked 101)
-                out.append(
-                    agent.send(
-                        h11.InformationalResponse(
+                        kind(
                             status_code=event.status_code,
                             reason=event.reason,
                             headers=_forwarded_headers(event.headers),
