@@ -37,7 +37,9 @@ REPO = HERE.parent
 WORKLOADS_DIR = HERE / "workloads"
 README = HERE / "README.md"
 SECTION = "## agentd run"
-RUNNERS = ("native", "floor", "strace", "agentd")
+RUNNERS = ("native", "floor", "strace", "agentd", "baseline")
+AGENTD = REPO / ".venv" / "bin" / "agentd"
+BASELINE: Path | None = None   # --baseline: the agentd of another checkout, same options
 WORKLOADS = ("py_files", "fork_loop", "tcp_connect", "git_loop")
 SIZES = {"py_files": 2000, "fork_loop": 400, "tcp_connect": 300, "git_loop": 300}
 QUICK_SIZES = {"py_files": 200, "fork_loop": 40, "tcp_connect": 30, "git_loop": 30}
@@ -116,8 +118,11 @@ def runner_prefix(runner: str, tmp: Path, floor: Path, traced: list[tuple[str, i
     if runner == "strace":
         return ["strace", "-f", "--seccomp-bpf", "-e", "trace=" + ",".join(strace_set),
                 "-o", "/dev/null"]
-    if runner == "agentd":
-        return [str(REPO / ".venv" / "bin" / "agentd"), "run", "--policy", policy,
+    if runner in ("agentd", "baseline"):
+        binary = AGENTD if runner == "agentd" else BASELINE
+        if binary is None:
+            raise ValueError("the baseline runner needs --baseline")
+        return [str(binary), "run", "--policy", policy,
                 "--workspace", str(tmp), "--audit-log", str(audit_log), "--"]
     raise ValueError(runner)
 
@@ -181,16 +186,22 @@ def bench_env(tmp: Path) -> dict:
 
 def startup(tmp: Path, env: dict, runs: int) -> dict:
     """Median wall time of /bin/true and of `agentd run -- /bin/true` (default policy), interleaved."""
-    agentd = str(REPO / ".venv" / "bin" / "agentd")
-    native, supervised, supervised_cpu = [], [], []
+    native, supervised, supervised_cpu, baseline = [], [], [], []
+    log = tmp / "startup-audit.jsonl"
+
+    def supervised_true(binary: Path) -> tuple[float, float, int | None]:
+        return timed_run([str(binary), "run", "--workspace", str(tmp), "--audit-log", str(log),
+                          "--", "/bin/true"], env, tmp)
+
     for i in range(runs):
         native.append(timed_run(["/bin/true"], env, tmp)[0])
-        log = tmp / "startup-audit.jsonl"
-        wall, cpu_s, _ = timed_run([agentd, "run", "--workspace", str(tmp), "--audit-log", str(log),
-                                    "--", "/bin/true"], env, tmp)
+        wall, cpu_s, _ = supervised_true(AGENTD)
         supervised.append(wall)
         supervised_cpu.append(cpu_s)
-    return {"runs": runs, "true_ms": statistics.median(native) * 1e3,
+        if BASELINE is not None:
+            baseline.append(supervised_true(BASELINE)[0])
+    extra = {"baseline_true_ms": statistics.median(baseline) * 1e3} if baseline else {}
+    return {**extra, "runs": runs, "true_ms": statistics.median(native) * 1e3,
             "agentd_true_ms": statistics.median(supervised) * 1e3,
             "agentd_true_min_ms": min(supervised) * 1e3,
             "agentd_true_cpu_ms": statistics.median(supervised_cpu) * 1e3,
@@ -200,7 +211,10 @@ def startup(tmp: Path, env: dict, runs: int) -> dict:
 def run(args) -> dict:
     sizes = QUICK_SIZES if args.quick else SIZES
     workloads = args.workloads.split(",") if args.workloads else list(WORKLOADS)
-    runners = args.runners.split(",") if args.runners else list(RUNNERS)
+    global BASELINE
+    BASELINE = Path(args.baseline).resolve() if args.baseline else None
+    runners = args.runners.split(",") if args.runners else [
+        r for r in RUNNERS if r != "baseline" or BASELINE is not None]
     reps = args.reps or (1 if args.quick else 5)
     traced = traced_syscalls()
     with tempfile.TemporaryDirectory(prefix="agentd-bench-", dir="/var/tmp") as tmp_name:
@@ -223,7 +237,8 @@ def run(args) -> dict:
                         audit_log = tmp / f"audit-{workload}-{rep}.jsonl"
                         argv = runner_prefix(runner, tmp, floor, traced, strace_set, audit_log) + \
                             workload_argv(workload, tmp, sizes[workload], listener.port)
-                        elapsed, cpu_s, peak = timed_run(argv, env, tmp, sample_rss=(runner == "agentd"))
+                        elapsed, cpu_s, peak = timed_run(argv, env, tmp,
+                                                         sample_rss=(runner == "agentd"))
                         times[workload][runner].append(elapsed)
                         cpu[workload][runner].append(cpu_s)
                         if peak is not None:
@@ -286,6 +301,8 @@ def table(report: dict) -> str:
     lines += ["", f"Start-up (median of {start['runs']}): `/bin/true` {start['true_ms']:.1f} ms, "
               f"`agentd run -- /bin/true` {start['agentd_true_ms']:.1f} ms "
               f"(+{start['overhead_ms']:.1f} ms)"
+              + (f", baseline {start['baseline_true_ms']:.1f} ms" if "baseline_true_ms" in start
+                 else "")
               + (f"; CPU {start['agentd_true_cpu_ms']:.1f} ms." if "agentd_true_cpu_ms" in start else "."),
               f"Supervisor peak RSS (VmHWM): {(report['supervisor_peak_rss_kib'] or 0) / 1024:.1f} MiB.",
               f"Load average at the end: {', '.join(f'{x:.2f}' for x in report['host']['loadavg_at_end'])}."]
@@ -360,6 +377,10 @@ def main() -> None:
     parser.add_argument("--workloads", default=None, help="comma list of " + ",".join(WORKLOADS))
     parser.add_argument("--runners", default=None, help="comma list of " + ",".join(RUNNERS))
     parser.add_argument("--startup-runs", type=int, default=None)
+    parser.add_argument("--baseline", default=None, metavar="AGENTD",
+                        help="also run this agentd executable (e.g. a checkout of an earlier "
+                             "commit) as runner 'baseline', interleaved with the others, for "
+                             "same-run ratios")
     parser.add_argument("--json", default=str(HERE / "out" / "run.json"))
     parser.add_argument("--no-readme", action="store_true", help="do not touch bench/README.md")
     parser.add_argument("--from-json", default=None,
