@@ -122,7 +122,10 @@ def runner_prefix(runner: str, tmp: Path, floor: Path, traced: list[tuple[str, i
         binary = AGENTD if runner == "agentd" else BASELINE
         if binary is None:
             raise ValueError("the baseline runner needs --baseline")
-        return [str(binary), "run", "--policy", policy,
+        # --network off: tcp_connect's listener is on the host's loopback, which an agent in
+        # its own network namespace (the plane, root's default) cannot reach; the plane's cost
+        # is bench/plane_startup.py's
+        return [str(binary), "run", "--policy", policy, "--network", "off",
                 "--workspace", str(tmp), "--audit-log", str(audit_log), "--"]
     raise ValueError(runner)
 
@@ -187,9 +190,8 @@ def bench_env(tmp: Path) -> dict:
 def startup(tmp: Path, env: dict, runs: int) -> dict:
     """Median wall time of /bin/true and of `agentd run -- /bin/true` (default policy), interleaved."""
     native, supervised, supervised_cpu, baseline = [], [], [], []
-    log = tmp / "startup-audit.jsonl"
-
     def supervised_true(binary: Path) -> tuple[float, float, int | None]:
+        log = tmp / f"startup-audit-{binary == AGENTD}.jsonl"   # one chain per agentd
         return timed_run([str(binary), "run", "--workspace", str(tmp), "--audit-log", str(log),
                           "--", "/bin/true"], env, tmp)
 
@@ -234,7 +236,7 @@ def run(args) -> dict:
                     order = runners[(rep + w_index) % len(runners):] + \
                         runners[:(rep + w_index) % len(runners)]
                     for runner in order:
-                        audit_log = tmp / f"audit-{workload}-{rep}.jsonl"
+                        audit_log = tmp / f"audit-{workload}-{rep}-{runner}.jsonl"
                         argv = runner_prefix(runner, tmp, floor, traced, strace_set, audit_log) + \
                             workload_argv(workload, tmp, sizes[workload], listener.port)
                         elapsed, cpu_s, peak = timed_run(argv, env, tmp,
@@ -243,8 +245,8 @@ def run(args) -> dict:
                         cpu[workload][runner].append(cpu_s)
                         if peak is not None:
                             rss.append(peak)
-                        if audit_log.exists():
-                            audit_log.unlink()
+                        for written in tmp.glob(audit_log.name + "*"):  # and its .head
+                            written.unlink()
             start = startup(tmp, env, args.startup_runs or (5 if args.quick else 30))
         finally:
             listener.close()
@@ -336,7 +338,8 @@ files, an edit of all of them, diff, commit, log. **Runners**, interleaved round
 ({reps} repetitions, medians): native; `floor` — `bench/floor_tracer.c`, ptrace + seccomp with
 agentd's traced syscall set ({ntraced} syscalls, from `agentd.trace.syscall_table`), continuing every
 stop (the floor of this design); `strace -f --seccomp-bpf -e trace=<the same set> -o /dev/null`
-(strace 6.1 lacks {missing}); `agentd run --policy permissive` with its audit log (fsync
+(strace 6.1 lacks {missing}); `agentd run --policy permissive --network off` (the bench's
+listener is on the host's loopback) with its audit log (fsync
 "interval") on the same ext4 disk. Cells: median wall time (ratio to native).
 
 ### Measured

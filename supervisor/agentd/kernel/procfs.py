@@ -16,13 +16,18 @@ reader returns None, an empty result or raises OSError as its docstring says; no
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .syscall_numbers import SYSCALL_NUMBERS
+
+if TYPE_CHECKING:
+    import ipaddress
+
+# ipaddress and socket are imported where they are used: only a connect decision needs them, and
+# every `agentd run` imports this module at start-up (docs/performance.md, start-up).
 
 __all__ = [
     "ProcStat",
@@ -109,6 +114,8 @@ _TABLES = (
 
 
 def _address(hex_text: str, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    import ipaddress
+
     raw = bytes.fromhex(hex_text)
     if family == 4:
         return ipaddress.IPv4Address(raw[::-1])
@@ -129,6 +136,8 @@ def _covers(local, destination) -> bool:
 def listeners(netns_pid: int, ip: str, port: int) -> set[int]:
     """The socket inodes listening on ``ip:port`` (TCP listeners, bound UDP sockets, the address
     itself or a wildcard) in the network namespace of ``netns_pid``."""
+    import ipaddress
+
     try:
         destination = ipaddress.ip_address(ip)
     except ValueError:
@@ -180,6 +189,7 @@ def is_stream_socket(tgid: int, fd: int) -> bool:
     nobody listens on the kernel refuses (ECONNREFUSED)? False when it cannot be told. The
     tracer may take a copy of a tracee's descriptor (pidfd_getfd); the copy is closed at once."""
     import ctypes
+    import socket
 
     libc = ctypes.CDLL(None, use_errno=True)
     pidfd = libc.syscall(SYSCALL_NUMBERS["pidfd_open"], tgid, 0)
