@@ -340,7 +340,8 @@ agentd's traced syscall set ({ntraced} syscalls, from `agentd.trace.syscall_tabl
 stop (the floor of this design); `strace -f --seccomp-bpf -e trace=<the same set> -o /dev/null`
 (strace 6.1 lacks {missing}); `agentd run --policy permissive --network off` (the bench's
 listener is on the host's loopback) with its audit log (fsync
-"interval") on the same ext4 disk. Cells: median wall time (ratio to native).
+"interval") on the same ext4 disk; `baseline` (with `--baseline AGENTD`): another checkout's
+agentd with the same options. Cells: median wall time (ratio to native).
 
 ### Measured
 """
@@ -348,7 +349,8 @@ listener is on the host's loopback) with its audit log (fsync
 
 README_NOTES = """
 **Reading it.** The machine is shared (other jobs, VMs under TCG at times): compare ratios within
-one run, not across runs. Start-up is wall time, `agentd run` with the default policy (strict) and
+one run, not across runs. Start-up is wall time, `agentd run` with the default policy (strict), the
+default network (as root: the network plane, about 230 ms of it, `bench/plane_startup.py`) and
 a warm policy cache (`agentd.run.policy_cache`; the first run after a policy change pays ~30 ms more
 to compile its regexes). RSS is the supervisor process alone (the agent's memory is not in it).
 
@@ -359,8 +361,8 @@ path resolution (`paths.resolve_tracee_path`: several `lstat`s per path), the po
 written after the agent is resumed). Start-up is mostly imports (~45 ms of CPU: `logging`,
 `dataclasses`/`inspect`, `re`, the seccomp/BPF and decode modules); click and YAML are no longer
 imported by `agentd run`, and the policy comes pickled with its compiled regex programs.
-Every agentd cell includes agentd's own start-up (~80 ms here), which is most of the
-`tcp_connect` figure.
+Every agentd cell includes agentd's own start-up with `--network off` (~90-100 ms), which is most
+of the `tcp_connect` figure.
 
 **Against issue 3's targets** (2026-11-27, a quiet moment, load ~2.5): supervisor RSS < 64 MiB —
 met (~28 MiB). Start-up < 60 ms — not met: ~80 ms wall and CPU (100-140 ms before click, YAML
