@@ -362,3 +362,17 @@ def test_arguments_and_environment_that_are_not_utf8_reach_the_agent_intact(daem
     result = subprocess.run(argv, env=env, cwd=daemon.shared, capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [b"63", b"61", b"66", b"e9", b"7c", b"ff", b"fe"]
+
+
+def test_repeated_reads_through_the_daemon_are_one_record_and_a_count(daemon):
+    """The daemon's runs summarise as standalone ones do: the summary goes through the run's
+    pipe to the daemon's log before the run ends, and the chain verifies."""
+    target = daemon.shared / "data.txt"
+    target.write_text("x")
+    os.chmod(target, 0o644)
+    result = daemon.run(py(f"for _ in range(25): open({str(target)!r}).read()"))
+    assert result.returncode == 0, result.stderr
+    reads = [r for r in daemon.records()
+             if r.get("action_type") == "file_read" and r.get("target") == str(target)]
+    assert [r.get("repeats") for r in reads] == [None, 24], reads
+    assert verify_file(daemon.audit_log).ok

@@ -308,6 +308,7 @@ def _clean_up(spec: RunSpec, session: Session, plane: Any) -> None:
         plane.close()
     spec.registration.remove()
     try:
+        session.flush_repeats()
         spec.recorder.close()
     except Exception:  # noqa: BLE001 - never mask the agent's status
         pass

@@ -50,6 +50,13 @@ log = logging.getLogger("agentd.trace.session")
 # the operator's answer to a hold, as what happens to the held syscall
 _OPERATOR_OUTCOMES = {"allow": Outcome.ALLOW, "deny": Outcome.BLOCK, "kill": Outcome.KILL}
 BATCH_QUIET = 60.0  # seconds without one of its actions that end a batch the operator answered
+# Allowed decisions on these action types change nothing: after the first record of one (action
+# type, target, patterns) in a run, its repeats are counted and written as one summary record at
+# the end of the run (``flush_repeats``). Changes and denials are always recorded one by one.
+SUMMARISED = frozenset(
+    {"file_read", "process_spawn", "shell_execute", "env_read", "network_connect", "memory_access"}
+)
+MAX_SUMMARISED = 200_000  # distinct decisions remembered; past that, every record is written
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,10 @@ class Session:
     # the rest are counted and summed up at the end (``warning_summary``)
     warnings: dict[tuple[str, str], list] = field(default_factory=dict)
 
+    # None: every decision is recorded (the policy asked for it, ``records_every_decision``);
+    # else (action type, target, pattern ids) of an allowed decision recorded -> repeats since
+    repeats: dict[tuple[str, str, tuple[str, ...]], int] | None = field(default_factory=dict)
+
     # Set when policy switches may arrive (the daemon's reload): called before every decision,
     # from the tracer's thread or the network plane's, it applies a pending switch.
     refresh: Callable[[], None] | None = None
@@ -97,6 +108,8 @@ class Session:
     def __post_init__(self) -> None:
         if self.exec_identifier is None:
             self.exec_identifier = ExecIdentifier.for_policy(self.policy)
+        if records_every_decision(self.policy):
+            self.repeats = None
 
     def switch_policy(self, policy: decide.PolicyEngine) -> None:
         """Decide with ``policy`` from now on (a reload); what exec identity derives from the
@@ -353,13 +366,40 @@ class Session:
             "allow (audit mode)" if self.audit_only and verdict.outcome.refuses else verdict.outcome
         )
         ok = True
+        repeats = self.repeats if verdict.outcome is Outcome.ALLOW and not extra else None
         for evaluation in verdict.evaluations:
+            if repeats is not None and evaluation.action_type in SUMMARISED:
+                key = (evaluation.action_type, evaluation.target, evaluation.pattern_ids)
+                seen = repeats.get(key)
+                if seen is not None:
+                    repeats[key] = seen + 1  # recorded at the end, as a count
+                    continue
+                if len(repeats) < MAX_SUMMARISED:
+                    repeats[key] = 0
             ok = self.record(task, name, evaluation, enforced=enforced, **extra) and ok
+        return ok
+
+    def flush_repeats(self) -> bool:
+        """At the end of the run: one record per allowed decision that came again, with the
+        number of times (``repeats``); False when one could not be written."""
+        if self.repeats is None or self.recorder is None:
+            return True
+        ok = True
+        for (action_type, target, pattern_ids), count in self.repeats.items():
+            if count:
+                evaluation = decide.Evaluation(
+                    action_type, target, "allow", Outcome.ALLOW, "repeated", pattern_ids
+                )
+                written = self.record(None, "summary", evaluation, enforced="allow", repeats=count)
+                ok = written and ok
+        self.repeats.clear()
         return ok
 
     def record(
         self, task: Task | None, name: str, evaluation: decide.Evaluation, **extra: Any
     ) -> bool:
+        """One audit record of ``evaluation`` (``task`` None: the supervisor's own, as a reload
+        or a summary); False when it could not be written."""
         if self.recorder is None:
             return True
         fields = extra
@@ -394,3 +434,13 @@ class Session:
             )
             return False
         return True
+
+
+def records_every_decision(policy: Any) -> bool:
+    """Does ``policy`` ask for one audit record per decision, repeats included? Yes when its
+    ``defaults.log_level`` is ``debug`` or its settings say ``audit_every_decision: true``
+    (docs/audit-log.md, "What is recorded")."""
+    if str(getattr(policy, "log_level", "info")).lower() == "debug":
+        return True
+    settings = getattr(policy, "settings", None) or {}
+    return settings.get("audit_every_decision") is True
