@@ -26,18 +26,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-
-import dns.edns
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.opcode
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-import dns.rdtypes.svcbbase
-import dns.resolver
+from typing import TYPE_CHECKING
 
 from agentd.trace.decide import Evaluation, Outcome, split_host_port
 
@@ -54,6 +43,37 @@ __all__ = [
 
 log = logging.getLogger("agentd.netplane.dns")
 
+if TYPE_CHECKING:
+    import dns.edns
+    import dns.exception
+    import dns.flags
+    import dns.message
+    import dns.name
+    import dns.opcode
+    import dns.rcode
+    import dns.rdataclass
+    import dns.rdatatype
+    import dns.rdtypes.svcbbase
+
+
+def _dnspython() -> None:
+    """Import dnspython, binding the module name ``dns`` here. Called before the first use, not
+    at import: dnspython costs ~30-50 ms of imports, which a run that never resolves a name (most
+    short commands) would pay at every start with the network plane (docs/network.md, "Cost").
+    Imports are thread-safe; later calls cost a dictionary look-up per module."""
+    global dns
+    import dns.edns
+    import dns.exception
+    import dns.flags
+    import dns.message
+    import dns.name
+    import dns.opcode
+    import dns.rcode
+    import dns.rdataclass
+    import dns.rdatatype
+    import dns.rdtypes.svcbbase
+
+
 MAX_QUERY_BYTES = 2048  # a question plus EDNS padding fits in far less; more is not a query
 MAX_MESSAGE_BYTES = 65535  # what one DNS message can be (TCP length prefix)
 MAX_CNAME_CHAIN = 16  # longer chains (or loops) teach the book nothing
@@ -69,6 +89,7 @@ class DnsStubError(Exception):
 def normalize_name(name: str | dns.name.Name) -> str:
     """``"API.GitHub.com."`` -> ``"api.github.com"``; the root is ``"."``. Odd bytes stay escaped
     (``\\.`` inside a label, ``\\200``), so an escaped name can never read as a different name."""
+    _dnspython()
     if not isinstance(name, dns.name.Name):
         try:
             name = dns.name.from_text(name)
@@ -194,12 +215,24 @@ class NameBook:
 
 
 def system_nameservers(path: str = "/etc/resolv.conf") -> list[tuple[str, int]]:
-    """The ``nameserver`` entries of a resolv.conf as (ip, 53) pairs (read with dnspython)."""
+    """The ``nameserver`` entries of a resolv.conf as (ip, 53) pairs, as resolv.conf(5) reads
+    them: a line ``nameserver ADDRESS``, comments from ``#`` or ``;``, an IPv6 address with or
+    without ``%scope``. Read here, not with dnspython's ``Resolver``: that would import dnspython
+    at every start of a plane (see ``_dnspython``) for the one line format it needs."""
     try:
-        resolver = dns.resolver.Resolver(filename=path, configure=True)
-    except (dns.exception.DNSException, OSError) as exc:
-        raise DnsStubError(f"{path}: no usable nameserver: {exc}") from None
-    servers = [(str(server), 53) for server in resolver.nameservers]
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        raise DnsStubError(f"{path}: no usable nameserver: {exc.strerror or exc}") from None
+    servers = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 2 or fields[0] != "nameserver":
+            continue
+        try:
+            servers.append((str(ipaddress.ip_address(fields[1].partition("%")[0])), 53))
+        except ValueError:
+            log.warning("%s: nameserver %r is not an IP address; left out", path, fields[1])
     if not servers:
         raise DnsStubError(f"{path}: no nameserver line")
     return servers
@@ -596,6 +629,7 @@ class DnsStub:
         report = _new_report(transport, peer)
         reply: bytes | None = None
         try:
+            _dnspython()
             reply = self._answer_query(wire, transport, report)
         except _Stopping:
             report.update(rcode="dropped", reason="stub closing")
