@@ -13,7 +13,6 @@ docs/performance.md.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import pstats
 import subprocess
 import sys
