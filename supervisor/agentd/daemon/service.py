@@ -818,6 +818,10 @@ def run_daemon(config: DaemonConfig) -> None:
         log.warning("not running as root: agents can run only as uid %d", os.geteuid())
     if config.network == "plane":
         # Once here rather than in every forked supervisor: pyroute2, dnspython and asyncio
-        # cost ~120 ms to import, more than building the plane itself (~55 ms).
+        # cost ~120 ms to import, more than building the plane itself (~55 ms). dnspython is
+        # imported by the stub at its first query (netplane/dns.py): here, ahead of it.
         import agentd.netplane.plane  # noqa: F401
+        from agentd.netplane.dns import warm_up
+
+        warm_up()
     Daemon(config).serve()

@@ -37,6 +37,7 @@ __all__ = [
     "system_nameservers",
     "parse_upstream",
     "normalize_name",
+    "warm_up",
     "MAX_QUERY_BYTES",
     "MAX_CNAME_CHAIN",
 ]
@@ -54,6 +55,11 @@ if TYPE_CHECKING:
     import dns.rdataclass
     import dns.rdatatype
     import dns.rdtypes.svcbbase
+
+
+def warm_up() -> None:
+    """Import dnspython now (the daemon, whose forked supervisors then find it imported)."""
+    _dnspython()
 
 
 def _dnspython() -> None:
