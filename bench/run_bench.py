@@ -2,18 +2,25 @@
 
 Runs four workloads (``bench/workloads/``: a Python program importing the standard library and
 reading 2,000 files; a shell loop forking 400 short commands; 300 loopback TCP connects to a
-listener this script starts on 127.0.0.1; a git init/commit/edit/diff loop over 300 files) under
-four runners, interleaved round robin in one run (each repetition runs every workload under every
-runner, in a rotating order): native; ``floor_tracer`` (bench/floor_tracer.c, built here with gcc:
-ptrace + seccomp with agentd's traced syscall set, continuing every stop — the floor of the
-design); ``strace -f --seccomp-bpf`` tracing the same syscalls into /dev/null; ``agentd run
---policy permissive`` with its audit log in the run's temporary directory. Reports medians and
-their ratio to native, the start-up of ``agentd run -- /bin/true`` against ``/bin/true`` and the
-supervisor's peak RSS (VmHWM of the agentd process, sampled while it runs). Writes the table to
-``bench/README.md`` (section ``## agentd run``) and the figures to ``bench/out/run.json``.
+listener thread of the same process (``tcp_connect_self``; ``--workloads tcp_connect`` is the
+older variant whose listener is this script's, on the host's 127.0.0.1); a git
+init/commit/edit/diff loop over 300 files) under six runners, interleaved round robin in one run
+(each repetition runs every workload under every runner, in a rotating order): native;
+``floor_tracer`` (bench/floor_tracer.c, built here with gcc: ptrace + seccomp with agentd's traced
+syscall set, continuing every stop — the floor of the design); ``strace -f --seccomp-bpf`` tracing
+the same syscalls into /dev/null; ``agentd run --policy permissive --network off`` with its audit
+log in the run's temporary directory; ``agentd-plane``, the same with the default network (as
+root: the network plane, the agent in a network namespace of its own); ``agentd-daemon``, the same
+workloads through a private ``agentd daemon`` this script starts (its own socket, runs dir, audit
+log, policy dir and cgroup subtree under the temporary directory; ``network: off`` in its
+configuration) and stops at the end — skipped with one line when it cannot start (it needs cgroup
+v2). Reports medians and their ratio to native, the start-up of ``agentd run -- /bin/true``
+(defaults, ``--network off``, through the daemon) against ``/bin/true`` and the supervisor's peak
+RSS (VmHWM of the agentd process, sampled while it runs). Writes the table to ``bench/README.md``
+(section ``## agentd run``) and the figures to ``bench/out/run.json``.
 
-    .venv/bin/python bench/run_bench.py [--quick] [--reps N] [--workloads a,b] [--json FILE]
-                                        [--no-readme] [--from-json FILE]
+    .venv/bin/python bench/run_bench.py [--quick] [--reps N] [--workloads a,b] [--runners a,b]
+                                        [--json FILE] [--no-readme] [--from-json FILE]
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import argparse
 import json
 import os
 import platform
-import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -37,12 +44,19 @@ REPO = HERE.parent
 WORKLOADS_DIR = HERE / "workloads"
 README = HERE / "README.md"
 SECTION = "## agentd run"
-RUNNERS = ("native", "floor", "strace", "agentd", "baseline")
+RUNNERS = ("native", "floor", "strace", "agentd", "agentd-plane", "agentd-daemon", "baseline")
 AGENTD = REPO / ".venv" / "bin" / "agentd"
 BASELINE: Path | None = None   # --baseline: the agentd of another checkout, same options
-WORKLOADS = ("py_files", "fork_loop", "tcp_connect", "git_loop")
-SIZES = {"py_files": 2000, "fork_loop": 400, "tcp_connect": 300, "git_loop": 300}
-QUICK_SIZES = {"py_files": 200, "fork_loop": 40, "tcp_connect": 30, "git_loop": 30}
+WORKLOADS = ("py_files", "fork_loop", "tcp_connect_self", "git_loop")   # the default set
+ALL_WORKLOADS = WORKLOADS + ("tcp_connect",)
+SIZES = {"py_files": 2000, "fork_loop": 400, "tcp_connect_self": 300, "tcp_connect": 300,
+         "git_loop": 300}
+QUICK_SIZES = {"py_files": 200, "fork_loop": 40, "tcp_connect_self": 30, "tcp_connect": 30,
+               "git_loop": 30}
+# (workload, runner) pairs that cannot measure anything honest, and why (their cell is "-")
+UNSUPPORTED = {("tcp_connect", "agentd-plane"):
+               "the listener is on the host's 127.0.0.1, which an agent in its own network "
+               "namespace cannot reach (tcp_connect_self runs its listener inside the agent)"}
 
 
 def traced_syscalls() -> list[tuple[str, int]]:
@@ -96,6 +110,137 @@ class Listener:
         self.sock.close()
 
 
+class BenchDaemon:
+    """A private ``agentd daemon`` for the agentd-daemon runner (the approach of
+    tests/helpers/agentd_daemon.py's DaemonUnderTest, reduced to what the bench needs): its
+    configuration, socket, runs dir, audit log, policy dir (empty: the built-ins, ``permissive``
+    among them) under ``root`` and a cgroup subtree of its own; started with a NOTIFY_SOCKET of
+    ours, ready at READY=1, stopped with SIGTERM. ``network: off``, because the client's
+    ``--network`` does not reach the daemon (its configuration decides), so that the runner
+    differs from ``agentd`` by the daemon alone; the audit log fsyncs at the same "interval" as
+    ``agentd run``'s."""
+
+    def __init__(self, root: Path) -> None:
+        from agentd.kernel.cgroups import find_unified_mount
+
+        self.mount = find_unified_mount()   # CgroupError (an OSError) without cgroup v2
+        self.root = root
+        (root / "policies").mkdir(parents=True)
+        self.socket_path = root / "agentd.sock"
+        self.cgroup_base = f"agentd-bench-{os.getpid()}-{os.urandom(3).hex()}"
+        config = {"policy_dir": str(root / "policies"), "socket_path": str(self.socket_path),
+                  "runs_dir": str(root / "runs"), "cgroup_base": self.cgroup_base,
+                  "require_cgroups": True, "network": "off",
+                  "audit": {"path": str(root / "audit" / "flight.jsonl"), "fsync": "interval"}}
+        self.config_path = root / "agentd.yaml"
+        self.config_path.write_text(json.dumps(config, indent=2) + "\n")   # JSON is YAML
+        self.process: subprocess.Popen | None = None
+        self.log = None
+        self.notify = None
+        self.shares: list[float] = []   # the daemon's CPU seconds of each measured run
+
+    def log_tail(self) -> str:
+        try:
+            lines = (self.root / "daemon.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
+    def start(self, timeout: float = 30.0) -> BenchDaemon:
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify_path = str(self.root / "notify.sock")
+        self.notify.bind(notify_path)
+        env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+        env.pop("AGENTD_SOCKET", None)
+        self.log = open(self.root / "daemon.log", "ab")
+        self.process = subprocess.Popen([str(AGENTD), "daemon", "--config", str(self.config_path)],
+                                        stdin=subprocess.DEVNULL, stdout=self.log,
+                                        stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        self.notify.settimeout(0.2)
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"agentd daemon exited {self.process.returncode}: "
+                                   f"{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"agentd daemon not ready after {timeout:.0f} s: "
+                                   f"{self.log_tail()}")
+            try:
+                if self.notify.recv(4096).decode().startswith("READY=1"):
+                    return self
+            except TimeoutError:
+                continue
+
+    def env(self, base: dict) -> dict:
+        return dict(base, AGENTD_SOCKET=str(self.socket_path))
+
+    def cpu_ticks(self) -> int:
+        """The daemon's utime + stime + cutime + cstime, in clock ticks: its own work (the audit
+        log, the client) and that of the children it reaped (each run's supervisor and, reaped
+        by that supervisor, the agent)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15])
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until the daemon has reaped every child (so cpu_ticks counts the last run)."""
+        pid = str(self.process.pid)
+        deadline = time.monotonic() + timeout
+        while True:
+            children = []
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    try:
+                        stat = Path(f"/proc/{entry}/stat").read_text()
+                    except OSError:
+                        continue
+                    if stat.rsplit(")", 1)[1].split()[1] == pid:
+                        children.append(entry)
+            if not children:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the daemon's children {children} did not end")
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.notify is not None:
+            self.notify.close()
+        if self.log is not None:
+            self.log.close()
+        base = Path(self.mount) / self.cgroup_base
+        if base.exists():   # the daemon removes it when it stops; this is for a daemon killed
+            for child in base.iterdir():
+                if child.is_dir():
+                    try:
+                        (child / "cgroup.kill").write_text("1")
+                        child.rmdir()
+                    except OSError:
+                        pass
+            try:
+                base.rmdir()
+            except OSError:
+                pass
+
+
+def start_daemon(root: Path) -> BenchDaemon | None:
+    """The private daemon, or None (and one line on stderr) when it cannot start."""
+    daemon = None
+    try:
+        daemon = BenchDaemon(root)
+        return daemon.start()
+    except (OSError, RuntimeError) as exc:
+        if daemon is not None:
+            daemon.stop()
+        print(f"run_bench: skipping the agentd-daemon runner: {exc}", file=sys.stderr)
+        return None
+
+
 def workload_argv(name: str, tmp: Path, size: int, port: int) -> list[str]:
     python = [sys.executable, "-I"]
     if name == "py_files":
@@ -104,13 +249,16 @@ def workload_argv(name: str, tmp: Path, size: int, port: int) -> list[str]:
         return ["/bin/sh", str(WORKLOADS_DIR / "fork_loop.sh"), str(size)]
     if name == "tcp_connect":
         return python + [str(WORKLOADS_DIR / "tcp_connect.py"), str(port), str(size)]
+    if name == "tcp_connect_self":
+        return python + [str(WORKLOADS_DIR / "tcp_connect_self.py"), str(size)]
     if name == "git_loop":
         return ["/bin/sh", str(WORKLOADS_DIR / "git_loop.sh"), str(tmp / "git"), str(size)]
     raise ValueError(name)
 
 
 def runner_prefix(runner: str, tmp: Path, floor: Path, traced: list[tuple[str, int]],
-                  strace_set: list[str], audit_log: Path, policy: str = "permissive") -> list[str]:
+                  strace_set: list[str], audit_log: Path, policy: str = "permissive"
+                  ) -> list[str]:
     if runner == "native":
         return []
     if runner == "floor":
@@ -122,11 +270,17 @@ def runner_prefix(runner: str, tmp: Path, floor: Path, traced: list[tuple[str, i
         binary = AGENTD if runner == "agentd" else BASELINE
         if binary is None:
             raise ValueError("the baseline runner needs --baseline")
-        # --network off: tcp_connect's listener is on the host's loopback, which an agent in
-        # its own network namespace (the plane, root's default) cannot reach; the plane's cost
-        # is bench/plane_startup.py's
+        # --network off: connect() judged by address only, no namespace (agentd-plane has it)
         return [str(binary), "run", "--policy", policy, "--network", "off",
                 "--workspace", str(tmp), "--audit-log", str(audit_log), "--"]
+    if runner == "agentd-plane":
+        # the default network: as root, the plane (a network namespace of the agent's own)
+        return [str(AGENTD), "run", "--policy", policy,
+                "--workspace", str(tmp), "--audit-log", str(audit_log), "--"]
+    if runner == "agentd-daemon":
+        # through the daemon (AGENTD_SOCKET in its env): no --audit-log (refused: the daemon's
+        # log), no --network (the daemon's configuration decides: network: off, see BenchDaemon)
+        return [str(AGENTD), "run", "--policy", policy, "--workspace", str(tmp), "--"]
     raise ValueError(runner)
 
 
@@ -171,6 +325,21 @@ def timed_run(argv: list[str], env: dict, cwd: Path, sample_rss: bool = False
     return elapsed, usage.ru_utime + usage.ru_stime, peak
 
 
+def measure(argv: list[str], env: dict, cwd: Path, daemon: BenchDaemon | None = None,
+            sample_rss: bool = False) -> tuple[float, float, int | None]:
+    """timed_run; through ``daemon`` (None: standalone), with the client's environment pointing
+    at it and, in the CPU time, the daemon's share (the client's tree holds only the client)."""
+    if daemon is None:
+        return timed_run(argv, env, cwd, sample_rss)
+    daemon.settle()
+    before = daemon.cpu_ticks()
+    elapsed, cpu_s, _ = timed_run(argv, daemon.env(env), cwd)
+    daemon.settle()
+    share = (daemon.cpu_ticks() - before) / os.sysconf("SC_CLK_TCK")
+    daemon.shares.append(share)
+    return elapsed, cpu_s + share, None
+
+
 def prepare_tmp(tmp: Path, sizes: dict[str, int]) -> None:
     files = tmp / "files"
     files.mkdir()
@@ -181,33 +350,65 @@ def prepare_tmp(tmp: Path, sizes: dict[str, int]) -> None:
 
 def bench_env(tmp: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "GIT_"))}
+    env.pop("AGENTD_NETWORK", None)   # the runners choose the network themselves
     env.update(HOME=str(tmp), GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@example.invalid",
                GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@example.invalid",
-               GIT_CONFIG_NOSYSTEM="1", LC_ALL="C")
+               GIT_CONFIG_NOSYSTEM="1", LC_ALL="C",
+               # no socket there: a system daemon would otherwise take over the standalone
+               # runners (the agentd-daemon runner's env names the bench's own daemon)
+               AGENTD_SOCKET=str(tmp / "no-daemon.sock"))
     return env
 
 
-def startup(tmp: Path, env: dict, runs: int) -> dict:
-    """Median wall time of /bin/true and of `agentd run -- /bin/true` (default policy), interleaved."""
-    native, supervised, supervised_cpu, baseline = [], [], [], []
-    def supervised_true(binary: Path) -> tuple[float, float, int | None]:
-        log = tmp / f"startup-audit-{binary == AGENTD}.jsonl"   # one chain per agentd
-        return timed_run([str(binary), "run", "--workspace", str(tmp), "--audit-log", str(log),
-                          "--", "/bin/true"], env, tmp)
+STARTUP_VARIANTS = {   # key in the JSON -> what it is
+    "agentd": "agentd run -- /bin/true: the default policy (strict) and network (root: the plane)",
+    "agentd_off": "agentd run --network off -- /bin/true (strict)",
+    "daemon": "agentd run -- /bin/true through the bench's daemon (strict; network: off)",
+    "baseline": "--baseline's agentd run -- /bin/true, defaults",
+}
 
+
+def startup(tmp: Path, env: dict, runs: int, daemon: BenchDaemon | None = None) -> dict:
+    """Median wall (and CPU) time of /bin/true and of each STARTUP_VARIANTS' `agentd run --
+    /bin/true` available, interleaved (the order rotating with each run)."""
+    def argv(binary: Path, key: str, *options: str) -> list[str]:
+        log = tmp / f"startup-audit-{key}.jsonl"   # one chain per variant
+        return [str(binary), "run", *options, "--workspace", str(tmp), "--audit-log", str(log),
+                "--", "/bin/true"]
+
+    variants: dict[str, tuple[list[str], BenchDaemon | None]] = {
+        "true": (["/bin/true"], None),
+        "agentd": (argv(AGENTD, "agentd"), None),
+        "agentd_off": (argv(AGENTD, "agentd_off", "--network", "off"), None)}
+    if daemon is not None:
+        variants["daemon"] = ([str(AGENTD), "run", "--workspace", str(tmp), "--", "/bin/true"],
+                              daemon)
+    if BASELINE is not None:
+        variants["baseline"] = (argv(BASELINE, "baseline"), None)
+    wall: dict[str, list[float]] = {key: [] for key in variants}
+    cpu: dict[str, list[float]] = {key: [] for key in variants}
+    keys = list(variants)
+    shares: list[float] = []
     for i in range(runs):
-        native.append(timed_run(["/bin/true"], env, tmp)[0])
-        wall, cpu_s, _ = supervised_true(AGENTD)
-        supervised.append(wall)
-        supervised_cpu.append(cpu_s)
-        if BASELINE is not None:
-            baseline.append(supervised_true(BASELINE)[0])
-    extra = {"baseline_true_ms": statistics.median(baseline) * 1e3} if baseline else {}
-    return {**extra, "runs": runs, "true_ms": statistics.median(native) * 1e3,
-            "agentd_true_ms": statistics.median(supervised) * 1e3,
-            "agentd_true_min_ms": min(supervised) * 1e3,
-            "agentd_true_cpu_ms": statistics.median(supervised_cpu) * 1e3,
-            "overhead_ms": (statistics.median(supervised) - statistics.median(native)) * 1e3}
+        for key in keys[i % len(keys):] + keys[:i % len(keys)]:
+            command, through = variants[key]
+            elapsed, cpu_s, _ = measure(command, env, tmp, through)
+            wall[key].append(elapsed)
+            cpu[key].append(cpu_s)
+            if through is not None:
+                shares.append(through.shares[-1])
+    native = statistics.median(wall["true"])
+    result = {"runs": runs, "true_ms": native * 1e3,
+              "agentd_true_min_ms": min(wall["agentd"]) * 1e3,
+              "overhead_ms": (statistics.median(wall["agentd"]) - native) * 1e3,
+              "variants": {key: STARTUP_VARIANTS[key] for key in variants if key != "true"}}
+    for key in variants:
+        if key != "true":
+            result[f"{key}_true_ms"] = statistics.median(wall[key]) * 1e3
+            result[f"{key}_true_cpu_ms"] = statistics.median(cpu[key]) * 1e3
+    if shares:   # of daemon_true_cpu_ms: the daemon's own and its reaped children's
+        result["daemon_true_daemon_share_cpu_ms"] = statistics.median(shares) * 1e3
+    return result
 
 
 def run(args) -> dict:
@@ -217,6 +418,12 @@ def run(args) -> dict:
     BASELINE = Path(args.baseline).resolve() if args.baseline else None
     runners = args.runners.split(",") if args.runners else [
         r for r in RUNNERS if r != "baseline" or BASELINE is not None]
+    for kind, names, known in (("workload", workloads, ALL_WORKLOADS),
+                               ("runner", runners, RUNNERS)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise SystemExit(f"run_bench: unknown {kind} {', '.join(unknown)} "
+                             f"(known: {', '.join(known)})")
     reps = args.reps or (1 if args.quick else 5)
     traced = traced_syscalls()
     with tempfile.TemporaryDirectory(prefix="agentd-bench-", dir="/var/tmp") as tmp_name:
@@ -226,50 +433,73 @@ def run(args) -> dict:
         floor = build_floor(tmp) if "floor" in runners else None
         strace_set, strace_missing = strace_names([n for n, _ in traced]) if "strace" in runners \
             else ([], [])
-        listener = Listener()
+        listener = Listener() if "tcp_connect" in workloads else None
+        daemon = None
+        if "agentd-daemon" in runners:
+            daemon = start_daemon(tmp / "daemon")
+            if daemon is None:
+                runners.remove("agentd-daemon")
+                if not runners:
+                    raise SystemExit("run_bench: no runner left to measure")
         times: dict[str, dict[str, list[float]]] = {w: {r: [] for r in runners} for w in workloads}
         cpu: dict[str, dict[str, list[float]]] = {w: {r: [] for r in runners} for w in workloads}
         rss: list[int] = []
+        daemon_share: dict[str, list[float]] = {w: [] for w in workloads}
         try:
             for rep in range(reps):
                 for w_index, workload in enumerate(workloads):
                     order = runners[(rep + w_index) % len(runners):] + \
                         runners[:(rep + w_index) % len(runners)]
                     for runner in order:
+                        if (workload, runner) in UNSUPPORTED:
+                            continue
                         audit_log = tmp / f"audit-{workload}-{rep}-{runner}.jsonl"
                         argv = runner_prefix(runner, tmp, floor, traced, strace_set, audit_log) + \
-                            workload_argv(workload, tmp, sizes[workload], listener.port)
-                        elapsed, cpu_s, peak = timed_run(argv, env, tmp,
-                                                         sample_rss=(runner == "agentd"))
+                            workload_argv(workload, tmp, sizes[workload],
+                                          listener.port if listener else 0)
+                        elapsed, cpu_s, peak = measure(
+                            argv, env, tmp, daemon if runner == "agentd-daemon" else None,
+                            sample_rss=(runner == "agentd"))
                         times[workload][runner].append(elapsed)
                         cpu[workload][runner].append(cpu_s)
+                        if runner == "agentd-daemon":
+                            daemon_share[workload].append(daemon.shares[-1])
                         if peak is not None:
                             rss.append(peak)
                         for written in tmp.glob(audit_log.name + "*"):  # and its .head
                             written.unlink()
-            start = startup(tmp, env, args.startup_runs or (5 if args.quick else 30))
+            start = startup(tmp, env, args.startup_runs or (5 if args.quick else 30), daemon)
         finally:
-            listener.close()
+            if listener is not None:
+                listener.close()
+            if daemon is not None:
+                daemon.stop()
     results = {}
     for workload in workloads:
-        medians = {r: statistics.median(v) for r, v in times[workload].items()}
+        medians = {r: statistics.median(v) for r, v in times[workload].items() if v}
         base = medians.get("native")
-        cpu_medians = {r: statistics.median(v) for r, v in cpu[workload].items()}
+        cpu_medians = {r: statistics.median(v) for r, v in cpu[workload].items() if v}
         cpu_base = cpu_medians.get("native")
         results[workload] = {
             "size": sizes[workload],
             "median_s": medians,
             "ratio_to_native": {r: (m / base if base else None) for r, m in medians.items()},
-            "samples_s": times[workload],
+            "samples_s": {r: v for r, v in times[workload].items() if v},
             "cpu_median_s": cpu_medians,
             "cpu_ratio_to_native": {r: (m / cpu_base if cpu_base else None)
                                     for r, m in cpu_medians.items()},
+            "not_measured": {r: UNSUPPORTED[workload, r] for r in runners
+                             if (workload, r) in UNSUPPORTED},
         }
+        if daemon_share[workload]:   # of agentd-daemon's CPU: the daemon and what it reaped
+            results[workload]["daemon_cpu_share_median_s"] = statistics.median(
+                daemon_share[workload])
     return {
         "host": {"machine": platform.machine(), "kernel": platform.release(),
                  "python": platform.python_version(), "cpus": os.cpu_count(),
                  "loadavg_at_end": os.getloadavg()},
         "quick": bool(args.quick), "repetitions": reps,
+        "runners": runners,
         "traced_syscalls": [n for n, _ in traced],
         "strace_untraceable": strace_missing,
         "workloads": results,
@@ -285,8 +515,8 @@ def _grid(report: dict, runners: list[str], median_key: str, ratio_key: str) -> 
         for runner in runners:
             median = data.get(median_key, {}).get(runner)
             ratio = data.get(ratio_key, {}).get(runner)
-            cells.append("-" if median is None else
-                         f"{median * 1e3:.0f} ms" + ("" if runner == "native" else f" ({ratio:.2f}x)"))
+            cells.append("-" if median is None else f"{median * 1e3:.0f} ms"
+                         + ("" if runner == "native" or ratio is None else f" ({ratio:.2f}x)"))
         lines.append(f"| {name} ({data['size']}) | " + " | ".join(cells) + " |")
     return lines
 
@@ -299,13 +529,27 @@ def table(report: dict) -> str:
         lines += ["", "CPU time of the whole process tree (user + sys, tracer included), median "
                   "(ratio to native):", ""]
         lines += _grid(report, runners, "cpu_median_s", "cpu_ratio_to_native")
+    missing = sorted({f"{runner} on {name}: {why}" for name, data in report["workloads"].items()
+                      for runner, why in data.get("not_measured", {}).items()})
+    if missing:
+        lines += [""] + [f"\"-\": {line}." for line in missing]
     start = report["startup"]
-    lines += ["", f"Start-up (median of {start['runs']}): `/bin/true` {start['true_ms']:.1f} ms, "
-              f"`agentd run -- /bin/true` {start['agentd_true_ms']:.1f} ms "
-              f"(+{start['overhead_ms']:.1f} ms)"
-              + (f", baseline {start['baseline_true_ms']:.1f} ms" if "baseline_true_ms" in start
-                 else "")
-              + (f"; CPU {start['agentd_true_cpu_ms']:.1f} ms." if "agentd_true_cpu_ms" in start else "."),
+
+    def variant(key: str, label: str) -> str:
+        if f"{key}_true_ms" not in start:
+            return ""
+        cpu_ms = start.get(f"{key}_true_cpu_ms")
+        return (f", {label} {start[f'{key}_true_ms']:.1f} ms"
+                + (f" (CPU {cpu_ms:.1f})" if cpu_ms is not None else ""))
+
+    lines += ["", f"Start-up (median of {start['runs']}, wall ms; CPU of the process tree, the "
+              f"daemon's share included): `/bin/true` {start['true_ms']:.1f} ms; "
+              f"`agentd run -- /bin/true` (strict):"
+              + variant("agentd", "default network (root: the plane)").lstrip(",")
+              + f" (+{start['overhead_ms']:.1f} ms)"
+              + variant("agentd_off", "`--network off`")
+              + variant("daemon", "through the daemon (network: off)")
+              + variant("baseline", "baseline (defaults)") + ".",
               f"Supervisor peak RSS (VmHWM): {(report['supervisor_peak_rss_kib'] or 0) / 1024:.1f} MiB.",
               f"Load average at the end: {', '.join(f'{x:.2f}' for x in report['host']['loadavg_at_end'])}."]
     return "\n".join(lines)
@@ -327,21 +571,40 @@ def write_readme_section(text: str) -> None:
 README_INTRO = """{section}
 
 ```
-.venv/bin/python bench/run_bench.py            # ~5 min, writes bench/out/run.json and this section
+.venv/bin/python bench/run_bench.py            # ~8 min, writes bench/out/run.json and this section
 .venv/bin/python bench/run_bench.py --quick    # small sizes, one repetition
 ```
 
 **Workloads** (`bench/workloads/`): `py_files` imports 49 standard-library modules and reads 2,000
-files; `fork_loop` is a shell loop running `/bin/true` 400 times; `tcp_connect` makes 300 TCP
-connections to a listener the bench runs on 127.0.0.1; `git_loop` runs git init, commit of 300
-files, an edit of all of them, diff, commit, log. **Runners**, interleaved round robin in one run
-({reps} repetitions, medians): native; `floor` — `bench/floor_tracer.c`, ptrace + seccomp with
-agentd's traced syscall set ({ntraced} syscalls, from `agentd.trace.syscall_table`), continuing every
-stop (the floor of this design); `strace -f --seccomp-bpf -e trace=<the same set> -o /dev/null`
-(strace 6.1 lacks {missing}); `agentd run --policy permissive --network off` (the bench's
-listener is on the host's loopback) with its audit log (fsync
-"interval") on the same ext4 disk; `baseline` (with `--baseline AGENTD`): another checkout's
-agentd with the same options. Cells: median wall time (ratio to native).
+files; `fork_loop` is a shell loop running `/bin/true` 400 times; `tcp_connect_self` makes 300
+TCP connections to 127.0.0.1, to a listener thread of the same Python process (bind, listen,
+accept and close each); `git_loop` runs git init, commit of 300 files, an edit of all of them,
+diff, commit, log. **Runners**, interleaved round robin in one run ({reps} repetitions, medians):
+native; `floor` — `bench/floor_tracer.c`, ptrace + seccomp with agentd's traced syscall set
+({ntraced} syscalls, from `agentd.trace.syscall_table`), continuing every stop (the floor of this
+design); `strace -f --seccomp-bpf -e trace=<the same set> -o /dev/null` (strace 6.1 lacks
+{missing}); `agentd` — `agentd run --policy permissive --network off` with its audit log (fsync
+"interval") on the same ext4 disk; `agentd-plane` — the same with the default network (as root:
+the network plane, the agent in a network namespace of its own, `docs/network.md`);
+`agentd-daemon` — the same workloads through a private `agentd daemon` the bench starts (its own
+socket, runs dir, audit log with fsync "interval", an empty policy dir so `permissive` is the
+built-in, a cgroup v2 subtree; skipped with one line when it cannot start) and stops at the end;
+the client's `--network` does not reach a daemon (its configuration decides), so the daemon has
+`network: off` and the runner differs from `agentd` by the daemon alone; `baseline` (with
+`--baseline AGENTD`): another checkout's agentd with `agentd`'s options. Cells: median wall time
+(ratio to native). The CPU of `agentd-daemon` is the client's process tree plus the daemon's
+share (its own CPU and that of the supervisor and agent it reaped, from `/proc/PID/stat`, in
+clock ticks of 10 ms).
+
+**Why `tcp_connect_self`.** An agent in its own network namespace has a 127.0.0.1 of its own:
+the older `tcp_connect` (`--workloads tcp_connect`; 300 connects to a listener the bench runs on
+the host's loopback) cannot reach its listener under the plane, and its `agentd-plane` cell
+stays "-". Moving the listener into the workload's own process makes one program that every
+runner runs unchanged, so the row stays comparable across all of them (the runners that trace
+now also pay for the listener's bind; accept and close are not traced syscalls), and under the
+plane it measures the loopback inside the agent's namespace, which is what an agent talking to
+a local server it started itself gets. It is not the same figure as the old `tcp_connect` row:
+compare it within a run, not with older tables.
 
 ### Measured
 """
@@ -349,10 +612,12 @@ agentd with the same options. Cells: median wall time (ratio to native).
 
 README_NOTES = """
 **Reading it.** The machine is shared (other jobs, VMs under TCG at times): compare ratios within
-one run, not across runs. Start-up is wall time, `agentd run` with the default policy (strict), the
-default network (as root: the network plane, about 230 ms of it, `bench/plane_startup.py`) and
-a warm policy cache (`agentd.run.policy_cache`; the first run after a policy change pays ~30 ms more
-to compile its regexes). RSS is the supervisor process alone (the agent's memory is not in it).
+one run, not across runs. Start-up is wall time of `agentd run -- /bin/true` with the default
+policy (strict) and a warm policy cache (`agentd.run.policy_cache`; the first run after a policy
+change pays ~30 ms more to compile its regexes), three ways, interleaved: the default network
+(as root: the network plane, about 230 ms of it, `bench/plane_startup.py`), `--network off`, and
+through the bench's daemon (`network: off`). RSS is the supervisor process alone of the `agentd`
+runner (the agent's memory is not in it).
 
 **Where agentd's time goes** (cProfile of `py_files`, per seccomp stop): the ptrace requests
 (GETREGS, CONT, and the memory pinning of the TOCTOU defence: about six requests per stop),
@@ -361,8 +626,8 @@ path resolution (`paths.resolve_tracee_path`: several `lstat`s per path), the po
 written after the agent is resumed). Start-up is mostly imports (~45 ms of CPU: `logging`,
 `dataclasses`/`inspect`, `re`, the seccomp/BPF and decode modules); click and YAML are no longer
 imported by `agentd run`, and the policy comes pickled with its compiled regex programs.
-Every agentd cell includes agentd's own start-up with `--network off` (~90-100 ms), which is most
-of the `tcp_connect` figure.
+Every agentd cell includes agentd's own start-up (with `--network off` ~90-100 ms; `agentd-plane`
+adds the plane's build and teardown), which is most of the `tcp_connect_self` figure.
 
 **Against issue 3's targets** (2026-11-27, a quiet moment, load ~2.5): supervisor RSS < 64 MiB —
 met (~28 MiB). Start-up < 60 ms — not met: ~80 ms wall and CPU (100-140 ms before click, YAML
@@ -379,7 +644,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
     parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--workloads", default=None, help="comma list of " + ",".join(WORKLOADS))
+    parser.add_argument("--workloads", default=None,
+                        help="comma list of " + ",".join(ALL_WORKLOADS) + " (default: "
+                        + ",".join(WORKLOADS) + ")")
     parser.add_argument("--runners", default=None, help="comma list of " + ",".join(RUNNERS))
     parser.add_argument("--startup-runs", type=int, default=None)
     parser.add_argument("--baseline", default=None, metavar="AGENTD",
