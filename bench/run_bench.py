@@ -619,7 +619,8 @@ change pays ~30 ms more to compile its regexes), three ways, interleaved: the de
 through the bench's daemon (`network: off`). RSS is the supervisor process alone of the `agentd`
 runner (the agent's memory is not in it).
 
-**Where agentd's time goes** (cProfile of `py_files`, per seccomp stop): the ptrace requests
+**Where agentd's time goes** (`bench/stop_profile.py`, step by step in docs/performance.md; cProfile of
+`py_files`, per seccomp stop): the ptrace requests
 (GETREGS, CONT, and the memory pinning of the TOCTOU defence: about six requests per stop),
 path resolution (`paths.resolve_tracee_path`: several `lstat`s per path), the policy decision
 (cached per target), and one FlightRecorder record (~15 µs of CPU: JSON twice and SHA-256,
