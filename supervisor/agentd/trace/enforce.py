@@ -39,9 +39,11 @@ SYSCALL_INSN = b"\x0f\x05"
 _U64 = (1 << 64) - 1
 
 
-def allow(tid: int) -> None:
-    """Let the syscall run (a pinned open as openat2 with RESOLVE_NO_SYMLINKS: pinning.py)."""
-    regs = ptrace.getregs(tid)
+def allow(tid: int, regs: ptrace.Registers | None = None) -> None:
+    """Let the syscall run (a pinned open as openat2 with RESOLVE_NO_SYMLINKS: pinning.py).
+    ``regs``: the stop's registers as the kernel holds them, when the caller has them."""
+    if regs is None:
+        regs = ptrace.getregs(tid)
     if openat2_form(regs) or sendmsg_form(regs):
         ptrace.setregs(tid, regs)
     _go(tid, regs)

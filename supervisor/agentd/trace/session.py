@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agentd.kernel import ptrace
 from agentd.kernel.statx import coarse_now_ns
 from agentd.kernel.syscall_numbers import SYSCALL_NAMES
 
@@ -32,7 +31,7 @@ from .errno_probe import probe_for
 from .exec_identity import ExecIdentifier
 from .hold import Hold
 from .syscall_table import TABLE
-from .tracer import Task, Tracer
+from .tracer import Task, Tracer, stop_registers
 
 __all__ = ["Session", "WouldDeny", "AuditRecorder"]
 
@@ -128,7 +127,7 @@ class Session:
     def on_syscall(self, tracer: Tracer, task: Task) -> None:
         if self.refresh is not None:
             self.refresh()  # between two decisions, never inside one
-        regs = ptrace.getregs(task.tid)
+        regs = stop_registers(task)
         nr = regs.orig_rax
         name = SYSCALL_NAMES.get(nr, f"syscall_{nr}")
         args = syscall_args(regs)
@@ -251,10 +250,10 @@ class Session:
                     )
             outcome = Outcome.ALLOW
         if outcome == Outcome.ALLOW:
-            enforce.allow(task.tid)
+            enforce.allow(task.tid, regs)
         elif outcome == Outcome.WARN:
             self._warn(task, name, verdict)
-            enforce.allow(task.tid)
+            enforce.allow(task.tid, regs)
         elif outcome == Outcome.BLOCK:
             self._refuse(task, regs, name, decoded, verdict)
         elif outcome == Outcome.KILL:

@@ -58,6 +58,9 @@ class Task:
     mutator: bool = False  # waiting (Tracer.waiting) with one of scratch.MUTATORS
     sendmmsg_array: int = 0  # a pinned sendmmsg: the agent's array, for its exit stop
     probing: enforce.Probing | None = None  # a refusal whose errno its exit stop sets
+    # The registers of the seccomp stop being handled, as the kernel holds them after pinning:
+    # read once per stop (set by _pin, taken by the handler with ``stop_registers``)
+    regs: ptrace.Registers | None = None
     _exe: str | None = None
     _ppid: int | None = None
     _memory: TraceeMemory | None = None
@@ -369,6 +372,7 @@ class Tracer:
         if task.tgid == self.root_pid and not self.root_exec_done:
             return  # the supervisor's child execing the agent: no agent code has run yet
         regs = ptrace.getregs(task.tid)
+        task.regs = regs
         name = SYSCALL_NAMES.get(regs.orig_rax)
         task.sendmmsg_array = 0
         if name not in self._pinned:
@@ -396,6 +400,7 @@ class Tracer:
 
     def _seccomp_stop(self, task: Task, wait: bool = True) -> None:
         task.probing = None  # a new syscall: any earlier probe's exit has been reported
+        task.regs = None
         try:
             if self.pin:
                 # its previous syscall is over, whether or not we saw the exit
@@ -464,3 +469,10 @@ class Tracer:
             self.root_status = status
         if task is not None and self.on_exit is not None:
             self.on_exit(self, task, status)
+
+
+def stop_registers(task: Task) -> ptrace.Registers:
+    """The registers of ``task``'s current seccomp stop: the copy ``_pin`` read (and wrote back,
+    if it changed them), else read now. Taken once: a later call reads them again."""
+    regs, task.regs = task.regs, None
+    return regs if regs is not None else ptrace.getregs(task.tid)
