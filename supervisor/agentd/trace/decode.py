@@ -25,6 +25,7 @@ from agentd.kernel import tracee_memory as _mem
 
 from . import exec_identity as _exec_identity
 from . import paths as _paths
+from . import pinning as _pinning
 from . import syscall_table
 
 __all__ = [
@@ -241,15 +242,21 @@ def _decode_open(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     else:
         flags = spec.fixed_flags
     follow = not flags & syscall_table.O_NOFOLLOW
-    # RESOLVE_IN_ROOT scopes the walk to the dirfd; the other RESOLVE_* flags only make the
-    # kernel refuse more, so resolving without them names the same file or a refused one.
-    path = _resolve(
-        t,
-        _dirfd(args, spec.dirfd),
-        _read_path(t, args[syscall_table.operand(spec.path)]),
-        follow_last=follow and not (flags & syscall_table.O_CREAT and flags & syscall_table.O_EXCL),
-        in_root=bool(resolve & syscall_table.RESOLVE_IN_ROOT),
-    )
+    address = args[syscall_table.operand(spec.path)]
+    path = _read_path(t, address)
+    if not (_pinning.is_resolved_open_path(address) and not path.endswith("/")):
+        # RESOLVE_IN_ROOT scopes the walk to the dirfd; the other RESOLVE_* flags only make the
+        # kernel refuse more, so resolving without them names the same file or a refused one.
+        path = _resolve(
+            t,
+            _dirfd(args, spec.dirfd),
+            path,
+            follow_last=follow
+            and not (flags & syscall_table.O_CREAT and flags & syscall_table.O_EXCL),
+            in_root=bool(resolve & syscall_table.RESOLVE_IN_ROOT),
+        )
+    # else: the pinning resolved it in this stop, as this would (pinning._resolved_for_open),
+    # and the kernel will open exactly it (RESOLVE_NO_SYMLINKS): resolving again changes nothing
     writes = (flags & syscall_table.O_ACCMODE) in (
         syscall_table.O_WRONLY,
         syscall_table.O_RDWR,

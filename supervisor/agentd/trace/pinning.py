@@ -403,6 +403,14 @@ def _open_how(flags: int, mode: int) -> bytes:
     )
 
 
+def is_resolved_open_path(address: int) -> bool:
+    """Does ``address`` hold the path ``pin`` resolved for an open in this stop (absolute,
+    normalised, every symlink followed; the kernel walks it with RESOLVE_NO_SYMLINKS once the
+    open is allowed)? Only such a path sits at ``PINNED_OPEN_PATH_OFFSET`` in a slot."""
+    offset = address - SCRATCH_BASE
+    return 0 <= offset < SCRATCH_SIZE and offset % SLOT_SIZE == PINNED_OPEN_PATH_OFFSET
+
+
 def openat2_form(regs) -> bool:
     """An allowed, pinned and rewritten open(at) becomes openat2(AT_FDCWD, path, how, 24) with
     RESOLVE_NO_SYMLINKS (the how was laid out by ``pin``). Recognised from the registers alone:
@@ -414,8 +422,7 @@ def openat2_form(regs) -> bool:
         path = regs.rdi
     else:
         return False
-    offset = path - SCRATCH_BASE
-    if not 0 <= offset < SCRATCH_SIZE or offset % SLOT_SIZE != PINNED_OPEN_PATH_OFFSET:
+    if not is_resolved_open_path(path):
         return False
     regs.orig_rax = _NR_OPENAT2
     regs.rdi = _paths.AT_FDCWD & _U64
