@@ -1,15 +1,14 @@
 """Kernel ABI constants that python-ptrace and the standard library do not provide (x86_64).
 
 This module spells the kernel numbers of the ptrace and seccomp machinery: seccomp return values,
-modes and flags,
-the ``seccomp_data`` layout, ptrace options, events and requests python-ptrace lacks, audit
-architectures, clone flags, prctl options and the few ioctls the seccomp filter looks at. Every
-value is copied from the Linux UAPI headers (``linux/seccomp.h``, ``linux/ptrace.h``,
-``linux/audit.h``, ``linux/sched.h``, ``linux/prctl.h``, ``asm-generic/ioctls.h``, Linux 6.18);
-``tests/test_seccomp.py::test_kernel_consts_match_headers`` compiles a C program against the headers
-on the host and compares every constant those headers define. Plain ints, no logic. Syscall
-numbers live in ``syscall_numbers``; a subsystem with an ABI of its own keeps its constants with
-its binding (Landlock's access rights in ``landlock``).
+modes and flags, the ``seccomp_data`` layout, ptrace options, events and requests python-ptrace
+lacks, audit architectures, clone flags, prctl options and the few ioctls the seccomp filter
+looks at. Every value is copied from the Linux UAPI headers (``linux/seccomp.h``,
+``linux/ptrace.h``, ``linux/audit.h``, ``linux/sched.h``, ``linux/prctl.h``,
+``asm-generic/ioctls.h``, Linux 6.18); ``tests/test_seccomp.py::test_kernel_consts_match_headers``
+compiles a C program against the headers on the host and compares every constant those headers
+define. Plain ints, no logic. Syscall numbers live in ``syscall_numbers``; a subsystem with an ABI
+of its own keeps its constants with its binding (Landlock's access rights in ``landlock``).
 """
 
 from __future__ import annotations
