@@ -147,3 +147,37 @@ def test_sendmmsg_sends_one_pinned_message_and_reports_it(ws, policy):
     result = run_agentd(policy, [PYTHON, "-c", SENDMMSG], cwd=ws)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1", "5", "hello"]
+
+
+def test_a_path_the_agent_puts_where_pinned_paths_go_is_still_walked(ws, tmp_path):
+    """The decoder takes an open's path unwalked only when this stop's pinning resolved it
+    (``Task.resolved_open``), never because of where the pointer points: with the defence off,
+    an agent that maps memory where a pinned path would sit (slot offset 24) and opens a symlink
+    from there is judged on the symlink's target."""
+    import os
+
+    (tmp_path / "secret.txt").write_text("TOP-SECRET\n")
+    os.symlink(tmp_path / "secret.txt", ws / "innocent")
+    policy = write_policy(tmp_path, [{"id": "no_secret", "action_type": "file_read",
+                                      "pattern": r".*/secret\.txt$", "action": "deny"}],
+                          name="deny_secret")
+    code = f"""
+import ctypes, mmap
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_long]
+base = libc.mmap({S.SCRATCH_BASE}, 4096, mmap.PROT_READ | mmap.PROT_WRITE,
+                 mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x100000, -1, 0)  # MAP_FIXED_NOREPLACE
+assert base == {S.SCRATCH_BASE}, hex(base or 0)
+path = {str(ws / "innocent")!r}.encode() + b"\\0"
+ctypes.memmove(base + {S.PINNED_OPEN_PATH_OFFSET}, path, len(path))
+fd = libc.syscall(257, -100, ctypes.c_void_p(base + {S.PINNED_OPEN_PATH_OFFSET}), 0, 0)
+print("fd", fd, "errno", ctypes.get_errno())
+"""
+    env = dict(os.environ, AGENTD_BENCH_NO_PINNING="1")
+    result = run_agentd(policy, [PYTHON, "-c", code], cwd=ws, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["fd", "-1", "errno", str(errno.EACCES)], result.stdout
+    denied = [r for r in result.records if r["decision"] == "deny"]
+    assert [r["target"] for r in denied] == [str((tmp_path / "secret.txt").resolve())]

@@ -25,7 +25,6 @@ from agentd.kernel import tracee_memory as _mem
 
 from . import exec_identity as _exec_identity
 from . import paths as _paths
-from . import pinning as _pinning
 from . import syscall_table
 
 __all__ = [
@@ -94,6 +93,9 @@ class Tracee:
     # When the run began (statx.coarse_now_ns): files born since are the agent's own. None: no
     # run (one-off decoding), nothing counts as the agent's.
     run_started_ns: int | None = None
+    # Where the tracer's pinning put the path it resolved for this stop's open (the kernel will
+    # open exactly it, with RESOLVE_NO_SYMLINKS); None: it resolved none, the decoder walks it
+    resolved_open: int | None = None
 
 
 @dataclass(frozen=True)
@@ -244,7 +246,7 @@ def _decode_open(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     follow = not flags & syscall_table.O_NOFOLLOW
     address = args[syscall_table.operand(spec.path)]
     path = _read_path(t, address)
-    if not (_pinning.is_resolved_open_path(address) and not path.endswith("/")):
+    if not (address == t.resolved_open and not path.endswith("/")):
         # RESOLVE_IN_ROOT scopes the walk to the dirfd; the other RESOLVE_* flags only make the
         # kernel refuse more, so resolving without them names the same file or a refused one.
         path = _resolve(

@@ -403,12 +403,23 @@ def _open_how(flags: int, mode: int) -> bytes:
     )
 
 
-def is_resolved_open_path(address: int) -> bool:
-    """Does ``address`` hold the path ``pin`` resolved for an open in this stop (absolute,
-    normalised, every symlink followed; the kernel walks it with RESOLVE_NO_SYMLINKS once the
-    open is allowed)? Only such a path sits at ``PINNED_OPEN_PATH_OFFSET`` in a slot."""
+def _is_resolved_open_path(address: int) -> bool:
+    # only a path ``pin`` resolved for an open sits at PINNED_OPEN_PATH_OFFSET in a slot
     offset = address - SCRATCH_BASE
     return 0 <= offset < SCRATCH_SIZE and offset % SLOT_SIZE == PINNED_OPEN_PATH_OFFSET
+
+
+def resolved_open_path(regs) -> int | None:
+    """For an open(at) ``pin`` has just rewritten (``regs`` as it set them): the address of the
+    path it resolved (absolute, normalised, symlinks followed), which the kernel will walk with
+    RESOLVE_NO_SYMLINKS once the open is allowed; None for anything else."""
+    if regs.orig_rax == _NR_OPENAT:
+        path = regs.rsi
+    elif regs.orig_rax == _NR_OPEN:
+        path = regs.rdi
+    else:
+        return None
+    return path if _is_resolved_open_path(path) else None
 
 
 def openat2_form(regs) -> bool:
@@ -416,13 +427,8 @@ def openat2_form(regs) -> bool:
     RESOLVE_NO_SYMLINKS (the how was laid out by ``pin``). Recognised from the registers alone:
     the path pointer sits at ``PINNED_OPEN_PATH_OFFSET`` in a slot, where nothing else ever
     puts a path. True when ``regs`` changed (the caller sets them)."""
-    if regs.orig_rax == _NR_OPENAT:
-        path = regs.rsi
-    elif regs.orig_rax == _NR_OPEN:
-        path = regs.rdi
-    else:
-        return False
-    if not is_resolved_open_path(path):
+    path = resolved_open_path(regs)
+    if path is None:
         return False
     regs.orig_rax = _NR_OPENAT2
     regs.rdi = _paths.AT_FDCWD & _U64

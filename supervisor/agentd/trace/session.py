@@ -127,6 +127,7 @@ class Session:
     def on_syscall(self, tracer: Tracer, task: Task) -> None:
         if self.refresh is not None:
             self.refresh()  # between two decisions, never inside one
+        resolved_open, task.resolved_open = task.resolved_open, None
         regs = stop_registers(task)
         nr = regs.orig_rax
         name = SYSCALL_NAMES.get(nr, f"syscall_{nr}")
@@ -145,7 +146,14 @@ class Session:
         decoded = None
         try:
             decoded = decode_syscall(
-                Tracee(task.tid, task.tgid, task.memory, self.exec_identifier, self.started_ns),
+                Tracee(
+                    task.tid,
+                    task.tgid,
+                    task.memory,
+                    self.exec_identifier,
+                    self.started_ns,
+                    resolved_open,
+                ),
                 name,
                 nr,
                 args,

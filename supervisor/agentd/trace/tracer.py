@@ -61,6 +61,8 @@ class Task:
     # The registers of the seccomp stop being handled, as the kernel holds them after pinning:
     # read once per stop (set by _pin, taken by the handler with ``stop_registers``)
     regs: ptrace.Registers | None = None
+    # This stop's open, pinned: where its resolved path now is (pinning.resolved_open_path)
+    resolved_open: int | None = None
     _exe: str | None = None
     _ppid: int | None = None
     _memory: TraceeMemory | None = None
@@ -397,10 +399,12 @@ class Tracer:
             changed = True
         if changed:
             ptrace.setregs(task.tid, regs)
+            task.resolved_open = pinning.resolved_open_path(regs)
 
     def _seccomp_stop(self, task: Task, wait: bool = True) -> None:
         task.probing = None  # a new syscall: any earlier probe's exit has been reported
         task.regs = None
+        task.resolved_open = None
         try:
             if self.pin:
                 # its previous syscall is over, whether or not we saw the exit
