@@ -152,3 +152,17 @@ def test_installed_entry_point(log):
     shown = subprocess.run([str(agentd), "audit", "show", "--log", str(log), "--json", "--agent", "beta"],
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and len(shown.stdout.splitlines()) == 2
+
+
+def test_show_table_says_how_often_a_summarised_decision_came_again(tmp_path):
+    path = tmp_path / "flight.jsonl"
+    with FlightRecorder(path, fsync="never") as recorder:
+        recorder.record(agent_id="alpha", action_type="file_read", target="/lib/x.so",
+                        decision="allow", syscall="openat")
+        recorder.record(agent_id="alpha", action_type="file_read", target="/lib/x.so",
+                        decision="allow", syscall="summary", repeats=39)
+    result = run("show", "--log", str(path))
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "/lib/x.so" in line]
+    assert len(lines) == 2
+    assert "+39 repeats" in lines[1] and "repeats" not in lines[0]

@@ -69,6 +69,9 @@ def _cell(record: dict[str, Any], key: str) -> str:
         return "-"
     if key == "pattern_ids":
         return ",".join(str(item) for item in value) if isinstance(value, list) and value else "-"
+    if key == "decision" and isinstance(record.get("repeats"), int):
+        # a run's summary of an allowed decision that came again (docs/audit-log.md)
+        return f"{value} +{record['repeats']} repeats"
     if key == "time" and isinstance(value, str):
         return value.replace("T", " ").rstrip("Z")[:23]  # millisecond precision for reading
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
