@@ -112,8 +112,12 @@ class Session:
 
     def switch_policy(self, policy: decide.PolicyEngine) -> None:
         """Decide with ``policy`` from now on (a reload); what exec identity derives from the
-        policy (the directories spawning is refused from) follows."""
+        policy (the directories spawning is refused from) follows. The repeats counted under the
+        old policy are written first, so a summary record never spans two policies, and whether
+        every decision is recorded follows the new one."""
         self.exec_identifier = ExecIdentifier.for_policy(policy)
+        self.flush_repeats()
+        self.repeats = None if records_every_decision(policy) else {}
         self.policy = policy
 
     def current_policy(self) -> decide.PolicyEngine:
