@@ -75,3 +75,41 @@ def test_settings_ask_for_every_record_too():
     for _ in range(3):
         session._record(TASK, "openat", _read("/lib/a"))
     assert len(_reads(recorder, "/lib/a")) == 3
+
+
+def test_a_switch_from_another_thread_while_the_tracer_counts():
+    """The plane's thread may apply a reload while the tracer's thread records: no error on
+    either side (the counts are swapped out, then read from a copy)."""
+    import sys
+    import threading
+
+    session, recorder = _session(Policy(name="p"))
+    errors: list[BaseException] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as the interpreter can
+    done = threading.Event()
+
+    def tracer() -> None:
+        try:
+            for i in range(20000):
+                session._record(TASK, "openat", _read(f"/lib/{i % 7}"))
+                session._record(TASK, "openat", _read(f"/lib/new{i}"))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=tracer)
+    thread.start()
+    switches = 0
+    try:
+        while not done.is_set():
+            session.switch_policy(Policy(name=f"p{switches}"))
+            switches += 1
+    except BaseException as exc:  # noqa: BLE001
+        errors.append(exc)
+    finally:
+        sys.setswitchinterval(interval)
+    thread.join()
+    assert errors == [] and switches > 0
+    assert session.flush_repeats()

@@ -116,8 +116,7 @@ class Session:
         old policy are written first, so a summary record never spans two policies, and whether
         every decision is recorded follows the new one."""
         self.exec_identifier = ExecIdentifier.for_policy(policy)
-        self.flush_repeats()
-        self.repeats = None if records_every_decision(policy) else {}
+        self.flush_repeats(every_decision=records_every_decision(policy))
         self.policy = policy
 
     def current_policy(self) -> decide.PolicyEngine:
@@ -390,20 +389,29 @@ class Session:
             ok = self.record(task, name, evaluation, enforced=enforced, **extra) and ok
         return ok
 
-    def flush_repeats(self) -> bool:
-        """At the end of the run: one record per allowed decision that came again, with the
-        number of times (``repeats``); False when one could not be written."""
-        if self.repeats is None or self.recorder is None:
+    def flush_repeats(self, every_decision: bool | None = None) -> bool:
+        """One record per allowed decision that came again, with the number of times
+        (``repeats``), and counting starts afresh (``every_decision``: from now on record every
+        decision, or not; None: as before). At the end of the run and at a policy switch; False
+        when a record could not be written.
+
+        A switch may come from the network plane's thread while the tracer's counts: the counts
+        are swapped out in one step and copied in one step (a dict copy holds the GIL), so the
+        tracer never meets a dict being read; a repeat counted into the old dict after the swap
+        is lost (a reload's moment, at most a few)."""
+        if every_decision is None:
+            every_decision = self.repeats is None
+        counts, self.repeats = self.repeats, (None if every_decision else {})
+        if not counts or self.recorder is None:
             return True
         ok = True
-        for (action_type, target, pattern_ids), count in self.repeats.items():
+        for (action_type, target, pattern_ids), count in list(counts.items()):
             if count:
                 evaluation = decide.Evaluation(
                     action_type, target, "allow", Outcome.ALLOW, "repeated", pattern_ids
                 )
                 written = self.record(None, "summary", evaluation, enforced="allow", repeats=count)
                 ok = written and ok
-        self.repeats.clear()
         return ok
 
     def record(
