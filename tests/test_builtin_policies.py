@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_os.loader import BUILTIN_POLICY_DIR, load_policy
+from agent_os.loader import load_policy
 from agent_os.policy import Severity, ViolationMode
 from agent_os.policy_cases import load_cases, run_case
 
@@ -425,3 +425,38 @@ def test_strict_refuses_dangerous_commands_and_the_agent_goes_on(tmp_path, comma
                for r in result.records), _denials(result.records)
     assert (victim / "keep.txt").read_text() == "keep"
     assert stat.S_IMODE((victim / "keep.txt").stat().st_mode) == 0o644
+
+
+@needs_tracing
+@pytest.mark.needs_ptrace
+def test_git_config_global_and_a_commit_under_strict(tmp_path):
+    """A fresh machine: no identity until the agent sets one with `git config --global` in a
+    $HOME outside the workspace and TMPDIR; then commits, edits, commits and gcs 300 files.
+    Only ~/.gitconfig (with its lock) is writable there: the rest of $HOME stays refused."""
+    home = tmp_path / "home"
+    home.mkdir()
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    env = {**_agent_env(tmp_path), "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
+    for key in [k for k in env if k.startswith("GIT_") and k != "GIT_CONFIG_NOSYSTEM"]:
+        env.pop(key)
+    script = textwrap.dedent("""\
+        set -e
+        git config --global user.email agent@example.invalid
+        git config --global user.name Agent
+        git config --global core.autocrlf false
+        git init -q repo && cd repo
+        for i in $(seq 1 300); do echo "line $i" > f$i.txt; done
+        git add -A && git commit -qm initial
+        for i in $(seq 1 300); do echo edit >> f$i.txt; done
+        git commit -qam edit && git gc -q
+        git log --format=%ae | sort -u
+        echo x > "$HOME/notes.txt" 2>/dev/null || echo "notes refused"
+    """)
+    result = run_agentd("strict", ["sh", "-c", script], cwd=workspace, env=env, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["agent@example.invalid", "notes", "refused"], result.stdout
+    assert "email = agent@example.invalid" in (home / ".gitconfig").read_text()
+    assert not (home / "notes.txt").exists()
+    assert _denials(result.records) == [("file_write", str(home.resolve() / "notes.txt"),
+                                         ["block_other_writes"])]
