@@ -16,8 +16,16 @@ import time
 
 import pytest
 
-from agentd.netplane.proxy import EgressProxy
-from test_netplane_proxy import LOCAL, Judge, Upstream, raw_exchange, resolve, via_proxy
+# the proxy's fixtures (upstream, judge, decisions, proxy) are test_netplane_proxy's own
+from test_netplane_proxy import (  # noqa: F401 - fixtures are used by name
+    LOCAL,
+    decisions,
+    judge,
+    proxy,
+    raw_exchange,
+    upstream,
+    via_proxy,
+)
 
 SMUGGLED = b"GET http://upstream.test/admin HTTP/1.1\r\nHost: upstream.test\r\n\r\n"
 
@@ -82,30 +90,6 @@ CASES = {
     "double_space": (b"GET  http://upstream.test:{port}/ HTTP/1.1\r\nHost: upstream.test\r\n\r\n"
                      + SMUGGLED),
 }
-
-
-@pytest.fixture
-def upstream():
-    server = Upstream()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def judge():
-    return Judge()
-
-
-@pytest.fixture
-def decisions():
-    return []
-
-
-@pytest.fixture
-def proxy(judge, decisions):
-    with EgressProxy((LOCAL, 0), judge=judge, resolve=resolve,
-                     on_decision=decisions.append) as running:
-        yield running
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
