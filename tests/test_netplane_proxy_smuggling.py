@@ -144,6 +144,15 @@ def test_chunked_body_goes_on_in_h11s_framing(proxy, upstream):
     assert seen["body"] == b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
 
 
+def _finish(conn: socket.socket) -> bytes:
+    """Close our sending side and read the proxy's answer to its end."""
+    conn.shutdown(socket.SHUT_WR)
+    reply = b""
+    while chunk := conn.recv(65536):
+        reply += chunk
+    return reply
+
+
 def test_malformed_chunk_later_in_a_streamed_body(proxy, upstream, decisions):
     """A chunk that turns out malformed after the body began to stream: the upstream connection is
     cut mid-body (it saw a truncated body, never a second request), the client gets a 400, and
@@ -153,10 +162,7 @@ def test_malformed_chunk_later_in_a_streamed_body(proxy, upstream, decisions):
                      .replace(b"{port}", b"%d" % upstream.port))
         time.sleep(0.2)                                  # judged, connected, first chunk sent
         conn.sendall(b"10000000000000005\r\nworld\r\n0\r\n\r\n" + SMUGGLED)
-        conn.shutdown(socket.SHUT_WR)
-        reply = b""
-        while chunk := conn.recv(65536):
-            reply += chunk
+        reply = _finish(conn)
     assert reply.startswith(b"HTTP/1.1 400 ") and reply.count(b"HTTP/1.1 ") == 1
     time.sleep(0.1)
     # the test server records what it read until the proxy cut the connection: the first
@@ -176,10 +182,7 @@ def test_expect_continue_then_malformed_chunk(proxy, upstream, decisions):
                      .replace(b"{port}", b"%d" % upstream.port))
         assert conn.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
         conn.sendall(b"10000000000000005\r\nhello\r\n0\r\n\r\n" + SMUGGLED)
-        conn.shutdown(socket.SHUT_WR)
-        reply = b""
-        while chunk := conn.recv(65536):
-            reply += chunk
+        reply = _finish(conn)
     assert reply.startswith(b"HTTP/1.1 400 ") and reply.count(b"HTTP/1.1 ") == 1
     time.sleep(0.1)
     assert upstream.connections == 1 and upstream.seen == []
