@@ -183,18 +183,12 @@ class BenchDaemon:
 
     def settle(self, timeout: float = 10.0) -> None:
         """Wait until the daemon has reaped every child (so cpu_ticks counts the last run)."""
-        pid = str(self.process.pid)
+        from agentd.kernel import procfs
+
+        pid = self.process.pid
         deadline = time.monotonic() + timeout
         while True:
-            children = []
-            for entry in os.listdir("/proc"):
-                if entry.isdigit():
-                    try:
-                        stat = Path(f"/proc/{entry}/stat").read_text()
-                    except OSError:
-                        continue
-                    if stat.rsplit(")", 1)[1].split()[1] == pid:
-                        children.append(entry)
+            children = [p for p in procfs.pids() if (info := procfs.stat(p)) and info.ppid == pid]
             if not children:
                 return
             if time.monotonic() > deadline:
