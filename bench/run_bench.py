@@ -359,6 +359,7 @@ STARTUP_VARIANTS = {   # key in the JSON -> what it is
     "agentd_off": "agentd run --network off -- /bin/true (strict)",
     "daemon": "agentd run -- /bin/true through the bench's daemon (strict; network: off)",
     "baseline": "--baseline's agentd run -- /bin/true, defaults",
+    "baseline_daemon": "--baseline's agentd run -- /bin/true through the bench's daemon",
 }
 
 
@@ -379,6 +380,9 @@ def startup(tmp: Path, env: dict, runs: int, daemon: BenchDaemon | None = None) 
                               daemon)
     if BASELINE is not None:
         variants["baseline"] = (argv(BASELINE, "baseline"), None)
+        if daemon is not None:  # the baseline's client, talking to this checkout's daemon
+            variants["baseline_daemon"] = (
+                [str(BASELINE), "run", "--workspace", str(tmp), "--", "/bin/true"], daemon)
     wall: dict[str, list[float]] = {key: [] for key in variants}
     cpu: dict[str, list[float]] = {key: [] for key in variants}
     keys = list(variants)
@@ -543,7 +547,8 @@ def table(report: dict) -> str:
               + f" (+{start['overhead_ms']:.1f} ms)"
               + variant("agentd_off", "`--network off`")
               + variant("daemon", "through the daemon (network: off)")
-              + variant("baseline", "baseline (defaults)") + ".",
+              + variant("baseline", "baseline (defaults)")
+              + variant("baseline_daemon", "baseline through the daemon") + ".",
               f"Supervisor peak RSS (VmHWM): {(report['supervisor_peak_rss_kib'] or 0) / 1024:.1f} MiB.",
               f"Load average at the end: {', '.join(f'{x:.2f}' for x in report['host']['loadavg_at_end'])}."]
     return "\n".join(lines)

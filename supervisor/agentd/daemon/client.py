@@ -3,12 +3,14 @@
 Owns the conversation as clients hold it: one request line, answers read back, over the unix
 socket (``$AGENTD_SOCKET``, else ``/run/agentd/agentd.sock``). Every request is built with the
 models of ``protocol`` and every answer is read with them, the same models the daemon validates
-with. ``run`` sends the request with this process's stdin, stdout and stderr attached
-(SCM_RIGHTS), so the agent the daemon starts reads and writes the user's terminal directly; then
-it waits for the run's exit line and returns its status. Meanwhile SIGINT, SIGQUIT, SIGTERM and
-SIGHUP aimed at the client are forwarded to the agent. ``available`` is a stat and imports
-nothing: it decides the fast path of ``agentd run``; the protocol (pydantic) is imported by the
-calls that talk.
+with; only ``run``, the path of every ``agentd run``, writes and reads its lines with
+``run_wire`` instead (no pydantic to import; a test holds those lines to the models). ``run``
+sends the request with this process's stdin, stdout and stderr attached (SCM_RIGHTS), so the
+agent the daemon starts reads and writes the user's terminal directly; then it waits for the
+run's exit line and returns its status. Meanwhile SIGINT, SIGQUIT, SIGTERM and SIGHUP aimed at
+the client are forwarded to the agent. ``available`` is a stat and imports nothing: it decides
+the fast path of ``agentd run``; the protocol (pydantic) is imported by the other calls that
+talk.
 """
 
 from __future__ import annotations
@@ -56,13 +58,18 @@ def _connect(path: str | None):
     return sock
 
 
+def _answer_line(reader) -> bytes:
+    line = reader.readline()
+    if not line:
+        raise DaemonError("the daemon closed the connection")
+    return line
+
+
 def _read(reader, model):
     """The next answer line, read with its ``protocol`` model."""
     from pydantic import ValidationError
 
-    line = reader.readline()
-    if not line:
-        raise DaemonError("the daemon closed the connection")
+    line = _answer_line(reader)
     try:
         return model.model_validate_json(line)
     except ValidationError as exc:
@@ -109,9 +116,9 @@ def run(
     import signal
     import socket
 
-    from . import protocol
+    from . import run_wire
 
-    if not protocol.is_mode(mode):  # refused before connecting: the request could not be built
+    if mode not in ("enforce", "audit"):  # refused before connecting: no request to build
         raise ValueError(f"unknown mode {mode!r} (enforce or audit)")
     say = on_error or (lambda text: os.write(2, f"agentd run: {text}\n".encode()))
     try:
@@ -120,7 +127,7 @@ def run(
         say(str(exc))
         return 125
     cwd = os.getcwd()
-    message = protocol.RunRequest(
+    message = run_wire.run_request(
         argv=list(argv),
         env=dict(os.environ),
         cwd=cwd,
@@ -132,7 +139,7 @@ def run(
         seccomp_profile=seccomp_profile,
     )
     forwarded = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)
-    signals = {sig: protocol.encode(protocol.SignalRequest(signal=sig)) for sig in forwarded}
+    signals = {sig: run_wire.signal_request(sig) for sig in forwarded}
 
     def forward(signum, frame):
         try:
@@ -143,15 +150,15 @@ def run(
     previous = {}
     with sock:
         try:
-            socket.send_fds(sock, [protocol.encode(message)], [0, 1, 2])
+            socket.send_fds(sock, [message], [0, 1, 2])
             reader = sock.makefile("rb")
-            reply = _read(reader, protocol.RunReply)
-            if not reply.ok:
-                say(reply.error or "the daemon refused the run")
+            ok, error = run_wire.read_run_reply(_answer_line(reader))
+            if not ok:
+                say(error or "the daemon refused the run")
                 return 125
             previous = {sig: signal.signal(sig, forward) for sig in forwarded}
-            return _read(reader, protocol.RunExit).exit
-        except (OSError, DaemonError) as exc:
+            return run_wire.read_run_exit(_answer_line(reader))
+        except (OSError, DaemonError, run_wire.AnswerError) as exc:
             say(f"lost the daemon: {exc}")
             return 125
         finally:

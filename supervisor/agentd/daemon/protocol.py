@@ -37,6 +37,8 @@ from pydantic import (
     ValidationError,
 )
 
+from .run_wire import os_string
+
 __all__ = [
     "PROTOCOL_LIMIT",
     "MalformedRequest",
@@ -83,14 +85,6 @@ def _os_string_in(value: Any) -> Any:
     return value
 
 
-def _os_string_out(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "\0" + base64.b64encode(value.encode("utf-8", "surrogateescape")).decode("ascii")
-    return value
-
-
 def _text_out(value: str) -> str:
     try:
         return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -100,7 +94,7 @@ def _text_out(value: str) -> str:
 
 # A string the kernel gave or takes as bytes: argv, environment, paths, names.
 OsString = Annotated[
-    str, BeforeValidator(_os_string_in), PlainSerializer(_os_string_out, return_type=str)
+    str, BeforeValidator(_os_string_in), PlainSerializer(os_string, return_type=str)
 ]
 # A message for people.
 Text = Annotated[str, PlainSerializer(_text_out, return_type=str)]
