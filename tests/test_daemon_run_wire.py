@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from typing import get_args
 
 import pytest
 from hypothesis import example, given, settings
@@ -55,6 +56,10 @@ def test_the_run_request_is_the_line_the_model_writes_and_the_daemon_reads_it_ba
     model = protocol.RunRequest(**fields)
     assert line == protocol.encode(model)
     assert protocol.parse_request(line) == model
+
+
+def test_the_modes_are_the_models_modes():
+    assert run_wire.MODES == get_args(protocol.Mode)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP])

@@ -118,7 +118,7 @@ def run(
 
     from . import run_wire
 
-    if mode not in ("enforce", "audit"):  # refused before connecting: no request to build
+    if mode not in run_wire.MODES:  # refused before connecting: no request to build
         raise ValueError(f"unknown mode {mode!r} (enforce or audit)")
     say = on_error or (lambda text: os.write(2, f"agentd run: {text}\n".encode()))
     try:

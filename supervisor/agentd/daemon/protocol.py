@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 from functools import cache
-from typing import Annotated, Any, Literal, TypeGuard, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -47,7 +47,6 @@ __all__ = [
     "encode",
     "Request",
     "Mode",
-    "is_mode",
     "RunRequest",
     "PsRequest",
     "StatusRequest",
@@ -104,11 +103,6 @@ Text = Annotated[str, PlainSerializer(_text_out, return_type=str)]
 
 # How a run's supervisor applies the policy: enforce it, or (audit) record and block nothing.
 Mode = Literal["enforce", "audit"]
-
-
-def is_mode(value: str) -> TypeGuard[Mode]:
-    """Is ``value`` one of the run modes? (For callers that hold it as a plain ``str``.)"""
-    return value in get_args(Mode)
 
 
 class _Request(BaseModel):

@@ -20,7 +20,10 @@ from __future__ import annotations
 import base64
 import json
 
-__all__ = ["os_string", "run_request", "signal_request", "read_run_reply", "read_run_exit"]
+# protocol.Mode's values (a test holds them equal)
+MODES = ("enforce", "audit")
+
+__all__ = ["MODES", "os_string", "run_request", "signal_request", "read_run_reply", "read_run_exit"]
 
 
 def os_string(value: str) -> str:
