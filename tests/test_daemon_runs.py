@@ -316,6 +316,24 @@ def test_sigterm_to_a_supervisor_kills_its_agent_and_the_client_gets_137(daemon,
     assert not (daemon.shared / "review_me").exists()
 
 
+def test_a_supervisor_killed_outright_is_logged_as_such_before_the_client_gets_137(daemon):
+    """SIGKILL gives the supervisor no time to report: the client's 137 alone would look like a
+    SIGKILL verdict, so the daemon logs how the supervisor ended (the escape suite reads it to
+    see an attack on the supervisor of a daemon run)."""
+    client = daemon.popen(["sh", "-c", "sleep 300 & sleep 300"], user="nobody")
+    try:
+        run = daemon.wait_run(lambda r: len(r["pids"]) >= 2)
+        pids = run["pids"]
+        os.kill(run["supervisor_pid"], signal.SIGKILL)
+        client.wait(20)
+    finally:
+        client.kill()
+    assert client.returncode == 137
+    assert (f"run {run['run_id']}: supervisor {run['supervisor_pid']} died of signal 9 before "
+            "reporting the agent's status") in daemon.log_text()
+    wait_for(lambda: not any(pid_alive(pid) for pid in pids), what="the agent to die")
+
+
 def test_a_switch_waits_for_the_next_stop_and_the_last_one_wins(daemon):
     """Two reloads while the agent is blocked: its supervisor applies the newest policy at the
     agent's next stop, and records that one switch."""

@@ -75,6 +75,7 @@ class Run:
     records: int = 0
     buffer: bytes = b""
     exit_code: int | None = None
+    supervisor_status: int | None = None  # its wait status, once reaped before the run ended
     reported_records: int | None = None
     stats: dict = field(default_factory=dict)  # the supervisor's CPU, RSS, latencies
 
@@ -272,10 +273,8 @@ class Daemon:
             if pid == 0:
                 return
             for run in self.runs.values():
-                if run.supervisor_pid == pid and run.exit_code is None and os.WIFSIGNALED(status):
-                    log.error(
-                        "run %s: supervisor died of signal %d", run.run_id, os.WTERMSIG(status)
-                    )
+                if run.supervisor_pid == pid:
+                    run.supervisor_status = status  # _finish says how it ended, if it matters
 
     def _status(self) -> None:
         held = sum(1 for r in self.runs.values() if r.state == "held")
@@ -788,6 +787,8 @@ class Daemon:
         if run.cgroup is not None:
             run.cgroup.kill()  # INVARIANT: nothing of an agent outlives its supervisor
             run.cgroup.remove()
+        if run.exit_code is None:
+            self._log_lost_supervisor(run)
         code = run.exit_code if run.exit_code is not None else 128 + signal.SIGKILL
         if run.reported_records is not None and run.reported_records != run.records:
             log.error(
@@ -809,6 +810,30 @@ class Daemon:
             client.run = None
             self._drop(client)
         self._status()
+
+    def _log_lost_supervisor(self, run: Run) -> None:
+        """A supervisor that never sent its exit line (killed, crashed): say how it ended, before
+        the client gets 137, so that this is told apart from a SIGKILL verdict. Its record pipe is
+        closed, so it has exited or is exiting: the wait is short."""
+        status = run.supervisor_status
+        if status is None:
+            try:
+                _, status = os.waitpid(run.supervisor_pid, 0)
+            except ChildProcessError:  # reaped elsewhere: the status is gone
+                status = None
+        if status is None:
+            how = "ended"
+        elif os.WIFSIGNALED(status):
+            how = f"died of signal {os.WTERMSIG(status)}"
+        else:
+            how = f"exited with status {os.waitstatus_to_exitcode(status)}"
+        log.error(
+            "run %s: supervisor %d %s before reporting the agent's status",
+            run.run_id,
+            run.supervisor_pid,
+            how,
+            extra={"RUN_ID": run.run_id},
+        )
 
 
 def run_daemon(config: DaemonConfig) -> None:
