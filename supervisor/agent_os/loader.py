@@ -344,10 +344,23 @@ class _LoadSession:
         if real in self._loaded:
             return self._loaded[real]
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            self.report(label, None, None, f"cannot read policy file: {reason}")
+            data = path.read_bytes()
+        except OSError as exc:
+            self.report(label, None, None, f"cannot read policy file: {exc.strerror or exc}")
+            self._loaded[real] = None
+            return None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            column = exc.start - data.rfind(b"\n", 0, exc.start)
+            self.report(
+                label,
+                line,
+                None,
+                f"not UTF-8 text: byte {data[exc.start]:#04x} at column {column}",
+                "a policy file is UTF-8: convert it (iconv -t UTF-8) or remove the byte",
+            )
             self._loaded[real] = None
             return None
         self._chain.append((real, path.stem))
@@ -371,25 +384,10 @@ class _LoadSession:
         except yaml.YAMLError:  # say it with the pure-Python parser's clearer messages
             loader = None
         if loader is None:
-            loader = yaml.SafeLoader(text)
-            try:
-                root = loader.get_single_node()
-            except yaml.MarkedYAMLError as exc:
-                mark = exc.problem_mark or exc.context_mark
-                message = " ".join(part for part in (exc.context, exc.problem) if part)
-                self.report(
-                    label,
-                    mark.line + 1 if mark else None,
-                    None,
-                    f"YAML syntax error: {message}",
-                    _yaml_hint(message),
-                )
+            loader = self._compose_slowly(text, label)
+            if loader is None:
                 return None
-            except yaml.YAMLError as exc:
-                self.report(label, None, None, f"YAML error: {exc}")
-                return None
-            finally:
-                loader.dispose()
+            root = loader.root
         if root is None:
             self.report(
                 label,
@@ -400,6 +398,37 @@ class _LoadSession:
             )
             return None
         return _DocumentReader(self, loader, label, base_dir).read_policy(root, default_name)
+
+    def _compose_slowly(self, text: str, label: str) -> _BoundedLoader | None:
+        """Compose ``text`` with the pure-Python parser (its messages are clearer); None when it
+        cannot, with the problem reported at its line."""
+        try:
+            loader = _BoundedLoader(text)  # the reader checks every character here already
+        except yaml.reader.ReaderError as exc:
+            self.report(label, *_reader_problem(text, exc))
+            return None
+        try:
+            loader.root = loader.get_single_node()
+        except yaml.reader.ReaderError as exc:
+            self.report(label, *_reader_problem(text, exc))
+            return None
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            message = " ".join(part for part in (exc.context, exc.problem) if part)
+            self.report(
+                label,
+                mark.line + 1 if mark else None,
+                None,
+                f"YAML syntax error: {message}",
+                _yaml_hint(message),
+            )
+            return None
+        except yaml.YAMLError as exc:
+            self.report(label, None, None, " ".join(f"YAML error: {exc}".split()))
+            return None
+        finally:
+            loader.dispose()
+        return loader
 
 
 class _DocumentReader:
@@ -430,6 +459,11 @@ class _DocumentReader:
         """The Python value of ``node``; reports and returns ``_INVALID`` if it cannot be built."""
         try:
             return self.loader.construct_object(node, deep=True)
+        except RecursionError:  # libyaml composes up to 1000 levels; building them recurses
+            self.report(
+                node, pattern_id, f"{what}: nested deeper than Python can build", _NESTING_HINT
+            )
+            return _INVALID
         except (yaml.YAMLError, ValueError, TypeError) as exc:
             detail = (
                 " ".join(p for p in (exc.context, exc.problem) if p)
@@ -1077,6 +1111,45 @@ class _Sentinel:
 
 
 _FastLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Nesting the pure-Python composer takes (it recurses, a few frames a level); a policy needs
+# about six levels, libyaml refuses more than 1000.
+MAX_NESTING = 100
+_NESTING_HINT = "a policy is a few levels deep: look for unclosed or repeated '[' or '{'"
+_READER_HINT = (
+    "a policy is text: remove the control character, or write it as an escape inside double "
+    'quotes, e.g. "\\x00"'
+)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The pure-Python safe loader with a bound on nesting: deeper documents are a
+    ``ComposerError`` at the line where the bound is crossed, not a ``RecursionError``."""
+
+    root: Node | None = None
+    _depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested deeper than {MAX_NESTING} levels ({_NESTING_HINT})",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _reader_problem(text: str, exc: yaml.reader.ReaderError) -> tuple[int, None, str, str]:
+    """(line, pattern id, message, hint) of a character the YAML reader refuses (NUL, ...)."""
+    line = text.count("\n", 0, exc.position) + 1
+    message = f"YAML syntax error: unacceptable character #x{exc.character:04x}: {exc.reason}"
+    return line, None, message, _READER_HINT
+
+
 _INVALID = _Sentinel("<invalid>")  # a value that was reported as a problem
 _WRONG = _Sentinel("<wrong type>")
 _MODES = tuple(mode.value for mode in ViolationMode)
