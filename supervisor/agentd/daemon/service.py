@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import pwd
+import select
 import selectors
 import signal
 import socket
@@ -814,13 +815,12 @@ class Daemon:
     def _log_lost_supervisor(self, run: Run) -> None:
         """A supervisor that never sent its exit line (killed, crashed): say how it ended, before
         the client gets 137, so that this is told apart from a SIGKILL verdict. Its record pipe is
-        closed, so it has exited or is exiting: the wait is short."""
+        closed, so it has exited or is exiting: its status is waited for, but at most
+        ``LOST_SUPERVISOR_WAIT`` seconds, so the daemon's loop never hangs on a supervisor that
+        closed the pipe and lingers (the SIGCHLD handler reaps that one later)."""
         status = run.supervisor_status
         if status is None:
-            try:
-                _, status = os.waitpid(run.supervisor_pid, 0)
-            except ChildProcessError:  # reaped elsewhere: the status is gone
-                status = None
+            status = _wait_briefly(run.supervisor_pid, LOST_SUPERVISOR_WAIT)
         if status is None:
             how = "ended"
         elif os.WIFSIGNALED(status):
@@ -834,6 +834,29 @@ class Daemon:
             how,
             extra={"RUN_ID": run.run_id},
         )
+
+
+LOST_SUPERVISOR_WAIT = 1.0  # seconds
+
+
+def _wait_briefly(pid: int, timeout: float) -> int | None:
+    """``pid``'s wait status once it exits within ``timeout`` seconds (a pidfd polled, no
+    sleeps), else None; None too when it was reaped elsewhere."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # gone and reaped already
+        return None
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(int(timeout * 1000)):
+            return None
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+        return status if reaped == pid else None
+    except ChildProcessError:
+        return None
+    finally:
+        os.close(pidfd)
 
 
 def run_daemon(config: DaemonConfig) -> None:
