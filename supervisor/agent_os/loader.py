@@ -381,7 +381,8 @@ class _LoadSession:
                 loader = fast
             finally:
                 fast.dispose()
-        except yaml.YAMLError:  # say it with the pure-Python parser's clearer messages
+        # UnicodeEncodeError: libyaml takes no lone surrogate (the reader below refuses it too)
+        except (yaml.YAMLError, UnicodeEncodeError):  # the pure-Python parser says it clearer
             loader = None
         if loader is None:
             loader = self._compose_slowly(text, label)

@@ -123,7 +123,7 @@ def check_text(text: str) -> None:
 NUL_POLICY = "name: x\npatterns: []\nde\x00sc: y\n"
 
 
-@pytest.mark.parametrize("char", ["\x00", "\x01", "\x1b", "\x7f", "\ufffe"])
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x1b", "\x7f", "\ufffe", "\ud800"])
 def test_a_control_character_is_one_problem_naming_its_line(char):
     issues = validate_yaml_string(NUL_POLICY.replace("\x00", char), name=LABEL)
     assert len(issues) == 1, issues
@@ -206,6 +206,7 @@ def test_cli_validate_one_line_no_traceback(tmp_path, text):
 @fuzz(300)
 @given(mutated_seed())
 @example(NUL_POLICY)
+@example("\ud800# a lone surrogate: libyaml raised UnicodeEncodeError\nname: x\npatterns: []\n")
 @example("patterns:\n- &p {id: a, action_type: file_read, pattern: x, extra: *p}\n")
 @example("&a [*a]")
 @example("a: &a\n  b: *a\n")
