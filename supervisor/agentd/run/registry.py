@@ -28,8 +28,12 @@ from typing import Any
 from agentd.kernel import procfs
 from agentd.trace.hold import DECISIONS
 
+MAX_DECISION_LINE = 4096  # {"decision": "allow"} is 21 bytes
+
 __all__ = [
     "runs_dir",
+    "parse_decision",
+    "MAX_DECISION_LINE",
     "RunRegistration",
     "RunTerminated",
     "list_runs",
@@ -231,24 +235,50 @@ class RunRegistration:
                             pass
                         continue
                     try:
-                        request = json.loads(conn.makefile("r").readline() or "{}")
-                    except (ValueError, OSError):
-                        request = {}
-                    decision = request.get("decision")
-                    if decision in DECISIONS:
-                        conn.sendall(
-                            json.dumps({"ok": True, "decision": decision}).encode() + b"\n"
-                        )
-                        return decision, "control socket"
-                    conn.sendall(
-                        json.dumps(
-                            {
-                                "ok": False,
-                                "error": "decision must be one of " + ", ".join(DECISIONS),
-                            }
-                        ).encode()
-                        + b"\n"
-                    )
+                        decision = parse_decision(_read_line(conn))
+                    except ValueError as exc:
+                        _answer(conn, {"ok": False, "error": str(exc)})
+                        continue
+                    # INVARIANT: the decision counts even if the peer hung up before the answer
+                    _answer(conn, {"ok": True, "decision": decision})
+                    return decision, "control socket"
+
+
+def parse_decision(line: bytes) -> str:
+    """The decision in one control-socket request line, ``{"decision": "allow"}`` (or deny,
+    kill); ``ValueError`` with one line saying why not. Any local process of the supervisor's
+    user may connect: the line is bounded, and JSON nested too deep is refused, not recursed."""
+    if len(line) > MAX_DECISION_LINE:
+        raise ValueError(f"request longer than {MAX_DECISION_LINE} bytes")
+    try:
+        request = json.loads(line)
+    except RecursionError:
+        raise ValueError("request is not JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"request is not JSON: {' '.join(str(exc).split())}") from None
+    if not isinstance(request, dict):
+        raise ValueError('request is not a JSON object: send {"decision": "allow"}')
+    decision = request.get("decision")
+    if not isinstance(decision, str) or decision not in DECISIONS:
+        raise ValueError("decision must be one of " + ", ".join(DECISIONS))
+    return decision
+
+
+def _read_line(conn: Any) -> bytes:
+    """One request line (bounded; a silent peer times out); ValueError when there is none."""
+    try:
+        line = conn.makefile("rb").readline(MAX_DECISION_LINE + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read the request: {exc.strerror or exc}") from None
+    return line.rstrip(b"\r\n")
+
+
+def _answer(conn: Any, reply: dict[str, Any]) -> None:
+    """One answer line; a peer that hung up meanwhile misses it."""
+    try:
+        conn.sendall(json.dumps(reply).encode() + b"\n")
+    except OSError:
+        pass
 
 
 def _parent_pid(pid: int) -> int:
