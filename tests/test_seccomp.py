@@ -286,8 +286,9 @@ def test_filter_cost(default_program):
     cost = seccomp.measure_cost(default_program)
     print(f"\ndefault profile + {len(TRACED)} traced: {cost}")
     # socket() is the worst path (raw IP and packet sockets refused: four argument rules); it is
-    # not a hot syscall. Every other syscall stays within 16.
-    assert cost.program_length <= 140
+    # not a hot syscall. Every other syscall stays within 16. The ioctl ledger's refused codes
+    # (kernel/ioctl_ledger.py) are a search tree of some 40 instructions.
+    assert cost.program_length <= 200
     assert cost.max_executed <= 22
     assert cost.mean_executed <= 12.5
 

@@ -6,9 +6,15 @@ them until it execs. A root agent would keep them across exec (root's permitted 
 is its bounding set): with CAP_NET_ADMIN it could flush the nftables table of its own
 namespace, or, without the plane, change the host's addresses and routes over netlink (which
 agentd does not judge as a network connection). Every root agent therefore loses them, plane or
-not. ``BoundingDrop`` removes them from the child's bounding set (``PR_CAPBSET_DROP``,
+not. Four more reach outside the workspace by other doors and are dropped with them
+(``AGENT_DROPPED_CAPS``, docs/security.md, issue 12): CAP_MKNOD (a device node is a second name
+for a device), CAP_SYS_RESOURCE (it would raise RLIMIT_CORE's hard limit back, grow a file
+system, exceed the pipe and queue limits), CAP_SYS_NICE (real-time priority starves the
+supervisor and the rest of the host; renicing other users' processes) and CAP_SYS_TTY_CONFIG
+(keyboard maps and virtual consoles of the host's console through a descriptor opened for
+reading). ``BoundingDrop`` removes them from the child's bounding set (``PR_CAPBSET_DROP``,
 which needs CAP_SETPCAP, dropped last), so no exec can give them back. An agent of another user
-loses every capability anyway when its child switches uid; the drop costs three prctl calls.
+loses every capability anyway when its child switches uid; the drop costs a few prctl calls.
 A failure is an ``OSError``: the child reports it and exits (fail closed).
 """
 
@@ -18,22 +24,47 @@ import os
 
 from agentd.kernel import libc
 
-__all__ = ["BoundingDrop", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SETPCAP", "PLANE_CAPS"]
+__all__ = [
+    "AGENT_DROPPED_CAPS",
+    "BoundingDrop",
+    "CAP_MKNOD",
+    "CAP_NET_ADMIN",
+    "CAP_SETPCAP",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TTY_CONFIG",
+    "PLANE_CAPS",
+]
 
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 CAP_SETPCAP = 8
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
+CAP_SYS_NICE = 23
+CAP_SYS_RESOURCE = 24
+CAP_SYS_TTY_CONFIG = 26
+CAP_MKNOD = 27
 # What the network plane needs in the supervisor and no agent may keep; CAP_SETPCAP last.
 PLANE_CAPS = (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_SETPCAP)
+# What every root agent loses: the plane's, and those that reach outside by other doors.
+AGENT_DROPPED_CAPS = (
+    CAP_NET_ADMIN,
+    CAP_SYS_ADMIN,
+    CAP_MKNOD,
+    CAP_SYS_RESOURCE,
+    CAP_SYS_NICE,
+    CAP_SYS_TTY_CONFIG,
+    CAP_SETPCAP,
+)
 
 
 class BoundingDrop:
     """A child step (``run.supervise.spawn_traced``): drop ``caps`` from the bounding set, in order.
     A capability already outside the bounding set is skipped. Prepared in the parent (libc)."""
 
-    def __init__(self, caps: tuple[int, ...] = PLANE_CAPS):
+    def __init__(self, caps: tuple[int, ...] = AGENT_DROPPED_CAPS):
         self.caps = caps
 
     def __call__(self) -> None:

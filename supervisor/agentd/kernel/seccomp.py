@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeGuard
 
-from agentd.kernel import bpf, libc
+from agentd.kernel import bpf, ioctl_ledger, libc
 from agentd.kernel.consts import (
     AUDIT_ARCH_X86_64,
     CLONE_UNTRACED,
@@ -85,6 +85,10 @@ SOCK_RAW = 3
 SOCK_PACKET = 10
 SOCK_TYPE_MASK = 0xF
 ENOSYS = Denial(errno_codes.ENOSYS)
+
+# mknod(2)'s mode: the file type is S_IFMT of it (the kernel truncates mode to umode_t).
+S_IFMT, S_IFCHR, S_IFBLK = 0o170000, 0o020000, 0o060000
+F_SETOWN_EX = 15  # fcntl: struct f_owner_ex {type, pid} *, in memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +267,38 @@ TRACER_INVARIANTS = FilterSpec(
             EPERM,
             "a packet socket sends raw frames whose addresses no rule sees",
         ),
+        # Device nodes: as root, mknod of a character or block device in the workspace is a
+        # second name for a real device (a disk, a terminal, /dev/mem): a write to it is a write
+        # to the device. FIFOs, sockets and regular files made by mknod stay traced file_writes.
+        *(
+            ArgRule(
+                name,
+                (ArgCondition(index, "masked_eq", kind, mask=S_IFMT, width=32),),
+                EPERM,
+                f"{name} of a {what} device: a second name for a device outside the workspace",
+            )
+            for name, index in (("mknod", 1), ("mknodat", 2))
+            for kind, what in ((S_IFCHR, "character"), (S_IFBLK, "block"))
+        ),
+        # ioctls that change a whole file system, a shared keyring or another process's
+        # signals: no file for a policy to name (kernel/ioctl_ledger.py says why for each).
+        *(
+            ArgRule(
+                "ioctl",
+                (ArgCondition(1, "eq", request.code, width=32),),
+                EPERM,
+                f"{request.name}: {request.reason}",
+            )
+            for request in ioctl_ledger.LEDGER
+            if request.handling == ioctl_ledger.REFUSED
+        ),
+        ArgRule(
+            "fcntl",
+            (ArgCondition(1, "eq", F_SETOWN_EX, width=32),),
+            EPERM,
+            "F_SETOWN_EX names the process SIGIO goes to in memory the tracer cannot pin; "
+            "F_SETOWN (a register) is traced and judged instead",
+        ),
         ArgRule(
             "seccomp",
             (ArgCondition(1, "any_bits", SECCOMP_FILTER_FLAG_NEW_LISTENER),),
@@ -288,6 +324,8 @@ KERNEL_INT_ARGS: Mapping[str, frozenset[int]] = MappingProxyType(
         "setns": frozenset({0, 1}),
         "kill": frozenset({0, 1}),
         "tgkill": frozenset({0, 1, 2}),
+        "mknod": frozenset({1}),
+        "mknodat": frozenset({2}),
     }
 )
 
@@ -435,10 +473,40 @@ class _FilterAssembler:
         asm.label(matched)
         return loads[0] if len(loads) == 1 and not masked else None
 
+    def emit_set_test(self, test: _SetTest, on_in: str, on_out: str, holding: int | None) -> int:
+        """Jump to ``on_in`` when the argument word is one of ``test.values``, else to
+        ``on_out``: a binary search of JGE with JEQ leaves, so that a long list of request
+        codes (ioctl) costs a handful of instructions. Returns the offset the accumulator
+        holds at both exits."""
+        offset = bpf.arg_offset(test.index, False)
+        if holding != offset:
+            self.asm.load_abs(offset)
+        self._set_tree(sorted(test.values), on_in, on_out)
+        return offset
+
+    def _set_tree(self, values: list[int], on_in: str, on_out: str) -> None:
+        if len(values) <= SET_LEAF:
+            for value in values:
+                self.asm.jeq(value, on_in, None)
+            self.asm.ja(on_out)
+            return
+        middle = len(values) // 2
+        upper = self.asm.new_label("set_upper")
+        self.asm.jge(values[middle], upper, None)
+        self._set_tree(values[:middle], on_in, on_out)
+        self.asm.label(upper)
+        self._set_tree(values[middle:], on_in, on_out)
+
     def emit_rules_block(self, rules: Sequence[ArgRule], otherwise: int) -> None:
         holding: int | None = None  # offset the accumulator holds when the previous rule failed
-        for rule in rules:
+        for rule in _set_tests(rules):
             next_rule = self.asm.new_label("next_rule")
+            if isinstance(rule, _SetTest):
+                outcome = self.ret_label(rule.outcome.action)
+                on_in, on_out = (outcome, next_rule) if rule.inside else (next_rule, outcome)
+                holding = self.emit_set_test(rule, on_in, on_out, holding)
+                self.asm.label(next_rule)
+                continue
             left_behind = set()
             for condition in rule.when:
                 holding = self.emit_condition(condition, next_rule, holding)
@@ -448,6 +516,63 @@ class _FilterAssembler:
             self.asm.ja(self.ret_label(rule.outcome.action))
             self.asm.label(next_rule)
         self.asm.ja(self.ret_label(otherwise))
+
+
+SET_MIN = 5  # this many values on one argument word or more: a search tree, not a chain
+SET_LEAF = 3  # values tested one by one at a leaf of the tree
+
+
+@dataclass(frozen=True, slots=True)
+class _SetTest:
+    """Rules that ask one question of one 32-bit argument word: is it one of ``values``?
+    ``inside``: the outcome applies when it is (consecutive ``eq`` rules with one outcome);
+    else when it is not (one rule whose conditions are all ``ne``)."""
+
+    index: int
+    values: frozenset[int]
+    inside: bool
+    outcome: Denial | Untraced
+
+
+def _set_tests(rules: Sequence[ArgRule]) -> list[ArgRule | _SetTest]:
+    """``rules`` with each long run of one-value tests on one 32-bit word folded into a
+    ``_SetTest`` (same precedence: an ``eq`` run shares its outcome, so which of them matches
+    first does not matter)."""
+    out: list[ArgRule | _SetTest] = []
+    run: list[ArgRule] = []
+
+    def key(rule: ArgRule) -> tuple | None:
+        if len(rule.when) != 1:
+            return None
+        condition = rule.when[0]
+        if condition.op != "eq" or condition.width != 32:
+            return None
+        return (condition.index, rule.outcome)
+
+    def flush() -> None:
+        if len(run) >= SET_MIN:
+            index, outcome = key(run[0])  # type: ignore[misc]
+            values = frozenset(rule.when[0].value for rule in run)
+            out.append(_SetTest(index, values, True, outcome))
+        else:
+            out.extend(run)
+        run.clear()
+
+    for rule in rules:
+        this = key(rule)
+        if run and this != key(run[0]):
+            flush()
+        if this is not None:
+            run.append(rule)
+            continue
+        indexes = {(c.index, c.op, c.width) for c in rule.when}
+        if len(rule.when) >= SET_MIN and len(indexes) == 1 and indexes.pop()[1:] == ("ne", 32):
+            values = frozenset(c.value for c in rule.when)
+            out.append(_SetTest(rule.when[0].index, values, False, rule.outcome))
+        else:
+            out.append(rule)
+    flush()
+    return out
 
 
 def _rules_by_name(full: FilterSpec) -> dict[str, list[ArgRule]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -269,7 +270,7 @@ def _supervise(spec: RunSpec, session: Session, plane: Any) -> int:
 
 def _child_steps(spec: RunSpec, plane: Any) -> list[Callable[[], None]]:
     """What the agent's child does between the seize and the filter, in this order."""
-    steps: list[Callable[[], None]] = []
+    steps: list[Callable[[], None]] = [_no_core_dumps]
     if plane is not None:
         # First the namespace (setns, or the user namespace's unshare), while the child still
         # holds what that needs; then no exec may bring CAP_NET_ADMIN/CAP_SYS_ADMIN back.
@@ -284,6 +285,14 @@ def _child_steps(spec: RunSpec, plane: Any) -> list[Callable[[], None]]:
     if spec.landlock is not None:
         steps.append(spec.landlock.apply)
     return steps
+
+
+def _no_core_dumps() -> None:
+    """RLIMIT_CORE 0, soft and hard, for the whole tree (inherited across fork and exec): a
+    core dump is a file the kernel writes in the crashing process's cwd, which may lie outside
+    the workspace, with no syscall for the tracer to judge. No process can raise a hard limit
+    without CAP_SYS_RESOURCE, which no root agent keeps (kernel/capabilities.py)."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def _stop_handler(spec: RunSpec, session: Session) -> StopHandler:

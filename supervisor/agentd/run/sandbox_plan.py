@@ -256,6 +256,8 @@ WRITE_RIGHTS = (
     | _MAKE
     | ll.LANDLOCK_ACCESS_FS_REFER
 )
+# Handled (so refused everywhere) and granted nowhere: device nodes (docs/security.md).
+DEVICE_RIGHTS = ll.LANDLOCK_ACCESS_FS_MAKE_CHAR | ll.LANDLOCK_ACCESS_FS_MAKE_BLOCK
 REMOVE_RIGHTS = ll.LANDLOCK_ACCESS_FS_REMOVE_DIR | ll.LANDLOCK_ACCESS_FS_REMOVE_FILE
 FILE_WRITE_RIGHTS = ll.LANDLOCK_ACCESS_FS_WRITE_FILE | ll.LANDLOCK_ACCESS_FS_TRUNCATE
 REFER_ABI = 2
@@ -347,7 +349,9 @@ def _write_rules(grants: _Grants, handled: int, kind: PathKind) -> list[ll.PathR
                 f"agent creates it later, Landlock refuses writes in it"
             )
             continue
-        rules.append(ll.PathRule(directory, handled, f"patterns {_ids(ids)}"))
+        # INVARIANT: no hierarchy gets MAKE_CHAR/MAKE_BLOCK: a device node is a second name
+        # for a device outside it (the seccomp baseline refuses them too).
+        rules.append(ll.PathRule(directory, handled & ~DEVICE_RIGHTS, f"patterns {_ids(ids)}"))
     single_files = []
     for path, ids in sorted(grants.files.items()):
         if not any(path.startswith(d + "/") for d in dirs):

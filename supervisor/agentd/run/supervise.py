@@ -106,6 +106,9 @@ def untraced_rules(traced: frozenset[str]) -> tuple:
             "an address of length 0 is no address: no network_connect",
         ),
     )
+    from agentd.trace import syscall_table
+
+    rules += syscall_table.untraced_rules()
     return tuple(rule for rule in rules if rule.syscall in traced)
 
 

@@ -215,6 +215,24 @@ def _containment_of_signal(target: SignalTarget, tree: AgentTree) -> Evaluation:
     )
 
 
+def _containment_of_process(syscall: str, target: SignalTarget, tree: AgentTree) -> Evaluation:
+    """Another process's limits, scheduling, memory placement or SIGIO: the agent may change
+    its own tree's only. The refusal answers as the kernel does for a process one may not
+    touch (EPERM), or for a pid that names nothing (ESRCH)."""
+    verdict = _containment_of_signal(target, tree)
+    what = f"{syscall} of {verdict.target}"
+    if verdict.outcome is Outcome.ALLOW:
+        return replace(verdict, action_type="process_control", target=what)
+    missing = target.kind == "pid" and procfs.stat(target.ident) is None
+    return replace(
+        verdict,
+        action_type="process_control",
+        target=what,
+        reason="containment: the agent may only change its own processes",
+        errno=errno.ESRCH if missing else errno.EPERM,
+    )
+
+
 def _pgrp_inside(pgid: int, tree: AgentTree) -> bool:
     """True when every process of group ``pgid`` belongs to the agent (and the group exists)."""
     found = False
@@ -452,6 +470,8 @@ def decide(
     evaluations: list[Evaluation] = []
     for target in decoded.signal_targets:
         evaluations.append(_containment_of_signal(target, tree))
+    for target in decoded.process_targets:
+        evaluations.append(_containment_of_process(decoded.syscall, target, tree))
     for action in decoded.actions:
         contained = _containment_of_path(action, tree)
         asked = {**context, "confirmed": True} if action.action_type in confirmed else context

@@ -105,6 +105,9 @@ class DecodedSyscall:
     args: tuple[int, ...]
     actions: tuple[Action, ...] = ()
     signal_targets: tuple[SignalTarget, ...] = ()
+    # whose limits, scheduling, memory placement or SIGIO the call changes (kind "pid",
+    # "pgrp", or "all" for a user-wide form): containment, like signals
+    process_targets: tuple[SignalTarget, ...] = ()
 
 
 class DecodeError(Exception):
@@ -553,6 +556,38 @@ def _decode_pidfd_signal(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
     raise DecodeError(f"descriptor {fd} ({target}) is not a pidfd")
 
 
+def _decode_process(t: Tracee, spec: SyscallSpec_, args: tuple[int, ...]):
+    """prlimit64, setpriority, ioprio_set, sched_set*, migrate_pages, move_pages,
+    fcntl(F_SETOWN), prctl(PR_SCHED_CORE): the process (or group, or user) the call changes.
+    Nothing when it aims at the caller itself (0) or changes nothing; the kernel's own EINVAL
+    for an unknown ``which`` is left to the kernel (no target)."""
+    if spec.only_when is not None:
+        index, value = spec.only_when
+        if args[index] & 0xFFFFFFFF != value:
+            return (), ()
+    if spec.changes is not None and args[spec.changes] == 0:
+        return (), ()
+    who = _s32(args[syscall_table.operand(spec.pid)])
+    kind = "pid"
+    if spec.which is not None:
+        found = dict(spec.which_kinds).get(_s32(args[spec.which]))
+        if found is None:
+            return (), ()
+        kind = found
+    if kind == "user":
+        # every process of a user (who 0: the caller's): reaches far beyond the tree
+        return (), (SignalTarget("all", who),)
+    if who == 0:
+        if kind == "pgrp":
+            return (), (SignalTarget("pgrp", os.getpgid(t.tid)),)
+        return (), ()
+    if who < 0:
+        if spec.negative_pgrp:
+            return (), (SignalTarget("pgrp", -who),)
+        return (), ()  # the kernel fails a negative pid itself (EINVAL / ESRCH)
+    return (), (SignalTarget(kind, who),)
+
+
 _DECODERS: dict[str, Callable] = {
     "open": _decode_open,
     "path": _decode_path,
@@ -565,6 +600,7 @@ _DECODERS: dict[str, Callable] = {
     "sendmsg": _decode_sendmsg,
     "signal": _decode_signal,
     "pidfd_signal": _decode_pidfd_signal,
+    "process": _decode_process,
 }
 # INVARIANT: every decoder the table names exists.
 assert {spec.decoder for spec in syscall_table.TABLE.values()} <= set(_DECODERS)
@@ -587,5 +623,7 @@ def decode_syscall(
         raise DecodeError(f"syscall {name} ({nr}) stopped but is not in the syscall table")
     if name == "kill" and _s32(args[1]) == 0:
         return DecodedSyscall(name, nr, args)  # kill(pid, 0): an existence check, sends nothing
-    actions, signal_targets = _DECODERS[spec.decoder](t, spec, args)
-    return DecodedSyscall(name, nr, args, tuple(actions), tuple(signal_targets))
+    actions, targets = _DECODERS[spec.decoder](t, spec, args)
+    if spec.decoder == "process":
+        return DecodedSyscall(name, nr, args, tuple(actions), process_targets=tuple(targets))
+    return DecodedSyscall(name, nr, args, tuple(actions), tuple(targets))

@@ -54,6 +54,8 @@ AT_SYMLINK_NOFOLLOW = 0x100
 AT_REMOVEDIR = 0x200
 AT_SYMLINK_FOLLOW = 0x400
 AT_EMPTY_PATH = 0x1000
+F_SETOWN = 8  # fcntl
+PR_SCHED_CORE = 62  # prctl
 # openat2 RESOLVE_* flags: only RESOLVE_IN_ROOT changes which file a path names (the dirfd
 # becomes "/"); the others (NO_XDEV, NO_MAGICLINKS, NO_SYMLINKS, BENEATH, CACHED) only make the
 # kernel refuse more.
@@ -92,7 +94,17 @@ class SyscallSpec:
     msg: int | None = None  # sendmsg: struct msghdr *; sendmmsg: struct mmsghdr *
     vlen: int | None = None
     action_type: str = ""  # the one type a "path" decoder produces
-    pid: int | None = None  # signal decoders: the target pid / tgid / pidfd
+    pid: int | None = None  # signal and process decoders: the target pid / tgid / pidfd
+    # process decoder: the argument saying what ``pid`` names, and its values: (value, kind),
+    # kind "pid", "pgrp" or "user" (setpriority's PRIO_*, ioprio_set's IOPRIO_WHO_*)
+    which: int | None = None
+    which_kinds: tuple[tuple[int, str], ...] = ()
+    # process decoder: an argument that, when 0 (NULL), makes the call change nothing
+    changes: int | None = None
+    # process decoder: (argument, value): the call aims at a process only when it holds
+    # (fcntl's F_SETOWN, prctl's PR_SCHED_CORE); a negative ``pid`` names a process group
+    only_when: tuple[int, int] | None = None
+    negative_pgrp: bool = False
 
 
 _FILE_RW = ("file_read", "file_write", "memory_access")
@@ -187,6 +199,28 @@ TABLE: Mapping[str, SyscallSpec] = MappingProxyType({
     "rt_tgsigqueueinfo": SyscallSpec("signal", (), pid=0),
     "pidfd_open": SyscallSpec("signal", (), pid=0),
     "pidfd_send_signal": SyscallSpec("pidfd_signal", (), fd=0),
+    # --- another process's limits, scheduling, memory and SIGIO: containment, like signals ---
+    # (traced only when the target is not the caller itself: UNTRACED_RULES)
+    "prlimit64": SyscallSpec("process", (), pid=0, changes=2),
+    "setpriority": SyscallSpec("process", (), pid=1, which=0,
+                               which_kinds=((0, "pid"), (1, "pgrp"), (2, "user"))),
+    "ioprio_set": SyscallSpec("process", (), pid=1, which=0,
+                              which_kinds=((1, "pid"), (2, "pgrp"), (3, "user"))),
+    "sched_setscheduler": SyscallSpec("process", (), pid=0),
+    "sched_setparam": SyscallSpec("process", (), pid=0),
+    "sched_setattr": SyscallSpec("process", (), pid=0),
+    "sched_setaffinity": SyscallSpec("process", (), pid=0),
+    "migrate_pages": SyscallSpec("process", (), pid=0),
+    "move_pages": SyscallSpec("process", (), pid=0, changes=3),
+    # fcntl(fd, F_SETOWN, who): who > 0 a process, < 0 a process group, gets SIGIO (or the
+    # F_SETSIG signal, SIGKILL included) when I/O is possible on fd
+    "fcntl": SyscallSpec("process", (), pid=2, only_when=(1, F_SETOWN), negative_pgrp=True),
+    # prctl(PR_SCHED_CORE, cmd, pid, PIDTYPE_*, cookie): another task's core-scheduling cookie
+    # (cmd PR_SCHED_CORE_GET, 0, only reads)
+    "prctl": SyscallSpec("process", (), pid=2, which=3, only_when=(0, PR_SCHED_CORE),
+                         which_kinds=((0, "pid"), (1, "pid"), (2, "pgrp")), changes=1),
+    # --- ioctls that change the file behind the descriptor (kernel/ioctl_ledger.py) ------------
+    "ioctl": _path("file_write", fd=0),
 })
 # fmt: on
 
@@ -206,3 +240,55 @@ def traced_syscalls() -> frozenset[str]:
 
 def spec_for(name: str) -> SyscallSpec | None:
     return TABLE.get(name)
+
+
+def untraced_rules() -> tuple:
+    """The argument values for which a syscall of the table decodes to no action, so the
+    filter lets them run without a tracer stop (``seccomp.UNTRACED``): an ioctl whose request
+    code the ledger does not list as ``traced`` (kernel/ioctl_ledger.py), a process syscall
+    aimed at the caller itself (pid 0) or changing nothing (a NULL new value), an fcntl other
+    than F_SETOWN, a prctl other than PR_SCHED_CORE. Each mirrors a case where ``decode``
+    returns nothing to judge; what decodes to an action is never untraced."""
+    from agentd.kernel import ioctl_ledger
+    from agentd.kernel.seccomp import UNTRACED, ArgCondition, ArgRule
+
+    def when(syscall: str, reason: str, *conditions: ArgCondition) -> ArgRule:
+        return ArgRule(syscall, conditions, UNTRACED, reason)
+
+    def is_zero(index: int, width: int = 64) -> ArgCondition:
+        return ArgCondition(index, "eq", 0, width=width)
+
+    self_pid = "pid 0: the caller itself"
+    nothing = "a NULL new value changes nothing"
+    rules = [
+        when(
+            "ioctl",
+            "a request code that changes no file (kernel/ioctl_ledger.py)",
+            *(
+                ArgCondition(1, "ne", code, width=32)
+                for code in ioctl_ledger.codes(ioctl_ledger.TRACED)
+            ),
+        ),
+        when("prlimit64", self_pid, is_zero(0, 32)),
+        when("prlimit64", nothing, is_zero(2)),
+        when("setpriority", self_pid, is_zero(0, 32), is_zero(1, 32)),  # PRIO_PROCESS, 0
+        when("ioprio_set", self_pid, ArgCondition(0, "eq", 1, width=32), is_zero(1, 32)),
+        *(
+            when(name, self_pid, is_zero(0, 32))
+            for name in (
+                "sched_setscheduler",
+                "sched_setparam",
+                "sched_setattr",
+                "sched_setaffinity",
+                "migrate_pages",
+                "move_pages",
+            )
+        ),
+        when("move_pages", "no target nodes: a query", is_zero(3)),
+        when("fcntl", "not F_SETOWN", ArgCondition(1, "ne", F_SETOWN, width=32)),
+        when("fcntl", "F_SETOWN 0 clears the owner", is_zero(2, 32)),
+        when("prctl", "not PR_SCHED_CORE", ArgCondition(0, "ne", PR_SCHED_CORE, width=32)),
+        when("prctl", "PR_SCHED_CORE_GET only reads", is_zero(1, 32)),
+        when("prctl", self_pid, is_zero(2, 32)),
+    ]
+    return tuple(rules)
