@@ -5,7 +5,8 @@ one assembly of a run that ``agentd run`` and the daemon's per-run supervisor sh
 (``assembly``: session, network plane, child steps, registration, signals, the end), what
 ``agentd run`` alone adds to it (``standalone``: policy cache, audit log, Landlock, the terminal),
 the sandbox plan (``sandbox_plan``: which layer enforces what), the policy cache
-(``policy_cache``) and the runs directory with its control socket (``registry``).
+(``policy_cache``), the runs directory with its control socket (``registry``) and the syscall
+ledger of docs/syscalls.md (``syscall_ledger``, with its reasons in ``ledger_reasons``).
 
 May import: ``agentd.kernel``, ``agentd.trace``, ``agentd.netplane`` and ``agent_os``. Never
 ``agentd.daemon`` or ``agentd.cli`` (tests/test_layers.py checks it).

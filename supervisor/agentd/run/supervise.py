@@ -23,6 +23,7 @@ __all__ = [
     "HostError",
     "FilterError",
     "check_host",
+    "filter_spec",
     "prepare_filter",
     "untraced_rules",
     "filter_environment",
@@ -112,8 +113,10 @@ def untraced_rules(traced: frozenset[str]) -> tuple:
     return tuple(rule for rule in rules if rule.syscall in traced)
 
 
-def prepare_filter(profile_path: str | None, traced: frozenset[str]):
-    """The seccomp program, compiled and laid out in memory, ready for ``install()``."""
+def filter_spec(profile_path: str | None, traced: frozenset[str]):
+    """The FilterSpec of a run: the profile's denials, the tracer's ``traced`` names and the
+    ``untraced_rules`` (``build_filter`` adds ``TRACER_INVARIANTS``). The syscall ledger
+    (``agentd.run.syscall_ledger``) classifies this same spec."""
     from agentd.kernel import seccomp
 
     path = profile_path or DEFAULT_PROFILE
@@ -123,9 +126,19 @@ def prepare_filter(profile_path: str | None, traced: frozenset[str]):
         raise FilterError(f"seccomp profile {path} does not exist")
     try:
         spec = seccomp.load_profile(path).spec(traced)
-        spec = seccomp.FilterSpec(spec.traced, spec.denied, spec.arg_rules + untraced_rules(traced))
-        return seccomp.prepare(seccomp.build_filter(spec))
     except ValueError as exc:  # SeccompProfileError, unknown names
+        raise FilterError(f"seccomp profile: {exc}") from None
+    return seccomp.FilterSpec(spec.traced, spec.denied, spec.arg_rules + untraced_rules(traced))
+
+
+def prepare_filter(profile_path: str | None, traced: frozenset[str]):
+    """The seccomp program, compiled and laid out in memory, ready for ``install()``."""
+    from agentd.kernel import seccomp
+
+    spec = filter_spec(profile_path, traced)
+    try:
+        return seccomp.prepare(seccomp.build_filter(spec))
+    except ValueError as exc:  # unknown names
         raise FilterError(f"seccomp profile: {exc}") from None
 
 
