@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import signal as _signal
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -154,7 +155,10 @@ def parse_time(
         if relative:
             base = now or _dt.datetime.now(_dt.UTC)
             seconds = float(relative.group(1)) * _RELATIVE_UNITS[relative.group(2)]
-            parsed = base - _dt.timedelta(seconds=seconds)
+            try:
+                parsed = base - _dt.timedelta(seconds=seconds)
+            except OverflowError:
+                raise ValueError(f"age too large: {value.strip()[:40]!r}") from None
         else:
             text = value.strip()
             if text[-1:] in ("z", "Z"):
@@ -441,6 +445,8 @@ def _parse_line(raw: bytes) -> dict[str, Any]:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:  # no record nests; a hand-made line can, past the interpreter's stack
+        raise ValueError("not a record: JSON nested too deeply") from None
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
     return record
@@ -493,26 +499,34 @@ def _check_record(
 def _check_rotation_link(path: Path, record: dict[str, Any]) -> tuple[str | None, str | None]:
     """(error, warning) about the link from a rotated file's first record to the old file."""
     old = path.parent / os.path.basename(str(record["rotated_from"]))
+    # the name comes from the record: said back printable, on one line
+    name = old.name if old.name.isprintable() else ascii(old.name)
+    if old.name in ("", ".", ".."):
+        return f"rotated_from {name} names no file", None
     try:
-        fd = os.open(old, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None, f"rotated from {old.name}, which is not here: the link to it was not checked"
+        fd = os.open(old, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except (OSError, ValueError):  # ValueError: a NUL in the name
+        return None, f"rotated from {name}, which is not here: the link to it was not checked"
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return f"rotated from {name}, which is not a regular file", None
         tail = _read_tail(fd)
+    except OSError as exc:
+        return None, f"rotated from {name}, which cannot be read ({exc.strerror}): not checked"
     finally:
         os.close(fd)
     if tail.last_line is None:
         if record["seq"] == 0 and record["prev"] == GENESIS_HASH:
             return None, None  # an empty log was rotated: the chain starts here
-        return f"rotated from {old.name}, which has no complete record", None
+        return f"rotated from {name}, which has no complete record", None
     try:
         last = _parse_line(tail.last_line)
     except ValueError as exc:
-        return f"rotated from {old.name}, whose last line is {exc}", None
+        return f"rotated from {name}, whose last line is {exc}", None
     if last.get("hash") != record["prev"]:
-        return f"prev does not match the last hash of {old.name} (rotation link broken)", None
+        return f"prev does not match the last hash of {name} (rotation link broken)", None
     if isinstance(last.get("seq"), int) and last["seq"] + 1 != record["seq"]:
-        return f"seq {record['seq']} does not follow the last seq {last['seq']} of {old.name}", None
+        return f"seq {record['seq']} does not follow the last seq {last['seq']} of {name}", None
     return None, None
 
 

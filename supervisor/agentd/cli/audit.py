@@ -74,12 +74,32 @@ def _cell(record: dict[str, Any], key: str) -> str:
         return f"{value} +{record['repeats']} repeats"
     if key == "time" and isinstance(value, str):
         return value.replace("T", " ").rstrip("Z")[:23]  # millisecond precision for reading
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return text.replace("\n", "\\n").replace("\t", "\\t")
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _printable(text: str) -> str:
+    """``text`` as the terminal can take it: a lone surrogate (JSON may say ``"\\ud800"``,
+    the recorder never writes one) becomes ``\\ud800``, never a UnicodeEncodeError."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _table_cell(text: str) -> str:
+    """One cell on one line: newlines and tabs shown as ``\\n`` and ``\\t``."""
+    return _printable(text).replace("\n", "\\n").replace("\t", "\\t")
+
+
+def _json_line(value: Any) -> str:
+    """``value`` as one JSON line, UTF-8 as is; ``\\u`` escapes only where UTF-8 cannot say it."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"))
+    return text
 
 
 def _print_table(records: list[dict[str, Any]]) -> None:
-    rows = [[_cell(record, key) for _, key in _TABLE_COLUMNS] for record in records]
+    rows = [[_table_cell(_cell(record, key)) for _, key in _TABLE_COLUMNS] for record in records]
     headers = [title for title, _ in _TABLE_COLUMNS]
     widths = [
         max([len(headers[i])] + [len(row[i]) for row in rows]) for i in range(len(headers) - 1)
@@ -165,13 +185,13 @@ def show(
         source_logger.removeHandler(collector)
     if as_json:
         for record in records:
-            click.echo(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+            click.echo(_json_line(record))
     elif records:
         _print_table(records)
     else:
         click.echo("no matching records", err=True)
     for message in skipped:
-        click.echo(f"warning: {message} (run `agentd audit verify`)", err=True)
+        click.echo(_printable(f"warning: {message} (run `agentd audit verify`)"), err=True)
 
 
 @audit.command("verify")
@@ -193,7 +213,9 @@ def verify(log: str | None, as_json: bool, strict: bool) -> None:
         raise _usage_error(f"{path}: {exc.strerror or exc}") from None
     failed = not result.ok or (strict and bool(result.warnings))
     if as_json:
-        click.echo(json.dumps({"log": str(path), **result.to_dict()}, ensure_ascii=False))
+        click.echo(
+            _printable(json.dumps({"log": str(path), **result.to_dict()}, ensure_ascii=False))
+        )
     elif result.ok:
         head = f"; last seq {result.last_seq}, hash {result.last_hash}" if result.last_hash else ""
         click.echo(f"OK {path}: {result.records} records, chain intact{head}")
