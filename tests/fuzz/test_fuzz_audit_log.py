@@ -247,3 +247,20 @@ def test_fuzz_time_filters(value):
         parse_time(value)
     except ValueError as exc:
         assert "\n" not in str(exc)
+
+
+@pytest.mark.parametrize("rotated_from", ["", "..", ".", "x\x00y", "sub", "a\nb", 42, None])
+def test_a_rotated_from_naming_no_log_file_is_reported_on_one_line(tmp_path, rotated_from):
+    (tmp_path / "sub").mkdir()
+    path = write_log(tmp_path, 2)
+    lines = path.read_bytes().split(b"\n")[:-1]
+    first = json.loads(lines[0])
+    first["rotated_from"] = rotated_from  # the first record of a rotated log names the old file
+    first["hash"] = canonical_hash(first)
+    second = json.loads(lines[1])
+    second["prev"] = first["hash"]
+    second["hash"] = canonical_hash(second)
+    path.write_bytes(_line(first) + b"\n" + _line(second) + b"\n")
+    result = check_verify(path)  # was IsADirectoryError ("", "..", "sub") or ValueError (NUL)
+    assert not result.ok or result.warnings, result
+    check_cli(path)
