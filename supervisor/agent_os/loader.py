@@ -400,18 +400,18 @@ class _LoadSession:
             return None
         return _DocumentReader(self, loader, label, base_dir).read_policy(root, default_name)
 
-    def _compose_slowly(self, text: str, label: str) -> _BoundedLoader | None:
+    def _compose_slowly(self, text: str, label: str) -> BoundedSafeLoader | None:
         """Compose ``text`` with the pure-Python parser (its messages are clearer); None when it
         cannot, with the problem reported at its line."""
         try:
-            loader = _BoundedLoader(text)  # the reader checks every character here already
+            loader = BoundedSafeLoader(text)  # the reader checks every character here already
         except yaml.reader.ReaderError as exc:
-            self.report(label, *_reader_problem(text, exc))
+            self.report(label, *reader_problem(text, exc))
             return None
         try:
             loader.root = loader.get_single_node()
         except yaml.reader.ReaderError as exc:
-            self.report(label, *_reader_problem(text, exc))
+            self.report(label, *reader_problem(text, exc))
             return None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
@@ -1117,12 +1117,12 @@ _FastLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_NESTING = 100
 _NESTING_HINT = "a policy is a few levels deep: look for unclosed or repeated '[' or '{'"
 _READER_HINT = (
-    "a policy is text: remove the control character, or write it as an escape inside double "
-    'quotes, e.g. "\\x00"'
+    "YAML text cannot hold it: remove the control character, or write it as an escape inside "
+    'double quotes, e.g. "\\x00"'
 )
 
 
-class _BoundedLoader(yaml.SafeLoader):
+class BoundedSafeLoader(yaml.SafeLoader):
     """The pure-Python safe loader with a bound on nesting: deeper documents are a
     ``ComposerError`` at the line where the bound is crossed, not a ``RecursionError``."""
 
@@ -1144,7 +1144,7 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
-def _reader_problem(text: str, exc: yaml.reader.ReaderError) -> tuple[int, None, str, str]:
+def reader_problem(text: str, exc: yaml.reader.ReaderError) -> tuple[int, None, str, str]:
     """(line, pattern id, message, hint) of a character the YAML reader refuses (NUL, ...)."""
     line = text.count("\n", 0, exc.position) + 1
     message = f"YAML syntax error: unacceptable character #x{exc.character:04x}: {exc.reason}"

@@ -21,6 +21,7 @@ from yaml.nodes import MappingNode, SequenceNode
 
 from .action_types import ACTION_TYPES
 from .errors import PolicyNotFoundError, PolicyValidationError, ValidationIssue
+from .loader import BoundedSafeLoader, reader_problem
 from .policy import ACTIONS, EvaluationResult
 
 CASE_KEYS = ("name", "action_type", "target", "context", "agent_id", "expect", "pattern_id")
@@ -82,17 +83,29 @@ def load_cases(path: str | os.PathLike) -> list[PolicyCase]:
     """Read a case file; raises ``PolicyValidationError`` listing every problem with its line."""
     path = Path(os.fspath(path))
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise PolicyNotFoundError(f"case file {str(path)!r} does not exist") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PolicyValidationError(
+            [ValidationIssue(str(path), line, None, f"not UTF-8 text: byte {data[exc.start]:#04x}")]
+        ) from None
     return cases_from_yaml_string(text, str(path))
 
 
 def cases_from_yaml_string(text: str, file: str = "<cases>") -> list[PolicyCase]:
     issues: list[ValidationIssue] = []
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = BoundedSafeLoader(text)  # the reader checks every character here already
+    except yaml.reader.ReaderError as exc:
+        raise PolicyValidationError([ValidationIssue(file, *reader_problem(text, exc))]) from None
     try:
         root = loader.get_single_node()
+    except yaml.reader.ReaderError as exc:
+        raise PolicyValidationError([ValidationIssue(file, *reader_problem(text, exc))]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise PolicyValidationError(
@@ -125,6 +138,9 @@ def cases_from_yaml_string(text: str, file: str = "<cases>") -> list[PolicyCase]
             continue
         try:
             data = loader.construct_object(node, deep=True)
+        except RecursionError:
+            issues.append(ValidationIssue(file, line, None, f"{label}: nested too deeply"))
+            continue
         except (yaml.YAMLError, ValueError, TypeError) as exc:
             issues.append(ValidationIssue(file, line, None, f"{label}: {exc}"))
             continue
@@ -174,7 +190,9 @@ def _case_problems(data: Mapping[Any, Any]) -> list[tuple[str, str | None]]:
         if key not in data:
             problems.append((f"missing required key {key!r}", None))
     action_type = data.get("action_type")
-    if action_type is not None and action_type not in ACTION_TYPES:
+    if action_type is not None and (
+        not isinstance(action_type, str) or action_type not in ACTION_TYPES
+    ):
         close = difflib.get_close_matches(str(action_type), ACTION_TYPES, n=1)
         problems.append(
             (
@@ -184,7 +202,7 @@ def _case_problems(data: Mapping[Any, Any]) -> list[tuple[str, str | None]]:
         )
     if "target" in data and not isinstance(data["target"], str):
         problems.append((f"target must be a string, got {data['target']!r}", "quote it"))
-    if "expect" in data and data["expect"] not in ACTIONS:
+    if "expect" in data and (not isinstance(data["expect"], str) or data["expect"] not in ACTIONS):
         problems.append((f"bad expect {data['expect']!r}: use allow, deny or warn", None))
     if data.get("context") is not None and not isinstance(data["context"], Mapping):
         problems.append(("context must be a mapping", None))

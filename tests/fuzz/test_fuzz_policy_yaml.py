@@ -169,7 +169,7 @@ def test_cli_validate_reports_a_nul_byte_as_one_line(tmp_path):
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
     assert result.stdout.splitlines() == [
         f"{path}:3: YAML syntax error: unacceptable character #x0000: special characters are "
-        "not allowed (hint: a policy is text: remove the control character, or write it as an "
+        "not allowed (hint: YAML text cannot hold it: remove the control character, or write it as an "
         "escape inside double quotes, e.g. \"\\x00\")"
     ]
     assert result.stderr == ""
