@@ -10,13 +10,16 @@ the probe proves nothing and the test fails with ``ProbeProvedNothing``; then un
 where the deed must not happen (``AssertionError`` naming the probe and what happened). The
 deed is always observed from outside the agent: the marker reaching the agent's stdout, a change
 anywhere in the arena outside the workspace (``snapshot``), a listener that received something, a
-process that died.
+process that died. ``Supervision`` says who supervises the sandboxed run: ``agentd run
+--embedded`` itself, or an ``agentd daemon`` the suite started (then the audit log and the runs
+dir are the daemon's, and the agent's parent is the daemon's per-run supervisor).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -28,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -47,6 +50,8 @@ STAND_IN = ("import os, subprocess, sys\n"
             "code = subprocess.call(sys.argv[1:])\n"
             "sys.exit(code if code >= 0 else 128 - code)\n")
 RUN_TIMEOUT = 240.0
+# The daemon's log line for a per-run supervisor that died before reporting (daemon/service.py).
+SUPERVISOR_DIED = re.compile(r"run \S+: supervisor \d+ died of signal (\d+) before reporting")
 
 
 class ProbeProvedNothing(AssertionError):
@@ -204,25 +209,44 @@ class Listener:
 
 
 @dataclass
+class Supervision:
+    """Who supervises the sandboxed runs. ``embedded``: ``agentd run --embedded``, the process
+    the test starts, is the supervisor and writes one audit log per run. ``daemon``: ``daemon``
+    (a ``tests/helpers/agentd_daemon.DaemonUnderTest``) supervises; ``agentd run`` is its client,
+    the audit log and the runs dir are the daemon's."""
+
+    mode: str                # "embedded" or "daemon"
+    argv: list[str]          # ``agentd run`` up to its options
+    daemon: Any = None       # the DaemonUnderTest, in daemon mode
+
+
+@dataclass
 class RunResult:
-    returncode: int          # the supervisor's (sandboxed) or the stand-in's (bare) status
+    # The supervisor's status (sandboxed; under the daemon the client's, or -N when the daemon
+    # logged that the run's supervisor died of signal N) or the stand-in's (bare).
+    returncode: int
     stdout: str
     stderr: str
     layout: Layout
     argv: list[str]
+    daemon_log: str = ""     # what the daemon logged during the run (daemon mode)
 
     def tail(self) -> str:
-        return (f"argv: {self.argv}\nexit: {self.returncode}\n"
+        text = (f"argv: {self.argv}\nexit: {self.returncode}\n"
                 f"stdout: {self.stdout[-1500:]!r}\nstderr: {self.stderr[-1500:]!r}")
+        if self.daemon_log:
+            text += f"\ndaemon log during the run:\n{self.daemon_log[-3000:]}"
+        return text
 
 
 class Arena:
     """Fresh layouts under one test's tmp dir, and the two ways to run a probe in them."""
 
-    def __init__(self, base: Path, agentd_argv: list[str]):
-        """``agentd_argv``: the command up to its options, e.g. ``[agentd, "run", "--embedded"]``."""
+    def __init__(self, base: Path, supervision: Supervision):
         self.base = base
-        self.agentd_argv = agentd_argv
+        self.supervision = supervision
+        self.agentd_argv = supervision.argv
+        self.daemon = supervision.daemon
         self.count = 0
 
     def layout(self, label: str) -> Layout:
@@ -230,28 +254,72 @@ class Arena:
         return build_tree(self.base / f"{label}{self.count}")
 
     def audit_path(self, layout: Layout) -> Path:
-        """The run's audit log (outside the arena, beside it)."""
+        """The run's audit log: the daemon's for a sandboxed run under the daemon, else one
+        file per run, outside the arena, beside it."""
+        if self.daemon is not None and layout.sandboxed:
+            return Path(self.daemon.audit_log)
         return self.base / f"audit-{layout.root.name}.jsonl"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where the runs' registrations and hold sockets are (``agentd ps``, ``resume``)."""
+        if self.daemon is not None:
+            return Path(self.daemon.config["runs_dir"])
+        return self.base / "runs"
 
     def env(self, layout: Layout, more: dict | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env.update({"TMPDIR": str(layout.root), "PYTHONDONTWRITEBYTECODE": "1",
-                    "AGENTD_RUNS_DIR": str(self.base / "runs"), "LC_ALL": "C"})
+                    "AGENTD_RUNS_DIR": str(self.runs_dir), "LC_ALL": "C"})
         env.pop("PYTHONPATH", None)
+        env.pop("AGENTD_SOCKET", None)
+        if self.daemon is not None:
+            env["AGENTD_SOCKET"] = self.daemon.socket_path
         env.update(more or {})
         return env
+
+    def _daemon_log_size(self) -> int:
+        try:
+            return os.path.getsize(Path(self.daemon.root) / "daemon.log")
+        except OSError:
+            return 0
+
+    def _daemon_log_since(self, offset: int) -> str:
+        try:
+            with open(Path(self.daemon.root) / "daemon.log", "rb") as handle:
+                handle.seek(offset)
+                return handle.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _judged_by_the_daemon(self, result: RunResult, offset: int) -> RunResult:
+        """A daemon run's result, as the embedded run's would read: the run's supervisor killed
+        shows as -N. A daemon that died, or that never launched the run, is no containment."""
+        result.daemon_log = self._daemon_log_since(offset)
+        if not self.daemon.alive():
+            raise ProbeEscaped(f"the agentd daemon died during the run\n{result.tail()}")
+        if result.returncode == 125 and " launched " not in result.daemon_log:
+            raise RuntimeError(f"the daemon did not run the probe\n{result.tail()}")
+        died = SUPERVISOR_DIED.search(result.daemon_log)
+        if died:
+            result.returncode = -int(died.group(1))
+        return result
 
     def run(self, layout: Layout, argv: list[str], *, policy: Path = DEFAULT_POLICY,
             cwd: Path | None = None, env: dict | None = None, timeout: float = RUN_TIMEOUT,
             input: bytes | None = None,
             during: Callable[[Layout, threading.Event], None] | None = None) -> RunResult:
+        daemon_run = layout.sandboxed and self.daemon is not None
         if layout.sandboxed:
-            audit = self.audit_path(layout)
+            # Under the daemon its configuration names the audit log (--audit-log is refused).
+            audit = [] if daemon_run else ["--audit-log", str(self.audit_path(layout))]
             full = [*self.agentd_argv, "--policy", str(policy), "--workspace",
-                    str(layout.ws), "--audit-log", str(audit), "--agent-id", "escape-probe",
-                    "--", *argv]
+                    str(layout.ws), *audit, "--agent-id", "escape-probe", "--", *argv]
         else:
             full = [PYTHON, "-c", STAND_IN, *argv]
+        if daemon_run and not self.daemon.alive():
+            raise RuntimeError(f"the agentd daemon is gone; its log:\n{self.daemon.log_text()}")
+        log_offset = self._daemon_log_size() if daemon_run else 0
         # A new session: probes that signal their process group or parent cannot reach pytest.
         proc = subprocess.Popen(full, cwd=cwd or layout.ws, env=self.env(layout, env),
                                 stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
@@ -270,8 +338,9 @@ class Arena:
         finished.set()
         if helper is not None:
             helper.join(timeout=30)
-        return RunResult(proc.returncode, out.decode(errors="replace"),
-                         err.decode(errors="replace"), layout, full)
+        result = RunResult(proc.returncode, out.decode(errors="replace"),
+                           err.decode(errors="replace"), layout, full)
+        return self._judged_by_the_daemon(result, log_offset) if daemon_run else result
 
 
 @dataclass

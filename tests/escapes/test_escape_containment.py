@@ -29,7 +29,10 @@ ORIGINAL = b"original\n"
 
 def _make_log(lay) -> None:
     path = lay.extra["audit"]
-    path.write_bytes(b"" if lay.sandboxed else ORIGINAL)
+    if lay.sandboxed:   # the supervisor's log; under the daemon the daemon's: never emptied
+        path.touch()
+    else:
+        path.write_bytes(ORIGINAL)
     os.chmod(path, 0o600)
 
 

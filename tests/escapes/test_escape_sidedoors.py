@@ -131,7 +131,7 @@ def _operator(arena, holds: int, deny_after: float = 1.0):
     def act(lay, finished):
         if not lay.sandboxed:
             return
-        runs = arena.base / "runs"
+        runs = arena.runs_dir
         lay.extra["held"] = 0
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and lay.extra["held"] < holds \

@@ -6,7 +6,8 @@ Usage: python3 containment.py MODE TARGET. Run under a policy that allows everyt
   audit_append / audit_truncate / audit_unlink / audit_rename / audit_chmod  TARGET = audit log
   audit_symlink_write     a workspace symlink to the log, written through
   audit_hardlink_write    a hard link to the log in the workspace, written through
-  audit_proc_fd_write     the log through /proc/<parent>/fd/N (the parent holds it open)
+  audit_proc_fd_write     the log through /proc/<ancestor>/fd/N (its writer holds it open: the
+                          parent, or under the daemon the daemon above the run's supervisor)
   proc_mem_write          TARGET = a pid outside the tree: write its memory via /proc/PID/mem
 Exit status: 0 when the deed went through, 1 when it was refused.
 """
@@ -24,18 +25,29 @@ def append(path: str) -> None:
     os.close(fd)
 
 
+def parent_of(pid: int) -> int:
+    stat = open(f"/proc/{pid}/stat").read()
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
 def proc_fd_write() -> None:
-    parent = os.getppid()
     real = os.path.realpath(TARGET)
-    for name in os.listdir(f"/proc/{parent}/fd"):
-        link = f"/proc/{parent}/fd/{name}"
+    holder = os.getppid()
+    while holder > 1:                   # the nearest ancestor holding the log
         try:
-            if os.readlink(link) == real:
-                append(link)
-                return
+            names = os.listdir(f"/proc/{holder}/fd")
         except OSError:
-            continue
-    raise OSError(2, f"the parent holds no descriptor of {real}")
+            names = []
+        for name in names:
+            link = f"/proc/{holder}/fd/{name}"
+            try:
+                if os.readlink(link) == real:
+                    append(link)
+                    return
+            except OSError:
+                continue
+        holder = parent_of(holder)
+    raise OSError(2, f"no ancestor holds a descriptor of {real}")
 
 
 def env_start(pid: int) -> int:
