@@ -175,7 +175,11 @@ def escape_daemon(tmp_path_factory, request):
     network = "plane" if os.environ.get("AGENTD_NETWORK") in ("plane", "auto") else "off"
     daemon = DaemonUnderTest(tmp_path_factory.mktemp("escape-daemon"), network=network)
     request.config.stash[_DAEMON_LOG] = str(daemon.root / "daemon.log")
-    daemon.start()
+    try:
+        daemon.start()   # raises with the daemon's log when READY=1 does not come
+    except BaseException:
+        daemon.stop()
+        raise
     try:
         if "policies loaded" not in daemon.log_text():   # logged before READY=1
             pytest.skip("the agentd daemon logs to the journal (systemd-python), where the suite "
