@@ -30,17 +30,7 @@ pytestmark = pytest.mark.skipif(
 # What is still OPEN (may change something outside the agent) and known to be: each entry is a
 # side door the lead has to close or accept (issue 12). Empty it as they are closed; a new OPEN
 # entry, or one here that is no longer OPEN, fails the test.
-KNOWN_OPEN = {
-    # System V IPC and POSIX message queues live in the host's IPC namespace.
-    "shmget", "shmat", "shmctl", "semget", "semop", "semtimedop", "semctl",
-    "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink",
-    # a root agent's chroot: absolute paths resolve under a root the tracer does not use
-    "chroot",
-    # O_ASYNC on a terminal: SIGIO to the terminal's foreground process group
-    "F_SETFL",
-    # a lease holds up every opener for writing outside the agent
-    "F_SETLEASE",
-}  # fmt: skip
+KNOWN_OPEN: set[str] = set()  # every OPEN entry of the ledger; empty: none is open
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,17 @@ them until it execs. A root agent would keep them across exec (root's permitted 
 is its bounding set): with CAP_NET_ADMIN it could flush the nftables table of its own
 namespace, or, without the plane, change the host's addresses and routes over netlink (which
 agentd does not judge as a network connection). Every root agent therefore loses them, plane or
-not. Four more reach outside the workspace by other doors and are dropped with them
+not. Five more reach outside the workspace by other doors and are dropped with them
 (``AGENT_DROPPED_CAPS``, docs/security.md, issue 12): CAP_MKNOD (a device node is a second name
-for a device), CAP_SYS_RESOURCE (it would raise RLIMIT_CORE's hard limit back, grow a file
-system, exceed the pipe and queue limits), CAP_SYS_NICE (real-time priority starves the
-supervisor and the rest of the host; renicing other users' processes) and CAP_SYS_TTY_CONFIG
-(keyboard maps and virtual consoles of the host's console through a descriptor opened for
-reading). ``BoundingDrop`` removes them from the child's bounding set (``PR_CAPBSET_DROP``,
-which needs CAP_SETPCAP, dropped last), so no exec can give them back. An agent of another user
-loses every capability anyway when its child switches uid; the drop costs a few prctl calls.
+for a device), CAP_SYS_CHROOT (after a chroot the agent's absolute paths name other files than
+the ones the policy was asked about), CAP_SYS_RESOURCE (it would raise RLIMIT_CORE's hard limit
+back, grow a file system, exceed the pipe and queue limits), CAP_SYS_NICE (real-time priority
+starves the supervisor and the rest of the host; renicing other users' processes) and
+CAP_SYS_TTY_CONFIG (keyboard maps and virtual consoles of the host's console through a
+descriptor opened for reading). ``BoundingDrop`` removes them from the child's bounding set
+(``PR_CAPBSET_DROP``, which needs CAP_SETPCAP, dropped last), so no exec can give them back. An
+agent of another user loses every capability anyway when its child switches uid; the drop costs
+a few prctl calls.
 A failure is an ``OSError``: the child reports it and exits (fail closed).
 """
 
@@ -31,6 +33,7 @@ __all__ = [
     "CAP_NET_ADMIN",
     "CAP_SETPCAP",
     "CAP_SYS_ADMIN",
+    "CAP_SYS_CHROOT",
     "CAP_SYS_NICE",
     "CAP_SYS_RESOURCE",
     "CAP_SYS_TTY_CONFIG",
@@ -41,6 +44,7 @@ PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 CAP_SETPCAP = 8
 CAP_NET_ADMIN = 12
+CAP_SYS_CHROOT = 18
 CAP_SYS_ADMIN = 21
 CAP_SYS_NICE = 23
 CAP_SYS_RESOURCE = 24
@@ -53,6 +57,7 @@ AGENT_DROPPED_CAPS = (
     CAP_NET_ADMIN,
     CAP_SYS_ADMIN,
     CAP_MKNOD,
+    CAP_SYS_CHROOT,
     CAP_SYS_RESOURCE,
     CAP_SYS_NICE,
     CAP_SYS_TTY_CONFIG,

@@ -148,6 +148,10 @@ LEDGER: tuple[IoctlRequest, ...] = (
              "is traced and judged instead"),
     _refused("SIOCSPGRP", 0x00008902, "the process a socket's SIGIO/SIGURG goes to",
              "as FIOSETOWN"),
+    _refused("FIOASYNC", 0x00005452, "turns SIGIO on for the descriptor",
+             "on a terminal the kernel sends SIGIO to its foreground process group, which "
+             "holds the supervisor and the user's other commands; fcntl(F_SETFL, O_ASYNC) is "
+             "refused alike"),
     # --- need a descriptor open for writing: the open was the decision -------------------------
     IoctlRequest("FICLONE", 0x40049409, "the destination's content (reflink copy)", WRITE_FD,
                  "the destination must be open for writing (cp --reflink uses it)"),

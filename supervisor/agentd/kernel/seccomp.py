@@ -89,6 +89,8 @@ ENOSYS = Denial(errno_codes.ENOSYS)
 # mknod(2)'s mode: the file type is S_IFMT of it (the kernel truncates mode to umode_t).
 S_IFMT, S_IFCHR, S_IFBLK = 0o170000, 0o020000, 0o060000
 F_SETOWN_EX = 15  # fcntl: struct f_owner_ex {type, pid} *, in memory
+F_SETFL, O_ASYNC = 4, 0o20000  # fcntl(fd, F_SETFL, flags): O_ASYNC turns SIGIO on
+F_SETLEASE, F_UNLCK = 1024, 2  # fcntl(fd, F_SETLEASE, type): F_UNLCK drops a lease
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +300,28 @@ TRACER_INVARIANTS = FilterSpec(
             EPERM,
             "F_SETOWN_EX names the process SIGIO goes to in memory the tracer cannot pin; "
             "F_SETOWN (a register) is traced and judged instead",
+        ),
+        ArgRule(
+            "fcntl",
+            (
+                ArgCondition(1, "eq", F_SETFL, width=32),
+                ArgCondition(2, "any_bits", O_ASYNC, width=32),
+            ),
+            EPERM,
+            "O_ASYNC on a terminal sends SIGIO (which kills by default) to the terminal's "
+            "foreground process group, where the supervisor and the user's other commands are; "
+            "the ioctl FIOASYNC is refused for the same reason",
+        ),
+        ArgRule(
+            "fcntl",
+            (
+                ArgCondition(1, "eq", F_SETLEASE, width=32),
+                ArgCondition(2, "ne", F_UNLCK, width=32),
+            ),
+            EPERM,
+            "a lease holds up every other process that opens the file for writing (or, a "
+            "write lease, at all) for lease-break-time seconds, again and again; a root agent "
+            "may lease any file it can read",
         ),
         ArgRule(
             "seccomp",

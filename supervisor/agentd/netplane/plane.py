@@ -383,6 +383,9 @@ class UsernsPlane(PolicyPlane):
     the proxy's own lookups, so the proxy and the agent see one answer, recorded once."""
 
     HANDOFF_TIMEOUT = 10.0  # seconds for the child to unshare, configure lo and bind
+    # ``enter`` leaves the child in a user namespace of its own, with every capability there
+    # until the bounding set is dropped (run/assembly.py: its IPC namespace).
+    user_namespace = True
 
     def __init__(self, session, handoff: NamespaceHandoff, upstream: list[tuple[str, int]]):
         super().__init__(session, NameBook())

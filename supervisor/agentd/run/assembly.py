@@ -256,6 +256,8 @@ def _supervise(spec: RunSpec, session: Session, plane: Any) -> int:
             plane.attach(tracer)
             plane.started(pid)  # the user namespace plane starts serving its child's sockets
 
+    # CAP_SYS_ADMIN for an IPC namespace: root, or the plane's user namespace
+    private_ipc = os.geteuid() == 0 or getattr(plane, "user_namespace", False)
     return supervise(
         list(spec.argv),
         spec.policy,
@@ -263,18 +265,25 @@ def _supervise(spec: RunSpec, session: Session, plane: Any) -> int:
         profile=spec.seccomp_profile,
         env=env,
         on_started=started,
-        child_steps=_child_steps(spec, plane),
+        child_steps=_child_steps(spec, plane, private_ipc),
         on_syscall=_stop_handler(spec, session),
+        shared_ipc=not private_ipc,
     )
 
 
-def _child_steps(spec: RunSpec, plane: Any) -> list[Callable[[], None]]:
+def _child_steps(spec: RunSpec, plane: Any, private_ipc: bool) -> list[Callable[[], None]]:
     """What the agent's child does between the seize and the filter, in this order."""
     steps: list[Callable[[], None]] = [_no_core_dumps]
     if plane is not None:
         # First the namespace (setns, or the user namespace's unshare), while the child still
         # holds what that needs; then no exec may bring CAP_NET_ADMIN/CAP_SYS_ADMIN back.
         steps.append(plane.enter)
+    if private_ipc:
+        # Its own System V IPC and POSIX message queues, before the bounding set loses
+        # CAP_SYS_ADMIN (without one, the filter refuses them: supervise.filter_spec).
+        from agentd.kernel.ipc_namespace import PrivateIpc
+
+        steps.append(PrivateIpc())
     if plane is not None or os.geteuid() == 0:
         # A root agent without the plane shares the host's network namespace: without
         # CAP_NET_ADMIN its netlink messages can read the network state, never change it.

@@ -79,9 +79,9 @@ _OWN_CREDS = (
     "traced and kill stays tree-checked)"
 )
 _SYSV = (
-    "System V IPC in the host's IPC namespace: ids are global and listed in /proc/sysvipc, and a "
-    "root agent (CAP_IPC_OWNER) passes every mode check, so it reaches other processes' "
-    "segments, semaphores and queues"
+    "names IPC objects by key, id or name, which are global to an IPC namespace: the agent has "
+    "one of its own (kernel/ipc_namespace.py), and where it cannot (an ordinary user's run "
+    "without the plane) the filter refuses this call (EPERM)"
 )
 _OTHER_PID_READ = "aimed at any pid, read-only: another process's scheduling or identity"
 _PIDFD_ONLY = (
@@ -270,9 +270,9 @@ ALLOWED: Mapping[str, Reason] = MappingProxyType(
         "setsid": Reason(CONTAINED, "a new session for the caller"),
         **_each(CONTAINED, "the caller's own working directory", "chdir", "fchdir", "getcwd"),
         "chroot": Reason(
-            OPEN,
-            "a root agent keeps CAP_SYS_CHROOT: absolute paths then resolve under the new root "
-            "while the tracer resolves them from / (docs/architecture.md, Known gaps)",
+            CONTAINED,
+            "needs CAP_SYS_CHROOT, which root agents lose (kernel/capabilities.py) and no other "
+            "agent gains (no_new_privs, no user namespace of its own), so EPERM",
         ),
         "setrlimit": Reason(
             CONTAINED,
@@ -309,22 +309,15 @@ ALLOWED: Mapping[str, Reason] = MappingProxyType(
             "agents lose (kernel/capabilities.py), so EPERM",
             "sethostname", "setdomainname",
         ),
-        # --- IPC in the host's namespace ----------------------------------------------------------
+        # --- IPC: the agent's own namespace ------------------------------------------------------
         **_each(
-            OPEN,
+            CONTAINED,
             _SYSV,
             "shmget", "shmat", "shmctl", "semget", "semop", "semtimedop", "semctl", "msgget",
             "msgsnd", "msgrcv", "msgctl",
         ),
         "shmdt": Reason(CONTAINED, "detaches a segment from the agent's own address space"),
-        "mq_open": Reason(
-            OPEN,
-            "opens or creates a POSIX message queue of the host's IPC namespace by name (not "
-            "judged as a file): another process's queue",
-        ),
-        "mq_unlink": Reason(
-            OPEN, "removes a POSIX message queue of the host's IPC namespace (no file_delete)"
-        ),
+        **_each(CONTAINED, _SYSV, "mq_open", "mq_unlink"),
         **_each(
             CONTAINED,
             "on a queue descriptor the agent holds (the door is mq_open)",
@@ -519,11 +512,10 @@ FCNTL_COMMANDS: Mapping[str, Reason] = MappingProxyType(
         "F_SETFD": Reason(CONTAINED, "the descriptor's own close-on-exec flag"),
         "F_GETFL": Reason(CONTAINED, "the open file's status flags"),
         "F_SETFL": Reason(
-            OPEN,
-            "the access mode cannot change, but O_ASYNC on a terminal makes the kernel set the "
-            "owner to the terminal's foreground process group (tty_fasync), which may hold "
-            "processes outside the tree (the supervisor, a pipeline's other commands): SIGIO "
-            "(default action: terminate) or the F_SETSIG signal reaches them",
+            CONTAINED,
+            "the access mode cannot change; O_ASYNC is refused (EPERM): on a terminal the "
+            "kernel would aim SIGIO at the terminal's foreground process group (tty_fasync), "
+            "which holds the supervisor and a pipeline's other commands",
         ),
         "F_GETLK": Reason(CONTAINED, "asks which lock would block: reads only"),
         "F_SETLK": Reason(
@@ -558,10 +550,9 @@ FCNTL_COMMANDS: Mapping[str, Reason] = MappingProxyType(
         ),
         "F_GETSIG": Reason(CONTAINED, "reads the descriptor's SIGIO signal"),
         "F_SETLEASE": Reason(
-            OPEN,
-            "a lease on a file the agent holds (a root agent has CAP_LEASE, so any file it may "
-            "read): every process outside that opens it for writing, or truncates it, waits up "
-            "to lease-break-time, repeatedly",
+            CONTAINED,
+            "refused (EPERM) but F_UNLCK: a lease would hold up every process outside that "
+            "opens the file for writing, or truncates it, for lease-break-time, repeatedly",
         ),
         "F_GETLEASE": Reason(CONTAINED, "reads the descriptor's lease"),
         "F_CANCELLK": Reason(CONTAINED, "kernel-internal (lockd, nfsd): EINVAL from user space"),

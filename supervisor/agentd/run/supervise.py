@@ -113,11 +113,14 @@ def untraced_rules(traced: frozenset[str]) -> tuple:
     return tuple(rule for rule in rules if rule.syscall in traced)
 
 
-def filter_spec(profile_path: str | None, traced: frozenset[str]):
+def filter_spec(profile_path: str | None, traced: frozenset[str], shared_ipc: bool = False):
     """The FilterSpec of a run: the profile's denials, the tracer's ``traced`` names and the
-    ``untraced_rules`` (``build_filter`` adds ``TRACER_INVARIANTS``). The syscall ledger
-    (``agentd.run.syscall_ledger``) classifies this same spec."""
+    ``untraced_rules`` (``build_filter`` adds ``TRACER_INVARIANTS``); with ``shared_ipc`` (the
+    agent stays in the host's IPC namespace) the IPC syscalls that name objects are refused
+    (``kernel/ipc_namespace.py``). The syscall ledger (``agentd.run.syscall_ledger``)
+    classifies this same spec, for a run in an IPC namespace of its own."""
     from agentd.kernel import seccomp
+    from agentd.kernel.ipc_namespace import SHARED_NAMESPACE_SYSCALLS
 
     path = profile_path or DEFAULT_PROFILE
     if not os.path.exists(path):
@@ -128,14 +131,17 @@ def filter_spec(profile_path: str | None, traced: frozenset[str]):
         spec = seccomp.load_profile(path).spec(traced)
     except ValueError as exc:  # SeccompProfileError, unknown names
         raise FilterError(f"seccomp profile: {exc}") from None
-    return seccomp.FilterSpec(spec.traced, spec.denied, spec.arg_rules + untraced_rules(traced))
+    denied = dict(spec.denied)
+    if shared_ipc:
+        denied.update((name, seccomp.EPERM) for name in SHARED_NAMESPACE_SYSCALLS)
+    return seccomp.FilterSpec(spec.traced, denied, spec.arg_rules + untraced_rules(traced))
 
 
-def prepare_filter(profile_path: str | None, traced: frozenset[str]):
+def prepare_filter(profile_path: str | None, traced: frozenset[str], shared_ipc: bool = False):
     """The seccomp program, compiled and laid out in memory, ready for ``install()``."""
     from agentd.kernel import seccomp
 
-    spec = filter_spec(profile_path, traced)
+    spec = filter_spec(profile_path, traced, shared_ipc)
     try:
         return seccomp.prepare(seccomp.build_filter(spec))
     except ValueError as exc:  # unknown names
@@ -249,6 +255,7 @@ def supervise(
     on_started=None,
     child_steps: Sequence[Callable[[], None]] = (),
     on_syscall=None,
+    shared_ipc: bool = False,
 ) -> int:
     """Run ``argv`` under ``policy`` with ``session`` handling the stops; return the wait status.
 
@@ -256,6 +263,7 @@ def supervise(
     ``child_steps`` run in the agent's child, in order, after it is seized and before the
     filter is installed (``spawn_traced``). ``on_syscall(tracer, task)`` replaces
     ``session.on_syscall`` as the stop handler (the daemon wraps it to time each decision).
+    ``shared_ipc``: no child step gives the agent an IPC namespace of its own (``filter_spec``).
     """
     from agentd.trace.syscall_table import traced_syscalls
     from agentd.trace.tracer import Tracer
@@ -271,7 +279,7 @@ def supervise(
             + ". Fix: a kernel with CONFIG_SECCOMP_FILTER (Linux 4.14 or later), "
             "outside a container profile that blocks seccomp(2)."
         )
-    prepared = prepare_filter(profile, traced_syscalls())
+    prepared = prepare_filter(profile, traced_syscalls(), shared_ipc)
     context = {"agent_id": session.agent_id, "pid": os.getpid(), "syscall": "execve"}
 
     def removed(name: str, result: Any) -> None:

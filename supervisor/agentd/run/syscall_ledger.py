@@ -638,7 +638,8 @@ def _summary(ledger: Ledger) -> list[str]:
     )
     lines += ["", f"Reasons of x86_64 syscalls that run without a stop: {by_status}."]
     open_names = ledger.open_entries()
-    lines += ["", f"**OPEN** ({len(open_names)}): {', '.join(f'`{n}`' for n in open_names)}."]
+    listed = ", ".join(f"`{n}`" for n in open_names) or "none"
+    lines += ["", f"**OPEN** ({len(open_names)}): {listed}."]
     return lines + [""]
 
 
