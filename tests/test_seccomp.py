@@ -99,7 +99,7 @@ def reference(spec: FilterSpec, data: SeccompData) -> int:
         return errno_action(errno.ENOSYS)
     name = SYSCALL_NAMES.get(number)
     if name is None:
-        return ALLOW
+        return errno_action(errno.ENOSYS)  # a hole: refused as the kernel would answer
     if name in full.denied:
         return full.denied[name].action
     denying = [rule for rule in full.arg_rules if rule.syscall == name and isinstance(rule.outcome, Denial)]
@@ -129,7 +129,9 @@ DEFAULT_TABLE = [
     # beyond the table: refused rather than run unseen
     ("first unknown number", SeccompData(MAX_SYSCALL_NR + 1, X86_64), errno_action(errno.ENOSYS)),
     ("nr 0x3fffffff", SeccompData(0x3FFFFFFF, X86_64), errno_action(errno.ENOSYS)),
-    ("hole 400", SeccompData(400, X86_64), ALLOW),
+    ("hole 400", SeccompData(400, X86_64), errno_action(errno.ENOSYS)),
+    ("hole 337 (first)", SeccompData(337, X86_64), errno_action(errno.ENOSYS)),
+    ("hole 423 (last)", SeccompData(423, X86_64), errno_action(errno.ENOSYS)),
     # traced vs allowed
     ("read", call("read"), ALLOW),
     ("write", call("write"), ALLOW),

@@ -624,7 +624,9 @@ def _outcome_ranges(
         if nr > MAX_SYSCALL_NR:
             return ("ret", ENOSYS.action)
         if name is None:
-            return ("ret", SECCOMP_RET_ALLOW)  # a hole: the kernel answers ENOSYS itself
+            # A hole of the table (337-423 today): the kernel answers ENOSYS itself, and so does
+            # the filter, so that a number a later kernel assigns never runs unnamed.
+            return ("ret", ENOSYS.action)
         if name in full.denied:
             return ("ret", full.denied[name].action)
         if name in rules_by_name:

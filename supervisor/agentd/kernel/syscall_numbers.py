@@ -17,7 +17,7 @@ That header (linux-libc-dev 6.1.187, Debian 12) stops at 450, while the running 
 (the number does not return ENOSYS; 453 ``map_shadow_stack`` does, because this kernel is built
 without user shadow stacks, yet the number is assigned). A number missing here would be allowed by
 the filter without the tracer knowing its name, which is why the filter refuses every number above
-``MAX_SYSCALL_NR`` with ENOSYS.
+``MAX_SYSCALL_NR``, and every number below it that has no name here, with ENOSYS.
 """
 
 from __future__ import annotations

@@ -619,7 +619,8 @@ Every syscall number of the headers is in exactly one class:
 The ia32 ABI (`int 0x80`, AUDIT_ARCH_I386) and the x32 ABI (numbers with `__X32_SYSCALL_BIT`,
 0x40000000) are killed (SECCOMP_RET_KILL_PROCESS) before any number is looked at; their numbers
 are listed so that each is accounted for, and each was run through the filter.
-Numbers above {max_nr}, the highest agentd knows (`kernel/syscall_numbers.py`), get ENOSYS.
+Numbers above {max_nr}, the highest agentd knows (`kernel/syscall_numbers.py`), and the
+numbers below it that have no name there (the table's holes) get ENOSYS from the filter.
 """
 
 
