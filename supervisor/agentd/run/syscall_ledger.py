@@ -25,7 +25,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from agentd.kernel import bpf, seccomp
+from agentd.kernel import bpf, ioctl_ledger, seccomp
 from agentd.kernel.consts import (
     AUDIT_ARCH_I386,
     AUDIT_ARCH_X86_64,
@@ -126,6 +126,8 @@ class Ledger:
     syscalls: tuple[SyscallRow, ...]
     commands: Mapping[str, tuple[CommandRow, ...]]
     problems: tuple[str, ...] = field(default=())
+    # (request, what the filter answers for it as ioctl's command), kernel/ioctl_ledger.py
+    ioctls: tuple[tuple[ioctl_ledger.IoctlRequest, str], ...] = ()
 
     def rows(self, abi: str) -> list[SyscallRow]:
         return [row for row in self.syscalls if row.abi == abi]
@@ -565,7 +567,12 @@ def build_ledger(headers: Mapping[str, str | tuple[str, ...]] = HEADERS) -> Ledg
             flt,
         ),
     }
-    return Ledger(tuple(rows), commands, tuple(_stale(rows, commands)))
+    nr = SYSCALL_NUMBERS["ioctl"]
+    ioctls = tuple(
+        (request, describe_action(flt.run(nr, args=[0, request.code, 0, 0, 0, 0])))
+        for request in ioctl_ledger.LEDGER
+    )
+    return Ledger(tuple(rows), commands, tuple(_stale(rows, commands)), ioctls)
 
 
 # --- rendering ----------------------------------------------------------------------------------
@@ -601,7 +608,7 @@ or the reasons and run `{regenerate}`. `tests/test_syscall_ledger.py` fails when
 kernel headers on the test machine (or a `PR_*`/`F_*` command) is unclassified, when a reason
 names a syscall no call of which runs without a tracer stop, when an OPEN entry is new or gone
 (its `KNOWN_OPEN`), and when this file differs from what the generator writes. The ioctl request
-codes have their own ledger, `supervisor/agentd/kernel/ioctl_ledger.py`.
+codes that change files or devices are the last table, from `kernel/ioctl_ledger.py`.
 
 Every syscall number of the headers is in exactly one class:
 
@@ -713,6 +720,29 @@ def _command_table(syscall: str, rows: Sequence[CommandRow]) -> list[str]:
     return lines + [""]
 
 
+def _ioctl_table(ioctls: Sequence[tuple[ioctl_ledger.IoctlRequest, str]]) -> list[str]:
+    lines = [f"## The ioctl ledger ({len(ioctls)} request codes that change a file or more)", ""]
+    lines += [
+        "The codes of `supervisor/agentd/kernel/ioctl_ledger.py` (a test compares their values "
+        "with the kernel headers). `filter` is what the compiled filter answers for the code as "
+        "`ioctl`'s command; TRACE is judged as a `file_write` of the descriptor's path. Every "
+        "other code runs without a stop.",
+        "",
+        "| request | value | changes | filter | reason |",
+        "|---|---|---|---|---|",
+    ]
+    for request, answer in ioctls:
+        cells = [
+            f"`{request.name}`",
+            f"{request.code:#010x}",
+            _cell(request.changes),
+            answer,
+            _cell(request.reason),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def render(ledger: Ledger) -> str:
     """The text of ``docs/syscalls.md``."""
     max_nr = max(SYSCALL_NAMES)
@@ -724,6 +754,7 @@ def render(ledger: Ledger) -> str:
     lines += _foreign(ledger)
     for syscall, rows in ledger.commands.items():
         lines += _command_table(syscall, rows)
+    lines += _ioctl_table(ledger.ioctls)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
