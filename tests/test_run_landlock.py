@@ -65,6 +65,7 @@ def test_explain_sandbox_names_the_layers():
     assert re.search(r"file_write\s+tracer \+ landlock", text)
     assert re.search(r"file_read\s+tracer\n", text)
     assert re.search(r"kernel side doors\s+seccomp baseline", text)
+    assert re.search(r"other processes, IPC, core dumps\s+tracer \+ seccomp baseline", text)
     assert f"allow {workspace}: write_file" in text   # the workspace is a writable hierarchy
     assert "Network (--network off): network_connect is judged at connect()" in text
 

@@ -573,8 +573,19 @@ _FIXED_CLASSES = (
     ClassPlan(
         "kernel side doors",
         (SECCOMP,),
-        "io_uring, ptrace, bpf, mount, kexec, modules, userfaultfd, CLONE_UNTRACED: "
-        "refused in the kernel by the seccomp baseline; ia32 and x32 calls are killed",
+        "io_uring, ptrace, bpf, mount, kexec, modules, userfaultfd, CLONE_UNTRACED, device "
+        "nodes, whole-file-system ioctls, O_ASYNC, leases: refused in the kernel by the "
+        "seccomp baseline; ia32 and x32 calls and numbers with no name are refused too "
+        "(docs/syscalls.md)",
+    ),
+    ClassPlan(
+        "other processes, IPC, core dumps",
+        (TRACER, SECCOMP),
+        "agentd's containment (not a policy rule): limits, priorities, affinity, scheduling "
+        "and SIGIO owners of processes outside the agent are refused by the tracer; System "
+        "V IPC and POSIX queues live in an IPC namespace of the agent's own (refused where "
+        "it cannot have one); RLIMIT_CORE is 0; a root agent loses CAP_MKNOD, "
+        "CAP_SYS_CHROOT, CAP_SYS_NICE, CAP_SYS_RESOURCE and the network plane's capabilities",
     ),
 )
 
