@@ -872,4 +872,8 @@ def run_daemon(config: DaemonConfig) -> None:
         from agentd.netplane.dns import warm_up
 
         warm_up()
+    # The seccomp filter of every run, compiled once here: each forked supervisor finds it.
+    from agentd.run.supervise import warm_filter
+
+    warm_filter(config.seccomp_profile)
     Daemon(config).serve()

@@ -137,15 +137,49 @@ def filter_spec(profile_path: str | None, traced: frozenset[str], shared_ipc: bo
     return seccomp.FilterSpec(spec.traced, denied, spec.arg_rules + untraced_rules(traced))
 
 
+# Filters this process compiled, by what they were compiled from: the daemon compiles its
+# profile's once at start (``warm_filter``) and every supervisor it forks finds it here.
+_PREPARED: dict[tuple, Any] = {}
+
+
+def _filter_key(profile_path: str | None, traced: frozenset[str], shared_ipc: bool) -> tuple:
+    """What a compiled filter depends on; a profile file that changed is another key (its
+    inode, size and mtime), so a cached filter is never older than its profile."""
+    path = profile_path or DEFAULT_PROFILE
+    st = os.stat(path)  # a missing profile is filter_spec's error, with its message
+    return (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns, traced, shared_ipc)
+
+
 def prepare_filter(profile_path: str | None, traced: frozenset[str], shared_ipc: bool = False):
-    """The seccomp program, compiled and laid out in memory, ready for ``install()``."""
+    """The seccomp program, compiled and laid out in memory, ready for ``install()``; compiled
+    once per process for the same profile, traced set and IPC setting."""
     from agentd.kernel import seccomp
 
+    try:
+        key: tuple | None = _filter_key(profile_path, traced, shared_ipc)
+    except OSError:
+        key = None
+    if key is not None and key in _PREPARED:
+        return _PREPARED[key]
     spec = filter_spec(profile_path, traced, shared_ipc)
     try:
-        return seccomp.prepare(seccomp.build_filter(spec))
+        prepared = seccomp.prepare(seccomp.build_filter(spec))
     except ValueError as exc:  # unknown names
         raise FilterError(f"seccomp profile: {exc}") from None
+    if key is not None:
+        _PREPARED[key] = prepared
+    return prepared
+
+
+def warm_filter(profile_path: str | None, shared_ipc: bool = False) -> None:
+    """Compile the filter of runs with ``profile_path`` now (the daemon, before any fork), so
+    that no run pays for it; an error is the run's to report, not the warm-up's."""
+    from agentd.trace.syscall_table import traced_syscalls
+
+    try:
+        prepare_filter(profile_path, traced_syscalls(), shared_ipc)
+    except FilterError:
+        pass
 
 
 def filter_environment(
