@@ -1,4 +1,6 @@
-"""The compiled seccomp filter is reused within a process (``run.supervise.prepare_filter``):
+"""What a process that forks runs (the daemon) prepares once: the compiled seccomp filter, reused
+within the process (``run.supervise.prepare_filter``), and the modules a run imports late
+(``run.assembly.warm_imports``). The filter:
 the daemon compiles its profile's once (``warm_filter``) and every forked supervisor finds it;
 a profile that changed on disk, another traced set or the IPC setting compile anew."""
 
@@ -35,3 +37,15 @@ def test_warm_filter_fills_what_a_run_then_takes(tmp_path):
     supervise.warm_filter(str(profile))
     key = supervise._filter_key(str(profile), traced_syscalls(), False)
     assert supervise.prepare_filter(str(profile), traced_syscalls()) is supervise._PREPARED[key]
+
+
+def test_warm_imports_loads_what_a_run_imports_late():
+    import subprocess
+    import sys
+
+    modules = ("agent_os.prefixes", "agent_os.stack", "agentd.kernel.capabilities",
+               "agentd.kernel.ipc_namespace")
+    code = ("import sys; from agentd.run.assembly import warm_imports; warm_imports(); "
+            f"print(all(m in sys.modules for m in {modules!r}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"

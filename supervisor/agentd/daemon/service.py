@@ -872,8 +872,11 @@ def run_daemon(config: DaemonConfig) -> None:
         from agentd.netplane.dns import warm_up
 
         warm_up()
-    # The seccomp filter of every run, compiled once here: each forked supervisor finds it.
+    # The seccomp filter of every run, compiled once here, and the modules a run imports late:
+    # each forked supervisor finds them ready.
+    from agentd.run.assembly import warm_imports
     from agentd.run.supervise import warm_filter
 
     warm_filter(config.seccomp_profile)
+    warm_imports()
     Daemon(config).serve()

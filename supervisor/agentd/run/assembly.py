@@ -296,6 +296,15 @@ def _child_steps(spec: RunSpec, plane: Any, private_ipc: bool) -> list[Callable[
     return steps
 
 
+def warm_imports() -> None:
+    """Import what a run imports only when it starts (the child steps' modules, the exec
+    identifier's policy analysis): for a process that forks runs, so that none pays for them."""
+    import agent_os.prefixes  # noqa: F401
+    import agent_os.stack  # noqa: F401
+    import agentd.kernel.capabilities  # noqa: F401
+    import agentd.kernel.ipc_namespace  # noqa: F401
+
+
 def _no_core_dumps() -> None:
     """RLIMIT_CORE 0, soft and hard, for the whole tree (inherited across fork and exec): a
     core dump is a file the kernel writes in the crashing process's cwd, which may lie outside
