@@ -394,3 +394,28 @@ def test_repeated_reads_through_the_daemon_are_one_record_and_a_count(daemon):
              if r.get("action_type") == "file_read" and r.get("target") == str(target)]
     assert [r.get("repeats") for r in reads] == [None, 24], reads
     assert verify_file(daemon.audit_log).ok
+
+
+def test_git_config_global_in_the_callers_home_under_strict(daemon, tmp_path):
+    """${HOME} is the agent's $HOME, as under `agentd run`, not the account's home from passwd:
+    `git config --global` writes the caller's $HOME/.gitconfig, which strict allows (with its
+    lock); the rest of that $HOME stays refused. Bound to the account's home, the lock was
+    refused and the commit had no identity."""
+    home, workspace, tmpdir = tmp_path / "home", tmp_path / "ws", tmp_path / "tmp"
+    for directory in (home, workspace, tmpdir):
+        directory.mkdir()
+        directory.chmod(0o777)
+    env = {key: value for key, value in daemon.env().items() if not key.startswith("GIT_")}
+    env.update(HOME=str(home), TMPDIR=str(tmpdir), GIT_CONFIG_NOSYSTEM="1")
+    script = ("set -e; git config --global user.email agent@example.invalid; "
+              "git config --global user.name Agent; git init -q repo && cd repo; "
+              "for i in $(seq 1 300); do echo $i > f$i; done; git add -A && git commit -qm one; "
+              "for i in $(seq 1 300); do echo edit >> f$i; done; git commit -qam two && git gc -q; "
+              "git log --format=%ae | sort -u; "
+              "echo x > \"$HOME/notes.txt\" 2>/dev/null || echo notes refused")
+    result = subprocess.run(daemon.argv(["sh", "-c", script], "strict"), cwd=workspace, env=env,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["agent@example.invalid", "notes", "refused"], result.stdout
+    assert "email = agent@example.invalid" in (home / ".gitconfig").read_text()
+    assert not (home / "notes.txt").exists()

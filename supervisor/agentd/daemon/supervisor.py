@@ -32,7 +32,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentd.kernel import libc
-from agentd.run.assembly import NewPolicy, PolicySwitch, RunSpec, Termination, execute
+from agentd.run.assembly import (
+    NewPolicy,
+    PolicySwitch,
+    RunSpec,
+    Termination,
+    execute,
+    policy_variables,
+)
 from agentd.run.registry import OperatorReview, RunRegistration
 from agentd.run.supervise import HostError
 
@@ -260,11 +267,8 @@ def _run(
 
 
 def _variables(plan: SupervisorPlan) -> dict[str, str]:
-    return {
-        "WORKSPACE": os.path.realpath(plan.workspace),
-        "HOME": os.path.realpath(plan.home),
-        "TMPDIR": os.path.realpath(plan.env.get("TMPDIR") or "/tmp"),
-    }
+    # The agent's $HOME, as under `agentd run`: the caller's environment, else the account's.
+    return policy_variables(plan.workspace, plan.env, plan.home)
 
 
 def _plane_starter(plan: SupervisorPlan) -> Callable[[Any], Any]:

@@ -296,6 +296,19 @@ def _child_steps(spec: RunSpec, plane: Any, private_ipc: bool) -> list[Callable[
     return steps
 
 
+def policy_variables(workspace: str, env: Mapping[str, str], home: str) -> dict[str, str]:
+    """``${WORKSPACE}``, ``${HOME}`` and ``${TMPDIR}`` of a run, for ``agentd run`` and the
+    daemon alike: HOME and TMPDIR as the agent's environment names them (where git writes
+    ``$HOME/.gitconfig``, where programs put temporary files), else the account's ``home`` and
+    /tmp; resolved, symlink-free paths, the form targets are judged in."""
+    env_home = env.get("HOME") or ""
+    return {
+        "WORKSPACE": os.path.realpath(workspace),
+        "HOME": os.path.realpath(env_home if os.path.isabs(env_home) else home),
+        "TMPDIR": os.path.realpath(env.get("TMPDIR") or "/tmp"),
+    }
+
+
 def warm_imports() -> None:
     """Import what a run imports only when it starts (the child steps' modules, the exec
     identifier's policy analysis): for a process that forks runs, so that none pays for them."""

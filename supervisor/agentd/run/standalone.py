@@ -238,15 +238,11 @@ def _load_policy(policy_name: str, workspace: str | None):
     ``${HOME}`` and ``${TMPDIR}`` bound; exits 2 with the reason when it cannot be loaded."""
     from agent_os.errors import PolicyError
 
+    from .assembly import policy_variables
     from .policy_cache import load_policy_cached
 
     workspace = os.path.realpath(workspace or os.getcwd())
-    # Targets are resolved, symlink-free paths: bind the variables to the same form.
-    variables = {
-        "WORKSPACE": workspace,
-        "HOME": os.path.realpath(os.path.expanduser("~")),
-        "TMPDIR": os.path.realpath(os.environ.get("TMPDIR") or "/tmp"),
-    }
+    variables = policy_variables(workspace, os.environ, os.path.expanduser("~"))
     try:
         return load_policy_cached(policy_name, variables), workspace
     except PolicyError as exc:
