@@ -85,6 +85,10 @@ class PolicyPlane:
     tree (a kill verdict from the proxy). A subclass sets ``dns``, ``proxy``, ``endpoints`` and
     says where the supervisor itself reaches the stub (``_lookup_address``)."""
 
+    # Whether ``enter`` leaves the agent's child in a user namespace of its own, holding every
+    # capability there until the bounding set is dropped (run/assembly.py: its IPC namespace).
+    user_namespace = False
+
     def __init__(self, session, book: NameBook):
         self.session = session
         self.book = book
@@ -383,8 +387,6 @@ class UsernsPlane(PolicyPlane):
     the proxy's own lookups, so the proxy and the agent see one answer, recorded once."""
 
     HANDOFF_TIMEOUT = 10.0  # seconds for the child to unshare, configure lo and bind
-    # ``enter`` leaves the child in a user namespace of its own, with every capability there
-    # until the bounding set is dropped (run/assembly.py: its IPC namespace).
     user_namespace = True
 
     def __init__(self, session, handoff: NamespaceHandoff, upstream: list[tuple[str, int]]):

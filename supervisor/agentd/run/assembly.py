@@ -257,7 +257,7 @@ def _supervise(spec: RunSpec, session: Session, plane: Any) -> int:
             plane.started(pid)  # the user namespace plane starts serving its child's sockets
 
     # CAP_SYS_ADMIN for an IPC namespace: root, or the plane's user namespace
-    private_ipc = os.geteuid() == 0 or getattr(plane, "user_namespace", False)
+    private_ipc = os.geteuid() == 0 or (plane is not None and plane.user_namespace)
     return supervise(
         list(spec.argv),
         spec.policy,
