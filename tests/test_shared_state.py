@@ -26,9 +26,8 @@ from agentd.kernel.ipc_namespace import SHARED_NAMESPACE_SYSCALLS
 from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
 from agentd.run.supervise import filter_spec
 from agentd.trace.syscall_table import traced_syscalls
-from helpers.agentd_run import needs_tracing
+from helpers.agentd_run import AGENTD, needs_tracing
 
-AGENTD = str(Path(sys.executable).with_name("agentd"))
 PYTHON = os.path.realpath(sys.executable)
 ALLOW = kc.SECCOMP_RET_ALLOW
 EPERM = kc.SECCOMP_RET_ERRNO | errno.EPERM

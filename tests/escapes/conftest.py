@@ -30,9 +30,9 @@ if str(HERE) not in sys.path:
 if str(HERE.parent) not in sys.path:      # tests/helpers (cbuild, try_syscall)
     sys.path.insert(0, str(HERE.parent))
 
-from escape_harness import AGENTD, PROBE_DIR, Arena, ProbeEscaped, Supervision  # noqa: E402
+from escape_harness import PROBE_DIR, Arena, ProbeEscaped, Supervision  # noqa: E402
 from helpers.agentd_daemon import DaemonUnderTest, cgroup2_mount  # noqa: E402
-from helpers.agentd_run import agentd_run_help, tracing_unavailable  # noqa: E402
+from helpers.agentd_run import AGENTD, agentd_run_help, tracing_unavailable  # noqa: E402
 
 DEFAULT_ATTEMPTS = 100_000
 MODES = ("embedded", "daemon")

@@ -39,9 +39,6 @@ HERE = Path(__file__).resolve().parent
 POLICY_DIR = HERE / "policies"
 PROBE_DIR = HERE / "probes"
 DEFAULT_POLICY = POLICY_DIR / "escape.yaml"
-# $AGENTD_UNDER_TEST: another agentd (e.g. a wrapper running an older checkout), to show that
-# a new probe escapes the code before its fix; the session daemon uses it too
-AGENTD = os.environ.get("AGENTD_UNDER_TEST") or str(Path(sys.executable).with_name("agentd"))
 # The interpreter the probes run on: the real one behind the venv (probes need only the stdlib).
 PYTHON = os.path.realpath(sys.executable)
 # The bare run's parent: stands in for the supervisor (probes that attack their parent hit it);

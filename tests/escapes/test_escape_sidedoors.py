@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from escape_harness import (AGENTD, PYTHON, Probe, judge, sibling_harmed, start_sibling,
-                            stop_sibling)
+from escape_harness import PYTHON, Probe, judge, sibling_harmed, start_sibling, stop_sibling
+from helpers.agentd_run import AGENTD
 
 pytestmark = pytest.mark.escape_probe
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -37,8 +36,8 @@ from agent_os.flight_recorder import (
     verify_file,
 )
 from agentd.cli.main import main
+from helpers.agentd_run import AGENTD
 
-AGENTD = str(Path(sys.executable).with_name("agentd"))
 FIELDS = ("seq", "prev", "hash", "time", "decision", "agent_id", "action_type", "target",
           "pattern_ids", "severity", "signal", "repeats", "rotated_from")
 

@@ -14,7 +14,6 @@ problems on stderr, no ``Traceback``.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,9 +25,9 @@ from hypothesis import strategies as st
 from agent_os.errors import PolicyValidationError
 from agent_os.loader import load_policy
 from agent_os.policy_cases import CASE_KEYS, cases_from_yaml_string, load_cases, run_case
+from helpers.agentd_run import AGENTD
 
 REPO = Path(__file__).resolve().parents[2]
-AGENTD = str(Path(sys.executable).with_name("agentd"))
 SEEDS = [path.read_text() for path in sorted((REPO / "tests" / "policy_cases").glob("*.yaml"))]
 SEEDS = SEEDS or ["- {action_type: file_read, target: /etc/shadow, expect: deny}\n"]
 LABEL = "cases.yaml"

@@ -15,7 +15,6 @@ CLI cases: a non-zero exit, one problem line, no ``Traceback``.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -35,9 +34,9 @@ from agent_os.loader import (
     validate_yaml_string,
 )
 from agent_os.templates import hipaa_standard, soc2_compliant
+from helpers.agentd_run import AGENTD
 
 REPO = Path(__file__).resolve().parents[2]
-AGENTD = str(Path(sys.executable).with_name("agentd"))
 LABEL = "fuzzed.yaml"
 
 

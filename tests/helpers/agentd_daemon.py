@@ -21,10 +21,9 @@ from pathlib import Path
 
 import yaml
 
+from .agentd_run import AGENTD
 from .processes import pid_alive, wait_for  # noqa: F401 - re-exported for the tests
 
-# $AGENTD_UNDER_TEST: another agentd to run (tests/escapes/escape_harness.py says why)
-AGENTD = os.environ.get("AGENTD_UNDER_TEST") or str(Path(sys.executable).with_name("agentd"))
 PYTHON = sys.executable
 
 

@@ -18,7 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-AGENTD = str(Path(sys.executable).with_name("agentd"))
+# The agentd under test: this venv's, or $AGENTD_UNDER_TEST (e.g. a wrapper running an older
+# checkout, to show that a new escape probe escapes the code before its fix). Every test
+# helper and the escape harness take it from here.
+AGENTD = os.environ.get("AGENTD_UNDER_TEST") or str(Path(sys.executable).with_name("agentd"))
 PYTHON = sys.executable
 
 
