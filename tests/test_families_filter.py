@@ -21,7 +21,7 @@ from agentd.kernel import bpf, ioctl_ledger, seccomp
 from agentd.kernel import consts as kc
 from agentd.kernel.bpf import SeccompData
 from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
-from agentd.run.supervise import DEFAULT_PROFILE, untraced_rules
+from agentd.run.supervise import filter_spec
 from agentd.trace import decide
 from agentd.trace.decode import SignalTarget, decode_syscall
 from agentd.trace.syscall_table import traced_syscalls
@@ -38,10 +38,7 @@ ORDINARY_IOCTLS = {"TCGETS": 0x5401, "TCSETS": 0x5402, "TIOCGWINSZ": 0x5413, "FI
 def program():
     """The filter as ``agentd run`` builds it: default profile, the tracer's table, the
     untraced rules."""
-    traced = traced_syscalls()
-    spec = seccomp.load_profile(DEFAULT_PROFILE).spec(traced)
-    spec = seccomp.FilterSpec(spec.traced, spec.denied, spec.arg_rules + untraced_rules(traced))
-    return seccomp.build_filter(spec)
+    return seccomp.build_filter(filter_spec(None, traced_syscalls()))
 
 
 def run(program, name: str, *args: int) -> int:
