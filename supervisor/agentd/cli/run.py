@@ -130,13 +130,9 @@ def run(
                 source(name) == click.core.ParameterSource.COMMANDLINE
                 for name in ("network", "dns_upstream")
             ):
-                click.echo(
-                    "agentd run: note: the agentd daemon supervises this run, and its "
-                    "configuration decides the network plane (network:, dns_upstream: in "
-                    "/etc/agentd/agentd.yaml); --network and --dns-upstream apply to "
-                    "--embedded runs",
-                    err=True,
-                )
+                from .run_fast import DAEMON_NETWORK_NOTE
+
+                click.echo(DAEMON_NETWORK_NOTE, err=True)
             sys.exit(
                 daemon_client.run(
                     list(command),

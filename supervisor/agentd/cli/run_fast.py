@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["parse_run_args", "NETWORK_MODES"]
+__all__ = ["parse_run_args", "given_options", "NETWORK_MODES", "DAEMON_NETWORK_NOTE"]
 
 # option -> (parameter name, takes a value)
 _OPTIONS = {
@@ -28,9 +28,28 @@ _OPTIONS = {
 }
 NETWORK_MODES = ("auto", "plane", "off")
 
+# Said (on stderr) when a run goes to the daemon with --network or --dns-upstream on its line
+DAEMON_NETWORK_NOTE = (
+    "agentd run: note: the agentd daemon supervises this run, and its configuration decides "
+    "the network plane (network:, dns_upstream: in /etc/agentd/agentd.yaml); --network and "
+    "--dns-upstream apply to --embedded runs"
+)
+
 
 def parse_run_args(args: list[str]) -> dict | None:
     """The parameters of ``agentd run ARGS`` as click would give them; None lets click parse."""
+    parsed = _parse(args)
+    return parsed[0] if parsed is not None else None
+
+
+def given_options(args: list[str]) -> frozenset[str]:
+    """The options a well-formed ``agentd run ARGS`` line names itself (``--network``, ...),
+    for what click calls their parameter source COMMANDLINE; empty when click must parse."""
+    parsed = _parse(args)
+    return parsed[1] if parsed is not None else frozenset()
+
+
+def _parse(args: list[str]) -> tuple[dict, frozenset[str]] | None:
     params: dict = {
         "policy_name": "strict",
         "workspace": None,
@@ -43,6 +62,7 @@ def parse_run_args(args: list[str]) -> dict | None:
         "network": os.environ.get("AGENTD_NETWORK") or "auto",
         "dns_upstream": None,
     }
+    given = set()
     i = 0
     while i < len(args):
         arg = args[i]
@@ -56,6 +76,7 @@ def parse_run_args(args: list[str]) -> dict | None:
         if spec is None:
             return None  # --help, -h, a typo: click says what is wrong
         param, takes_value = spec
+        given.add(name)
         if not takes_value:
             if has_value:
                 return None
@@ -82,4 +103,4 @@ def parse_run_args(args: list[str]) -> dict | None:
     if profile is not None and (not os.path.exists(profile) or os.path.isdir(profile)):
         return None
     params["command"] = command
-    return params
+    return params, frozenset(given)
