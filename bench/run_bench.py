@@ -19,8 +19,23 @@ v2). Reports medians and their ratio to native, the start-up of ``agentd run -- 
 RSS (VmHWM of the agentd process, sampled while it runs). Writes the table to ``bench/README.md``
 (section ``## agentd run``) and the figures to ``bench/out/run.json``.
 
+``--real [NAMES]`` runs the real-world workloads instead (``real_workloads``: the livability
+suite's ``tests/livability/workloads.py``, run as ``tests/livability/livability_harness.py`` runs
+them, offline): git, make, cargo, compileall and cpython by default, ``all`` adds pip and npm, or
+a comma list; a workload whose tools are missing is skipped with one line. Runners native,
+strace, agentd, agentd-daemon (and baseline with ``--baseline``), around the workload's ``bash
+-c`` script; each run gets a fresh workspace and an untimed ``prepare``, and the workload's check
+must pass after it, else the cell is FAIL (the reason printed), never a time. Three repetitions
+by default (``--reps``); a full ``--real`` run takes about 6 minutes on the 2-core VM (8 with
+``--baseline``; one repetition of the five under four runners took 1.9 min), most of it
+cpython's regression tests (the livability suite's selection, kept as it is). It writes
+``bench/out/real.json`` and its own README section (``## agentd run: real-world workloads``),
+leaving the synthetic one as it is, and the other way round.
+
     .venv/bin/python bench/run_bench.py [--quick] [--reps N] [--workloads a,b] [--runners a,b]
                                         [--json FILE] [--no-readme] [--from-json FILE]
+    .venv/bin/python bench/run_bench.py --real [NAMES] [--reps N] [--runners a,b]
+                                        [--baseline AGENTD] [--json FILE] [--no-readme]
 """
 
 from __future__ import annotations
@@ -37,7 +52,10 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import real_workloads
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -289,49 +307,90 @@ def peak_rss_kib(pid: int) -> int | None:
     return None
 
 
-def timed_run(argv: list[str], env: dict, cwd: Path, sample_rss: bool = False
-              ) -> tuple[float, float, int | None]:
-    """(wall seconds, CPU seconds of the whole process tree — user + sys, supervisor included —,
-    the process's own peak RSS in KiB when sampled)."""
-    # stderr goes to a file, not a pipe: a pipe nobody drains while we sample would fill up
-    # and stall the workload (git and agentd's warnings write there).
-    with tempfile.TemporaryFile() as errors:
+@dataclass(frozen=True)
+class Timed:
+    """One timed command: wall seconds, CPU seconds of the whole process tree (user + sys,
+    supervisor included), the process's own peak RSS in KiB when sampled, how it ended (its
+    stdout when kept, else "", and its stderr) and whether the timeout ended it."""
+
+    wall_s: float
+    cpu_s: float
+    peak_kib: int | None
+    completed: subprocess.CompletedProcess
+    timed_out: bool = False
+
+    def checked(self) -> Timed:
+        """Itself when the command exited 0; else RuntimeError with the tail of its stderr."""
+        if self.completed.returncode != 0:
+            raise RuntimeError(f"{' '.join(self.completed.args[:8])} ... exited "
+                               f"{self.completed.returncode}: {self.completed.stderr[-800:]}")
+        return self
+
+
+def _kill_group(pgid: int, fired: threading.Event) -> None:
+    fired.set()
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def timed_process(argv: list[str], env: dict, cwd: Path, sample_rss: bool = False,
+                  keep_output: bool = False, timeout: float | None = None) -> Timed:
+    """Run ``argv`` to its end and time it (wall clock around the process, CPU from its
+    rusage); with ``timeout``, the process runs in a session of its own whose group is killed
+    when the time is up."""
+    # stdout and stderr go to files, not pipes: a pipe nobody drains while we sample would
+    # fill up and stall the workload (git and agentd's warnings write there).
+    with tempfile.TemporaryFile() as output, tempfile.TemporaryFile() as errors:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=errors)
+                                stdout=output if keep_output else subprocess.DEVNULL,
+                                stderr=errors, start_new_session=timeout is not None)
+        fired = threading.Event()
+        timer = threading.Timer(timeout, _kill_group, (proc.pid, fired)) if timeout else None
+        if timer is not None:
+            timer.start()
         peak = None
-        while True:
-            # wait4 (not poll, which would reap the child and lose its rusage)
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG if sample_rss else 0)
-            if pid:
-                break
-            # VmHWM only grows: the last reading before the process ends is its peak (or just under).
-            value = peak_rss_kib(proc.pid)
-            if value is not None:
-                peak = max(peak or 0, value)
-            time.sleep(0.005)
+        try:
+            while True:
+                # wait4 (not poll, which would reap the child and lose its rusage)
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG if sample_rss else 0)
+                if pid:
+                    break
+                # VmHWM only grows: the last reading before the end is its peak (or just under)
+                value = peak_rss_kib(proc.pid)
+                if value is not None:
+                    peak = max(peak or 0, value)
+                time.sleep(0.005)
+        finally:
+            if timer is not None:
+                timer.cancel()
         elapsed = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            errors.seek(0)
-            raise RuntimeError(f"{' '.join(argv[:8])} ... exited {proc.returncode}: "
-                               f"{errors.read().decode(errors='replace')[-800:]}")
-    return elapsed, usage.ru_utime + usage.ru_stime, peak
+        output.seek(0)
+        errors.seek(0)
+        completed = subprocess.CompletedProcess(argv, proc.returncode,
+                                                output.read().decode(errors="replace"),
+                                                errors.read().decode(errors="replace"))
+    return Timed(elapsed, usage.ru_utime + usage.ru_stime, peak, completed, fired.is_set())
 
 
 def measure(argv: list[str], env: dict, cwd: Path, daemon: BenchDaemon | None = None,
-            sample_rss: bool = False) -> tuple[float, float, int | None]:
-    """timed_run; through ``daemon`` (None: standalone), with the client's environment pointing
-    at it and, in the CPU time, the daemon's share (the client's tree holds only the client)."""
+            sample_rss: bool = False, keep_output: bool = False,
+            timeout: float | None = None) -> Timed:
+    """timed_process; through ``daemon`` (None: standalone), with the client's environment
+    pointing at it and, in the CPU time, the daemon's share (the client's tree holds only the
+    client)."""
     if daemon is None:
-        return timed_run(argv, env, cwd, sample_rss)
+        return timed_process(argv, env, cwd, sample_rss, keep_output, timeout)
     daemon.settle()
     before = daemon.cpu_ticks()
-    elapsed, cpu_s, _ = timed_run(argv, daemon.env(env), cwd)
+    timed = timed_process(argv, daemon.env(env), cwd, keep_output=keep_output, timeout=timeout)
     daemon.settle()
     share = (daemon.cpu_ticks() - before) / os.sysconf("SC_CLK_TCK")
     daemon.shares.append(share)
-    return elapsed, cpu_s + share, None
+    return replace(timed, cpu_s=timed.cpu_s + share)
 
 
 def prepare_tmp(tmp: Path, sizes: dict[str, int]) -> None:
@@ -390,9 +449,9 @@ def startup(tmp: Path, env: dict, runs: int, daemon: BenchDaemon | None = None) 
     for i in range(runs):
         for key in keys[i % len(keys):] + keys[:i % len(keys)]:
             command, through = variants[key]
-            elapsed, cpu_s, _ = measure(command, env, tmp, through)
-            wall[key].append(elapsed)
-            cpu[key].append(cpu_s)
+            timed = measure(command, env, tmp, through).checked()
+            wall[key].append(timed.wall_s)
+            cpu[key].append(timed.cpu_s)
             if through is not None:
                 shares.append(through.shares[-1])
     native = statistics.median(wall["true"])
@@ -409,19 +468,30 @@ def startup(tmp: Path, env: dict, runs: int, daemon: BenchDaemon | None = None) 
     return result
 
 
-def run(args) -> dict:
-    sizes = QUICK_SIZES if args.quick else SIZES
-    workloads = args.workloads.split(",") if args.workloads else list(WORKLOADS)
+def chosen_runners(args, known: tuple[str, ...]) -> list[str]:
+    """--runners among ``known`` (default: all of them, baseline only with --baseline); sets
+    BASELINE from --baseline."""
     global BASELINE
     BASELINE = Path(args.baseline).resolve() if args.baseline else None
     runners = args.runners.split(",") if args.runners else [
-        r for r in RUNNERS if r != "baseline" or BASELINE is not None]
-    for kind, names, known in (("workload", workloads, ALL_WORKLOADS),
-                               ("runner", runners, RUNNERS)):
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise SystemExit(f"run_bench: unknown {kind} {', '.join(unknown)} "
-                             f"(known: {', '.join(known)})")
+        r for r in known if r != "baseline" or BASELINE is not None]
+    unknown = [n for n in runners if n not in known]
+    if unknown:
+        raise SystemExit(f"run_bench: unknown runner {', '.join(unknown)} "
+                         f"(known: {', '.join(known)})")
+    if "baseline" in runners and BASELINE is None:
+        raise SystemExit("run_bench: the baseline runner needs --baseline AGENTD")
+    return runners
+
+
+def run(args) -> dict:
+    sizes = QUICK_SIZES if args.quick else SIZES
+    workloads = args.workloads.split(",") if args.workloads else list(WORKLOADS)
+    unknown = [n for n in workloads if n not in ALL_WORKLOADS]
+    if unknown:
+        raise SystemExit(f"run_bench: unknown workload {', '.join(unknown)} "
+                         f"(known: {', '.join(ALL_WORKLOADS)})")
+    runners = chosen_runners(args, RUNNERS)
     reps = args.reps or (1 if args.quick else 5)
     traced = traced_syscalls()
     with tempfile.TemporaryDirectory(prefix="agentd-bench-", dir="/var/tmp") as tmp_name:
@@ -455,15 +525,15 @@ def run(args) -> dict:
                         argv = runner_prefix(runner, tmp, floor, traced, strace_set, audit_log) + \
                             workload_argv(workload, tmp, sizes[workload],
                                           listener.port if listener else 0)
-                        elapsed, cpu_s, peak = measure(
+                        timed = measure(
                             argv, env, tmp, daemon if runner == "agentd-daemon" else None,
-                            sample_rss=(runner == "agentd"))
-                        times[workload][runner].append(elapsed)
-                        cpu[workload][runner].append(cpu_s)
+                            sample_rss=(runner == "agentd")).checked()
+                        times[workload][runner].append(timed.wall_s)
+                        cpu[workload][runner].append(timed.cpu_s)
                         if runner == "agentd-daemon":
                             daemon_share[workload].append(daemon.shares[-1])
-                        if peak is not None:
-                            rss.append(peak)
+                        if timed.peak_kib is not None:
+                            rss.append(timed.peak_kib)
                         for written in tmp.glob(audit_log.name + "*"):  # and its .head
                             written.unlink()
             start = startup(tmp, env, args.startup_runs or (5 if args.quick else 30), daemon)
@@ -504,6 +574,49 @@ def run(args) -> dict:
         "startup": start,
         "supervisor_peak_rss_kib": max(rss) if rss else None,
     }
+
+
+def run_real(args) -> dict:
+    """The real-world workloads (``real_workloads``) under this bench's runners, its daemon
+    and ``measure``: each script's output kept for the workload's check, its timeout kept."""
+    workloads, skipped = real_workloads.choose(args.real)
+    for name, why in skipped.items():
+        print(f"run_bench: skipping the real-world workload {name}: {why}", file=sys.stderr)
+    if not workloads:
+        raise SystemExit("run_bench: no real-world workload left to run")
+    runners = chosen_runners(args, real_workloads.RUNNERS)
+    reps = args.reps or (1 if args.quick else real_workloads.QUOTABLE_REPS)
+    traced = traced_syscalls()
+    with tempfile.TemporaryDirectory(prefix="agentd-bench-real-", dir="/var/tmp") as tmp_name:
+        tmp = Path(tmp_name)
+        strace_set, strace_missing = strace_names([n for n, _ in traced]) if "strace" in runners \
+            else ([], [])
+        daemon = start_daemon(tmp / "daemon") if "agentd-daemon" in runners else None
+        if daemon is None and "agentd-daemon" in runners:
+            runners.remove("agentd-daemon")
+        if not runners:
+            raise SystemExit("run_bench: no runner left to measure")
+
+        def run_one(runner: str, workspace: Path, scratch: Path, command: list[str],
+                    env: dict[str, str], timeout: float) -> Timed:
+            env = {k: v for k, v in env.items() if k != "AGENTD_NETWORK"}  # the runner's choice
+            # no socket there: a system daemon would otherwise take over the standalone
+            # runners (the agentd-daemon runner's env names the bench's own daemon)
+            env["AGENTD_SOCKET"] = str(tmp / "no-daemon.sock")
+            argv = runner_prefix(runner, workspace, None, traced, strace_set,
+                                 scratch / "audit.jsonl") + command
+            return measure(argv, env, workspace, daemon if runner == "agentd-daemon" else None,
+                           keep_output=True, timeout=timeout)
+
+        try:
+            report = real_workloads.run(workloads, runners, reps, run_one, tmp / "runs")
+        finally:
+            if daemon is not None:
+                daemon.stop()
+    report.update(host=real_workloads.host_facts(), quick=bool(args.quick),
+                  traced_syscalls=[n for n, _ in traced], strace_untraceable=strace_missing,
+                  skipped=skipped)
+    return report
 
 
 def _grid(report: dict, runners: list[str], median_key: str, ratio_key: str) -> list[str]:
@@ -549,22 +662,38 @@ def table(report: dict) -> str:
               + variant("daemon", "through the daemon (network: off)")
               + variant("baseline", "baseline (defaults)")
               + variant("baseline_daemon", "baseline through the daemon") + ".",
-              f"Supervisor peak RSS (VmHWM): {(report['supervisor_peak_rss_kib'] or 0) / 1024:.1f} MiB.",
-              f"Load average at the end: {', '.join(f'{x:.2f}' for x in report['host']['loadavg_at_end'])}."]
+              f"Supervisor peak RSS (VmHWM): "
+              f"{(report['supervisor_peak_rss_kib'] or 0) / 1024:.1f} MiB.",
+              f"Load average at the end: "
+              f"{', '.join(f'{x:.2f}' for x in report['host']['loadavg_at_end'])}."]
     return "\n".join(lines)
 
 
-def write_readme_section(text: str) -> None:
-    body = README.read_text() if README.exists() else "# Benchmarks\n"
-    if SECTION in body:
-        head, _, rest = body.partition(SECTION)
-        # the section runs to the next "## " heading
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1:] if nxt >= 0 else ""
-        body = head + text.rstrip() + "\n\n" + tail
+def write_readme_section(text: str, heading: str = SECTION, after: str | None = None) -> None:
+    """Replace the section whose heading line is exactly ``heading`` (it runs to the next "## "
+    line) with ``text``; a new section goes at the end of the section ``after`` when there is
+    one, else at the end of the file. Each kind of run owns its section and no other."""
+    lines = (README.read_text() if README.exists() else "# Benchmarks\n").split("\n")
+
+    def span(title: str) -> tuple[int, int] | None:
+        if title not in lines:
+            return None
+        start = lines.index(title)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))
+        return start, end
+
+    new = text.rstrip().split("\n") + [""]
+    own, neighbour = span(heading), span(after) if after else None
+    if own is not None:
+        lines[own[0]:own[1]] = new
+    elif neighbour is not None:
+        lines[neighbour[1]:neighbour[1]] = new
     else:
-        body = body.rstrip() + "\n\n" + text.rstrip() + "\n"
-    README.write_text(body)
+        while lines and not lines[-1]:
+            lines.pop()
+        lines += [""] + new
+    README.write_text("\n".join(lines))
 
 
 README_INTRO = """{section}
@@ -572,6 +701,7 @@ README_INTRO = """{section}
 ```
 .venv/bin/python bench/run_bench.py            # ~8 min, writes bench/out/run.json and this section
 .venv/bin/python bench/run_bench.py --quick    # small sizes, one repetition
+.venv/bin/python bench/run_bench.py --real     # the real-world workloads: the next section
 ```
 
 **Workloads** (`bench/workloads/`): `py_files` imports 49 standard-library modules and reads 2,000
@@ -618,8 +748,8 @@ change pays ~30 ms more to compile its regexes), three ways, interleaved: the de
 through the bench's daemon (`network: off`). RSS is the supervisor process alone of the `agentd`
 runner (the agent's memory is not in it).
 
-**Where agentd's time goes** (`bench/stop_profile.py`, step by step in docs/performance.md; cProfile of
-`py_files`, per seccomp stop): the ptrace requests
+**Where agentd's time goes** (`bench/stop_profile.py`, step by step in docs/performance.md;
+cProfile of `py_files`, per seccomp stop): the ptrace requests
 (GETREGS, CONT, and the memory pinning of the TOCTOU defence: about six requests per stop),
 path resolution (`paths.resolve_tracee_path`: several `lstat`s per path), the policy decision
 (cached per target), and one FlightRecorder record (~15 µs of CPU: JSON twice and SHA-256,
@@ -642,33 +772,58 @@ compiled stop loop would bring it to strace's level.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
-    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, one repetition (with --real: one repetition)")
+    parser.add_argument("--reps", type=int, default=None,
+                        help="repetitions (default: 5; with --real: 3)")
     parser.add_argument("--workloads", default=None,
                         help="comma list of " + ",".join(ALL_WORKLOADS) + " (default: "
                         + ",".join(WORKLOADS) + ")")
-    parser.add_argument("--runners", default=None, help="comma list of " + ",".join(RUNNERS))
-    parser.add_argument("--startup-runs", type=int, default=None)
+    parser.add_argument("--real", nargs="?", const="default", default=None, metavar="NAMES",
+                        help="run the real-world workloads instead of the synthetic ones: the "
+                        "livability suite's, a comma list of " + ",".join(real_workloads.NAMES)
+                        + " or 'all' (default: " + ",".join(real_workloads.DEFAULT) + "), under "
+                        + ",".join(real_workloads.RUNNERS) + "; writes bench/out/real.json and "
+                        "its own README section")
+    parser.add_argument("--runners", default=None,
+                        help="comma list of " + ",".join(RUNNERS) + " (with --real: of "
+                        + ",".join(real_workloads.RUNNERS) + ")")
+    parser.add_argument("--startup-runs", type=int, default=None,
+                        help="start-up runs of the synthetic part (default 30; --quick 5)")
     parser.add_argument("--baseline", default=None, metavar="AGENTD",
                         help="also run this agentd executable (e.g. a checkout of an earlier "
                              "commit) as runner 'baseline', interleaved with the others, for "
                              "same-run ratios")
-    parser.add_argument("--json", default=str(HERE / "out" / "run.json"))
+    parser.add_argument("--json", default=None,
+                        help="where to write the figures (default: bench/out/run.json; with "
+                        "--real: bench/out/real.json)")
     parser.add_argument("--no-readme", action="store_true", help="do not touch bench/README.md")
     parser.add_argument("--from-json", default=None,
-                        help="do not measure: print and write the table of an earlier run's JSON")
+                        help="do not measure: print and write the table of an earlier run's JSON "
+                        "(synthetic or --real, as the file says)")
     args = parser.parse_args()
+    if args.real is not None and (args.workloads or args.startup_runs or args.from_json):
+        parser.error("--real names its own workloads (--real NAMES) and has no start-up runs; "
+                     "not with --workloads, --startup-runs or --from-json")
     if args.from_json:
         report = json.loads(Path(args.from_json).read_text())
         args.json = args.from_json
+    elif args.real is not None:
+        report = run_real(args)
     else:
         report = run(args)
-    text = table(report)
+    real = report.get("kind") == "real"
+    text = real_workloads.table(report) if real else table(report)
     print(text)
-    out = Path(args.json)
+    out = Path(args.json or HERE / "out" / ("real.json" if real else "run.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    if not args.no_readme:
+    if args.no_readme:
+        return
+    if real:
+        write_readme_section(real_workloads.readme_section(report, text),
+                             heading=real_workloads.SECTION, after=SECTION)
+    else:
         intro = README_INTRO.format(section=SECTION, reps=report["repetitions"],
                                     ntraced=len(report["traced_syscalls"]),
                                     missing=", ".join(report["strace_untraceable"]) or "none")
