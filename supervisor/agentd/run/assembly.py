@@ -186,6 +186,13 @@ class _Refused(Exception):
         self.code = code
 
 
+def _as_resolved(path: str) -> str:
+    """A protected path as the decoder spells targets (symlinks resolved), a directory with its
+    trailing slash kept: a log named through a symlinked directory is still the log."""
+    resolved = os.path.realpath(path)
+    return resolved + "/" if path.endswith("/") and resolved != "/" else resolved
+
+
 def execute(spec: RunSpec) -> RunEnd:
     """Run ``spec`` to its end; errors are said on stderr (``agentd run: ...``) and become the
     exit status. Exceptions the caller must see (SystemExit from its own hooks) pass through
@@ -196,7 +203,7 @@ def execute(spec: RunSpec) -> RunEnd:
         spec.agent_id,
         recorder=spec.recorder,
         audit_only=spec.mode == "audit",
-        protected_paths=spec.protected_paths,
+        protected_paths=tuple(_as_resolved(path) for path in spec.protected_paths),
         review=spec.review,
     )
     termination = spec.termination

@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import errno
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -305,20 +306,52 @@ def _process_facts(action: Action, tree: AgentTree) -> Action:
 _PROTECTED_FILE_ACTIONS = frozenset({"file_write", "file_delete", "file_move", "file_chmod"})
 
 
+def _inside(target: str, protected: str) -> bool:
+    """``target`` is ``protected`` or in it (a directory is given with its trailing slash)."""
+    return target.startswith(protected) or (protected.endswith("/") and target == protected[:-1])
+
+
+def _carries_away(action: str, target: str, protected: str) -> bool:
+    """Is ``target`` a directory above ``protected`` that ``action`` could move, remove or
+    make (see ``containment_of_protected``)?"""
+    above = target.rstrip("/") + "/"
+    if not protected.startswith(above) or protected == above:
+        return False  # not above it; or the directory itself, which is ``_inside``
+    if action in ("file_move", "file_delete"):
+        return True
+    # a write or chmod of a directory above: harmless on one that exists (nothing can replace
+    # an existing name but a rename, which is a file_move); the making of a missing one is not
+    return not os.path.lexists(target)
+
+
 def containment_of_protected(
     evaluation: Evaluation, protected_paths: Iterable[str]
 ) -> Evaluation | None:
-    """The supervisor's own files (audit log, runs directory) are not the agent's to change,
-    and its control socket is not the agent's to talk to (it would answer its own hold)."""
+    """The supervisor's own files (audit log, runs directory, policy cache) are not the agent's
+    to change, and its control socket is not the agent's to talk to (it would answer its own
+    hold).
+
+    Nor are the directories above them: renaming one (or exchanging it, or removing it) would
+    carry the protected path away, and the agent could put a directory of its own where the
+    supervisor, or the next run's, looks: a runs file naming a pid for ``agentd kill``, a
+    policy cache entry that is unpickled. A directory above that does not exist yet may not be
+    made either (a symlink there would redirect the path). Writing to one that exists (mkdir,
+    utime, chmod) replaces nothing and stays the policy's to decide."""
+    action = evaluation.action_type
     target = evaluation.target
-    if evaluation.action_type in _PROTECTED_FILE_ACTIONS:
+    if action in _PROTECTED_FILE_ACTIONS:
         reason = "containment: the supervisor's own files"
-    elif evaluation.action_type == "network_connect" and target.startswith("unix:"):
+        ends = target.split(" -> ") if action == "file_move" else (target,)
+        hit = any(_inside(end, path) for end in ends for path in protected_paths) or any(
+            _carries_away(action, end, path) for end in ends for path in protected_paths
+        )
+    elif action == "network_connect" and target.startswith("unix:"):
         target = target[len("unix:") :]
         reason = "containment: the supervisor's control socket is the operator's, not the agent's"
+        hit = any(_inside(target, path) for path in protected_paths)
     else:
         return None
-    if not any(target.startswith(path) for path in protected_paths):
+    if not hit:
         return None
     return Evaluation(
         evaluation.action_type,

@@ -1,0 +1,128 @@
+"""The supervisor's own paths cannot be carried away from above.
+
+The audit log, the runs directory and the per-user policy cache are protected from the agent
+whatever the policy allows (``decide.containment_of_protected``). Protecting them by prefix
+alone left the directories *above* them open: under a policy that allowed it, an agent could
+rename ``$XDG_CACHE_HOME`` away and make a directory of its own in its place, where the next
+``agentd run`` would unpickle a cache entry it had planted (code run by the supervisor, outside
+the sandbox). These tests hold the rule on its own, and in real runs under ``permissive``
+with the deed checked from outside: the directory is still there, the same inode, and nothing
+the agent made stands in a protected path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from agentd.trace.decide import Evaluation, containment_of_protected
+from helpers.agentd_run import AGENTD
+
+
+def _judged(action: str, target: str, protected: tuple[str, ...]):
+    return containment_of_protected(Evaluation(action, target, "allow", "allow", ""), protected)
+
+
+def test_inside_and_the_directory_itself(tmp_path):
+    runs = f"{tmp_path}/runs/"
+    assert _judged("file_write", f"{runs}r1.json", (runs,)) is not None
+    assert _judged("file_move", f"{tmp_path}/runs -> {tmp_path}/gone", (runs,)) is not None
+    assert _judged("file_chmod", f"{tmp_path}/runs", (runs,)) is not None
+    assert _judged("file_write", f"{tmp_path}/runs2/x", (runs,)) is None
+
+
+def test_moving_a_directory_above_is_refused_either_way(tmp_path):
+    log = f"{tmp_path}/logs/audit.jsonl"
+    for move in (f"{tmp_path}/logs -> {tmp_path}/moved", f"{tmp_path}/other -> {tmp_path}/logs",
+                 f"{tmp_path} -> /elsewhere", f"/elsewhere -> {tmp_path}"):
+        denied = _judged("file_move", move, (log,))
+        assert denied is not None and denied.outcome == "block", move
+        assert denied.pattern_ids == ("agentd:containment",)
+    assert _judged("file_delete", f"{tmp_path}/logs", (log,)) is not None
+    # a sibling, and a name that only shares the prefix, are not above it
+    assert _judged("file_move", f"{tmp_path}/logsx -> {tmp_path}/y", (log,)) is None
+    assert _judged("file_move", f"{tmp_path}/other -> {tmp_path}/y", (log,)) is None
+
+
+def test_writing_above_is_refused_only_where_it_would_make_the_directory(tmp_path):
+    (tmp_path / "cache").mkdir()
+    protected = (f"{tmp_path}/cache/agentd/policies/",)
+    # exists: mkdir says EEXIST, utime and chmod replace nothing; the policy decides
+    assert _judged("file_write", f"{tmp_path}/cache", protected) is None
+    assert _judged("file_chmod", f"{tmp_path}/cache", protected) is None
+    # missing: a symlink or a directory of the agent's there would redirect the path
+    assert _judged("file_write", f"{tmp_path}/cache/agentd", protected) is not None
+
+
+AGENT = textwrap.dedent("""
+    import errno, os, sys
+    cache, log = sys.argv[1], sys.argv[2]
+    def attempt(label, call, *args):
+        try:
+            call(*args)
+        except OSError as exc:
+            print(label, errno.errorcode[exc.errno])
+        else:
+            print(label, "DONE")
+    attempt("cache-rename", os.rename, cache, cache + ".moved")
+    attempt("cache-parent-rename", os.rename, os.path.dirname(cache),
+            os.path.dirname(cache) + ".moved")
+    attempt("log-dir-rename", os.rename, os.path.dirname(log), os.path.dirname(log) + ".moved")
+    os.mkdir("decoy")
+    attempt("cache-exchange", os.rename, "decoy", cache)
+""")
+
+
+@pytest.mark.needs_ptrace
+def test_an_agent_cannot_move_the_cache_or_the_logs_directory(tmp_path):
+    xdg = tmp_path / "xdg"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    env = dict(os.environ, XDG_CACHE_HOME=str(xdg))
+    argv = [AGENTD, "run", "--embedded", "--policy", "permissive", "--network", "off",
+            "--workspace", str(ws), "--audit-log", str(logs / "audit.jsonl"), "--"]
+    first = subprocess.run([*argv, "/bin/true"], env=env, cwd=ws, capture_output=True,
+                           text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    cache = xdg / "agentd"
+    assert cache.is_dir(), "the first run did not fill the policy cache"
+    before = (cache.stat().st_ino, xdg.stat().st_ino, logs.stat().st_ino)
+    done = subprocess.run([*argv, sys.executable, "-c", AGENT, str(cache), str(logs / "x")],
+                          env=env, cwd=ws, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    said = dict(line.split() for line in done.stdout.splitlines())
+    assert said == {"cache-rename": "EACCES", "cache-parent-rename": "EACCES",
+                    "log-dir-rename": "EACCES", "cache-exchange": "EACCES"}, done.stdout
+    assert (cache.stat().st_ino, xdg.stat().st_ino, logs.stat().st_ino) == before
+    assert not (tmp_path / "xdg.moved").exists() and not (tmp_path / "logs.moved").exists()
+
+
+@pytest.mark.needs_ptrace
+def test_an_agent_cannot_make_the_missing_cache_directory_a_symlink(tmp_path):
+    """With the cache off nothing is stored, so ``$XDG_CACHE_HOME/agentd`` is missing: the
+    agent may not put a symlink (or a directory of its own) there for a later run."""
+    xdg = tmp_path / "xdg"
+    xdg.mkdir()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    evil = tmp_path / "evil"
+    (evil / "policies").mkdir(parents=True, mode=0o700)
+    env = dict(os.environ, XDG_CACHE_HOME=str(xdg), AGENTD_POLICY_CACHE="0")
+    code = ("import os, sys\n"
+            "for make in (lambda: os.symlink(sys.argv[2], sys.argv[1]),"
+            " lambda: os.mkdir(sys.argv[1])):\n"
+            "    try:\n        make()\n        print('DONE')\n"
+            "    except OSError as exc:\n        print(exc.errno)\n")
+    done = subprocess.run([AGENTD, "run", "--embedded", "--policy", "permissive", "--network",
+                           "off", "--workspace", str(ws), "--audit-log", str(tmp_path / "a.jsonl"),
+                           "--", sys.executable, "-c", code, str(xdg / "agentd"), str(evil)],
+                          env=env, cwd=ws, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["13", "13"], done.stdout  # EACCES, twice
+    assert not os.path.lexists(xdg / "agentd")
