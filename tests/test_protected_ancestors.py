@@ -126,3 +126,50 @@ def test_an_agent_cannot_make_the_missing_cache_directory_a_symlink(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["13", "13"], done.stdout  # EACCES, twice
     assert not os.path.lexists(xdg / "agentd")
+
+
+def test_the_supervisors_code_and_configuration_are_protected_unless_in_the_workspace(tmp_path):
+    import agent_os
+
+    from agentd.run.assembly import supervisor_paths
+
+    package = os.path.dirname(os.path.realpath(agent_os.__file__))
+    source = os.path.dirname(package) + "/"
+    protected = supervisor_paths(str(tmp_path))
+    assert source in protected
+    assert os.path.dirname(os.path.realpath(os.__file__)) + "/" in protected  # the stdlib
+    # handed to the agent: a workspace that is the source, or inside it, or above it
+    for workspace in (source, package, os.path.dirname(source.rstrip("/"))):
+        assert source not in supervisor_paths(workspace), workspace
+
+
+@pytest.mark.needs_ptrace
+def test_an_agent_cannot_plant_code_for_the_next_supervisor(tmp_path):
+    """Under ``permissive`` (which allows writing outside the system directories) the agent may
+    not add a module to the supervisor's own packages or a policy to its built-in policies."""
+    import agent_os
+
+    from agentd.run.assembly import supervisor_paths
+
+    package = os.path.dirname(os.path.realpath(agent_os.__file__))
+    targets = [os.path.join(package, f"planted_{os.getpid()}.py")]
+    builtin = [p for p in supervisor_paths(str(tmp_path)) if p.endswith("/policies/")]
+    targets += [os.path.join(builtin[0], f"planted_{os.getpid()}.yaml")] if builtin else []
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    code = ("import os, sys\n"
+            "for path in sys.argv[1:]:\n"
+            "    try:\n        open(path, 'w').write('x = 1\\n')\n        print('DONE')\n"
+            "    except OSError as exc:\n        print(exc.errno)\n")
+    try:
+        done = subprocess.run([AGENTD, "run", "--embedded", "--policy", "permissive", "--network",
+                               "off", "--workspace", str(ws), "--audit-log",
+                               str(tmp_path / "a.jsonl"), "--", sys.executable, "-c", code,
+                               *targets], cwd=ws, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["13"] * len(targets), done.stdout
+        assert not [t for t in targets if os.path.lexists(t)]
+    finally:
+        for target in targets:
+            if os.path.lexists(target):
+                os.unlink(target)

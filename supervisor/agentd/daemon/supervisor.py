@@ -39,6 +39,7 @@ from agentd.run.assembly import (
     Termination,
     execute,
     policy_variables,
+    supervisor_paths,
 )
 from agentd.run.registry import OperatorReview, RunRegistration
 from agentd.run.supervise import HostError
@@ -253,7 +254,11 @@ def _run(
             recorder=recorder,
             registration=registration,
             review=FreezingReview(registration, plan.cgroup_procs),
-            protected_paths=(plan.audit_path, plan.runs_dir + "/"),
+            protected_paths=(
+                plan.audit_path,
+                plan.runs_dir + "/",
+                *supervisor_paths(plan.workspace),
+            ),
             seccomp_profile=plan.seccomp_profile,
             start_plane=_plane_starter(plan) if plan.network == "plane" else None,
             child_steps=(DropPrivileges(plan),),

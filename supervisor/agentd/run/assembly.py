@@ -316,6 +316,42 @@ def policy_variables(workspace: str, env: Mapping[str, str], home: str) -> dict[
     }
 
 
+def supervisor_paths(workspace: str) -> tuple[str, ...]:
+    """The code and configuration a later ``agentd`` loads, as protected paths (directories with
+    their trailing slash): the directories on this interpreter's ``sys.path`` (the standard
+    library, site-packages, an editable install's source), the virtual environment that holds
+    the ``agentd`` command, the built-in policies and seccomp profiles, ``/etc/agentd`` and
+    ``$AGENT_OS_POLICY_PATH``. An agent that could write there would run its code as the next
+    supervisor, outside any sandbox, whatever the policy said. A path that overlaps the
+    workspace either way is left out: the user handed it to the agent (developing agentd under
+    agentd), or protecting it would refuse every write in the workspace."""
+    import sys
+
+    import agentd
+
+    project = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(agentd.__file__))))
+    candidates = [entry for entry in sys.path if entry]
+    if sys.prefix != sys.base_prefix:
+        candidates.append(sys.prefix)  # the venv: its bin/agentd and bin/python
+    candidates += [
+        os.path.join(project, "policies"),
+        os.path.join(project, "seccomp_profiles"),
+        "/etc/agentd",
+        *(d for d in os.environ.get("AGENT_OS_POLICY_PATH", "").split(os.pathsep) if d),
+    ]
+    workspace = os.path.realpath(workspace).rstrip("/") + "/"
+    paths: list[str] = []
+    for candidate in candidates:
+        if not os.path.isdir(candidate):
+            continue
+        path = os.path.realpath(candidate).rstrip("/") + "/"
+        if path == "/" or path.startswith(workspace) or workspace.startswith(path):
+            continue
+        if path not in paths:
+            paths.append(path)
+    return tuple(paths)
+
+
 def warm_imports() -> None:
     """Import what a run imports only when it starts (the child steps' modules, the exec
     identifier's policy analysis): for a process that forks runs, so that none pays for them."""

@@ -48,7 +48,7 @@ def run_agent(
 
     from . import registry as control
     from . import supervise
-    from .assembly import RunSpec, execute
+    from .assembly import RunSpec, execute, supervisor_paths
     from .policy_cache import cache_dir
 
     try:
@@ -91,6 +91,7 @@ def run_agent(
                 registration.directory + "/",
                 # a policy cache entry is unpickled by later runs
                 os.path.realpath(cache_dir()) + "/",
+                *supervisor_paths(workspace),
             ),
             seccomp_profile=seccomp_profile,
             start_plane=lambda session: _start_plane(network, dns_upstream, session, run_id),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import ipaddress
 import os
 import re
@@ -306,22 +307,41 @@ def _process_facts(action: Action, tree: AgentTree) -> Action:
 _PROTECTED_FILE_ACTIONS = frozenset({"file_write", "file_delete", "file_move", "file_chmod"})
 
 
-def _inside(target: str, protected: str) -> bool:
-    """``target`` is ``protected`` or in it (a directory is given with its trailing slash)."""
-    return target.startswith(protected) or (protected.endswith("/") and target == protected[:-1])
+class _Protection:
+    """What ``containment_of_protected`` tests a target against, worked out once per set of
+    protected paths: the paths (a directory given with its trailing slash), the directories
+    themselves without it, and every directory strictly above one of them (with a slash)."""
+
+    def __init__(self, protected_paths: tuple[str, ...]):
+        self.prefixes = protected_paths
+        self.directories = frozenset(p[:-1] for p in protected_paths if len(p) > 1 and p[-1] == "/")
+        above: set[str] = set()
+        for path in protected_paths:
+            cut = path.rstrip("/")
+            while "/" in cut:
+                cut = cut[: cut.rindex("/")]
+                above.add(cut + "/")
+        self.above = frozenset(above)
+
+    def inside(self, target: str) -> bool:
+        """``target`` is a protected path, in one, or a protected directory itself."""
+        return target.startswith(self.prefixes) or target in self.directories
+
+    def carries_away(self, action: str, target: str) -> bool:
+        """Is ``target`` a directory above a protected path that ``action`` could move, remove
+        or make (see ``containment_of_protected``)?"""
+        if target.rstrip("/") + "/" not in self.above:
+            return False
+        if action in ("file_move", "file_delete"):
+            return True
+        # a write or chmod of a directory above: harmless on one that exists (nothing replaces
+        # an existing name but a rename, which is a file_move); the making of a missing one is not
+        return not os.path.lexists(target)
 
 
-def _carries_away(action: str, target: str, protected: str) -> bool:
-    """Is ``target`` a directory above ``protected`` that ``action`` could move, remove or
-    make (see ``containment_of_protected``)?"""
-    above = target.rstrip("/") + "/"
-    if not protected.startswith(above) or protected == above:
-        return False  # not above it; or the directory itself, which is ``_inside``
-    if action in ("file_move", "file_delete"):
-        return True
-    # a write or chmod of a directory above: harmless on one that exists (nothing can replace
-    # an existing name but a rename, which is a file_move); the making of a missing one is not
-    return not os.path.lexists(target)
+@functools.lru_cache(maxsize=8)
+def _protection(protected_paths: tuple[str, ...]) -> _Protection:
+    return _Protection(protected_paths)
 
 
 def containment_of_protected(
@@ -339,16 +359,15 @@ def containment_of_protected(
     utime, chmod) replaces nothing and stays the policy's to decide."""
     action = evaluation.action_type
     target = evaluation.target
+    protection = _protection(tuple(protected_paths))
     if action in _PROTECTED_FILE_ACTIONS:
         reason = "containment: the supervisor's own files"
         ends = target.split(" -> ") if action == "file_move" else (target,)
-        hit = any(_inside(end, path) for end in ends for path in protected_paths) or any(
-            _carries_away(action, end, path) for end in ends for path in protected_paths
-        )
+        hit = any(protection.inside(end) or protection.carries_away(action, end) for end in ends)
     elif action == "network_connect" and target.startswith("unix:"):
         target = target[len("unix:") :]
         reason = "containment: the supervisor's control socket is the operator's, not the agent's"
-        hit = any(_inside(target, path) for path in protected_paths)
+        hit = protection.inside(target)
     else:
         return None
     if not hit:
