@@ -33,7 +33,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MAX_ENTRIES", "cache_dir", "load_policy_cached", "policy_key"]
+__all__ = ["MAX_ENTRIES", "cache_dir", "load_policy_cached", "policy_key", "private_dir"]
 
 _FORMAT = 1
 MAX_ENTRIES = 64
@@ -159,7 +159,7 @@ class _PolicyPickler(pickle.Pickler):
 # --- the cache ------------------------------------------------------------------------------------
 
 
-def _private_dir(directory: str, create: bool) -> bool:
+def private_dir(directory: str, create: bool) -> bool:
     """True when ``directory`` is ours and closed to everyone else (made so when ``create``)."""
     if create:
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -316,7 +316,7 @@ def load_policy_cached(name_or_path: str, variables: Mapping[str, str] | None = 
     try:
         key = policy_key(name_or_path, variables)
         path = os.path.join(directory, _slot(name_or_path, variables) + ".pickle")
-        if _private_dir(directory, create=False) and os.path.exists(path):
+        if private_dir(directory, create=False) and os.path.exists(path):
             policy = _read_entry(path, key)
             if policy is not None:
                 return policy
@@ -327,7 +327,7 @@ def load_policy_cached(name_or_path: str, variables: Mapping[str, str] | None = 
     policy = load_policy(name_or_path, variables=dict(variables or {}))
     if key is not None and path is not None:
         try:
-            if _private_dir(directory, create=True):
+            if private_dir(directory, create=True):
                 _write_entry(directory, path, key, policy)
                 _evict(directory)
         except Exception:  # noqa: BLE001 - a cache we cannot write is only slower

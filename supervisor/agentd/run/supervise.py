@@ -25,6 +25,7 @@ __all__ = [
     "check_host",
     "filter_spec",
     "prepare_filter",
+    "filter_fingerprint",
     "untraced_rules",
     "filter_environment",
     "spawn_traced",
@@ -152,23 +153,83 @@ def _filter_key(profile_path: str | None, traced: frozenset[str], shared_ipc: bo
 
 def prepare_filter(profile_path: str | None, traced: frozenset[str], shared_ipc: bool = False):
     """The seccomp program, compiled and laid out in memory, ready for ``install()``; compiled
-    once per process for the same profile, traced set and IPC setting."""
-    from agentd.kernel import seccomp
-
+    once per process for the same profile, traced set and IPC setting, and taken from the
+    per-user filter cache (``filter_cache``) when a run before compiled the same."""
     try:
         key: tuple | None = _filter_key(profile_path, traced, shared_ipc)
     except OSError:
         key = None
     if key is not None and key in _PREPARED:
         return _PREPARED[key]
-    spec = filter_spec(profile_path, traced, shared_ipc)
-    try:
-        prepared = seccomp.prepare(seccomp.build_filter(spec))
-    except ValueError as exc:  # unknown names
-        raise FilterError(f"seccomp profile: {exc}") from None
+    prepared = _cached_filter(profile_path, traced, shared_ipc)
+    if prepared is None:
+        from agentd.kernel import seccomp
+
+        from . import filter_cache
+
+        spec = filter_spec(profile_path, traced, shared_ipc)
+        try:
+            prepared = seccomp.prepare(seccomp.build_filter(spec))
+        except ValueError as exc:  # unknown names
+            raise FilterError(f"seccomp profile: {exc}") from None
+        fingerprint = filter_fingerprint(profile_path, traced, shared_ipc)
+        if fingerprint is not None:
+            filter_cache.store(fingerprint, prepared.blob)
     if key is not None:
         _PREPARED[key] = prepared
     return prepared
+
+
+def _cached_filter(profile_path: str | None, traced: frozenset[str], shared_ipc: bool):
+    """The program a run before compiled from the same inputs, or None."""
+    from agentd.kernel.seccomp_install import InstallableFilter
+
+    from . import filter_cache
+
+    fingerprint = filter_fingerprint(profile_path, traced, shared_ipc)
+    blob = filter_cache.load(fingerprint) if fingerprint is not None else None
+    if blob is None:
+        return None
+    try:
+        return InstallableFilter(blob)
+    except ValueError:
+        return None
+
+
+# The sources a program is compiled by: the kernel package (the compiler, the syscall numbers,
+# the ioctl ledger, the IPC list), the syscall table's rules and this module's.
+_FILTER_SOURCES = ("kernel", "trace/syscall_table.py", "run/supervise.py")
+
+
+def filter_fingerprint(
+    profile_path: str | None, traced: frozenset[str], shared_ipc: bool
+) -> str | None:
+    """What the filter cache keys a program by (``filter_cache``): the profile's path and
+    bytes, the traced names, the IPC setting and the size and mtime of every source that shapes
+    the program; None when the profile cannot be read (compiling then says why)."""
+    import hashlib
+
+    path = os.path.abspath(profile_path or DEFAULT_PROFILE)
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            digest.update(f"{path}\0".encode() + handle.read() + b"\0")
+    except OSError:
+        return None
+    digest.update(("\0".join(sorted(traced)) + f"\0ipc={shared_ipc}\0").encode())
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for source in _FILTER_SOURCES:
+        where = os.path.join(package, source)
+        names = sorted(os.listdir(where)) if os.path.isdir(where) else [""]
+        for name in names:
+            if name and not name.endswith(".py"):
+                continue
+            try:
+                info = os.stat(os.path.join(where, name) if name else where)
+            except OSError:
+                return None
+            digest.update(f"{source}/{name}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
+    return digest.hexdigest()
 
 
 def warm_filter(profile_path: str | None, shared_ipc: bool = False) -> None:
@@ -303,7 +364,7 @@ def supervise(
     from agentd.trace.tracer import Tracer
 
     check_host()
-    from agentd.kernel.seccomp import probe_kernel
+    from agentd.kernel.seccomp_install import probe_kernel
 
     missing = probe_kernel()
     if missing:
