@@ -173,3 +173,12 @@ def test_an_agent_cannot_plant_code_for_the_next_supervisor(tmp_path):
         for target in targets:
             if os.path.lexists(target):
                 os.unlink(target)
+
+
+def test_the_caches_are_protected_even_inside_the_workspace(tmp_path, monkeypatch):
+    """An agent working in $HOME: the policy cache (unpickled) and the compiled filters
+    (installed) of later runs under $HOME/.cache stay out of its reach."""
+    from agentd.run.assembly import supervisor_paths
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / ".cache"))
+    assert f"{tmp_path}/home/.cache/agentd/policies/" in supervisor_paths(str(tmp_path / "home"))

@@ -321,10 +321,11 @@ def supervisor_paths(workspace: str) -> tuple[str, ...]:
     their trailing slash): the directories on this interpreter's ``sys.path`` (the standard
     library, site-packages, an editable install's source), the virtual environment that holds
     the ``agentd`` command, the built-in policies and seccomp profiles, ``/etc/agentd`` and
-    ``$AGENT_OS_POLICY_PATH``. An agent that could write there would run its code as the next
-    supervisor, outside any sandbox, whatever the policy said. A path that overlaps the
-    workspace either way is left out: the user handed it to the agent (developing agentd under
-    agentd), or protecting it would refuse every write in the workspace."""
+    ``$AGENT_OS_POLICY_PATH``, and the per-user policy and filter cache. An agent that could
+    write there would run its code as the next supervisor, or weaken the next sandbox, outside
+    any policy. A code or configuration path that overlaps the workspace either way is left out:
+    the user handed it to the agent (developing agentd under agentd), or protecting it would
+    refuse every write in the workspace; the cache never is."""
     import sys
 
     import agentd
@@ -349,6 +350,11 @@ def supervisor_paths(workspace: str) -> tuple[str, ...]:
             continue
         if path not in paths:
             paths.append(path)
+    # The per-user caches (policies, compiled filters): what a later run unpickles or installs,
+    # protected even inside the workspace (an agent working in $HOME).
+    from .policy_cache import cache_dir
+
+    paths.append(os.path.realpath(cache_dir()) + "/")
     return tuple(paths)
 
 

@@ -49,7 +49,6 @@ def run_agent(
     from . import registry as control
     from . import supervise
     from .assembly import RunSpec, execute, supervisor_paths
-    from .policy_cache import cache_dir
 
     try:
         supervise.check_host()  # first: a nested run must fail before it touches anything
@@ -89,9 +88,7 @@ def run_agent(
             protected_paths=(
                 log_path,
                 registration.directory + "/",
-                # a policy cache entry is unpickled by later runs
-                os.path.realpath(cache_dir()) + "/",
-                *supervisor_paths(workspace),
+                *supervisor_paths(workspace),  # agentd's code and configuration, its caches
             ),
             seccomp_profile=seccomp_profile,
             start_plane=lambda session: _start_plane(network, dns_upstream, session, run_id),
