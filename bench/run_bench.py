@@ -138,7 +138,7 @@ class BenchDaemon:
     differs from ``agentd`` by the daemon alone; the audit log fsyncs at the same "interval" as
     ``agentd run``'s."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, network: str = "off") -> None:
         from agentd.kernel.cgroups import find_unified_mount
 
         self.mount = find_unified_mount()   # CgroupError (an OSError) without cgroup v2
@@ -148,7 +148,7 @@ class BenchDaemon:
         self.cgroup_base = f"agentd-bench-{os.getpid()}-{os.urandom(3).hex()}"
         config = {"policy_dir": str(root / "policies"), "socket_path": str(self.socket_path),
                   "runs_dir": str(root / "runs"), "cgroup_base": self.cgroup_base,
-                  "require_cgroups": True, "network": "off",
+                  "require_cgroups": True, "network": network,
                   "audit": {"path": str(root / "audit" / "flight.jsonl"), "fsync": "interval"}}
         self.config_path = root / "agentd.yaml"
         self.config_path.write_text(json.dumps(config, indent=2) + "\n")   # JSON is YAML
@@ -240,16 +240,17 @@ class BenchDaemon:
                 pass
 
 
-def start_daemon(root: Path) -> BenchDaemon | None:
+def start_daemon(root: Path, network: str = "off",
+                 what: str = "the agentd-daemon runner") -> BenchDaemon | None:
     """The private daemon, or None (and one line on stderr) when it cannot start."""
     daemon = None
     try:
-        daemon = BenchDaemon(root)
+        daemon = BenchDaemon(root, network)
         return daemon.start()
     except (OSError, RuntimeError) as exc:
         if daemon is not None:
             daemon.stop()
-        print(f"run_bench: skipping the agentd-daemon runner: {exc}", file=sys.stderr)
+        print(f"run_bench: skipping {what}: {exc}", file=sys.stderr)
         return None
 
 
@@ -417,12 +418,15 @@ STARTUP_VARIANTS = {   # key in the JSON -> what it is
     "agentd": "agentd run -- /bin/true: the default policy (strict) and network (root: the plane)",
     "agentd_off": "agentd run --network off -- /bin/true (strict)",
     "daemon": "agentd run -- /bin/true through the bench's daemon (strict; network: off)",
+    "daemon_plane": "agentd run -- /bin/true through a second daemon of the bench's with "
+                    "network: plane (strict; the daemon's default)",
     "baseline": "--baseline's agentd run -- /bin/true, defaults",
     "baseline_daemon": "--baseline's agentd run -- /bin/true through the bench's daemon",
 }
 
 
-def startup(tmp: Path, env: dict, runs: int, daemon: BenchDaemon | None = None) -> dict:
+def startup(tmp: Path, env: dict, runs: int, daemon: BenchDaemon | None = None,
+            plane_daemon: BenchDaemon | None = None) -> dict:
     """Median wall (and CPU) time of /bin/true and of each STARTUP_VARIANTS' `agentd run --
     /bin/true` available, interleaved (the order rotating with each run)."""
     def argv(binary: Path, key: str, *options: str) -> list[str]:
@@ -437,6 +441,9 @@ def startup(tmp: Path, env: dict, runs: int, daemon: BenchDaemon | None = None) 
     if daemon is not None:
         variants["daemon"] = ([str(AGENTD), "run", "--workspace", str(tmp), "--", "/bin/true"],
                               daemon)
+    if plane_daemon is not None:
+        variants["daemon_plane"] = (
+            [str(AGENTD), "run", "--workspace", str(tmp), "--", "/bin/true"], plane_daemon)
     if BASELINE is not None:
         variants["baseline"] = (argv(BASELINE, "baseline"), None)
         if daemon is not None:  # the baseline's client, talking to this checkout's daemon
@@ -536,7 +543,16 @@ def run(args) -> dict:
                             rss.append(timed.peak_kib)
                         for written in tmp.glob(audit_log.name + "*"):  # and its .head
                             written.unlink()
-            start = startup(tmp, env, args.startup_runs or (5 if args.quick else 30), daemon)
+            # the daemon's default network, for the start-up only: a second daemon
+            plane_daemon = (start_daemon(tmp / "daemon-plane", "plane",
+                                         "the start-up through a daemon with the plane")
+                            if daemon is not None else None)
+            try:
+                start = startup(tmp, env, args.startup_runs or (5 if args.quick else 30), daemon,
+                                plane_daemon)
+            finally:
+                if plane_daemon is not None:
+                    plane_daemon.stop()
         finally:
             if listener is not None:
                 listener.close()
@@ -660,6 +676,7 @@ def table(report: dict) -> str:
               + f" (+{start['overhead_ms']:.1f} ms)"
               + variant("agentd_off", "`--network off`")
               + variant("daemon", "through the daemon (network: off)")
+              + variant("daemon_plane", "through a daemon with the plane")
               + variant("baseline", "baseline (defaults)")
               + variant("baseline_daemon", "baseline through the daemon") + ".",
               f"Supervisor peak RSS (VmHWM): "

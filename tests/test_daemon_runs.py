@@ -283,6 +283,27 @@ def test_each_daemon_run_gets_its_own_network_plane(daemon):
     assert netns != os.readlink("/proc/self/ns/net")
 
 
+def test_a_daemon_runs_plane_is_torn_down_after_the_client_is_answered(daemon):
+    """The supervisor closes its record pipe (the daemon answers the client) before it tears
+    the namespace down; the veth and the namespace still go, moments later."""
+    import time
+
+    from agentd.netplane.netns import HOST_IFNAME_PREFIX
+
+    def planes() -> set[str]:
+        return {name for _, name in socket.if_nameindex() if name.startswith(HOST_IFNAME_PREFIX)}
+
+    before = planes()
+    result = daemon.run(py("import socket; print(sorted(n for _, n in socket.if_nameindex()))"),
+                        user="nobody")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['eth0', 'lo']", result.stdout  # the run had its plane
+    deadline = time.monotonic() + 10
+    while planes() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not planes() - before, "the run's veth outlived its supervisor"
+
+
 def test_network_options_of_a_daemon_run_are_said_not_to_apply(daemon):
     result = daemon.run(["true"], options=("--network", "off"))
     assert result.returncode == 0, result.stderr

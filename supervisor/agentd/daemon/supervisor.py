@@ -159,8 +159,9 @@ def supervisor_main(
     recorder = PipeRecorder(RECORD_FD)
     _take_the_callers_terminal(recorder)
     timer = DecisionTimer()
+    plane = None
     try:
-        code = _run(plan, recorder, switch, termination, timer)
+        code, plane = _run(plan, recorder, switch, termination, timer)
     except PolicyError as exc:
         os.write(2, f"agentd run: {exc}\n".encode())
         code = 2
@@ -179,6 +180,12 @@ def supervisor_main(
             },
         }
     )
+    if plane is not None:
+        # The daemon answers the client when our record pipe closes: close it now, and tear the
+        # namespace down after (the agent's tree is gone; the plane records nothing more).
+        logging.getLogger().handlers[:] = [logging.NullHandler()]  # not the caller's terminal
+        os.close(RECORD_FD)
+        plane.close()
     return 0
 
 
@@ -217,8 +224,9 @@ def _run(
     switch: PolicySwitch,
     termination: Termination,
     timer: DecisionTimer,
-) -> int:
-    """The run, assembled as every run is, with the daemon's parts; our exit status for it."""
+) -> tuple[int, Any]:
+    """The run, assembled as every run is, with the daemon's parts: our exit status for it, and
+    its network plane (None without one), which the caller closes once it has said so."""
     from agent_os.loader import policy_from_yaml_string
 
     policy = policy_from_yaml_string(
@@ -266,9 +274,10 @@ def _run(
             wrap_stop=timer.wrap,
             policy_switch=switch,
             termination=termination,
+            late_plane_close=True,
         )
     )
-    return end.code
+    return end.code, end.plane
 
 
 def _variables(plan: SupervisorPlan) -> dict[str, str]:

@@ -168,6 +168,9 @@ class RunSpec:
     policy_switch: PolicySwitch | None = None
     termination: Termination = field(default_factory=Termination)
     say_terminated: bool = False  # say "terminated" on stderr (agentd run)
+    # The caller closes RunEnd.plane itself, after it has reported the run's end (the daemon:
+    # tearing the namespace down takes ~20 ms nobody needs to wait for)
+    late_plane_close: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,7 @@ class RunEnd:
     status: int | None  # the agent's wait status; None when it did not run to its end
     terminated: bool  # SIGTERM ended the run
     session: Session
+    plane: Any = None  # with RunSpec.late_plane_close: the plane, still to be closed
 
 
 class _Refused(Exception):
@@ -209,7 +213,7 @@ def execute(spec: RunSpec) -> RunEnd:
     termination = spec.termination
     termination.install()
     spec.registration.interrupt_fd = termination.fd
-    plane = None
+    plane = late = None
     status: int | None = None
     code: int | None = None
     try:
@@ -230,13 +234,15 @@ def execute(spec: RunSpec) -> RunEnd:
             status, code = None, KILLED
             if spec.say_terminated:
                 _say(f"agentd run: run {spec.run_id}: terminated; the agent was killed")
+        late = plane if spec.late_plane_close else None
     finally:
-        _clean_up(spec, session, plane)
+        # INVARIANT: an exception leaving here closes the plane (nobody would be handed it)
+        _clean_up(spec, session, plane if late is None else None)
     if code is None:
         # a SIGKILL verdict is 137 even when the process that ran first had already exited;
         # no status at all is a run whose tree was killed before its first process ended
         code = KILLED if session.killed or status is None else exit_code(status)
-    return RunEnd(code, status, termination.requested, session)
+    return RunEnd(code, status, termination.requested, session, late)
 
 
 def _supervise(spec: RunSpec, session: Session, plane: Any) -> int:
