@@ -26,10 +26,9 @@ LIVABILITY = Path(__file__).resolve().parent.parent / "tests" / "livability"
 if str(LIVABILITY) not in sys.path:
     sys.path.insert(0, str(LIVABILITY))
 
-# _check is the harness's verdict on a finished script (the check's AssertionError, or what the
-# check tripped over), the very text the livability suite reports; reused, not copied.
-from livability_harness import _check as check_outcome  # noqa: E402
-from livability_harness import new_workspace, workload_environment  # noqa: E402
+# check_outcome is the harness's verdict on a finished script (the check's AssertionError, or
+# what the check tripped over), the very text the livability suite reports; reused, not copied.
+from livability_harness import check_outcome, new_workspace, workload_environment  # noqa: E402
 from workloads import WORKLOADS, Workload, by_name, missing_tools  # noqa: E402
 
 SECTION = "## agentd run: real-world workloads"

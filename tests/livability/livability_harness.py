@@ -212,7 +212,7 @@ def run_workload(workload: Workload, workspace: Path, supervision: Supervision) 
     else:
         records = read_records(workspace / "audit.jsonl")
     outcome = Outcome(workload.name, supervision, workspace, completed, seconds, records)
-    outcome.failure = timed_out or _check(workload, workspace, completed)
+    outcome.failure = timed_out or check_outcome(workload, workspace, completed)
     return outcome
 
 
@@ -220,8 +220,8 @@ def _text(data) -> str:
     return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
 
 
-def _check(workload: Workload, workspace: Path,
-           completed: subprocess.CompletedProcess) -> str | None:
+def check_outcome(workload: Workload, workspace: Path,
+                  completed: subprocess.CompletedProcess) -> str | None:
     try:
         workload.check(workspace, completed)
     except AssertionError as exc:
