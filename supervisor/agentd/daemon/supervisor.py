@@ -49,6 +49,7 @@ from .policy_store import PolicyEntry, policy_version
 __all__ = [
     "SupervisorPlan",
     "fork_supervisor",
+    "compile_policy",
     "supervisor_main",
     "switch_message",
     "PipeRecorder",
@@ -91,6 +92,9 @@ class SupervisorPlan:
     cgroup_procs: str | None
     network: str = "plane"  # DaemonConfig.network
     dns_upstream: str = ""  # comma separated, "" = resolv.conf's
+    # The policy already compiled with this run's variables (the daemon's cache), or None: the
+    # supervisor compiles plan.policy.text itself, and reports its errors
+    compiled: Any = None
 
 
 # --- the daemon's side ----------------------------------------------------------------------
@@ -227,11 +231,7 @@ def _run(
 ) -> tuple[int, Any]:
     """The run, assembled as every run is, with the daemon's parts: our exit status for it, and
     its network plane (None without one), which the caller closes once it has said so."""
-    from agent_os.loader import policy_from_yaml_string
-
-    policy = policy_from_yaml_string(
-        plan.policy.text, _variables(plan), [plan.policy_dir], name=plan.policy.path
-    )
+    policy = plan.compiled if plan.compiled is not None else compile_policy(plan)
     registration = DaemonRegistration(
         plan.run_id,
         {
@@ -280,7 +280,21 @@ def _run(
     return end.code, end.plane
 
 
-def _variables(plan: SupervisorPlan) -> dict[str, str]:
+def compile_policy(plan: SupervisorPlan) -> Any:
+    """The run's policy: ``plan.policy``'s text with the run's variables, its matchers built.
+    Raises ``PolicyError``."""
+    from agent_os.loader import policy_from_yaml_string
+
+    policy = policy_from_yaml_string(
+        plan.policy.text, policy_variables_of(plan), [plan.policy_dir], name=plan.policy.path
+    )
+    build = getattr(policy, "compile", None)
+    if callable(build):
+        build()
+    return policy
+
+
+def policy_variables_of(plan: SupervisorPlan) -> dict[str, str]:
     # The agent's $HOME, as under `agentd run`: the caller's environment, else the account's.
     return policy_variables(plan.workspace, plan.env, plan.home)
 
@@ -380,7 +394,7 @@ class ControlPipe:
         if policy_version(text) != message["version"]:
             raise ValueError("the policy snapshot does not match its version")
         policy = policy_from_yaml_string(
-            text, _variables(self.plan), [self.plan.policy_dir], name=message["path"]
+            text, policy_variables_of(self.plan), [self.plan.policy_dir], name=message["path"]
         )
         return NewPolicy(
             policy,
