@@ -11,6 +11,7 @@ which stays the reference for parsing and messages.
 
 from __future__ import annotations
 
+import os
 import sys
 
 __all__ = ["main"]
@@ -32,7 +33,15 @@ def main() -> None:
 
                 run_agent(**params)  # exits with the agent's status
                 return
-            sys.exit(_through_daemon(client, params, args[1:]))
+            code = _through_daemon(client, params, args[1:])
+            # The agent has exited and the daemon has written everything: skip the
+            # interpreter's teardown (~4 ms of every run through the daemon).
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(code)
     from .main import main as click_main
 
     click_main()
@@ -40,8 +49,6 @@ def main() -> None:
 
 def _through_daemon(client, params: dict, args: list[str]) -> int:
     """What ``agentd.cli.run.run`` does when a daemon runs, without click."""
-    import os
-
     from .run_fast import DAEMON_NETWORK_NOTE, given_options
 
     if given_options(args) & {"--network", "--dns-upstream"}:

@@ -17,7 +17,6 @@ describes: UTF-8 when they are, else NUL + base64 of their bytes (``os_string``,
 
 from __future__ import annotations
 
-import base64
 import json
 
 # protocol.Mode's values (a test holds them equal)
@@ -31,6 +30,8 @@ def os_string(value: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
+        import base64  # here: rare, and every agentd run through the daemon imports this module
+
         return "\0" + base64.b64encode(value.encode("utf-8", "surrogateescape")).decode("ascii")
     return value
 
