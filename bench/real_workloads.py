@@ -32,7 +32,7 @@ from livability_harness import check_outcome, new_workspace, workload_environmen
 from workloads import WORKLOADS, Workload, by_name, missing_tools  # noqa: E402
 
 SECTION = "## agentd run: real-world workloads"
-RUNNERS = ("native", "strace", "agentd", "agentd-daemon", "baseline")
+RUNNERS = ("native", "floor", "strace", "agentd", "agentd-plane", "agentd-daemon", "baseline")
 DEFAULT = ("git", "make", "cargo", "compileall", "cpython")
 NAMES = tuple(workload.name for workload in WORKLOADS)
 QUOTABLE_REPS = 3  # fewer repetitions: the README labels the table a quick run

@@ -23,11 +23,12 @@ RSS (VmHWM of the agentd process, sampled while it runs). Writes the table to ``
 suite's ``tests/livability/workloads.py``, run as ``tests/livability/livability_harness.py`` runs
 them, offline): git, make, cargo, compileall and cpython by default, ``all`` adds pip and npm, or
 a comma list; a workload whose tools are missing is skipped with one line. Runners native,
-strace, agentd, agentd-daemon (and baseline with ``--baseline``), around the workload's ``bash
--c`` script; each run gets a fresh workspace and an untimed ``prepare``, and the workload's check
-must pass after it, else the cell is FAIL (the reason printed), never a time. Three repetitions
-by default (``--reps``); a full ``--real`` run takes about 6 minutes on the 2-core VM (8 with
-``--baseline``; one repetition of the five under four runners took 1.9 min), most of it
+floor, strace, agentd (``--network off``), agentd-plane (the default network), agentd-daemon (and
+baseline with ``--baseline``), around the workload's ``bash -c`` script; each run gets a fresh
+workspace and an untimed ``prepare``, and the workload's check must pass after it, else the cell
+is FAIL (the reason printed), never a time. Three repetitions by default (``--reps``); a full
+``--real`` run takes about 9 minutes on the 2-core VM (11 with ``--baseline``; one repetition of
+the five under four runners took 1.9 min), most of it
 cpython's regression tests (the livability suite's selection, kept as it is). It writes
 ``bench/out/real.json`` and its own README section (``## agentd run: real-world workloads``),
 leaving the synthetic one as it is, and the other way round.
@@ -607,6 +608,7 @@ def run_real(args) -> dict:
         tmp = Path(tmp_name)
         strace_set, strace_missing = strace_names([n for n, _ in traced]) if "strace" in runners \
             else ([], [])
+        floor = build_floor(tmp) if "floor" in runners else None
         daemon = start_daemon(tmp / "daemon") if "agentd-daemon" in runners else None
         if daemon is None and "agentd-daemon" in runners:
             runners.remove("agentd-daemon")
@@ -619,7 +621,7 @@ def run_real(args) -> dict:
             # no socket there: a system daemon would otherwise take over the standalone
             # runners (the agentd-daemon runner's env names the bench's own daemon)
             env["AGENTD_SOCKET"] = str(tmp / "no-daemon.sock")
-            argv = runner_prefix(runner, workspace, None, traced, strace_set,
+            argv = runner_prefix(runner, workspace, floor, traced, strace_set,
                                  scratch / "audit.jsonl") + command
             return measure(argv, env, workspace, daemon if runner == "agentd-daemon" else None,
                            keep_output=True, timeout=timeout)
