@@ -255,3 +255,35 @@ def test_unprivileged_run_that_demands_the_plane(tmp_path):
     else:
         assert result.returncode == 125, result.stderr
         assert "--network plane" in result.stderr and result.stdout == ""
+
+
+LOCAL_SERVER_AGENT = r'''
+import http.server, os, threading, urllib.request
+server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+for host in ("127.0.0.1", "localhost"):
+    url = f"http://{host}:{server.server_address[1]}/"
+    with urllib.request.urlopen(url, timeout=10) as response:  # honours http_proxy/no_proxy
+        print(host, response.status)
+print("NO_PROXY", os.environ["NO_PROXY"], os.environ["no_proxy"])
+'''
+
+
+def test_the_agents_own_loopback_servers_are_not_sent_to_the_proxy(world, tmp_path):
+    """A test suite's local HTTP server (CPython's test_urllib2_localnet, found by the bench):
+    the agent's loopback is its own namespace's, out of the proxy's reach, so the proxy
+    variables come with a no-proxy list for it, kept after the caller's own entries."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    env = dict(os.environ, AGENTD_NETWORK="plane", AGENTD_RUNS_DIR=str(tmp_path / "runs"),
+               NO_PROXY="intranet.example", no_proxy="")
+    result = subprocess.run(
+        ["ip", "netns", "exec", world["name"], AGENTD, "run", "--embedded", "--policy", "strict",
+         "--workspace", str(ws), "--audit-log", str(tmp_path / "a.jsonl"), "--dns-upstream",
+         DNS_SERVER, "--", PYTHON, "-c", LOCAL_SERVER_AGENT],
+        cwd=ws, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["127.0.0.1 200", "localhost 200"], result.stdout
+    assert lines[2] == ("NO_PROXY intranet.example,localhost,127.0.0.1,::1,127.0.0.0/8 "
+                        "localhost,127.0.0.1,::1,127.0.0.0/8"), lines[2]

@@ -28,7 +28,7 @@ import os
 import sys
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from agentd.trace import decide
@@ -46,12 +46,25 @@ if os.geteuid() == 0:
     # the daemon imports this module before it forks supervisors.
     from . import netns as _netns  # noqa: F401
 
-__all__ = ["PolicyPlane", "NetworkPlane", "UsernsPlane", "PlaneUnavailable", "PROXY_VARIABLES"]
+__all__ = [
+    "PolicyPlane",
+    "NetworkPlane",
+    "UsernsPlane",
+    "PlaneUnavailable",
+    "PROXY_VARIABLES",
+    "NO_PROXY_VARIABLES",
+    "LOOPBACK_BYPASS",
+]
 
 log = logging.getLogger("agentd.netplane")
 
 # Both spellings: curl and Python read the lower-case ones, many other tools the upper-case.
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+# The agent's loopback is its own namespace's: servers it starts there (a test suite's local
+# HTTP server) are out of the proxy's reach, so clients must not send those requests to it.
+# Names and addresses for urllib (exact host or suffix match), the CIDR for requests and curl.
+LOOPBACK_BYPASS = ("localhost", "127.0.0.1", "::1", "127.0.0.0/8")
+NO_PROXY_VARIABLES = ("NO_PROXY", "no_proxy")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -113,9 +126,17 @@ class PolicyPlane:
     def proxy_url(self) -> str:
         raise NotImplementedError
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The variables the agent gets on top of ``base`` (its environment): the proxy, and
+        the loopback addresses added to whatever no-proxy list ``base`` already has."""
         url = self.proxy_url()
-        return {name: url for name in PROXY_VARIABLES}
+        variables = {name: url for name in PROXY_VARIABLES}
+        for name in NO_PROXY_VARIABLES:
+            given = [entry.strip() for entry in (base or {}).get(name, "").split(",")]
+            entries = [entry for entry in given if entry]
+            entries += [entry for entry in LOOPBACK_BYPASS if entry not in entries]
+            variables[name] = ",".join(entries)
+        return variables
 
     def view(self) -> decide.NetworkView:
         return decide.NetworkView(self.book.names_for, self.endpoints, own_loopback=True)

@@ -249,7 +249,7 @@ def _supervise(spec: RunSpec, session: Session, plane: Any) -> int:
     """Register the run, then trace the agent to its end: its wait status."""
     env = dict(spec.env)
     if plane is not None:
-        env.update(plane.environment())
+        env.update(plane.environment(env))
         session.network = plane.view()
     try:
         spec.registration.create()
