@@ -331,7 +331,7 @@ class Tracer:
                 waiting, self.waiting = self.waiting, []
                 for task in waiting:
                     if task.tid in self.tasks:
-                        self._seccomp_stop(task)
+                        self._redispatch(task)
 
     def _must_wait(self, task: Task) -> bool:
         """A reader-writer lock over path walks, the waiting side left in its seccomp stop:
@@ -367,7 +367,20 @@ class Tracer:
                     pass
                 self._resume(task.tid)
             else:
-                self._seccomp_stop(task, wait=False)
+                self._redispatch(task, wait=False)
+
+    def _redispatch(self, task: Task, wait: bool = True) -> None:
+        """Hand a task that waited in its seccomp stop to the handler, while another task's
+        stop is being handled. It may have been killed meanwhile (a SIGKILL from elsewhere in
+        the tree) with its exit not reported yet: ptrace then says ESRCH, and that must not
+        abort the other task's stop, which would be left stopped, never resumed (a hang the
+        real-world bench found: a worker of CPython's tests stuck at its mkdir's exit stop)."""
+        try:
+            self._seccomp_stop(task, wait)
+        except ptrace.PtraceError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+            # its exit is reported next (_gone); nothing of it is left waiting
 
     def _pin(self, task: Task) -> None:
         """Copy the stopped syscall's memory operands to the scratch slot (``scratch.pin``)."""

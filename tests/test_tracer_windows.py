@@ -1,0 +1,68 @@
+"""The tracer's reader-writer lock over path walks (``Tracer.windows``, ``Tracer.waiting``): a
+task waiting in its seccomp stop is handed to the handler when the last window closes, while
+another task's stop is being handled. The waiting task may have been killed meanwhile, its exit
+not reported yet: the handling of the other task's stop must still end by resuming it.
+
+The real-world bench found the hang this guards against: a worker of CPython's test suite stood
+at its mkdir's exit stop for good, because re-dispatching a killed waiting task raised ESRCH out
+of the worker's own stop. These tests drive ``Tracer.handle`` with the ptrace requests replaced
+(a killed task cannot be arranged to be reported after another's stop on demand)."""
+
+from __future__ import annotations
+
+import errno
+import signal
+
+import pytest
+
+from agentd.kernel import ptrace
+from agentd.trace import tracer as tracer_module
+from agentd.trace.tracer import Task, Tracer
+
+WINDOW_HOLDER, KILLED = 1001, 1002
+EXIT_STOP = (signal.SIGTRAP << 8) | 0x7F  # a SIGTRAP ptrace stop, no event: the syscall's exit
+
+
+@pytest.fixture
+def requests(monkeypatch):
+    """The ptrace requests the tracer makes: resumed tids recorded; the killed task gone."""
+    resumed: list[int] = []
+
+    def getregs(tid):
+        if tid == KILLED:
+            raise ptrace.PtraceError("no such process", errno=errno.ESRCH, pid=tid)
+        raise AssertionError(f"unexpected getregs of {tid}")
+
+    monkeypatch.setattr(tracer_module.ptrace, "getregs", getregs)
+    monkeypatch.setattr(tracer_module.ptrace, "cont", lambda tid, sig=0: resumed.append(tid))
+    monkeypatch.setattr(tracer_module.ptrace, "getsiginfo_code", lambda tid: signal.SIGTRAP)
+    return resumed
+
+
+def _tracer() -> Tracer:
+    handled: list[int] = []
+    tracer = Tracer(WINDOW_HOLDER, lambda t, task: handled.append(task.tid), pin=True)
+    tracer.tasks[KILLED] = Task(KILLED, KILLED)
+    # the holder walks a path (its window); the other, a mutator, waits in its seccomp stop
+    tracer.windows = {WINDOW_HOLDER}
+    tracer.mutating = {WINDOW_HOLDER}
+    waiter = tracer.tasks[KILLED]
+    waiter.mutator = True
+    tracer.waiting = [waiter]
+    tracer.root_exec_done = True
+    return tracer
+
+
+def test_the_window_holder_is_resumed_although_the_waiting_task_was_killed(requests):
+    tracer = _tracer()
+    tracer.handle(WINDOW_HOLDER, EXIT_STOP)
+    assert requests == [WINDOW_HOLDER]  # before: nothing resumed, the holder stopped for good
+    assert tracer.windows == set() and tracer.waiting == []
+
+
+def test_the_window_holders_exit_with_a_killed_waiter_raises_nothing(requests):
+    """Before: the ESRCH left ``Tracer.run`` and the supervisor died (taking the agent)."""
+    tracer = _tracer()
+    tracer.handle(WINDOW_HOLDER, 0)  # wait status 0: exited with status 0
+    assert WINDOW_HOLDER not in tracer.tasks and tracer.waiting == []
+    assert tracer.windows == set()
