@@ -66,3 +66,62 @@ def test_the_window_holders_exit_with_a_killed_waiter_raises_nothing(requests):
     tracer.handle(WINDOW_HOLDER, 0)  # wait status 0: exited with status 0
     assert WINDOW_HOLDER not in tracer.tasks and tracer.waiting == []
     assert tracer.windows == set()
+
+
+# --- a task killed while its stop is handled -------------------------------------------------
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def record(self, **fields) -> None:
+        self.records.append(fields)
+
+
+def _execve_stop(monkeypatch, alive: bool):
+    """A Session handling an execve stop whose argv cannot be read (the decoder's error for
+    memory that is gone), with the task killed meanwhile or not."""
+    from agent_os import Policy
+    from agentd.kernel.syscall_numbers import SYSCALL_NUMBERS
+    from agentd.trace import session as session_module
+    from agentd.trace.decode import DecodeError
+
+    def decode(*args, **kwargs):
+        raise DecodeError("cannot read argv[0]: pid 10: nothing readable at 0x200001d00030")
+
+    refused: list[int] = []
+    regs = ptrace.Registers()
+    regs.orig_rax = SYSCALL_NUMBERS["execve"]
+
+    def getregs(tid):
+        if not alive:
+            raise ptrace.PtraceError("no such process", errno=errno.ESRCH, pid=tid)
+        return regs
+
+    monkeypatch.setattr(session_module, "decode_syscall", decode)
+    monkeypatch.setattr(ptrace, "getregs", getregs)  # agentd.kernel.ptrace, as the session uses it
+    monkeypatch.setattr(session_module.enforce, "refuse",
+                        lambda tid, regs, error=errno.EACCES: refused.append(tid))
+    monkeypatch.setattr(session_module, "probe_for", lambda *a, **k: None)
+    recorder = _Recorder()
+    session = session_module.Session(Policy(name="p"), "run1", "agent", recorder=recorder)
+    task = Task(10, 10)
+    task.regs = regs
+    return session, task, recorder, refused
+
+
+def test_a_task_killed_while_its_operands_are_read_gets_no_fail_closed_record(monkeypatch):
+    """Its memory is gone because it is dying: the syscall never runs, its exit comes next.
+    Before, such a race wrote an ``agentd:fail_closed`` denial into a run's audit log (the
+    livability suite's CPython workload through the daemon, once)."""
+    session, task, recorder, refused = _execve_stop(monkeypatch, alive=False)
+    with pytest.raises(ptrace.PtraceError):
+        session.on_syscall(None, task)  # Tracer.handle takes the ESRCH: "killed under our feet"
+    assert recorder.records == [] and refused == []
+
+
+def test_a_live_task_whose_operands_cannot_be_read_is_still_refused_and_recorded(monkeypatch):
+    session, task, recorder, refused = _execve_stop(monkeypatch, alive=True)
+    session.on_syscall(None, task)
+    assert refused == [10]
+    assert [list(r.get("pattern_ids")) for r in recorder.records] == [["agentd:fail_closed"]]

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agentd.kernel import ptrace
 from agentd.kernel.statx import coarse_now_ns
 from agentd.kernel.syscall_numbers import SYSCALL_NAMES
 
@@ -165,6 +166,7 @@ class Session:
             if exc.errno is not None:
                 verdict = decide.kernel_refuses(name, exc.errno, f"{name}: {exc}")
             else:
+                _still_stopped(task)
                 verdict = decide.fail_closed(name, f"cannot decode {name}: {exc}")
         except Exception as exc:  # INVARIANT: an error while decoding denies (fail closed)
             log.exception("pid %d: error decoding %s", task.tid, name)
@@ -463,3 +465,11 @@ def records_every_decision(policy: Any) -> bool:
         return True
     settings = getattr(policy, "settings", None) or {}
     return settings.get("audit_every_decision") is True
+
+
+def _still_stopped(task: Task) -> None:
+    """Raise ``PtraceError`` (ESRCH) when ``task`` is no longer in the seccomp stop being
+    handled: killed meanwhile (a SIGKILL wakes a stopped tracee), its memory gone, which is why
+    the operands could not be read. Its syscall never runs and its exit is reported next: no
+    decision to record (``Tracer.handle`` takes the ESRCH). A task still stopped returns."""
+    ptrace.getregs(task.tid)
