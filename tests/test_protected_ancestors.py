@@ -54,8 +54,19 @@ def test_writing_above_is_refused_only_where_it_would_make_the_directory(tmp_pat
     # exists: mkdir says EEXIST, utime and chmod replace nothing; the policy decides
     assert _judged("file_write", f"{tmp_path}/cache", protected) is None
     assert _judged("file_chmod", f"{tmp_path}/cache", protected) is None
-    # missing: a symlink or a directory of the agent's there would redirect the path
-    assert _judged("file_write", f"{tmp_path}/cache/agentd", protected) is not None
+    # missing: a symlink there would redirect the path to a directory of the agent's; a
+    # directory may be made (`mkdir ~/.cache` by pip), the protected path below stays protected
+    missing = f"{tmp_path}/cache/agentd"
+    assert _judged("file_write", missing, protected) is not None  # unknown syscall: refused
+    for syscall in ("symlink", "symlinkat"):
+        assert containment_of_protected(
+            Evaluation("file_write", missing, "allow", "allow", ""), protected, syscall)
+    for syscall in ("mkdir", "mkdirat", "openat"):
+        assert containment_of_protected(
+            Evaluation("file_write", missing, "allow", "allow", ""), protected, syscall) is None
+    assert containment_of_protected(
+        Evaluation("file_write", f"{missing}/policies", "allow", "allow", ""), protected,
+        "mkdir") is not None  # the protected directory itself
 
 
 AGENT = textwrap.dedent("""
@@ -106,7 +117,8 @@ def test_an_agent_cannot_move_the_cache_or_the_logs_directory(tmp_path):
 @pytest.mark.needs_ptrace
 def test_an_agent_cannot_make_the_missing_cache_directory_a_symlink(tmp_path):
     """With the cache off nothing is stored, so ``$XDG_CACHE_HOME/agentd`` is missing: the
-    agent may not put a symlink (or a directory of its own) there for a later run."""
+    agent may not put a symlink there for a later run. It may make it a directory (as pip makes
+    ``~/.cache``), but not the protected ``policies`` directory inside."""
     xdg = tmp_path / "xdg"
     xdg.mkdir()
     ws = tmp_path / "ws"
@@ -116,7 +128,7 @@ def test_an_agent_cannot_make_the_missing_cache_directory_a_symlink(tmp_path):
     env = dict(os.environ, XDG_CACHE_HOME=str(xdg), AGENTD_POLICY_CACHE="0")
     code = ("import os, sys\n"
             "for make in (lambda: os.symlink(sys.argv[2], sys.argv[1]),"
-            " lambda: os.mkdir(sys.argv[1])):\n"
+            " lambda: os.mkdir(sys.argv[1]), lambda: os.mkdir(sys.argv[1] + '/policies')):\n"
             "    try:\n        make()\n        print('DONE')\n"
             "    except OSError as exc:\n        print(exc.errno)\n")
     done = subprocess.run([AGENTD, "run", "--embedded", "--policy", "permissive", "--network",
@@ -124,8 +136,9 @@ def test_an_agent_cannot_make_the_missing_cache_directory_a_symlink(tmp_path):
                            "--", sys.executable, "-c", code, str(xdg / "agentd"), str(evil)],
                           env=env, cwd=ws, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["13", "13"], done.stdout  # EACCES, twice
-    assert not os.path.lexists(xdg / "agentd")
+    assert done.stdout.split() == ["13", "DONE", "13"], done.stdout  # EACCES, made, EACCES
+    assert (xdg / "agentd").is_dir() and not (xdg / "agentd").is_symlink()
+    assert not os.path.lexists(xdg / "agentd" / "policies")
 
 
 def test_the_supervisors_code_and_configuration_are_protected_unless_in_the_workspace(tmp_path):

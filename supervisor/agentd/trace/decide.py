@@ -305,6 +305,11 @@ def _process_facts(action: Action, tree: AgentTree) -> Action:
 
 
 _PROTECTED_FILE_ACTIONS = frozenset({"file_write", "file_delete", "file_move", "file_chmod"})
+# Syscalls whose file_write of a missing name cannot make it a symlink (anything else, or an
+# unknown syscall, is taken to be able to)
+_MAKES_NO_SYMLINK = frozenset(
+    {"mkdir", "mkdirat", "open", "openat", "openat2", "creat", "mknod", "mknodat", "link", "linkat"}
+)
 
 
 class _Protection:
@@ -327,16 +332,18 @@ class _Protection:
         """``target`` is a protected path, in one, or a protected directory itself."""
         return target.startswith(self.prefixes) or target in self.directories
 
-    def carries_away(self, action: str, target: str) -> bool:
+    def carries_away(self, action: str, target: str, syscall: str | None) -> bool:
         """Is ``target`` a directory above a protected path that ``action`` could move, remove
-        or make (see ``containment_of_protected``)?"""
+        or replace with a symlink (see ``containment_of_protected``)?"""
         if target.rstrip("/") + "/" not in self.above:
             return False
         if action in ("file_move", "file_delete"):
             return True
-        # a write or chmod of a directory above: harmless on one that exists (nothing replaces
-        # an existing name but a rename, which is a file_move); the making of a missing one is not
-        return not os.path.lexists(target)
+        # A write or chmod of a directory above: harmless on one that exists (nothing replaces
+        # an existing name but a rename, which is a file_move). A missing one may be made as a
+        # directory (`mkdir ~/.cache`: the protected path below stays protected), not as a
+        # symlink, which would redirect the path to a directory of the agent's.
+        return syscall not in _MAKES_NO_SYMLINK and not os.path.lexists(target)
 
 
 @functools.lru_cache(maxsize=8)
@@ -345,7 +352,7 @@ def _protection(protected_paths: tuple[str, ...]) -> _Protection:
 
 
 def containment_of_protected(
-    evaluation: Evaluation, protected_paths: Iterable[str]
+    evaluation: Evaluation, protected_paths: Iterable[str], syscall: str | None = None
 ) -> Evaluation | None:
     """The supervisor's own files (audit log, runs directory, policy cache) are not the agent's
     to change, and its control socket is not the agent's to talk to (it would answer its own
@@ -354,16 +361,19 @@ def containment_of_protected(
     Nor are the directories above them: renaming one (or exchanging it, or removing it) would
     carry the protected path away, and the agent could put a directory of its own where the
     supervisor, or the next run's, looks: a runs file naming a pid for ``agentd kill``, a
-    policy cache entry that is unpickled. A directory above that does not exist yet may not be
-    made either (a symlink there would redirect the path). Writing to one that exists (mkdir,
-    utime, chmod) replaces nothing and stays the policy's to decide."""
+    policy cache entry that is unpickled. A directory above that does not exist yet may be made
+    as a directory, not as a symlink (which would redirect the path; ``syscall`` says which, None
+    counts as able to). Writing to one that exists (mkdir, utime, chmod) replaces nothing and
+    stays the policy's to decide."""
     action = evaluation.action_type
     target = evaluation.target
     protection = _protection(tuple(protected_paths))
     if action in _PROTECTED_FILE_ACTIONS:
         reason = "containment: the supervisor's own files"
         ends = target.split(" -> ") if action == "file_move" else (target,)
-        hit = any(protection.inside(end) or protection.carries_away(action, end) for end in ends)
+        hit = any(
+            protection.inside(end) or protection.carries_away(action, end, syscall) for end in ends
+        )
     elif action == "network_connect" and target.startswith("unix:"):
         target = target[len("unix:") :]
         reason = "containment: the supervisor's control socket is the operator's, not the agent's"

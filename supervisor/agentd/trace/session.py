@@ -181,7 +181,7 @@ class Session:
                     self.network,
                     *self._batch_answers(decoded),
                 )
-                verdict = self._protect(verdict)
+                verdict = self._protect(verdict, name)
             except Exception as exc:  # INVARIANT: fail closed
                 log.exception("pid %d: error deciding %s", task.tid, name)
                 verdict = decide.fail_closed(name, f"error deciding {name}: {exc!r}")
@@ -220,14 +220,14 @@ class Session:
     def _context(self, task: Task, name: str) -> dict:
         return {"agent_id": self.agent_id, "pid": task.tgid, "syscall": name}
 
-    def _protect(self, verdict: decide.Verdict) -> decide.Verdict:
+    def _protect(self, verdict: decide.Verdict, syscall: str | None = None) -> decide.Verdict:
         """The supervisor's own files (audit log, control socket) are not the agent's to touch."""
         if not self.protected_paths:
             return verdict
         changed = list(verdict.evaluations)
         hit = False
         for i, evaluation in enumerate(changed):
-            protected = decide.containment_of_protected(evaluation, self.protected_paths)
+            protected = decide.containment_of_protected(evaluation, self.protected_paths, syscall)
             if protected is not None:
                 changed[i] = protected
                 hit = True
