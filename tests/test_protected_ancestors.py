@@ -143,7 +143,6 @@ def test_an_agent_cannot_make_the_missing_cache_directory_a_symlink(tmp_path):
 
 def test_the_supervisors_code_and_configuration_are_protected_unless_in_the_workspace(tmp_path):
     import agent_os
-
     from agentd.run.assembly import supervisor_paths
 
     package = os.path.dirname(os.path.realpath(agent_os.__file__))
@@ -161,7 +160,6 @@ def test_an_agent_cannot_plant_code_for_the_next_supervisor(tmp_path):
     """Under ``permissive`` (which allows writing outside the system directories) the agent may
     not add a module to the supervisor's own packages or a policy to its built-in policies."""
     import agent_os
-
     from agentd.run.assembly import supervisor_paths
 
     package = os.path.dirname(os.path.realpath(agent_os.__file__))
@@ -195,3 +193,33 @@ def test_the_caches_are_protected_even_inside_the_workspace(tmp_path, monkeypatc
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / ".cache"))
     assert f"{tmp_path}/home/.cache/agentd/policies/" in supervisor_paths(str(tmp_path / "home"))
+
+
+def test_a_sys_path_entry_nothing_was_imported_from_is_not_protected(tmp_path, monkeypatch):
+    """``python -m`` puts the working directory on sys.path: $HOME, say. Nothing of agentd comes
+    from there, and protecting it refused `git config --global` its lock."""
+    import sys
+
+    from agentd.run.assembly import supervisor_paths
+
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "home"), *sys.path])
+    (tmp_path / "home").mkdir()
+    protected = supervisor_paths(str(tmp_path / "ws"))
+    assert f"{tmp_path}/home/" not in protected
+    assert os.path.dirname(os.path.realpath(os.__file__)) + "/" in protected
+
+
+@pytest.mark.needs_ptrace
+def test_git_config_global_when_agentd_runs_with_python_m_from_home(tmp_path):
+    home, ws, tmp = tmp_path / "home", tmp_path / "ws", tmp_path / "tmp"
+    for directory in (home, ws, tmp):
+        directory.mkdir()
+    env = dict(os.environ, HOME=str(home), TMPDIR=str(tmp))
+    env.pop("AGENTD_UNDER_TEST", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "agentd.cli.entry", "run", "--embedded", "--policy", "strict",
+         "--network", "off", "--workspace", str(ws), "--audit-log", str(tmp_path / "a.jsonl"),
+         "--", "git", "config", "--global", "user.email", "agent@example.invalid"],
+        cwd=home, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "agent@example.invalid" in (home / ".gitconfig").read_text()

@@ -324,8 +324,10 @@ def policy_variables(workspace: str, env: Mapping[str, str], home: str) -> dict[
 
 def supervisor_paths(workspace: str) -> tuple[str, ...]:
     """The code and configuration a later ``agentd`` loads, as protected paths (directories with
-    their trailing slash): the directories on this interpreter's ``sys.path`` (the standard
-    library, site-packages, an editable install's source), the virtual environment that holds
+    their trailing slash): the directories on this interpreter's ``sys.path`` that this process
+    imported a module from (the standard library, site-packages, an editable install's source;
+    not the working directory ``python -m`` puts there, which is the user's, $HOME say), the
+    virtual environment that holds
     the ``agentd`` command, the built-in policies and seccomp profiles, ``/etc/agentd`` and
     ``$AGENT_OS_POLICY_PATH``, and the per-user policy and filter cache. An agent that could
     write there would run its code as the next supervisor, or weaken the next sandbox, outside
@@ -337,7 +339,7 @@ def supervisor_paths(workspace: str) -> tuple[str, ...]:
     import agentd
 
     project = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(agentd.__file__))))
-    candidates = [entry for entry in sys.path if entry]
+    candidates = _import_sources()
     if sys.prefix != sys.base_prefix:
         candidates.append(sys.prefix)  # the venv: its bin/agentd and bin/python
     candidates += [
@@ -362,6 +364,24 @@ def supervisor_paths(workspace: str) -> tuple[str, ...]:
 
     paths.append(os.path.realpath(cache_dir()) + "/")
     return tuple(paths)
+
+
+def _import_sources() -> list[str]:
+    """The ``sys.path`` directories some loaded module came from (a module's ``__file__`` is its
+    path entry joined with its name, so the entry as written is its prefix)."""
+    import sys
+
+    files = [
+        path
+        for module in list(sys.modules.values())
+        if isinstance(path := getattr(module, "__file__", None), str)
+    ]
+    sources = []
+    for entry in sys.path:
+        prefix = entry.rstrip("/") + "/"
+        if entry and any(path.startswith(prefix) for path in files):
+            sources.append(entry)
+    return sources
 
 
 def warm_imports() -> None:
