@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from agentd.cli.run import run as click_run
-from agentd.cli.run_fast import given_options, parse_run_args
+from agentd.cli.run_fast import parse_run_args, parse_run_line
 
 LINES = [
     ["--", "/bin/true"],
@@ -39,20 +39,20 @@ def test_fast_parse_matches_click(argv):
 
 @pytest.mark.parametrize("argv", LINES + [["--network", "off", "--dns-upstream=1.1.1.1:53",
                                            "--", "--network"]], ids=lambda a: " ".join(a))
-def test_given_options_are_clicks_command_line_sources(argv):
+def test_the_options_a_line_names_are_clicks_command_line_sources(argv):
     """What the daemon hand-off asks (was --network given on this line?), answered as click's
     parameter sources would, not fooled by the command's own arguments."""
     os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     ctx = click_run.make_context("run", list(argv))
     by_click = {"--" + name.replace("_name", "").replace("_", "-") for name in ctx.params
                 if ctx.get_parameter_source(name).name == "COMMANDLINE"}
-    assert given_options(list(argv)) == by_click - {"--command"}
+    assert parse_run_line(list(argv))[1] == by_click - {"--command"}
 
 
 @pytest.mark.parametrize("argv", FALLBACK, ids=lambda a: " ".join(a) or "(empty)")
 def test_anything_unusual_goes_to_click(argv):
     assert parse_run_args(list(argv)) is None
-    assert given_options(list(argv)) == frozenset()
+    assert parse_run_line(list(argv)) is None
 
 
 def test_agentd_run_does_not_import_click_or_yaml(tmp_path):

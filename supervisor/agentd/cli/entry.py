@@ -1,7 +1,7 @@
 """The ``agentd`` console entry: ``agentd run`` without click on its common path.
 
 Owns only the dispatch. ``agentd run`` with a well-formed command line (see
-``run_fast.parse_run_args``) goes straight to the daemon's client (``agentd.daemon.client.run``)
+``run_fast.parse_run_line``) goes straight to the daemon's client (``agentd.daemon.client.run``)
 when a daemon runs, else to ``agentd.run.standalone.run_agent``: importing click and building the
 command groups costs about 15 ms, a fifth of a run through the daemon, and agents start many short
 commands. Every other command line,
@@ -20,10 +20,11 @@ __all__ = ["main"]
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["run"]:
-        from .run_fast import parse_run_args
+        from .run_fast import parse_run_line
 
-        params = parse_run_args(args[1:])
-        if params is not None:
+        parsed = parse_run_line(args[1:])
+        if parsed is not None:
+            params, given = parsed
             embedded = params.pop("embedded")
             params.pop("explain_sandbox")  # always False here: that option goes to click
             from agentd.daemon import client
@@ -33,7 +34,7 @@ def main() -> None:
 
                 run_agent(**params)  # exits with the agent's status
                 return
-            code = _through_daemon(client, params, args[1:])
+            code = _through_daemon(client, params, given)
             # The agent has exited and the daemon has written everything: skip the
             # interpreter's teardown (~4 ms of every run through the daemon).
             for stream in (sys.stdout, sys.stderr):
@@ -47,11 +48,12 @@ def main() -> None:
     click_main()
 
 
-def _through_daemon(client, params: dict, args: list[str]) -> int:
-    """What ``agentd.cli.run.run`` does when a daemon runs, without click."""
-    from .run_fast import DAEMON_NETWORK_NOTE, given_options
+def _through_daemon(client, params: dict, given: frozenset[str]) -> int:
+    """What ``agentd.cli.run.run`` does when a daemon runs, without click; ``given``: the options
+    the command line named."""
+    from .run_fast import DAEMON_NETWORK_NOTE
 
-    if given_options(args) & {"--network", "--dns-upstream"}:
+    if given & {"--network", "--dns-upstream"}:
         os.write(2, DAEMON_NETWORK_NOTE.encode() + b"\n")
     return client.run(
         list(params["command"]),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["parse_run_args", "given_options", "NETWORK_MODES", "DAEMON_NETWORK_NOTE"]
+__all__ = ["parse_run_args", "parse_run_line", "NETWORK_MODES", "DAEMON_NETWORK_NOTE"]
 
 # option -> (parameter name, takes a value)
 _OPTIONS = {
@@ -38,18 +38,13 @@ DAEMON_NETWORK_NOTE = (
 
 def parse_run_args(args: list[str]) -> dict | None:
     """The parameters of ``agentd run ARGS`` as click would give them; None lets click parse."""
-    parsed = _parse(args)
+    parsed = parse_run_line(args)
     return parsed[0] if parsed is not None else None
 
 
-def given_options(args: list[str]) -> frozenset[str]:
-    """The options a well-formed ``agentd run ARGS`` line names itself (``--network``, ...),
-    for what click calls their parameter source COMMANDLINE; empty when click must parse."""
-    parsed = _parse(args)
-    return parsed[1] if parsed is not None else frozenset()
-
-
-def _parse(args: list[str]) -> tuple[dict, frozenset[str]] | None:
+def parse_run_line(args: list[str]) -> tuple[dict, frozenset[str]] | None:
+    """``parse_run_args``, and the options the line names itself (``--network``, ...): what
+    click calls their parameter source COMMANDLINE. None lets click parse."""
     params: dict = {
         "policy_name": "strict",
         "workspace": None,

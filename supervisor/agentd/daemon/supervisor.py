@@ -280,14 +280,17 @@ def _run(
     return end.code, end.plane
 
 
+def policy_from_text(plan: SupervisorPlan, text: str, name: str) -> Any:
+    """Policy ``text`` (from ``name``) with the run's variables. Raises ``PolicyError``."""
+    from agent_os.loader import policy_from_yaml_string
+
+    return policy_from_yaml_string(text, policy_variables_of(plan), [plan.policy_dir], name=name)
+
+
 def compile_policy(plan: SupervisorPlan) -> Any:
     """The run's policy: ``plan.policy``'s text with the run's variables, its matchers built.
     Raises ``PolicyError``."""
-    from agent_os.loader import policy_from_yaml_string
-
-    policy = policy_from_yaml_string(
-        plan.policy.text, policy_variables_of(plan), [plan.policy_dir], name=plan.policy.path
-    )
+    policy = policy_from_text(plan, plan.policy.text, plan.policy.path)
     build = getattr(policy, "compile", None)
     if callable(build):
         build()
@@ -384,8 +387,6 @@ class ControlPipe:
         self.buffer = b""
 
     def load(self) -> NewPolicy | None:
-        from agent_os.loader import policy_from_yaml_string
-
         message = self._last_message()
         if message is None:
             return None
@@ -393,9 +394,7 @@ class ControlPipe:
             text = handle.read()
         if policy_version(text) != message["version"]:
             raise ValueError("the policy snapshot does not match its version")
-        policy = policy_from_yaml_string(
-            text, policy_variables_of(self.plan), [self.plan.policy_dir], name=message["path"]
-        )
+        policy = policy_from_text(self.plan, text, message["path"])
         return NewPolicy(
             policy,
             message["name"],

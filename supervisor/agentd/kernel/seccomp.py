@@ -45,7 +45,6 @@ from agentd.kernel.syscall_numbers import MAX_SYSCALL_NR, SYSCALL_NAMES, SYSCALL
 
 U64_MASK = 0xFFFFFFFFFFFFFFFF
 MAX_ERRNO = 4095  # SECCOMP_RET_DATA holds 16 bits, but the kernel only honours -4095..-1
-SYS_SECCOMP = SYSCALL_NUMBERS["seccomp"]
 
 
 # --- the filter as data --------------------------------------------------------------------------

@@ -20,9 +20,8 @@ compiles.
 from __future__ import annotations
 
 import os
-import stat
 
-from .policy_cache import cache_dir, private_dir
+from .policy_cache import cache_dir, cache_enabled, evict, private_dir, read_private, write_private
 
 __all__ = ["load", "store", "MAX_ENTRIES"]
 
@@ -31,33 +30,22 @@ _MAGIC = b"agentd-seccomp-program 1 "
 _SUFFIX = ".bpf"
 
 
-def enabled() -> bool:
-    return os.environ.get("AGENTD_POLICY_CACHE", "1") != "0"
-
-
 def _path(directory: str, fingerprint: str) -> str:
     return os.path.join(directory, fingerprint[:32] + _SUFFIX)
 
 
 def load(fingerprint: str) -> bytes | None:
     """The encoded program stored for ``fingerprint``, or None."""
-    if not enabled():
+    if not cache_enabled():
         return None
     directory = cache_dir()
     try:
         if not private_dir(directory, create=False):
             return None
-        fd = os.open(_path(directory, fingerprint), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if (
-                info.st_uid != os.geteuid()
-                or info.st_mode & 0o022
-                or not stat.S_ISREG(info.st_mode)
-            ):
-                return None
-            data = handle.read(1 << 20)
+        data = read_private(_path(directory, fingerprint))
     except OSError:
+        return None
+    if data is None:
         return None
     header, _, blob = data.partition(b"\n")
     if header != _MAGIC + fingerprint.encode():
@@ -67,32 +55,14 @@ def load(fingerprint: str) -> bytes | None:
 
 def store(fingerprint: str, blob: bytes) -> None:
     """Keep ``blob`` for ``fingerprint`` (and at most MAX_ENTRIES programs in all)."""
-    if not enabled():
+    if not cache_enabled():
         return
     directory = cache_dir()
-    path = _path(directory, fingerprint)
-    temporary = f"{path}.{os.getpid()}.tmp"
     try:
-        if not private_dir(directory, create=True):
-            return
-        fd = os.open(
-            temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(_MAGIC + fingerprint.encode() + b"\n" + blob)
-        os.replace(temporary, path)
-        _evict(directory)
+        if private_dir(directory, create=True):
+            write_private(
+                _path(directory, fingerprint), _MAGIC + fingerprint.encode() + b"\n" + blob
+            )
+            evict(directory, _SUFFIX, MAX_ENTRIES)
     except OSError:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-
-
-def _evict(directory: str) -> None:
-    entries = [entry for entry in os.scandir(directory) if entry.name.endswith(_SUFFIX)]
-    if len(entries) <= MAX_ENTRIES:
-        return
-    entries.sort(key=lambda entry: entry.stat(follow_symlinks=False).st_mtime_ns)
-    for entry in entries[: len(entries) - MAX_ENTRIES]:
-        os.unlink(entry.path)
+        pass

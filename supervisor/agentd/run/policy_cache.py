@@ -33,7 +33,17 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MAX_ENTRIES", "cache_dir", "load_policy_cached", "policy_key", "private_dir"]
+__all__ = [
+    "MAX_ENTRIES",
+    "cache_dir",
+    "cache_enabled",
+    "evict",
+    "load_policy_cached",
+    "policy_key",
+    "private_dir",
+    "read_private",
+    "write_private",
+]
 
 _FORMAT = 1
 MAX_ENTRIES = 64
@@ -170,6 +180,55 @@ def private_dir(directory: str, create: bool) -> bool:
     return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o077
 
 
+def cache_enabled() -> bool:
+    """``AGENTD_POLICY_CACHE=0`` turns off both caches of the directory (policies, filters)."""
+    return os.environ.get("AGENTD_POLICY_CACHE", "1") != "0"
+
+
+def read_private(path: str) -> bytes | None:
+    """The bytes of the cache entry ``path``, opened without following a symlink; None unless
+    it is a regular file of ours that no one else may write. OSError when it cannot be read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if info.st_uid != os.geteuid() or info.st_mode & 0o022 or not stat.S_ISREG(info.st_mode):
+            return None
+        return handle.read()
+
+
+def write_private(path: str, data: bytes) -> None:
+    """Replace the cache entry ``path`` with ``data`` at once (a 0600 temporary file beside it,
+    renamed over it); OSError when it cannot be written, with nothing left behind."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(
+        temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+    )
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def evict(directory: str, suffix: str, keep: int) -> None:
+    """Keep the newest ``keep`` entries named ``*suffix`` (runs over many temporary workspaces
+    add one each)."""
+    try:
+        entries = [entry for entry in os.scandir(directory) if entry.name.endswith(suffix)]
+        if len(entries) <= keep:
+            return
+        entries.sort(key=lambda entry: entry.stat(follow_symlinks=False).st_mtime_ns)
+        for entry in entries[: len(entries) - keep]:
+            os.unlink(entry.path)
+    except OSError:
+        pass
+
+
 def _source_files(policy, seen: set | None = None) -> list[str] | None:
     """Every file the loaded policy came from (its own, what it extends, what it merges), or
     None when some part has no recorded source (then it is not cached)."""
@@ -213,12 +272,9 @@ def _read_entry(path: str, key: str):
     """The cached policy, or None. Layout: the key, the JSON list of source files and the
     SHA-256 over their contents (one line each), then the pickle; the pickle is loaded only
     when all three still match."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if info.st_uid != os.geteuid() or info.st_mode & 0o022 or not stat.S_ISREG(info.st_mode):
-            return None
-        data = handle.read()
+    data = read_private(path)
+    if data is None:
+        return None
     header_key, files_line, files_digest, body = data.split(b"\n", 3)
     if header_key != key.encode():
         return None
@@ -265,20 +321,7 @@ def _write_entry(directory: str, path: str, key: str, policy) -> None:
             data = _dumps(key, policy, files)
         except Exception:  # noqa: BLE001 - keep the unbuilt form
             pass
-    temporary = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(
-        temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-    )
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    write_private(path, data)
 
 
 def _slot(name_or_path: str, variables: Mapping[str, str] | None) -> str:
@@ -288,26 +331,13 @@ def _slot(name_or_path: str, variables: Mapping[str, str] | None) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
-def _evict(directory: str) -> None:
-    """Keep the newest MAX_ENTRIES entries (runs over many temporary workspaces add one each)."""
-    try:
-        entries = [entry for entry in os.scandir(directory) if entry.name.endswith(".pickle")]
-        if len(entries) <= MAX_ENTRIES:
-            return
-        entries.sort(key=lambda entry: entry.stat(follow_symlinks=False).st_mtime_ns)
-        for entry in entries[: len(entries) - MAX_ENTRIES]:
-            os.unlink(entry.path)
-    except OSError:
-        pass
-
-
 def load_policy_cached(name_or_path: str, variables: Mapping[str, str] | None = None) -> Any:
     """``agent_os.loader.load_policy(name_or_path, variables)``, through the cache.
 
     Errors of the policy itself (``PolicyError``, ``OSError``) are raised as ``load_policy``
     raises them; errors of the cache are never raised.
     """
-    if os.environ.get("AGENTD_POLICY_CACHE", "1") == "0":
+    if not cache_enabled():
         from agent_os.loader import load_policy
 
         return load_policy(name_or_path, variables=dict(variables or {}))
@@ -329,7 +359,7 @@ def load_policy_cached(name_or_path: str, variables: Mapping[str, str] | None = 
         try:
             if private_dir(directory, create=True):
                 _write_entry(directory, path, key, policy)
-                _evict(directory)
+                evict(directory, ".pickle", MAX_ENTRIES)
         except Exception:  # noqa: BLE001 - a cache we cannot write is only slower
             pass
     return policy

@@ -161,18 +161,18 @@ def prepare_filter(profile_path: str | None, traced: frozenset[str], shared_ipc:
         key = None
     if key is not None and key in _PREPARED:
         return _PREPARED[key]
-    prepared = _cached_filter(profile_path, traced, shared_ipc)
+    from . import filter_cache
+
+    fingerprint = filter_fingerprint(profile_path, traced, shared_ipc)
+    prepared = _cached_filter(fingerprint)
     if prepared is None:
         from agentd.kernel import seccomp
-
-        from . import filter_cache
 
         spec = filter_spec(profile_path, traced, shared_ipc)
         try:
             prepared = seccomp.prepare(seccomp.build_filter(spec))
         except ValueError as exc:  # unknown names
             raise FilterError(f"seccomp profile: {exc}") from None
-        fingerprint = filter_fingerprint(profile_path, traced, shared_ipc)
         if fingerprint is not None:
             filter_cache.store(fingerprint, prepared.blob)
     if key is not None:
@@ -180,13 +180,12 @@ def prepare_filter(profile_path: str | None, traced: frozenset[str], shared_ipc:
     return prepared
 
 
-def _cached_filter(profile_path: str | None, traced: frozenset[str], shared_ipc: bool):
-    """The program a run before compiled from the same inputs, or None."""
+def _cached_filter(fingerprint: str | None):
+    """The program a run before compiled from the inputs ``fingerprint`` sums up, or None."""
     from agentd.kernel.seccomp_install import InstallableFilter
 
     from . import filter_cache
 
-    fingerprint = filter_fingerprint(profile_path, traced, shared_ipc)
     blob = filter_cache.load(fingerprint) if fingerprint is not None else None
     if blob is None:
         return None
